@@ -1,0 +1,81 @@
+# Two commands do everything on a fresh Debian machine with Python 3:
+#   make demo   - install what is missing, compile, run the demo
+#   make test   - install what is missing, run every gate and test suite
+# Both are idempotent and quick once set up. `make setup` does only the setup.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   := .venv
+VPY    := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+export LACCA_RESIN ?= $(CURDIR)/$(VENV)/bin/resin
+
+.PHONY: help setup elixir python compile demo test test-python test-elixir lint bench clean
+
+help:
+	@echo "make demo   - set up (Erlang/Elixir via apt, Python venv) and run the demo"
+	@echo "make test   - set up and run all gates and tests (pytest, then ExUnit)"
+	@echo "make setup  - only the setup"
+	@echo "make bench  - benchmarks (not part of the tests)"
+
+setup: elixir python compile
+
+# Erlang/Elixir from Debian's packages, only when mix is missing.
+elixir:
+	@if ! command -v mix >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo ">> installing Erlang/Elixir from Debian packages"; \
+	    apt-get update -qq; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq elixir erlang-dev >/dev/null; \
+	  else \
+	    echo "Elixir is missing. Install it as root:  apt-get install elixir erlang-dev"; \
+	    echo "(or run 'sudo make setup'), then run this command again."; \
+	    exit 1; \
+	  fi; \
+	fi
+
+# The venv holds resin (editable) and the Python test tools.
+python: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@if ! $(PYTHON) -m venv --help >/dev/null 2>&1 || ! $(PYTHON) -c 'import ensurepip' >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null; \
+	  else \
+	    echo "Python's venv module is missing: apt-get install python3-venv"; exit 1; \
+	  fi; \
+	fi
+	@echo ">> creating $(VENV) with resin_py and the dev tools"
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+compile: elixir
+	mix compile
+
+demo: setup
+	mix run examples/demo.exs
+
+lint: setup
+	$(VENV)/bin/ruff check resin_py tests bench
+	$(VENV)/bin/mypy --strict resin_py
+	mix format --check-formatted
+	MIX_ENV=test mix compile --force --warnings-as-errors
+
+test-python: setup
+	$(VENV)/bin/pytest -q
+
+test-elixir: setup
+	mix test
+
+test: lint test-python test-elixir
+
+bench: setup
+	$(VPY) bench/run.py
+
+clean:
+	rm -rf _build $(VENV) .pytest_cache .mypy_cache .ruff_cache
