@@ -1,0 +1,495 @@
+"""v1: raw-byte data frames plus ETF control terms (docs/protocol.md §4).
+
+Pure functions over packet payloads: `decode_client_frame` / `encode_resin_frame`
+for resin, `encode_client_frame` / `decode_resin_frame` for clients.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Literal, TypeAlias
+
+from resin_py.protocol.errors import (
+    BadArgument,
+    BadFrame,
+    BadTerm,
+    FramingError,
+    ProtocolError,
+    UnknownRequest,
+    V1Error,
+)
+from resin_py.protocol.framing import MAX_PACKET
+from resin_py.protocol.terms import (
+    FALSE,
+    INFINITY,
+    NIL,
+    TRUE,
+    Atom,
+    Term,
+    decode_term,
+    encode_term,
+)
+
+VERSION = 1
+
+# Frame type bytes.
+HELLO = 0x00
+HELLO_REPLY = 0x01
+CONTROL = 0x10
+STDIN = 0x11
+CREDIT = 0x12
+EVENT = 0x20
+STDOUT = 0x21
+STDERR = 0x22
+STDIN_ACK = 0x23
+
+# Data bytes per STDIN/STDOUT/STDERR frame: a packet minus type byte and id.
+MAX_DATA = MAX_PACKET - 5
+MAX_ID = 2**32 - 1
+# A client SHOULD keep at most this many STDIN frames unacked per process.
+STDIN_WINDOW = 4
+# Refs are echoed in replies, which must still fit in one packet.
+MAX_REF_BYTES = 4096
+# An unknown request is echoed in the error event only up to this size.
+MAX_ECHO_BYTES = 60000
+
+_ID = struct.Struct(">I")
+_DATA_HEAD = struct.Struct(">BI")
+_CREDIT = struct.Struct(">BIBI")
+_ACK = struct.Struct(">BIB")
+
+
+class StreamKind(IntEnum):
+    STDOUT = 1
+    STDERR = 2
+
+
+class AckStatus(IntEnum):
+    WRITTEN = 0
+    EPIPE = 1  # the child closed its stdin
+    CLOSED = 2  # stdin was closed by close_stdin, or is /dev/null
+    NO_PROCESS = 3  # unknown or exited id
+
+
+# --- client -> resin ---------------------------------------------------------
+
+StdinMode: TypeAlias = Literal["pipe", "null"]
+StderrMode: TypeAlias = Literal["capture", "stdout", "discard"]
+
+
+@dataclass(frozen=True, slots=True)
+class SpawnOptions:
+    cd: bytes | None = None
+    env: tuple[tuple[bytes, bytes | None], ...] = ()
+    clear_env: bool = False
+    arg0: bytes | None = None
+    stdin: StdinMode = "pipe"
+    stderr: StderrMode = "capture"
+    credit: int | None = None  # None: infinity
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class Spawn:
+    id: int
+    exec: bytes
+    args: tuple[bytes, ...] = ()
+    options: SpawnOptions = SpawnOptions()
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    id: int
+    ref: Term
+    signo: int
+    group: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CloseStdin:
+    id: int
+    ref: Term
+
+
+@dataclass(frozen=True, slots=True)
+class Stdin:
+    id: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Credit:
+    id: int
+    stream: StreamKind
+    amount: int
+
+
+Request: TypeAlias = Spawn | Signal | CloseStdin
+ClientFrame: TypeAlias = Hello | Request | Stdin | Credit
+
+
+# --- resin -> client ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HelloReply:
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class Spawned:
+    id: int
+    os_pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class SpawnError:
+    id: int
+    reason: Term
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    id: int
+    ref: Term
+    result: Term  # ok | {error, Reason}
+
+
+@dataclass(frozen=True, slots=True)
+class Exit:
+    id: int
+    kind: Literal["exit", "signal"]
+    value: int  # exit code, or signal number
+
+    @property
+    def code(self) -> int | None:
+        return self.value if self.kind == "exit" else None
+
+    @property
+    def signal(self) -> int | None:
+        return self.value if self.kind == "signal" else None
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorEvent:
+    id: int | None
+    reason: Term
+
+
+@dataclass(frozen=True, slots=True)
+class Stdout:
+    id: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Stderr:
+    id: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StdinAck:
+    id: int
+    status: AckStatus
+
+
+Event: TypeAlias = Spawned | SpawnError | Reply | Exit | ErrorEvent
+ResinFrame: TypeAlias = HelloReply | Event | Stdout | Stderr | StdinAck
+
+
+# --- resin side: decoding ----------------------------------------------------
+
+
+def is_hello(payload: bytes) -> bool:
+    """Is this first packet a handshake request (`00 vv`)?"""
+    return len(payload) == 2 and payload[0] == HELLO
+
+
+def decode_client_frame(payload: bytes) -> ClientFrame:
+    """Decode one client packet payload; raise a V1Error describing what is wrong."""
+    if not payload:
+        raise BadFrame(-1, why="empty")
+    kind = payload[0]
+    if kind == STDIN:
+        if len(payload) < 5:
+            raise BadFrame(kind, why="shorter than 5 bytes")
+        return Stdin(_ID.unpack_from(payload, 1)[0], payload[5:])
+    if kind == CREDIT:
+        if len(payload) != _CREDIT.size:
+            raise BadFrame(kind, _id_of(payload), "not 10 bytes")
+        _, id, stream, amount = _CREDIT.unpack(payload)
+        if stream not in (1, 2):
+            raise BadFrame(kind, id, f"stream {stream}")
+        return Credit(id, StreamKind(stream), amount)
+    if kind == CONTROL:
+        return parse_request(decode_term(payload[1:]))
+    if kind == HELLO and len(payload) == 2:
+        return Hello(payload[1])
+    raise BadFrame(kind, why="unknown type for a client frame")
+
+
+def _id_of(payload: bytes) -> int | None:
+    return _ID.unpack_from(payload, 1)[0] if len(payload) >= 5 else None
+
+
+def _is_id(term: Term) -> bool:
+    return isinstance(term, int) and 0 <= term <= MAX_ID
+
+
+def _is_bin(term: Term, *, empty_ok: bool = True) -> bool:
+    return isinstance(term, bytes) and b"\0" not in term and (empty_ok or term != b"")
+
+
+def parse_request(term: Term) -> Request:
+    """A decoded CONTROL term to a request."""
+    if not (isinstance(term, tuple) and len(term) >= 2 and isinstance(term[0], Atom)
+            and isinstance(term[1], int) and _is_id(term[1])):
+        raise UnknownRequest(term)
+    tag, id = term[0].name, term[1]
+    assert isinstance(id, int)
+    if tag == "spawn" and len(term) == 5:
+        return _parse_spawn(id, term[2], term[3], term[4])
+    if tag == "signal" and len(term) == 5:
+        ref = _check_ref("signal", id, term[2])
+        signo, group = term[3], term[4]
+        if not isinstance(signo, int):
+            raise BadArgument("signal", id, Atom("signo"), ref)
+        if group not in (TRUE, FALSE):
+            raise BadArgument("signal", id, Atom("group"), ref)
+        return Signal(id, ref, signo, group == TRUE)
+    if tag == "close_stdin" and len(term) == 3:
+        return CloseStdin(id, _check_ref("close_stdin", id, term[2]))
+    raise UnknownRequest(term)
+
+
+def _check_ref(request: str, id: int, ref: Term) -> Term:
+    if len(encode_term(ref)) > MAX_REF_BYTES:
+        raise BadArgument(request, id, Atom("ref"))
+    return ref
+
+
+def _parse_spawn(id: int, exe: Term, args: Term, opts: Term) -> Spawn:
+    def bad(what: str) -> BadArgument:
+        return BadArgument("spawn", id, Atom(what))
+
+    if not _is_bin(exe, empty_ok=False):
+        raise bad("exec")
+    if not isinstance(args, list) or not all(_is_bin(a) for a in args):
+        raise bad("args")
+    if not isinstance(opts, list) or not all(
+        isinstance(o, tuple) and len(o) == 2 and isinstance(o[0], Atom) for o in opts
+    ):
+        raise bad("opts")
+    values: dict[str, Term] = {}
+    for opt in opts:
+        assert isinstance(opt, tuple) and isinstance(opt[0], Atom)
+        if opt[0].name not in _OPTION_KEYS:
+            raise BadArgument("spawn", id, opt[0])
+        values.setdefault(opt[0].name, opt[1])  # the first occurrence wins, as in proplists
+    kw: dict[str, object] = {}
+    for key, value in values.items():
+        kw[key] = _OPTION_PARSERS[key](value)
+        if kw[key] is _INVALID:
+            raise bad(key)
+    assert isinstance(exe, bytes)
+    return Spawn(id, exe, tuple(a for a in args if isinstance(a, bytes)), SpawnOptions(**kw))  # type: ignore[arg-type]
+
+
+_INVALID = object()
+
+
+def _opt_bin(value: Term) -> object:
+    return value if _is_bin(value, empty_ok=False) else _INVALID
+
+
+def _opt_bool(value: Term) -> object:
+    return {TRUE: True, FALSE: False}.get(value, _INVALID) if isinstance(value, Atom) else _INVALID
+
+
+def _opt_env(value: Term) -> object:
+    if not isinstance(value, list):
+        return _INVALID
+    env: list[tuple[bytes, bytes | None]] = []
+    for item in value:
+        if not (isinstance(item, tuple) and len(item) == 2):
+            return _INVALID
+        name, val = item
+        if not (_is_bin(name, empty_ok=False) and isinstance(name, bytes) and b"=" not in name):
+            return _INVALID
+        if val == NIL:
+            env.append((name, None))
+        elif isinstance(val, bytes) and _is_bin(val):
+            env.append((name, val))
+        else:
+            return _INVALID
+    return tuple(env)
+
+
+def _opt_choice(*choices: str) -> Callable[[Term], object]:
+    def parse(value: Term) -> object:
+        return value.name if isinstance(value, Atom) and value.name in choices else _INVALID
+
+    return parse
+
+
+def _opt_credit(value: Term) -> object:
+    if value == INFINITY:
+        return None
+    return value if isinstance(value, int) and value >= 0 else _INVALID
+
+
+_OPTION_PARSERS: dict[str, Callable[[Term], object]] = {
+    "cd": _opt_bin,
+    "env": _opt_env,
+    "clear_env": _opt_bool,
+    "arg0": _opt_bin,
+    "stdin": _opt_choice("pipe", "null"),
+    "stderr": _opt_choice("capture", "stdout", "discard"),
+    "credit": _opt_credit,
+}
+_OPTION_KEYS = frozenset(_OPTION_PARSERS)
+
+
+# --- resin side: encoding ----------------------------------------------------
+
+
+def data_header(kind: int, id: int, length: int) -> bytes:
+    """Packet header + frame header of a STDOUT/STDERR/STDIN frame of `length` data bytes."""
+    return struct.pack(">HBI", length + 5, kind, id)
+
+
+def event_term(event: Event) -> Term:
+    if isinstance(event, Spawned):
+        return (Atom("spawned"), event.id, event.os_pid)
+    if isinstance(event, SpawnError):
+        return (Atom("spawn_error"), event.id, event.reason)
+    if isinstance(event, Reply):
+        return (Atom("reply"), event.id, event.ref, event.result)
+    if isinstance(event, Exit):
+        return (Atom("exit"), event.id, (Atom(event.kind), event.value))
+    return (Atom("error"), NIL if event.id is None else event.id, event.reason)
+
+
+def encode_resin_frame(frame: ResinFrame) -> bytes:
+    """The packet payload of a resin -> client frame."""
+    if isinstance(frame, Stdout | Stderr):
+        kind = STDOUT if isinstance(frame, Stdout) else STDERR
+        return _DATA_HEAD.pack(kind, frame.id) + frame.data
+    if isinstance(frame, StdinAck):
+        return _ACK.pack(STDIN_ACK, frame.id, frame.status)
+    if isinstance(frame, HelloReply):
+        return bytes((HELLO_REPLY, frame.version))
+    return bytes((EVENT,)) + encode_term(event_term(frame))
+
+
+def error_event(exc: ProtocolError) -> Event:
+    """The event that answers a frame resin could not act on."""
+    if isinstance(exc, BadArgument):
+        assert exc.id is not None
+        reason = (Atom("badarg"), exc.what)
+        if exc.request == "spawn":
+            return SpawnError(exc.id, reason)
+        if exc.ref is not None:
+            return Reply(exc.id, exc.ref, (Atom("error"), reason))
+        return ErrorEvent(exc.id, reason)
+    if isinstance(exc, BadFrame):
+        return ErrorEvent(exc.id, (Atom("bad_frame"), exc.frame_type))
+    if isinstance(exc, BadTerm):
+        return ErrorEvent(None, (Atom("bad_term"), exc.detail.encode()))
+    if isinstance(exc, UnknownRequest):
+        term = exc.term
+        if len(encode_term(term)) > MAX_ECHO_BYTES:
+            term = Atom("too_large")
+        return ErrorEvent(None, (Atom("unknown_request"), term))
+    if isinstance(exc, FramingError):
+        return ErrorEvent(None, Atom("zero_length_packet"))
+    id = exc.id if isinstance(exc, V1Error) else None
+    return ErrorEvent(id, (Atom("protocol_error"), str(exc).encode()))
+
+
+# --- client side -------------------------------------------------------------
+
+
+def options_term(o: SpawnOptions) -> list[Term]:
+    """Spawn options as a proplist, leaving out the defaults."""
+    opts: list[Term] = []
+    if o.cd is not None:
+        opts.append((Atom("cd"), o.cd))
+    if o.env:
+        opts.append((Atom("env"), [(k, NIL if v is None else v) for k, v in o.env]))
+    if o.clear_env:
+        opts.append((Atom("clear_env"), TRUE))
+    if o.arg0 is not None:
+        opts.append((Atom("arg0"), o.arg0))
+    if o.stdin != "pipe":
+        opts.append((Atom("stdin"), Atom(o.stdin)))
+    if o.stderr != "capture":
+        opts.append((Atom("stderr"), Atom(o.stderr)))
+    if o.credit is not None:
+        opts.append((Atom("credit"), o.credit))
+    return opts
+
+
+def request_term(req: Request) -> Term:
+    if isinstance(req, Spawn):
+        return (Atom("spawn"), req.id, req.exec, list(req.args), options_term(req.options))
+    if isinstance(req, Signal):
+        return (Atom("signal"), req.id, req.ref, req.signo, TRUE if req.group else FALSE)
+    return (Atom("close_stdin"), req.id, req.ref)
+
+
+def encode_client_frame(frame: ClientFrame) -> bytes:
+    if isinstance(frame, Stdin):
+        return _DATA_HEAD.pack(STDIN, frame.id) + frame.data
+    if isinstance(frame, Credit):
+        return _CREDIT.pack(CREDIT, frame.id, frame.stream, frame.amount)
+    if isinstance(frame, Hello):
+        return bytes((HELLO, frame.version))
+    return bytes((CONTROL,)) + encode_term(request_term(frame))
+
+
+def decode_resin_frame(payload: bytes) -> ResinFrame:
+    """Decode a resin -> client payload (strict; raises ProtocolError)."""
+    kind = payload[0] if payload else -1
+    if kind in (STDOUT, STDERR) and len(payload) >= 5:
+        id = _ID.unpack_from(payload, 1)[0]
+        return Stdout(id, payload[5:]) if kind == STDOUT else Stderr(id, payload[5:])
+    if kind == STDIN_ACK and len(payload) == _ACK.size:
+        _, id, status = _ACK.unpack(payload)
+        if status <= 3:
+            return StdinAck(id, AckStatus(status))
+    if kind == HELLO_REPLY and len(payload) == 2:
+        return HelloReply(payload[1])
+    if kind == EVENT:
+        return parse_event(decode_term(payload[1:]))
+    raise BadFrame(kind, why="not a resin frame")
+
+
+def parse_event(term: Term) -> Event:
+    if isinstance(term, tuple) and len(term) >= 3 and isinstance(term[0], Atom):
+        tag, id = term[0].name, term[1]
+        if tag == "error" and len(term) == 3 and (id == NIL or _is_id(id)):
+            return ErrorEvent(None if id == NIL else id, term[2])  # type: ignore[arg-type]
+        if isinstance(id, int):
+            if tag == "spawned" and len(term) == 3 and isinstance(term[2], int):
+                return Spawned(id, term[2])
+            if tag == "spawn_error" and len(term) == 3:
+                return SpawnError(id, term[2])
+            if tag == "reply" and len(term) == 4:
+                return Reply(id, term[2], term[3])
+            status = term[2]
+            if (tag == "exit" and len(term) == 3 and isinstance(status, tuple)
+                    and len(status) == 2 and status[0] in (Atom("exit"), Atom("signal"))
+                    and isinstance(status[1], int) and isinstance(status[0], Atom)):
+                kind: Literal["exit", "signal"] = "exit" if status[0].name == "exit" else "signal"
+                return Exit(id, kind, status[1])
+    raise UnknownRequest(term)
+

@@ -1,0 +1,206 @@
+"""Protocol sessions: packets in -> loop calls; loop callbacks -> packets out."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from resin_py.protocol import v0, v1
+from resin_py.protocol.errors import ProtocolError, SpawnFailed
+from resin_py.protocol.framing import MAX_PACKET, packet_header
+from resin_py.protocol.terms import OK, Atom, Term
+from resin_py.protocol.v1 import AckStatus, StreamKind
+from resin_py.server import Child, Resin
+from resin_py.spawn import errno_atom
+
+_V0_STREAM: dict[StreamKind, v0.Stream] = {
+    StreamKind.STDOUT: "Stdout",
+    StreamKind.STDERR: "Stderr",
+}
+# v0 children are spawned as resin 0.3.x did: everything piped, no flow control.
+_V0_OPTIONS = v1.SpawnOptions()
+
+
+class V0Session:
+    """The legacy protocol: one child, msgpack messages."""
+
+    read_limit = v0.V0_MAX_DATA
+
+    def __init__(self, loop: Resin) -> None:
+        self.loop = loop
+        self.decoder = v0.V0Decoder()
+        self.child: Child | None = None
+        self.exited = False
+
+    @staticmethod
+    def report_undecided(loop: Resin, exc: ProtocolError) -> None:
+        """Errors before the mode is decided are answered in v0 style."""
+        _send_v0(loop, v0.ErrorReport(str(exc)))
+
+    def report(self, msg: str) -> None:
+        _send_v0(self.loop, v0.ErrorReport(msg))
+
+    def on_packet(self, payload: bytes) -> None:
+        try:
+            msg = self.decoder.feed_packet(payload)
+        except ProtocolError as exc:
+            self.report(str(exc))
+            return
+        if msg is None:
+            return
+        if isinstance(msg, v0.StartProcess):
+            self._start(msg)
+        elif self.child is None:
+            self.report(f"{type(msg).__name__} before StartProcess")
+        elif isinstance(msg, v0.DataIn):
+            if self.exited:
+                self.report("DataIn: the process has exited")
+            else:
+                self.loop.write_stdin(self.child, msg.data, notify=True)
+        elif self.exited or self.child.reaped:
+            self.report("KillProcess: the process has exited")
+        else:
+            self.loop.signal_child(self.child, 9, group=True)
+
+    def _start(self, msg: v0.StartProcess) -> None:
+        if self.child is not None:
+            self.report("StartProcess: a process was already started")
+            return
+        try:
+            self.child = self.loop.spawn_child(
+                0, os.fsencode(msg.exec), tuple(os.fsencode(a) for a in msg.args), _V0_OPTIONS
+            )
+        except SpawnFailed as exc:
+            self.report(f"StartProcess: {exc}")
+
+    def on_framing_error(self, exc: ProtocolError) -> None:
+        self.report(str(exc))
+
+    def on_internal_error(self, exc: Exception) -> None:
+        self.report(f"internal error: {type(exc).__name__}: {exc}"[:1000])
+
+    def on_output(self, child: Child, kind: StreamKind, data: bytes) -> None:
+        head, tail = v0.data_out_parts(_V0_STREAM[kind], data)
+        self.loop.push(packet_header(len(head) + len(tail)), head, tail)
+
+    def on_stdin_result(self, child: Child, status: int) -> None:
+        if status == AckStatus.EPIPE and not self.exited:
+            self.report("DataIn: the process closed its stdin (broken pipe)")
+
+    def on_close_stdin_done(self, child: Child, ref: Term) -> None:
+        pass  # v0 has no close_stdin
+
+    def on_exit(self, child: Child) -> None:
+        self.exited = True
+        _send_v0(self.loop, v0.ExitStatus(child.exit_code))
+
+
+def _send_v0(loop: Resin, msg: v0.ResinMessage) -> None:
+    payload = v0.encode_resin_message(msg)
+    loop.push(packet_header(len(payload)), payload)
+
+
+class V1Session:
+    """The multi-process protocol."""
+
+    read_limit = v1.MAX_DATA
+
+    def __init__(self, loop: Resin) -> None:
+        self.loop = loop
+        self.procs: dict[int, Child] = {}
+
+    def hello(self, _version: int) -> None:
+        # Whatever version was asked for, resin answers with the one it speaks.
+        self.send(v1.HelloReply(v1.VERSION))
+
+    def send(self, frame: v1.ResinFrame) -> None:
+        payload = v1.encode_resin_frame(frame)
+        if len(payload) > MAX_PACKET:  # only an event echoing something huge
+            payload = v1.encode_resin_frame(
+                v1.ErrorEvent(getattr(frame, "id", None), Atom("event_too_large")))
+        self.loop.push(packet_header(len(payload)), payload)
+
+    def on_packet(self, payload: bytes) -> None:
+        try:
+            frame = v1.decode_client_frame(payload)
+        except ProtocolError as exc:
+            self.send(v1.error_event(exc))
+            return
+        if isinstance(frame, v1.Stdin):
+            child = self.procs.get(frame.id)
+            if child is None:
+                self.send(v1.StdinAck(frame.id, AckStatus.NO_PROCESS))
+            else:
+                self.loop.write_stdin(child, frame.data, notify=True)
+        elif isinstance(frame, v1.Credit):
+            child = self.procs.get(frame.id)
+            if child is not None:  # an unknown id may just have exited
+                self.loop.grant_credit(child, frame.stream, frame.amount)
+        elif isinstance(frame, v1.Spawn):
+            self._spawn(frame)
+        elif isinstance(frame, v1.Signal):
+            self._signal(frame)
+        elif isinstance(frame, v1.CloseStdin):
+            child = self.procs.get(frame.id)
+            if child is None:
+                self.send(v1.Reply(frame.id, frame.ref, _error(Atom("no_process"))))
+            else:
+                self.loop.close_stdin(child, frame.ref)
+        else:  # a second hello
+            self.send(v1.ErrorEvent(None, (Atom("bad_frame"), v1.HELLO)))
+
+    def _spawn(self, req: v1.Spawn) -> None:
+        if req.id in self.procs:
+            self.send(v1.SpawnError(req.id, Atom("id_in_use")))
+            return
+        try:
+            child = self.loop.spawn_child(req.id, req.exec, req.args, req.options)
+        except SpawnFailed as exc:
+            self.send(v1.SpawnError(req.id, exc.reason))
+            return
+        except OSError as exc:  # out of descriptors, fork failed, ...
+            self.send(v1.SpawnError(req.id, errno_atom(exc.errno or errno.EIO)))
+            return
+        self.procs[req.id] = child
+        self.send(v1.Spawned(req.id, child.pid))
+
+    def _signal(self, req: v1.Signal) -> None:
+        child = self.procs.get(req.id)
+        result: Term = OK
+        if child is None:
+            result = _error(Atom("no_process"))
+        else:
+            try:
+                self.loop.signal_child(child, req.signo, req.group)
+            except OSError as exc:
+                result = _error(errno_atom(exc.errno or errno.EINVAL))
+        self.send(v1.Reply(req.id, req.ref, result))
+
+    def on_framing_error(self, exc: ProtocolError) -> None:
+        self.send(v1.error_event(exc))
+
+    def on_internal_error(self, exc: Exception) -> None:
+        detail = f"{type(exc).__name__}: {exc}"[:1000].encode()
+        self.send(v1.ErrorEvent(None, (Atom("internal"), detail)))
+
+    def on_output(self, child: Child, kind: StreamKind, data: bytes) -> None:
+        frame_type = v1.STDOUT if kind == StreamKind.STDOUT else v1.STDERR
+        self.loop.push(v1.data_header(frame_type, child.id, len(data)), data)
+
+    def on_stdin_result(self, child: Child, status: int) -> None:
+        self.send(v1.StdinAck(child.id, AckStatus(status)))
+
+    def on_close_stdin_done(self, child: Child, ref: Term) -> None:
+        self.send(v1.Reply(child.id, ref, OK))
+
+    def on_exit(self, child: Child) -> None:
+        del self.procs[child.id]
+        code = child.exit_code
+        if code is None:
+            self.send(v1.Exit(child.id, "signal", child.term_signal))
+        else:
+            self.send(v1.Exit(child.id, "exit", code))
+
+
+def _error(reason: Term) -> Term:
+    return (Atom("error"), reason)
