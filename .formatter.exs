@@ -1,0 +1,3 @@
+[
+  inputs: ["mix.exs", ".formatter.exs", "elixir/**/*.{ex,exs}"]
+]

@@ -1,0 +1,378 @@
+defmodule Lacca.Daemon do
+  @moduledoc false
+  # Owns one resin port (v1). Opened lazily on the first spawn, handshake
+  # included. Routes every frame about process `id` to the process that
+  # registered `id` (its "receiver"):
+  #
+  #   * raw frames (STDOUT, STDERR, STDIN_ACK) as {:"$lacca", port, payload},
+  #     the payload untouched (the receiver matches it with a binary pattern);
+  #   * events as {:"$lacca_event", port, term}.
+  #
+  # After an `exit` or `spawn_error` event the id is unregistered, so a
+  # receiver never gets a frame about its id after the exit event.
+  #
+  # Receivers write STDIN, CREDIT and CONTROL frames themselves with
+  # Port.command/2 (any process may); only spawn goes through the daemon,
+  # which has to register the receiver first.
+  #
+  # The daemon monitors every receiver; when one dies, its OS process group is
+  # SIGKILLed. When resin dies the daemon stops with {:shutdown, ...}: the
+  # receivers see the daemon's :DOWN (their "resin_down" outcome), the
+  # supervisor starts a fresh (lazy) daemon, and the process groups resin knew
+  # about are SIGKILLed from here as a fallback for grandchildren.
+  #
+  # A dedicated daemon (`client: pid`) serves one client and stops when that
+  # client dies or calls release/1.
+
+  use GenServer
+  require Logger
+
+  alias Lacca.Protocol
+
+  @handshake_timeout 15_000
+  @max_id 4_294_967_295
+
+  # -- API ---------------------------------------------------------------
+
+  def start_link(opts) do
+    {gen_opts, opts} = Keyword.split(opts, [:name])
+    GenServer.start_link(__MODULE__, opts, gen_opts)
+  end
+
+  def child_spec(opts) do
+    %{
+      id: Keyword.get(opts, :name, __MODULE__),
+      start: {__MODULE__, :start_link, [opts]},
+      restart: Keyword.get(opts, :restart, :permanent),
+      shutdown: 5_000
+    }
+  end
+
+  @doc false
+  # Registers `receiver` for a fresh id and sends the spawn request.
+  # Returns {:ok, daemon_pid, port, id} or {:error, reason}.
+  def spawn(daemon, exec, args, spawn_opts, window, receiver) do
+    request = {:spawn, exec, args, spawn_opts, window, receiver}
+
+    result =
+      case safe_call(daemon, request) do
+        {:error, :noproc} when daemon == __MODULE__ ->
+          # The shared daemon is being restarted (resin just died): the
+          # supervisor has the exit signal queued before our call, so once it
+          # answered, the new daemon is registered.
+          sync_supervisor!()
+          safe_call(daemon, request)
+
+        other ->
+          other
+      end
+
+    case result do
+      {:error, :noproc} -> {:error, :resin_down}
+      other -> other
+    end
+  end
+
+  defp sync_supervisor! do
+    _ = Supervisor.which_children(Lacca.Supervisor)
+    :ok
+  catch
+    :exit, _ ->
+      raise "the :lacca application is not started: add :lacca to your project's " <>
+              "dependencies or call Application.ensure_all_started(:lacca)"
+  end
+
+  defp safe_call(daemon, request) do
+    GenServer.call(daemon, request, :infinity)
+  catch
+    :exit, {:noproc, _} -> {:error, :noproc}
+    :exit, {{:shutdown, _}, _} -> {:error, :resin_down}
+    :exit, {:normal, _} -> {:error, :resin_down}
+  end
+
+  @doc false
+  # Starts a dedicated daemon for `client` under Lacca.DaemonSupervisor.
+  def start_dedicated(client) do
+    DynamicSupervisor.start_child(
+      Lacca.DaemonSupervisor,
+      {__MODULE__, client: client, restart: :temporary}
+    )
+  end
+
+  @doc false
+  def release(daemon), do: GenServer.cast(daemon, :release)
+
+  @doc false
+  # The OS pid of resin, or nil when no resin runs (yet).
+  def resin_os_pid(daemon \\ __MODULE__), do: GenServer.call(daemon, :resin_os_pid)
+
+  # -- server ------------------------------------------------------------
+
+  @impl true
+  def init(opts) do
+    Process.flag(:trap_exit, true)
+
+    client =
+      case opts[:client] do
+        nil -> nil
+        pid -> {pid, Process.monitor(pid)}
+      end
+
+    {:ok,
+     %{
+       port: nil,
+       next_id: 0,
+       # id => {receiver | nil, monitor_ref | nil, os_pid | nil}
+       procs: %{},
+       # monitor_ref => id
+       mrefs: %{},
+       client: client
+     }}
+  end
+
+  @impl true
+  def handle_call({:spawn, exec, args, opts, window, receiver}, _from, state) do
+    case ensure_port(state) do
+      {:ok, state} ->
+        {id, state} = next_id(state)
+        mref = Process.monitor(receiver)
+        credit = if window == :infinity, do: [], else: [{:credit, window}]
+        Port.command(state.port, Protocol.control({:spawn, id, exec, args, opts ++ credit}))
+
+        state = %{
+          state
+          | procs: Map.put(state.procs, id, {receiver, mref, nil}),
+            mrefs: Map.put(state.mrefs, mref, id)
+        }
+
+        {:reply, {:ok, self(), state.port, id}, state}
+
+      {:error, reason, state} ->
+        {:reply, {:error, reason}, state}
+    end
+  end
+
+  def handle_call(:resin_os_pid, _from, %{port: nil} = state), do: {:reply, nil, state}
+
+  def handle_call(:resin_os_pid, _from, state) do
+    {:os_pid, os_pid} = Port.info(state.port, :os_pid)
+    {:reply, os_pid, state}
+  end
+
+  @impl true
+  def handle_cast(:release, state) do
+    close_port(state)
+    {:stop, :normal, %{state | port: nil, procs: %{}}}
+  end
+
+  @impl true
+  # STDOUT / STDERR / STDIN_ACK: forwarded as they are.
+  def handle_info({port, {:data, <<type, id::32, _::binary>> = frame}}, %{port: port} = state)
+      when type in [0x21, 0x22, 0x23] do
+    case state.procs do
+      %{^id => {receiver, _, _}} when receiver != nil ->
+        send(receiver, {:"$lacca", port, frame})
+
+      _ ->
+        :ok
+    end
+
+    {:noreply, state}
+  end
+
+  def handle_info({port, {:data, <<0x20, etf::binary>>}}, %{port: port} = state) do
+    case Protocol.decode_term(etf) do
+      {:ok, event} ->
+        {:noreply, event(event, state)}
+
+      {:error, _} ->
+        Logger.warning("lacca: resin sent an undecodable event: #{inspect(etf, limit: 50)}")
+        {:noreply, state}
+    end
+  end
+
+  def handle_info({port, {:data, frame}}, %{port: port} = state) do
+    Logger.warning("lacca: unexpected frame from resin: #{inspect(frame, limit: 50)}")
+    {:noreply, state}
+  end
+
+  def handle_info({port, {:exit_status, status}}, %{port: port} = state) do
+    kill_groups(state)
+    {:stop, {:shutdown, {:resin_down, {:exit_status, status}}}, %{state | port: nil}}
+  end
+
+  def handle_info({:EXIT, port, reason}, %{port: port} = state) do
+    kill_groups(state)
+    {:stop, {:shutdown, {:resin_down, reason}}, %{state | port: nil}}
+  end
+
+  def handle_info({:DOWN, mref, :process, _, _}, %{client: {_, mref}} = state) do
+    # Our only client died: resin kills everything when its stdin closes.
+    close_port(state)
+    {:stop, :normal, %{state | port: nil, procs: %{}}}
+  end
+
+  def handle_info({:DOWN, mref, :process, _, _}, state) do
+    case Map.pop(state.mrefs, mref) do
+      {nil, _} ->
+        {:noreply, state}
+
+      {id, mrefs} ->
+        # The receiver died: its process group goes with it.
+        if state.port != nil do
+          Port.command(state.port, Protocol.control({:signal, id, :receiver_down, 9, true}))
+        end
+
+        procs = Map.update!(state.procs, id, fn {_, _, os_pid} -> {nil, nil, os_pid} end)
+        {:noreply, %{state | mrefs: mrefs, procs: procs}}
+    end
+  end
+
+  # Leftovers of an old port (closed after a failed handshake, ...).
+  def handle_info({port, _}, state) when is_port(port), do: {:noreply, state}
+  def handle_info({:EXIT, port, _}, state) when is_port(port), do: {:noreply, state}
+  def handle_info({:EXIT, _pid, _reason}, state), do: {:noreply, state}
+  def handle_info(_msg, state), do: {:noreply, state}
+
+  @impl true
+  def terminate(_reason, state) do
+    # Closing resin's stdin makes resin kill every process group and exit.
+    close_port(state)
+  end
+
+  # -- events --------------------------------------------------------------
+
+  defp event({:spawned, id, os_pid} = ev, state) do
+    case state.procs do
+      %{^id => {receiver, mref, _}} ->
+        forward(receiver, ev, state)
+        %{state | procs: Map.put(state.procs, id, {receiver, mref, os_pid})}
+
+      _ ->
+        state
+    end
+  end
+
+  defp event({tag, id, _} = ev, state) when tag in [:exit, :spawn_error] do
+    case Map.pop(state.procs, id) do
+      {nil, _} ->
+        state
+
+      {{receiver, mref, _}, procs} ->
+        forward(receiver, ev, state)
+        if mref, do: Process.demonitor(mref, [:flush])
+        %{state | procs: procs, mrefs: Map.delete(state.mrefs, mref)}
+    end
+  end
+
+  defp event({:reply, id, _ref, _result} = ev, state) do
+    case state.procs do
+      %{^id => {receiver, _, _}} -> forward(receiver, ev, state)
+      _ -> :ok
+    end
+
+    state
+  end
+
+  defp event({:error, id, reason} = ev, state) do
+    case state.procs do
+      %{^id => {receiver, _, _}} when receiver != nil ->
+        forward(receiver, ev, state)
+
+      _ ->
+        Logger.warning("lacca: resin reported an error: #{inspect(reason)}")
+    end
+
+    state
+  end
+
+  defp event(other, state) do
+    Logger.warning("lacca: unexpected event from resin: #{inspect(other)}")
+    state
+  end
+
+  defp forward(nil, _event, _state), do: :ok
+  defp forward(receiver, event, state), do: send(receiver, {:"$lacca_event", state.port, event})
+
+  # -- port ----------------------------------------------------------------
+
+  defp ensure_port(%{port: port} = state) when port != nil, do: {:ok, state}
+
+  defp ensure_port(state) do
+    with {:ok, resin} <- Lacca.Resin.find(),
+         {:ok, port} <- open(resin),
+         :ok <- handshake(port) do
+      {:ok, %{state | port: port}}
+    else
+      {:error, reason} -> {:error, reason, state}
+    end
+  end
+
+  defp open(resin) do
+    {:ok,
+     Port.open({:spawn_executable, resin}, [
+       :binary,
+       {:packet, 2},
+       :exit_status,
+       :use_stdio,
+       :hide
+     ])}
+  rescue
+    e in ErlangError -> {:error, {:resin_failed, resin, e.original}}
+  end
+
+  defp handshake(port) do
+    Port.command(port, Protocol.hello())
+
+    receive do
+      {^port, {:data, <<0x01, 1>>}} ->
+        :ok
+
+      {^port, {:data, <<0x01, v>>}} ->
+        close_port(%{port: port})
+        {:error, {:resin_protocol_version, v}}
+
+      {^port, {:data, other}} ->
+        close_port(%{port: port})
+        {:error, {:resin_bad_handshake, other}}
+
+      {^port, {:exit_status, status}} ->
+        {:error, {:resin_failed, {:exit_status, status}}}
+    after
+      @handshake_timeout ->
+        close_port(%{port: port})
+        {:error, :resin_handshake_timeout}
+    end
+  end
+
+  defp close_port(%{port: nil}), do: :ok
+
+  defp close_port(%{port: port}) do
+    Port.close(port)
+    :ok
+  rescue
+    ArgumentError -> :ok
+  end
+
+  defp next_id(%{next_id: id, procs: procs} = state) do
+    following = if id == @max_id, do: 0, else: id + 1
+
+    if Map.has_key?(procs, id) do
+      next_id(%{state | next_id: following})
+    else
+      {id, %{state | next_id: following}}
+    end
+  end
+
+  # resin is gone: its children died with it (PDEATHSIG), but their own
+  # children may not have. Kill every process group we know of.
+  defp kill_groups(state) do
+    groups = for {_, {_, _, os_pid}} <- state.procs, is_integer(os_pid), do: "-#{os_pid}"
+
+    if groups != [] do
+      :os.cmd(String.to_charlist("kill -KILL -- #{Enum.join(groups, " ")} 2>/dev/null"))
+    end
+
+    :ok
+  end
+end

@@ -1,0 +1,257 @@
+defmodule Lacca.Options do
+  @moduledoc false
+  # Validation of everything a caller hands to lacca, done once at the
+  # boundary. Misuse raises ArgumentError; the result is ready for the wire.
+
+  alias Lacca.Signal
+
+  @spawn_keys [:cd, :env, :clear_env, :arg0, :stderr, :stdin]
+  @common [daemon: :shared, kill_timeout: 5_000, stop_signal: :sigterm]
+  @start_defaults [output: :buffer, owner: nil, active: true, max_buffer: 1_048_576]
+  @run_defaults [input: nil, timeout: :infinity, into: ""]
+
+  @default_window 1_048_576
+
+  def spawn_keys, do: @spawn_keys
+
+  @doc false
+  # Validates command and args. Returns {exec, args}.
+  def command!(cmd, args) do
+    unless is_binary(cmd) do
+      raise ArgumentError, "expected the command to be a binary (a string), got: #{inspect(cmd)}"
+    end
+
+    no_nul!(cmd, "the command")
+
+    unless is_list(args) do
+      raise ArgumentError,
+            "expected the arguments to be a list of binaries, got: #{inspect(args)}"
+    end
+
+    Enum.each(args, fn arg ->
+      unless is_binary(arg) do
+        raise ArgumentError,
+              "expected the arguments to be a list of binaries, got #{inspect(arg)} in: " <>
+                inspect(args)
+      end
+
+      no_nul!(arg, "argument #{inspect(arg)}")
+    end)
+
+    {cmd, args}
+  end
+
+  @doc false
+  # Options of start/start_link. Returns a map.
+  def start!(opts) do
+    opts = validate!(opts, @spawn_keys ++ @common ++ @start_defaults)
+    output = one_of!(opts, :output, [:buffer, :messages])
+    owner = opts[:owner]
+
+    unless owner == nil or is_pid(owner) do
+      raise ArgumentError,
+            "invalid value for :owner option: expected a pid, got: #{inspect(owner)}"
+    end
+
+    active = opts[:active]
+
+    unless active in [true, false, :once] or (is_integer(active) and active > 0) do
+      raise ArgumentError,
+            "invalid value for :active option: expected true, false, :once or a positive " <>
+              "integer, got: #{inspect(active)}"
+    end
+
+    common(opts)
+    |> Map.merge(%{
+      output: output,
+      owner: owner,
+      active: active,
+      max_buffer: pos_integer!(opts, :max_buffer)
+    })
+  end
+
+  @doc false
+  # Options of run/shell. Returns a map.
+  def run!(opts) do
+    opts = validate!(opts, @spawn_keys ++ @common ++ @run_defaults)
+    spec = common(opts)
+
+    input =
+      case opts[:input] do
+        nil ->
+          nil
+
+        input ->
+          try do
+            IO.iodata_length(input)
+            input
+          rescue
+            ArgumentError ->
+              raise ArgumentError,
+                    "invalid value for :input option: expected iodata, got: #{inspect(input)}"
+          end
+      end
+
+    if input != nil and opts[:stdin] == :null do
+      raise ArgumentError, "the :input option cannot be combined with stdin: :null"
+    end
+
+    timeout =
+      case opts[:timeout] do
+        :infinity -> :infinity
+        t when is_integer(t) and t >= 0 -> t
+        t -> bad!(:timeout, "a non-negative integer (milliseconds) or :infinity", t)
+      end
+
+    into = opts[:into]
+
+    if Collectable.impl_for(into) == nil do
+      bad!(:into, "a Collectable", into)
+    end
+
+    Map.merge(spec, %{input: input, timeout: timeout, into: into, window: @default_window})
+  end
+
+  defp common(opts) do
+    stop_signal =
+      case Signal.to_number(opts[:stop_signal]) do
+        {:ok, n} -> n
+        {:error, _} -> bad!(:stop_signal, "a signal name or number", opts[:stop_signal])
+      end
+
+    %{
+      daemon: one_of!(opts, :daemon, [:shared, :dedicated]),
+      kill_timeout: non_neg_integer!(opts, :kill_timeout),
+      stop_signal: stop_signal,
+      spawn: spawn_opts!(opts)
+    }
+  end
+
+  defp validate!(opts, allowed) do
+    unless Keyword.keyword?(opts) do
+      raise ArgumentError, "expected options to be a keyword list, got: #{inspect(opts)}"
+    end
+
+    Keyword.validate!(opts, allowed)
+  end
+
+  # lacca spawn options -> the Opts proplist of the v1 spawn request.
+  defp spawn_opts!(opts) do
+    cd =
+      case opts[:cd] do
+        nil -> File.cwd!()
+        cd -> cd |> chardata!(:cd) |> Path.expand()
+      end
+
+    no_nul!(cd, ":cd option")
+
+    base = [{:cd, cd}]
+
+    env =
+      case opts[:env] do
+        nil -> []
+        env -> [{:env, env!(env)}]
+      end
+
+    clear_env =
+      case opts[:clear_env] do
+        nil -> []
+        b when is_boolean(b) -> [{:clear_env, b}]
+        other -> bad!(:clear_env, "a boolean", other)
+      end
+
+    arg0 =
+      case opts[:arg0] do
+        nil ->
+          []
+
+        a when is_binary(a) ->
+          no_nul!(a, ":arg0 option")
+          [{:arg0, a}]
+
+        other ->
+          bad!(:arg0, "a binary", other)
+      end
+
+    stderr =
+      case opts[:stderr] do
+        nil -> []
+        _ -> [{:stderr, one_of!(opts, :stderr, [:capture, :stdout, :discard])}]
+      end
+
+    stdin =
+      case opts[:stdin] do
+        nil -> []
+        _ -> [{:stdin, one_of!(opts, :stdin, [:pipe, :null])}]
+      end
+
+    base ++ env ++ clear_env ++ arg0 ++ stderr ++ stdin
+  end
+
+  defp env!(env) when is_map(env), do: env!(Map.to_list(env))
+
+  defp env!(env) when is_list(env) do
+    Enum.map(env, fn
+      {name, value} when is_binary(name) and (is_binary(value) or is_nil(value)) ->
+        if name == "" or String.contains?(name, ["=", <<0>>]) do
+          raise ArgumentError,
+                "invalid value for :env option: invalid variable name #{inspect(name)} " <>
+                  "(it must be non-empty and contain no \"=\" and no NUL byte)"
+        end
+
+        if is_binary(value), do: no_nul!(value, "the value of the environment variable #{name}")
+        {name, value}
+
+      other ->
+        raise ArgumentError,
+              "invalid value for :env option: expected {name, value} with binaries " <>
+                "(value nil to unset), got: #{inspect(other)}"
+    end)
+  end
+
+  defp env!(other), do: bad!(:env, "a map or a list of {name, value} tuples", other)
+
+  defp one_of!(opts, key, allowed) do
+    value = opts[key]
+
+    if value in allowed do
+      value
+    else
+      bad!(key, Enum.map_join(allowed, ", ", &inspect/1), value, "one of ")
+    end
+  end
+
+  defp pos_integer!(opts, key) do
+    case opts[key] do
+      n when is_integer(n) and n > 0 -> n
+      other -> bad!(key, "a positive integer", other)
+    end
+  end
+
+  defp non_neg_integer!(opts, key) do
+    case opts[key] do
+      n when is_integer(n) and n >= 0 -> n
+      other -> bad!(key, "a non-negative integer", other)
+    end
+  end
+
+  defp chardata!(value, key) do
+    IO.chardata_to_string(value)
+  rescue
+    _ -> bad!(key, "a binary (a path)", value)
+  end
+
+  defp bad!(key, expected, value, prefix \\ "") do
+    raise ArgumentError,
+          "invalid value for #{inspect(key)} option: expected #{prefix}#{expected}, got: " <>
+            inspect(value)
+  end
+
+  defp no_nul!(bin, what) do
+    if String.contains?(bin, <<0>>) do
+      raise ArgumentError, "#{what} contains a NUL byte: #{inspect(bin)}"
+    end
+
+    :ok
+  end
+end

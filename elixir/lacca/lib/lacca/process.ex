@@ -1,0 +1,659 @@
+defmodule Lacca.Process do
+  @moduledoc false
+  # One GenServer per OS process started with Lacca.start/3 or start_link/3.
+  #
+  # The daemon routes the frames about our id straight to us; we write STDIN,
+  # CREDIT and CONTROL frames to the port ourselves. Every handle_info clause
+  # matches our own port and id (and daemon monitor ref), so frames of an
+  # older process or another port can never be taken for ours.
+  #
+  # Callers that have to wait (read_stdout with an empty buffer, await,
+  # write_stdin until its frames are acked, close_stdin, signal, stop) are
+  # parked and answered with GenServer.reply/2 when the answer arrives.
+
+  use GenServer
+
+  alias Lacca.{Daemon, Protocol}
+
+  @max_data 65_530
+  @stdin_window 4
+  @sigkill 9
+
+  # -- starting ------------------------------------------------------------
+
+  def child_spec({_exec, _args, spec, _starter, _tag, _link} = arg) do
+    %{
+      id: __MODULE__,
+      start: {__MODULE__, :start_link, [arg]},
+      restart: :temporary,
+      shutdown: spec.kill_timeout + 2_000
+    }
+  end
+
+  def start_link(arg), do: GenServer.start_link(__MODULE__, arg)
+
+  # Runs in the caller: starts the server under Lacca.ProcessSupervisor and
+  # waits until resin reported the spawn (or its failure).
+  def start(exec, args, spec, link?) do
+    tag = make_ref()
+    child = {__MODULE__, {exec, args, spec, self(), tag, link?}}
+
+    case DynamicSupervisor.start_child(Lacca.ProcessSupervisor, child) do
+      {:ok, pid} ->
+        mref = Process.monitor(pid)
+
+        receive do
+          {^tag, :ok} ->
+            Process.demonitor(mref, [:flush])
+            {:ok, pid}
+
+          {^tag, {:error, reason}} ->
+            Process.demonitor(mref, [:flush])
+            {:error, reason}
+
+          {:DOWN, ^mref, :process, _, reason} ->
+            {:error, reason}
+        end
+
+      {:error, reason} ->
+        {:error, reason}
+    end
+  catch
+    :exit, {:noproc, _} ->
+      raise "the :lacca application is not started: add :lacca to your project's " <>
+              "dependencies or call Application.ensure_all_started(:lacca)"
+  end
+
+  @impl true
+  def init({exec, args, spec, starter, tag, link?}) do
+    Process.flag(:trap_exit, true)
+    owner = spec.owner || starter
+
+    owner_mref =
+      if spec.owner != nil or spec.output == :messages, do: Process.monitor(owner), else: nil
+
+    state = %{
+      phase: :spawning,
+      starter: starter,
+      tag: tag,
+      link: link?,
+      owner: owner,
+      owner_mref: owner_mref,
+      mode: spec.output,
+      kill_timeout: spec.kill_timeout,
+      stop_signal: spec.stop_signal,
+      window: spec.max_buffer,
+      threshold: max(div(spec.max_buffer, 4), 1),
+      daemon: nil,
+      dmref: nil,
+      port: nil,
+      id: nil,
+      os_pid: nil,
+      # nil while running; {:exit, n} | {:signal, s} | :resin_down when over
+      status: nil,
+      # credit consumed but not yet granted back, per stream
+      ungranted: %{stdout: 0, stderr: 0},
+      # :buffer mode: {iodata, size} per stream, and parked readers
+      buf: %{stdout: {[], 0}, stderr: {[], 0}},
+      readers: %{stdout: [], stderr: []},
+      # :messages mode
+      active: spec.active,
+      pending: :queue.new(),
+      exit_pending: false,
+      # stdin: queued items, refs of unacked frames in order, writes by ref
+      stdin: :open,
+      stdin_q: :queue.new(),
+      inflight: :queue.new(),
+      inflight_n: 0,
+      writes: %{},
+      # ref => {:signal | :close | :kill, from} | :ignore  (resin replies)
+      calls: %{},
+      # parked await callers and timers of parked calls
+      awaiters: [],
+      timers: %{},
+      stoppers: [],
+      kill_timer: nil
+    }
+
+    {:ok, state, {:continue, {:spawn, exec, args, spec}}}
+  end
+
+  @impl true
+  def handle_continue({:spawn, exec, args, spec}, state) do
+    daemon =
+      case spec.daemon do
+        :shared ->
+          {:ok, Daemon}
+
+        :dedicated ->
+          Daemon.start_dedicated(self())
+      end
+
+    with {:ok, daemon} <- daemon,
+         {:ok, dpid, port, id} <-
+           Daemon.spawn(daemon, exec, args, spec.spawn, spec.max_buffer, self()) do
+      dmref = Process.monitor(dpid)
+      {:noreply, %{state | daemon: dpid, dmref: dmref, port: port, id: id}}
+    else
+      {:error, reason} ->
+        send(state.starter, {state.tag, {:error, reason}})
+        {:stop, :normal, state}
+    end
+  end
+
+  # -- frames from resin (via the daemon) -------------------------------------
+
+  @impl true
+  def handle_info({:"$lacca", port, <<0x21, id::32, data::binary>>}, %{port: port, id: id} = s),
+    do: {:noreply, output(:stdout, data, s)}
+
+  def handle_info({:"$lacca", port, <<0x22, id::32, data::binary>>}, %{port: port, id: id} = s),
+    do: {:noreply, output(:stderr, data, s)}
+
+  def handle_info({:"$lacca", port, <<0x23, id::32, code>>}, %{port: port, id: id} = s),
+    do: {:noreply, s |> acked(Protocol.ack_status(code)) |> pump()}
+
+  def handle_info({:"$lacca_event", port, event}, %{port: port, id: id} = s)
+      when elem(event, 1) == id,
+      do: event(event, s)
+
+  def handle_info({:DOWN, mref, :process, _, _}, %{dmref: mref} = s), do: resin_down(s)
+
+  # The owner is gone: stop the OS process (terminate/2 does it gracefully).
+  def handle_info({:DOWN, mref, :process, _, _}, %{owner_mref: mref} = s),
+    do: {:stop, :normal, %{s | owner_mref: nil}}
+
+  def handle_info({:EXIT, pid, reason}, %{link: true, starter: pid} = s),
+    do: {:stop, owner_exit_reason(reason), s}
+
+  def handle_info({:timeout, ref}, s), do: {:noreply, timed_out(ref, s)}
+
+  def handle_info({:kill_timeout, ref}, %{kill_timer: {ref, _}} = s) do
+    if s.status == nil, do: signal_ref(s, @sigkill, true, :ignore)
+    {:noreply, %{s | kill_timer: nil}}
+  end
+
+  def handle_info(_other, s), do: {:noreply, s}
+
+  defp event({:spawned, _id, os_pid}, %{phase: :spawning} = s) do
+    if s.link, do: Process.link(s.starter)
+    send(s.starter, {s.tag, :ok})
+    {:noreply, %{s | phase: :running, os_pid: os_pid}}
+  end
+
+  defp event({:spawn_error, _id, reason}, s) do
+    send(s.starter, {s.tag, {:error, reason}})
+    {:stop, :normal, %{s | phase: :done, status: :spawn_error}}
+  end
+
+  defp event({:reply, _id, ref, result}, s) do
+    {what, calls} = Map.pop(s.calls, ref)
+    s = %{s | calls: calls}
+
+    case what do
+      {:signal, from} ->
+        GenServer.reply(from, signal_result(result))
+        {:noreply, s}
+
+      {:kill, from} ->
+        GenServer.reply(from, :ok)
+        {:noreply, s}
+
+      {:close, from} ->
+        GenServer.reply(from, close_result(result))
+        {:noreply, %{s | stdin: :closed}}
+
+      _ ->
+        {:noreply, s}
+    end
+  end
+
+  defp event({:exit, _id, status}, s) do
+    status =
+      case status do
+        {:exit, code} -> {:exit, code}
+        {:signal, signo} -> {:signal, Lacca.Signal.to_name(signo)}
+      end
+
+    Process.demonitor(s.dmref, [:flush])
+    finish(%{s | status: status, dmref: nil})
+  end
+
+  defp event({:error, _id, reason}, s) do
+    require Logger
+    Logger.warning("lacca: resin reported an error for os pid #{s.os_pid}: #{inspect(reason)}")
+    {:noreply, s}
+  end
+
+  defp event(_other, s), do: {:noreply, s}
+
+  defp resin_down(%{phase: :spawning} = s) do
+    send(s.starter, {s.tag, {:error, :resin_down}})
+    {:stop, :normal, %{s | phase: :done}}
+  end
+
+  defp resin_down(s), do: finish(%{s | status: :resin_down, dmref: nil})
+
+  # The OS process is over (or resin is gone): answer everybody.
+  defp finish(s) do
+    cancel_kill_timer(s)
+    result = if s.status == :resin_down, do: {:error, :resin_down}, else: {:ok, s.status}
+    Enum.each(s.awaiters, fn {ref, from} -> reply_parked(s, ref, from, result) end)
+
+    for stream <- [:stdout, :stderr], {ref, from} <- s.readers[stream] do
+      reply_parked(s, ref, from, {:ok, ""})
+    end
+
+    failure = if s.status == :resin_down, do: :resin_down, else: :exited
+    Enum.each(s.writes, fn {_, w} -> GenServer.reply(w.from, {:error, w.error || failure}) end)
+
+    Enum.each(s.calls, fn
+      {_, {:kill, from}} -> GenServer.reply(from, :ok)
+      {_, {_, from}} -> GenServer.reply(from, {:error, failure})
+      _ -> :ok
+    end)
+
+    for {:close, from} <- :queue.to_list(s.stdin_q), do: GenServer.reply(from, {:error, failure})
+    Enum.each(s.stoppers, &GenServer.reply(&1, :ok))
+
+    s = %{
+      s
+      | phase: :done,
+        awaiters: [],
+        readers: %{stdout: [], stderr: []},
+        writes: %{},
+        calls: %{},
+        stdin_q: :queue.new(),
+        inflight: :queue.new(),
+        inflight_n: 0,
+        stdin: :closed,
+        timers: %{},
+        kill_timer: nil
+    }
+
+    cond do
+      s.stoppers != [] ->
+        if s.mode == :messages, do: notify_end(s)
+        {:stop, :normal, %{s | stoppers: []}}
+
+      s.mode == :messages ->
+        deliver(%{s | exit_pending: true})
+
+      true ->
+        {:noreply, s}
+    end
+  end
+
+  # -- calls -------------------------------------------------------------------
+
+  @impl true
+  def handle_call({:read, stream, timeout}, from, %{mode: :buffer} = s) do
+    case s.buf[stream] do
+      {_, 0} when s.status != nil ->
+        {:reply, {:ok, ""}, s}
+
+      {_, 0} ->
+        ref = make_ref()
+        s = park_timer(s, ref, timeout, {:read, stream})
+        {:noreply, %{s | readers: Map.update!(s.readers, stream, &(&1 ++ [{ref, from}]))}}
+
+      {data, size} ->
+        s = %{s | buf: Map.put(s.buf, stream, {[], 0})}
+        {:reply, {:ok, IO.iodata_to_binary(data)}, consumed(s, stream, size)}
+    end
+  end
+
+  def handle_call({:read, _stream, _timeout}, _from, s), do: {:reply, {:error, :not_buffer}, s}
+
+  def handle_call({:write, data}, from, s) do
+    cond do
+      s.status != nil ->
+        {:reply, {:error, failure(s)}, s}
+
+      s.stdin != :open ->
+        {:reply, {:error, :closed}, s}
+
+      true ->
+        ref = make_ref()
+        chunks = chunk(data)
+        q = Enum.reduce(chunks, s.stdin_q, &:queue.in({:frame, ref, &1}, &2))
+        write = %{from: from, remaining: length(chunks), error: nil}
+        {:noreply, pump(%{s | stdin_q: q, writes: Map.put(s.writes, ref, write)})}
+    end
+  end
+
+  def handle_call(:close_stdin, from, s) do
+    cond do
+      s.status != nil ->
+        {:reply, {:error, failure(s)}, s}
+
+      s.stdin != :open ->
+        {:reply, :ok, s}
+
+      true ->
+        {:noreply, pump(%{s | stdin: :closing, stdin_q: :queue.in({:close, from}, s.stdin_q)})}
+    end
+  end
+
+  def handle_call({:signal, signo, group}, from, s) do
+    if s.status != nil do
+      {:reply, {:error, failure(s)}, s}
+    else
+      {:noreply, signal_ref(s, signo, group, {:signal, from})}
+    end
+  end
+
+  def handle_call(:kill, from, s) do
+    if s.status != nil do
+      {:reply, :ok, s}
+    else
+      {:noreply, signal_ref(s, @sigkill, true, {:kill, from})}
+    end
+  end
+
+  def handle_call({:stop, kill_timeout}, from, s) do
+    cond do
+      s.status != nil ->
+        {:stop, :normal, :ok, s}
+
+      s.stoppers != [] ->
+        {:noreply, %{s | stoppers: [from | s.stoppers]}}
+
+      true ->
+        s = signal_ref(s, s.stop_signal, true, :ignore)
+        ref = make_ref()
+        timer = Process.send_after(self(), {:kill_timeout, ref}, kill_timeout || s.kill_timeout)
+        {:noreply, %{s | stoppers: [from], kill_timer: {ref, timer}}}
+    end
+  end
+
+  def handle_call({:await, timeout}, from, s) do
+    case s.status do
+      nil ->
+        ref = make_ref()
+        s = park_timer(s, ref, timeout, :await)
+        {:noreply, %{s | awaiters: [{ref, from} | s.awaiters]}}
+
+      :resin_down ->
+        {:reply, {:error, :resin_down}, s}
+
+      status ->
+        {:reply, {:ok, status}, s}
+    end
+  end
+
+  def handle_call(:status, _from, s), do: {:reply, s.status, s}
+  def handle_call(:os_pid, _from, s), do: {:reply, s.os_pid, s}
+  def handle_call(:alive?, _from, s), do: {:reply, s.status == nil, s}
+
+  def handle_call({:set_active, active}, _from, %{mode: :messages} = s) do
+    active =
+      case {s.active, active} do
+        {n, m} when is_integer(n) and is_integer(m) -> n + m
+        {_, m} -> m
+      end
+
+    s =
+      if is_integer(active) and active <= 0 do
+        send(s.owner, {:lacca, self(), :passive})
+        %{s | active: false}
+      else
+        %{s | active: active}
+      end
+
+    case deliver(s) do
+      {:noreply, s} -> {:reply, :ok, s}
+      {:stop, reason, s} -> {:stop, reason, :ok, s}
+    end
+  end
+
+  def handle_call({:set_active, _}, _from, s), do: {:reply, {:error, :not_messages}, s}
+
+  # -- termination -----------------------------------------------------------
+
+  @impl true
+  def terminate(_reason, %{phase: :running, status: nil} = s) do
+    # Our owner or supervisor is gone: stop the OS process before we go.
+    signal_ref(s, s.stop_signal, true, :ignore)
+
+    if wait_exit(s, s.kill_timeout) == :timeout do
+      signal_ref(s, @sigkill, true, :ignore)
+      wait_exit(s, 2_000)
+    end
+
+    :ok
+  end
+
+  def terminate(_reason, _s), do: :ok
+
+  defp wait_exit(%{port: port, id: id, dmref: dmref}, timeout) do
+    receive do
+      {:"$lacca_event", ^port, {:exit, ^id, _}} -> :ok
+      {:DOWN, ^dmref, :process, _, _} -> :ok
+    after
+      timeout -> :timeout
+    end
+  end
+
+  defp owner_exit_reason(reason) when reason in [:normal, :shutdown], do: reason
+  defp owner_exit_reason({:shutdown, _} = reason), do: reason
+  defp owner_exit_reason(reason), do: {:shutdown, {:owner_exit, reason}}
+
+  # -- output ----------------------------------------------------------------
+
+  defp output(stream, data, %{mode: :buffer} = s) do
+    case s.readers[stream] do
+      [{ref, from} | rest] ->
+        reply_parked(s, ref, from, {:ok, data})
+        s = %{s | readers: Map.put(s.readers, stream, rest), timers: Map.delete(s.timers, ref)}
+        consumed(s, stream, byte_size(data))
+
+      [] ->
+        {acc, size} = s.buf[stream]
+        %{s | buf: Map.put(s.buf, stream, {[acc | data], size + byte_size(data)})}
+    end
+  end
+
+  defp output(stream, data, s) do
+    {:noreply, s} = deliver(%{s | pending: :queue.in({stream, data}, s.pending)})
+    s
+  end
+
+  # :messages mode: hand pending chunks to the owner while active allows,
+  # then the exit message once everything before it was delivered.
+  defp deliver(%{active: false} = s), do: maybe_end(s)
+
+  defp deliver(s) do
+    case :queue.out(s.pending) do
+      {:empty, _} ->
+        maybe_end(s)
+
+      {{:value, {stream, data} = chunk}, pending} ->
+        send(s.owner, {:lacca, self(), chunk})
+        s = consumed(%{s | pending: pending}, stream, byte_size(data))
+
+        case s.active do
+          true ->
+            deliver(s)
+
+          :once ->
+            deliver(%{s | active: false})
+
+          1 ->
+            send(s.owner, {:lacca, self(), :passive})
+            deliver(%{s | active: false})
+
+          n ->
+            deliver(%{s | active: n - 1})
+        end
+    end
+  end
+
+  defp maybe_end(%{exit_pending: true} = s) do
+    if :queue.is_empty(s.pending) do
+      notify_end(s)
+      {:stop, :normal, s}
+    else
+      {:noreply, s}
+    end
+  end
+
+  defp maybe_end(s), do: {:noreply, s}
+
+  defp notify_end(%{status: :resin_down} = s),
+    do: send(s.owner, {:lacca, self(), {:error, :resin_down}})
+
+  defp notify_end(s), do: send(s.owner, {:lacca, self(), {:exit, s.status}})
+
+  # Bytes handed to the reader: give resin that much credit back, in batches.
+  defp consumed(s, stream, size) do
+    ungranted = s.ungranted[stream] + size
+
+    if ungranted >= s.threshold and s.status == nil do
+      send_frame(s, Protocol.credit(s.id, stream, ungranted))
+      %{s | ungranted: Map.put(s.ungranted, stream, 0)}
+    else
+      %{s | ungranted: Map.put(s.ungranted, stream, ungranted)}
+    end
+  end
+
+  # -- stdin -------------------------------------------------------------------
+
+  defp chunk(data) do
+    bin = IO.iodata_to_binary(data)
+    chunk_bin(bin, [])
+  end
+
+  defp chunk_bin(bin, acc) when byte_size(bin) <= @max_data, do: Enum.reverse([bin | acc])
+
+  defp chunk_bin(bin, acc) do
+    <<head::binary-size(@max_data), rest::binary>> = bin
+    chunk_bin(rest, [head | acc])
+  end
+
+  # Send queued STDIN frames while fewer than @stdin_window are unacked; a
+  # close request goes out right after the frames queued before it.
+  defp pump(s) do
+    case :queue.peek(s.stdin_q) do
+      {:value, {:frame, ref, data}} when s.inflight_n < @stdin_window ->
+        send_frame(s, Protocol.stdin(s.id, data))
+
+        pump(%{
+          s
+          | stdin_q: :queue.drop(s.stdin_q),
+            inflight: :queue.in(ref, s.inflight),
+            inflight_n: s.inflight_n + 1
+        })
+
+      {:value, {:close, from}} ->
+        ref = make_ref()
+        send_frame(s, Protocol.control({:close_stdin, s.id, ref}))
+        s = %{s | stdin_q: :queue.drop(s.stdin_q), calls: Map.put(s.calls, ref, {:close, from})}
+        pump(s)
+
+      _ ->
+        s
+    end
+  end
+
+  defp acked(s, status) do
+    case :queue.out(s.inflight) do
+      {{:value, ref}, inflight} ->
+        s = %{s | inflight: inflight, inflight_n: s.inflight_n - 1}
+
+        case s.writes do
+          %{^ref => w} ->
+            error = w.error || ack_error(status)
+
+            if w.remaining == 1 do
+              GenServer.reply(w.from, if(error, do: {:error, error}, else: :ok))
+              %{s | writes: Map.delete(s.writes, ref)}
+            else
+              %{
+                s
+                | writes: Map.put(s.writes, ref, %{w | remaining: w.remaining - 1, error: error})
+              }
+            end
+
+          _ ->
+            s
+        end
+
+      {:empty, _} ->
+        s
+    end
+  end
+
+  defp ack_error(:written), do: nil
+  defp ack_error(:no_process), do: :exited
+  defp ack_error(other), do: other
+
+  # -- control -----------------------------------------------------------------
+
+  defp signal_ref(s, signo, group, what) do
+    ref = make_ref()
+    send_frame(s, Protocol.control({:signal, s.id, ref, signo, group}))
+    %{s | calls: Map.put(s.calls, ref, what)}
+  end
+
+  defp signal_result(:ok), do: :ok
+  defp signal_result({:error, :einval}), do: {:error, :unknown_signal}
+  defp signal_result({:error, :no_process}), do: {:error, :exited}
+  defp signal_result({:error, reason}), do: {:error, reason}
+
+  defp close_result(:ok), do: :ok
+  defp close_result({:error, :no_process}), do: {:error, :exited}
+  defp close_result({:error, reason}), do: {:error, reason}
+
+  defp failure(%{status: :resin_down}), do: :resin_down
+  defp failure(_), do: :exited
+
+  # Port.command/2 from this process: the port is owned by the daemon, but
+  # any process may write to it. A closed port means resin is gone; the
+  # daemon's :DOWN follows.
+  defp send_frame(%{port: port}, frame) do
+    Port.command(port, frame)
+  rescue
+    ArgumentError -> false
+  end
+
+  # -- parked calls with a time limit ------------------------------------------
+
+  defp park_timer(s, _ref, :infinity, _what), do: s
+
+  defp park_timer(s, ref, timeout, what) do
+    timer = Process.send_after(self(), {:timeout, ref}, timeout)
+    %{s | timers: Map.put(s.timers, ref, {timer, what})}
+  end
+
+  defp reply_parked(s, ref, from, reply) do
+    case s.timers do
+      %{^ref => {timer, _}} -> Process.cancel_timer(timer, async: true, info: false)
+      _ -> :ok
+    end
+
+    GenServer.reply(from, reply)
+  end
+
+  defp timed_out(ref, s) do
+    case Map.pop(s.timers, ref) do
+      {nil, _} ->
+        s
+
+      {{_, :await}, timers} ->
+        {[{^ref, from}], awaiters} = Enum.split_with(s.awaiters, &(elem(&1, 0) == ref))
+        GenServer.reply(from, {:error, :timeout})
+        %{s | timers: timers, awaiters: awaiters}
+
+      {{_, {:read, stream}}, timers} ->
+        {[{^ref, from}], rest} = Enum.split_with(s.readers[stream], &(elem(&1, 0) == ref))
+        GenServer.reply(from, {:ok, ""})
+        %{s | timers: timers, readers: Map.put(s.readers, stream, rest)}
+    end
+  end
+
+  defp cancel_kill_timer(%{kill_timer: {_, timer}}),
+    do: Process.cancel_timer(timer, async: true, info: false)
+
+  defp cancel_kill_timer(_), do: :ok
+end

@@ -1,0 +1,81 @@
+defmodule Lacca.Resin do
+  @moduledoc """
+  Finds the resin executable lacca talks to.
+
+  The first of these that is set wins:
+
+    1. the application environment: `config :lacca, :resin, "/path/to/resin"`
+    2. the environment variable `LACCA_RESIN`
+    3. the resin that this repository's setup installed (`make setup` creates
+       `<lacca repository>/.venv/bin/resin`); the path is computed when lacca is
+       compiled, so a project using `{:lacca, path: "/path/to/repo"}` finds it
+    4. `resin` on the `PATH`
+
+  When 1 or 2 is set it must name an executable file: lacca never falls back
+  silently from an explicit setting.
+  """
+
+  # elixir/lacca/lib/lacca -> repository root
+  @repo_root Path.expand("../../../..", __DIR__)
+  @repo_resin Path.join(@repo_root, ".venv/bin/resin")
+
+  @doc "The resin path of the repository lacca was compiled from (it may not exist)."
+  @spec repo_resin() :: Path.t()
+  def repo_resin, do: @repo_resin
+
+  @doc """
+  Returns the path of the resin executable to use.
+
+  Returns `{:error, {:resin_not_found, message}}` where `message` explains how
+  to install resin.
+  """
+  @spec find() :: {:ok, Path.t()} | {:error, {:resin_not_found, String.t()}}
+  def find do
+    cond do
+      configured = Application.get_env(:lacca, :resin) ->
+        check(to_string(configured), "config :lacca, :resin")
+
+      (env = System.get_env("LACCA_RESIN")) not in [nil, ""] ->
+        check(env, "the environment variable LACCA_RESIN")
+
+      executable?(@repo_resin) ->
+        {:ok, @repo_resin}
+
+      path = System.find_executable("resin") ->
+        {:ok, path}
+
+      true ->
+        {:error, {:resin_not_found, not_found_message()}}
+    end
+  end
+
+  defp check(path, source) do
+    if executable?(path) do
+      {:ok, Path.expand(path)}
+    else
+      {:error,
+       {:resin_not_found,
+        "#{source} is set to #{inspect(path)}, which is not an executable file. " <>
+          install_hint()}}
+    end
+  end
+
+  defp executable?(path) do
+    case File.stat(path) do
+      {:ok, %File.Stat{type: :regular, mode: mode}} -> Bitwise.band(mode, 0o111) != 0
+      _ -> false
+    end
+  end
+
+  defp not_found_message do
+    "lacca could not find the resin executable: LACCA_RESIN and config :lacca, :resin " <>
+      "are not set, #{@repo_resin} does not exist and there is no resin on the PATH. " <>
+      install_hint()
+  end
+
+  defp install_hint do
+    "To install resin, run `make setup` in the lacca repository (#{@repo_root}), " <>
+      "or `pip install #{@repo_root}` (resin needs Python >= 3.11), " <>
+      "or point LACCA_RESIN (or config :lacca, :resin) at a resin executable."
+  end
+end
