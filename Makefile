@@ -51,7 +51,7 @@ $(STAMP): pyproject.toml
 	@echo ">> creating $(VENV) with resin_py and the dev tools"
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
-	$(VPY) -m pip install -q -e '.[dev]'
+	$(VPY) -m pip install -q -e '.[dev]' --config-settings editable_mode=compat
 	@touch $(STAMP)
 
 compile: elixir
