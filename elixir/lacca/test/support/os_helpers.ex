@@ -1,0 +1,81 @@
+defmodule Lacca.OSHelpers do
+  @moduledoc false
+  # Only the OS can tell that a process vanished: wait_gone/2 is the one
+  # place in the suite that polls (/proc/<pid>, with a deadline).
+
+  @doc "Whether OS process `pid` exists and is not a zombie."
+  def os_alive?(pid) when is_integer(pid) do
+    case File.read("/proc/#{pid}/stat") do
+      {:ok, stat} -> state(stat) not in ["Z", "X"]
+      {:error, _} -> false
+    end
+  end
+
+  @doc "Waits until none of `pids` is alive; returns the ones still alive at the deadline."
+  def wait_gone(pids, timeout \\ 2_000) do
+    deadline = System.monotonic_time(:millisecond) + timeout
+    poll_gone(List.wrap(pids), deadline)
+  end
+
+  defp poll_gone(pids, deadline) do
+    case Enum.filter(pids, &os_alive?/1) do
+      [] ->
+        []
+
+      alive ->
+        if System.monotonic_time(:millisecond) >= deadline do
+          alive
+        else
+          receive do
+          after
+            5 -> poll_gone(alive, deadline)
+          end
+        end
+    end
+  end
+
+  @doc "Live (non-zombie) members of process group `pgid`."
+  def group_members(pgid) do
+    for dir <- File.ls!("/proc"),
+        Regex.match?(~r/^\d+$/, dir),
+        {:ok, stat} <- [File.read("/proc/#{dir}/stat")],
+        {:ok, state, _ppid, pgrp} <- [parse(stat)],
+        state not in ["Z", "X"],
+        pgrp == pgid,
+        do: String.to_integer(dir)
+  end
+
+  defp state(stat) do
+    case parse(stat) do
+      {:ok, state, _, _} -> state
+      :error -> "X"
+    end
+  end
+
+  # /proc/<pid>/stat: "pid (comm) state ppid pgrp ..."; comm may hold ") ".
+  defp parse(stat) do
+    case Regex.run(~r/^\d+ \(.*\) (\S) (\d+) (\d+) /s, stat) do
+      [_, state, ppid, pgrp] -> {:ok, state, String.to_integer(ppid), String.to_integer(pgrp)}
+      nil -> :error
+    end
+  end
+
+  @doc "Sends SIGKILL to OS process `pid`."
+  def os_kill(pid) do
+    {_, 0} = System.cmd("kill", ["-KILL", to_string(pid)])
+    :ok
+  end
+
+  @doc "Reads lines from a buffer-mode lacca process until `n` lines arrived."
+  def read_lines(pid, n, acc \\ "") do
+    lines = String.split(acc, "\n", trim: true)
+
+    if length(lines) >= n and String.ends_with?(acc, "\n") do
+      lines
+    else
+      {:ok, data} = Lacca.read_stdout(pid, 5_000)
+      if data == "", do: raise("no more output; got so far: #{inspect(acc)}")
+      read_lines(pid, n, acc <> data)
+    end
+  end
+end
