@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from resin_py import __version__
 
 
 def main(argv: list[str] | None = None) -> int:
+    # First thing: a ^C in the terminal running the BEAM must not kill resin.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     parser = argparse.ArgumentParser(
         prog="resin",
         description=(

@@ -19,6 +19,7 @@ import selectors
 import signal
 import socket
 import sys
+import termios
 import time
 import traceback
 from collections import deque
@@ -588,9 +589,12 @@ class Resin:
                 if got is False:
                     self._close_pipe(pipe)  # EAGAIN: the leader's output is all read
                 elif got is None:
-                    if not self.closing:
+                    if self.closing or _pipe_empty(pipe.fd):
+                        # Shutting down (no credit, no wait), or nothing is left
+                        # to read: a stream without credit must not hold the exit.
+                        self._close_pipe(pipe)
+                    else:
                         break
-                    self._close_pipe(pipe)  # shutting down: no credit, no wait
         if all(p.closed for p in child.pipes):
             self._finish(child)
 
@@ -673,6 +677,16 @@ class Resin:
             with contextlib.suppress(BlockingIOError):
                 while self._wake_r.recv(4096):
                     pass
+
+
+def _pipe_empty(fd: int) -> bool:
+    """No bytes wait in the pipe (FIONREAD), without reading any."""
+    buf = bytearray(4)
+    try:
+        fcntl.ioctl(fd, termios.FIONREAD, buf)
+    except OSError:
+        return True
+    return int.from_bytes(buf, sys.byteorder) == 0
 
 
 def _ignore_signal(_signo: int, _frame: Any) -> None:
