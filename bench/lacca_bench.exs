@@ -1,0 +1,405 @@
+# lacca benchmarks against plain Port / System.cmd, measured in the same run.
+#
+#   mix run bench/lacca_bench.exs [bench ...]
+#
+# Prints one JSON object per line on stdout (bench/run.py turns them into the
+# table, bench/results.json and docs/bench.png). Benchmarks: spawn, throughput,
+# roundtrip, concurrency, slow_consumer. Timings are in microseconds unless a
+# line says otherwise. Not part of the test suite: nothing here is asserted.
+
+defmodule Bench.JSON do
+  def encode(map) when is_map(map) do
+    "{" <>
+      Enum.map_join(map, ",", fn {k, v} -> encode(to_string(k)) <> ":" <> encode(v) end) <> "}"
+  end
+
+  def encode(list) when is_list(list), do: "[" <> Enum.map_join(list, ",", &encode/1) <> "]"
+  def encode(nil), do: "null"
+  def encode(b) when is_boolean(b), do: to_string(b)
+  def encode(a) when is_atom(a), do: encode(Atom.to_string(a))
+  def encode(n) when is_integer(n), do: Integer.to_string(n)
+  def encode(f) when is_float(f), do: :erlang.float_to_binary(f, [:compact, decimals: 3])
+  def encode(s) when is_binary(s), do: inspect(s)
+end
+
+defmodule Bench do
+  @gib 1_073_741_824
+  @slow_bytes 200 * 1_048_576
+
+  def emit(map), do: IO.puts(Bench.JSON.encode(map))
+
+  def time_us(fun) do
+    {us, _} = :timer.tc(fun)
+    us
+  end
+
+  def samples(n, fun), do: for(_ <- 1..n, do: time_us(fun))
+
+  # -- spawn ---------------------------------------------------------------
+
+  def spawn do
+    {_, 0} = System.cmd("true", [])
+    {:ok, _} = Lacca.run("true", [])
+    n = 500
+    # Interleave the variants in blocks so that drift hits both alike.
+    {cmd, lacca} =
+      Enum.reduce(1..5, {[], []}, fn _, {c, l} ->
+        {c ++ samples(div(n, 5), fn -> {_, 0} = System.cmd("true", []) end),
+         l ++ samples(div(n, 5), fn -> {:ok, %{status: {:exit, 0}}} = Lacca.run("true", []) end)}
+      end)
+
+    emit(%{bench: "spawn", variant: "System.cmd", unit: "us", samples: cmd})
+
+    emit(%{
+      bench: "spawn",
+      variant: "Lacca.run shared",
+      unit: "us",
+      samples: lacca,
+      baseline: "System.cmd"
+    })
+
+    dedicated =
+      samples(50, fn ->
+        {:ok, %{status: {:exit, 0}}} = Lacca.run("true", [], daemon: :dedicated)
+      end)
+
+    emit(%{
+      bench: "spawn",
+      variant: "Lacca.run dedicated",
+      unit: "us",
+      samples: dedicated,
+      baseline: "System.cmd"
+    })
+  end
+
+  # -- throughput ----------------------------------------------------------
+
+  def head_args, do: ["-c", Integer.to_string(@gib), "/dev/zero"]
+
+  def port_count do
+    head = System.find_executable("head")
+
+    port =
+      Port.open({:spawn_executable, head}, [:binary, :stream, :exit_status, args: head_args()])
+
+    port_loop(port, 0)
+  end
+
+  defp port_loop(port, n) do
+    receive do
+      {^port, {:data, d}} -> port_loop(port, n + byte_size(d))
+      {^port, {:exit_status, 0}} -> n
+    end
+  end
+
+  def messages_count do
+    {:ok, pid} = Lacca.start("head", head_args(), output: :messages)
+    messages_loop(pid, 0)
+  end
+
+  defp messages_loop(pid, n) do
+    receive do
+      {:lacca, ^pid, {:stdout, d}} -> messages_loop(pid, n + byte_size(d))
+      {:lacca, ^pid, {:exit, {:exit, 0}}} -> n
+    end
+  end
+
+  def stream_count do
+    Lacca.stream!("head", head_args()) |> Enum.reduce(0, fn d, n -> n + byte_size(d) end)
+  end
+
+  def throughput do
+    variants =
+      [{"Port", &port_count/0}, {"messages", &messages_count/0}] ++
+        if function_exported?(Lacca, :stream!, 3), do: [{"stream!", &stream_count/0}], else: []
+
+    results =
+      for _round <- 1..3, {name, fun} <- variants, reduce: %{} do
+        acc ->
+          {us, n} = :timer.tc(fun)
+          ^n = @gib
+          Map.update(acc, name, [us], &[us | &1])
+      end
+
+    for {name, _} <- variants do
+      emit(%{
+        bench: "throughput",
+        variant: name,
+        unit: "us",
+        bytes: @gib,
+        samples: Enum.reverse(results[name]),
+        baseline: if(name == "Port", do: nil, else: "Port")
+      })
+    end
+  end
+
+  # -- echo round trip ---------------------------------------------------------
+
+  @msg :binary.copy("x", 99) <> "\n"
+
+  def roundtrip do
+    n = 5_000
+    cat = System.find_executable("cat")
+    port = Port.open({:spawn_executable, cat}, [:binary, :stream, :exit_status])
+
+    port_samples =
+      samples(n, fn ->
+        Port.command(port, @msg)
+        port_recv(port, 0)
+      end)
+
+    Port.close(port)
+
+    {:ok, pid} = Lacca.start("cat", [], output: :messages)
+
+    lacca_samples =
+      samples(n, fn ->
+        :ok = Lacca.write_stdin(pid, @msg)
+        lacca_recv(pid, 0)
+      end)
+
+    Lacca.stop(pid)
+    emit(%{bench: "roundtrip", variant: "Port", unit: "us", samples: port_samples})
+
+    emit(%{
+      bench: "roundtrip",
+      variant: "messages",
+      unit: "us",
+      samples: lacca_samples,
+      baseline: "Port"
+    })
+  end
+
+  defp port_recv(_port, 100), do: :ok
+
+  defp port_recv(port, got) do
+    receive do
+      {^port, {:data, d}} -> port_recv(port, got + byte_size(d))
+    end
+  end
+
+  defp lacca_recv(_pid, 100), do: :ok
+
+  defp lacca_recv(pid, got) do
+    receive do
+      {:lacca, ^pid, {:stdout, d}} -> lacca_recv(pid, got + byte_size(d))
+    end
+  end
+
+  # -- concurrency ---------------------------------------------------------
+
+  def concurrency do
+    sleep = System.find_executable("sleep")
+
+    {port_us, ports} =
+      :timer.tc(fn ->
+        for _ <- 1..1_000 do
+          port = Port.open({:spawn_executable, sleep}, [:binary, args: ["1000"]])
+          {:os_pid, _} = Port.info(port, :os_pid)
+          port
+        end
+      end)
+
+    port_pids = Enum.map(ports, fn p -> elem(Port.info(p, :os_pid), 1) end)
+    Enum.each(ports, &Port.close/1)
+    Enum.each(port_pids, &System.cmd("kill", ["-KILL", Integer.to_string(&1)]))
+
+    emit(%{bench: "concurrency_1000", variant: "Port", unit: "us", samples: [port_us]})
+
+    {lacca_us, pids} = :timer.tc(fn -> start_sleeps(1_000) end)
+    stop_all(pids)
+
+    emit(%{
+      bench: "concurrency_1000",
+      variant: "Lacca.start",
+      unit: "us",
+      samples: [lacca_us],
+      baseline: "Port"
+    })
+
+    n = 10_000
+    {us, pids} = :timer.tc(fn -> start_sleeps(n) end)
+    resins = resin_pids()
+    rss = Enum.sum(Enum.map(resins, &rss_kib/1))
+    cpu_before = Enum.sum(Enum.map(resins, &cpu_ticks/1))
+    t0 = System.monotonic_time(:millisecond)
+    Process.sleep(2_000)
+    cpu_after = Enum.sum(Enum.map(resins, &cpu_ticks/1))
+    wall = System.monotonic_time(:millisecond) - t0
+    idle_cpu = (cpu_after - cpu_before) * 10 / wall * 100
+    os_pids = Enum.map(pids, &Lacca.os_pid/1)
+    {stop_us, _} = :timer.tc(fn -> stop_all(pids) end)
+    left = Enum.count(os_pids, &File.exists?("/proc/#{&1}"))
+
+    emit(%{
+      bench: "concurrency_10000",
+      variant: "Lacca.start",
+      unit: "us",
+      samples: [us],
+      resin_rss_mib: rss / 1024,
+      idle_cpu_percent: idle_cpu,
+      stop_us: stop_us,
+      left_after_stop: left
+    })
+  end
+
+  defp start_sleeps(n) do
+    1..n
+    |> Task.async_stream(
+      fn _ ->
+        {:ok, pid} = Lacca.start("sleep", ["1000"], stdin: :null)
+        pid
+      end,
+      max_concurrency: 64,
+      timeout: :infinity
+    )
+    |> Enum.map(fn {:ok, pid} -> pid end)
+  end
+
+  defp stop_all(pids) do
+    pids
+    |> Task.async_stream(&Lacca.kill/1, max_concurrency: 64, timeout: :infinity)
+    |> Stream.run()
+
+    Enum.each(pids, &Lacca.await(&1, 10_000))
+  end
+
+  # resin processes started by this BEAM (ports run under erl_child_setup, so
+  # look for the BEAM among the ancestors).
+  def resin_pids do
+    me = String.to_integer(System.pid())
+
+    for dir <- Path.wildcard("/proc/[0-9]*"),
+        pid = String.to_integer(Path.basename(dir)),
+        resin?(pid),
+        descendant?(pid, me, 8),
+        do: pid
+  end
+
+  defp resin?(pid) do
+    case File.read("/proc/#{pid}/cmdline") do
+      {:ok, cmdline} -> String.contains?(cmdline, "resin")
+      _ -> false
+    end
+  end
+
+  defp descendant?(_pid, _ancestor, 0), do: false
+
+  defp descendant?(pid, ancestor, depth) do
+    case ppid(pid) do
+      ^ancestor -> true
+      p when p in [nil, 0, 1] -> false
+      p -> descendant?(p, ancestor, depth - 1)
+    end
+  end
+
+  defp ppid(pid) do
+    case File.read("/proc/#{pid}/stat") do
+      {:ok, s} ->
+        [_, rest] = String.split(s, ") ", parts: 2)
+        rest |> String.split(" ") |> Enum.at(1) |> String.to_integer()
+
+      _ ->
+        nil
+    end
+  end
+
+  defp rss_kib(pid) do
+    case File.read("/proc/#{pid}/status") do
+      {:ok, s} ->
+        [_, kib] = Regex.run(~r/VmRSS:\s+(\d+)/, s)
+        String.to_integer(kib)
+
+      _ ->
+        0
+    end
+  end
+
+  defp cpu_ticks(pid) do
+    case File.read("/proc/#{pid}/stat") do
+      {:ok, s} ->
+        [_, rest] = String.split(s, ") ", parts: 2)
+        f = String.split(rest, " ")
+        String.to_integer(Enum.at(f, 11)) + String.to_integer(Enum.at(f, 12))
+
+      _ ->
+        0
+    end
+  end
+
+  # -- slow consumer -----------------------------------------------------------
+
+  # Peak of BEAM memory + resin RSS while a consumer sleeps and a child writes
+  # 200 MiB, as growth over the level before the child started.
+  def slow_consumer do
+    args = ["-c", Integer.to_string(@slow_bytes), "/dev/zero"]
+    head = System.find_executable("head")
+
+    port_peak =
+      measure_peak(fn ->
+        port = Port.open({:spawn_executable, head}, [:binary, :stream, :exit_status, args: args])
+        Process.sleep(5_000)
+        port_loop(port, 0)
+      end)
+
+    emit(%{bench: "slow_consumer", variant: "Port", unit: "MiB", samples: [port_peak]})
+
+    if function_exported?(Lacca, :stream!, 3) do
+      peak =
+        measure_peak(fn ->
+          Lacca.stream!("head", args)
+          |> Enum.reduce(0, fn
+            d, 0 ->
+              Process.sleep(5_000)
+              byte_size(d)
+
+            d, n ->
+              n + byte_size(d)
+          end)
+        end)
+
+      emit(%{
+        bench: "slow_consumer",
+        variant: "stream!",
+        unit: "MiB",
+        samples: [peak],
+        baseline: "Port"
+      })
+    end
+  end
+
+  defp measure_peak(fun) do
+    :erlang.garbage_collect()
+    base = total_bytes()
+    parent = self()
+    sampler = spawn_link(fn -> sample_loop(parent, base, 0) end)
+    @slow_bytes = fun.()
+    send(sampler, :stop)
+
+    receive do
+      {:peak, peak} -> peak / 1_048_576
+    end
+  end
+
+  defp sample_loop(parent, base, peak) do
+    receive do
+      :stop -> send(parent, {:peak, max(peak, total_bytes() - base)})
+    after
+      20 -> sample_loop(parent, base, max(peak, total_bytes() - base))
+    end
+  end
+
+  defp total_bytes do
+    :erlang.memory(:total) + Enum.sum(Enum.map(resin_pids(), &rss_kib/1)) * 1024
+  end
+end
+
+all = ~w(spawn throughput roundtrip concurrency slow_consumer)
+selected = if System.argv() == [], do: all, else: System.argv()
+
+for name <- selected do
+  unless name in all,
+    do: raise(ArgumentError, "unknown benchmark #{name}; known: #{inspect(all)}")
+
+  apply(Bench, String.to_atom(name), [])
+end
