@@ -34,6 +34,30 @@ defmodule Lacca.OSHelpers do
     end
   end
 
+  @doc "Waits until OS process `pid` is in `state` (\"T\": stopped, ...)."
+  def wait_state(pid, state, timeout \\ 2_000) do
+    deadline = System.monotonic_time(:millisecond) + timeout
+    poll_state(pid, state, deadline)
+  end
+
+  defp poll_state(pid, state, deadline) do
+    stat = File.read!("/proc/#{pid}/stat")
+
+    cond do
+      state(stat) == state ->
+        true
+
+      System.monotonic_time(:millisecond) >= deadline ->
+        false
+
+      true ->
+        receive do
+        after
+          5 -> poll_state(pid, state, deadline)
+        end
+    end
+  end
+
   @doc "Live (non-zombie) members of process group `pgid`."
   def group_members(pgid) do
     for dir <- File.ls!("/proc"),
