@@ -1,0 +1,127 @@
+"""No orphans, no zombies, no leaked descriptors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from conftest import children_of, exists, fd_count, wait_gone
+
+from resin_py.client import ResinClient
+from resin_py.protocol import v1
+from resin_py.protocol.terms import OK
+
+
+def spawn_pid(client: ResinClient, id: int, *cmd: str, **opts: object) -> int:
+    spawned = client.spawn(id, cmd[0], cmd[1:], **opts)
+    assert isinstance(spawned, v1.Spawned), spawned
+    return spawned.os_pid
+
+
+def first_line_pid(client: ResinClient, id: int) -> int:
+    frame = client.expect(lambda f: isinstance(f, v1.Stdout) and f.id == id)
+    assert isinstance(frame, v1.Stdout)
+    return int(frame.data.split()[0])
+
+
+def test_grandchild_dies_with_its_group_on_kill(client: ResinClient) -> None:
+    spawn_pid(client, 1, "sh", "-c", "sleep 1000 & echo $!; sleep 1000")
+    grandchild = first_line_pid(client, 1)
+    assert client.signal(1, signal.SIGKILL, group=True) == OK
+    assert client.collect(1).exit == v1.Exit(1, "signal", 9)
+    wait_gone(grandchild)
+
+
+def test_group_is_killed_when_the_leader_exits(client: ResinClient) -> None:
+    spawn_pid(client, 1, "sh", "-c", "sleep 1000 & echo $!; exit 0")
+    grandchild = first_line_pid(client, 1)
+    assert client.collect(1).exit == v1.Exit(1, "exit", 0)
+    wait_gone(grandchild)
+
+
+def test_stdin_eof_kills_everything_and_exits_fast(client: ResinClient) -> None:
+    leaders = [spawn_pid(client, i, "sh", "-c", "sleep 1000 & echo $!; sleep 1000")
+               for i in range(5)]
+    members = [first_line_pid(client, i) for i in range(5)]
+    # One that escaped its group with setsid: only the subreaper sweep finds it.
+    spawn_pid(client, 9, "sh", "-c", "setsid sleep 1000 & echo $!; sleep 1000")
+    escaped = first_line_pid(client, 9)
+    started = time.monotonic()
+    client.close_stdin()
+    assert client.wait(timeout=1) == 0
+    assert time.monotonic() - started < 1
+    exits = []
+    while True:
+        try:
+            frame = client.recv(timeout=1)
+        except EOFError:
+            break
+        if isinstance(frame, v1.Exit):
+            exits.append(frame)
+    assert sorted(e.id for e in exits) == [0, 1, 2, 3, 4, 9]
+    for pid in [*leaders, *members, escaped]:
+        assert not exists(pid)
+
+
+def test_orphans_are_reaped(client: ResinClient) -> None:
+    # The setsid'd sleep leaves the group; when its parent exits it is
+    # reparented to resin (the subreaper), which must reap it when it dies.
+    spawn_pid(client, 1, "sh", "-c",
+              'setsid sh -c "echo \\$\\$; exec sleep 1000 >&- 2>&-" & read x; exit 0')
+    orphan = first_line_pid(client, 1)  # printed after setsid: it has left the group
+    assert client.close_child_stdin(1) == OK  # now let the leader exit
+    assert client.collect(1).exit == v1.Exit(1, "exit", 0)
+    assert exists(orphan)
+    os.kill(orphan, signal.SIGKILL)
+    wait_gone(orphan)  # gone from /proc: reaped, not a zombie
+    assert client.run(2, "/bin/echo", ["ok"]).stdout == b"ok\n"
+
+
+def test_children_die_when_resin_is_killed(client: ResinClient) -> None:
+    child = spawn_pid(client, 1, "sleep", "1000")
+    os.kill(client.pid, signal.SIGKILL)
+    client.wait()
+    wait_gone(child)
+
+
+def test_children_get_default_signal_dispositions(client: ResinClient) -> None:
+    # resin ignores SIGINT and SIGPIPE; its children must not inherit that.
+    r = client.run(1, "sh", ["-c", "grep -E '^Sig(Ign|Blk)' /proc/self/status"])
+    assert r.stdout == b"SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n"
+
+
+def test_children_get_their_own_session_and_fds(client: ResinClient) -> None:
+    r = client.run(1, "sh", ["-c", "echo $$; ps -o pid=,pgid=,sid= -p $$; ls /proc/$$/fd"])
+    lines = r.stdout.decode().split("\n")
+    pid = lines[0]
+    assert lines[1].split() == [pid, pid, pid]
+    assert sorted(lines[2:-1]) == ["0", "1", "2", "255"] or sorted(lines[2:-1]) == [
+        "0", "1", "2"]
+
+
+def test_thousand_spawn_exit_cycles_leak_nothing(client: ResinClient) -> None:
+    assert client.run(0, "true").exit == v1.Exit(0, "exit", 0)
+    baseline = fd_count(client.pid)
+    batch = 50
+    for start in range(0, 1000, batch):
+        ids = range(start + 1, start + batch + 1)
+        for i in ids:
+            client.send_spawn(i, "true")
+        for i in ids:
+            assert client.collect(i).exit == v1.Exit(i, "exit", 0)
+    assert children_of(client.pid) == []  # no zombie left unreaped
+    assert fd_count(client.pid) == baseline
+
+
+def test_v0_stdin_eof_kills_grandchildren(resin: ResinClient) -> None:
+    from resin_py.protocol import v0
+
+    resin.v0_send(v0.StartProcess("sh", ("-c", "sleep 1000 & echo $!; sleep 1000")))
+    msg = resin.v0_recv()
+    assert isinstance(msg, v0.DataOut)
+    grandchild = int(msg.data)
+    resin.close_stdin()
+    assert resin.v0_recv() == v0.ExitStatus(None)
+    assert resin.wait(timeout=1) == 0
+    assert not exists(grandchild)
