@@ -370,7 +370,7 @@ defmodule Lacca.Daemon do
     groups = for {_, {_, _, os_pid}} <- state.procs, is_integer(os_pid), do: "-#{os_pid}"
 
     if groups != [] do
-      :os.cmd(String.to_charlist("kill -KILL -- #{Enum.join(groups, " ")} 2>/dev/null"))
+      :os.cmd(String.to_charlist("kill -9 #{Enum.join(groups, " ")} 2>/dev/null"))
     end
 
     :ok

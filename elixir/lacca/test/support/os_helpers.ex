@@ -58,6 +58,28 @@ defmodule Lacca.OSHelpers do
     end
   end
 
+  @doc "Waits until `fun` (a question about OS state) returns true."
+  def wait_until(fun, timeout \\ 2_000) do
+    deadline = System.monotonic_time(:millisecond) + timeout
+    poll_until(fun, deadline)
+  end
+
+  defp poll_until(fun, deadline) do
+    cond do
+      fun.() ->
+        true
+
+      System.monotonic_time(:millisecond) >= deadline ->
+        false
+
+      true ->
+        receive do
+        after
+          5 -> poll_until(fun, deadline)
+        end
+    end
+  end
+
   @doc "Live (non-zombie) members of process group `pgid`."
   def group_members(pgid) do
     for dir <- File.ls!("/proc"),
