@@ -1,0 +1,331 @@
+"""The sans-IO core: framing, v0 and v1 codecs, terms (unit and property tests)."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from resin_py.protocol import v0, v1
+from resin_py.protocol.errors import (
+    BadTerm,
+    MessageTooLarge,
+    PacketTooLarge,
+    ProtocolError,
+    V0Error,
+    ZeroLengthPacket,
+)
+from resin_py.protocol.framing import MAX_PACKET, PacketReader, encode_packet
+from resin_py.protocol.terms import NIL, Atom, decode_term, encode_term, format_term
+
+# --- framing -------------------------------------------------------------------
+
+payloads = st.lists(st.binary(min_size=1, max_size=300), max_size=20)
+
+
+def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    bounds = [0, *points, len(data)]
+    return [data[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+
+
+def read_all(reader: PacketReader) -> list[bytes]:
+    out = []
+    while (p := reader.next_packet()) is not None:
+        out.append(p)
+    return out
+
+
+@given(payloads, st.lists(st.integers(min_value=0), max_size=30))
+def test_framing_is_split_invariant(items: list[bytes], cuts: list[int]) -> None:
+    stream = b"".join(encode_packet(p) for p in items)
+    reader = PacketReader()
+    got: list[bytes] = []
+    for piece in split_at(stream, cuts):
+        reader.feed(piece)
+        got += read_all(reader)
+    assert got == items and reader.buffered == 0
+
+
+def test_zero_length_packet_is_consumed() -> None:
+    reader = PacketReader()
+    reader.feed(b"\x00\x00" + encode_packet(b"next"))
+    with pytest.raises(ZeroLengthPacket):
+        reader.next_packet()
+    assert reader.next_packet() == b"next"
+
+
+def test_packet_limits() -> None:
+    assert encode_packet(b"x" * MAX_PACKET)[:2] == b"\xff\xff"
+    for bad in (b"", b"x" * (MAX_PACKET + 1)):
+        with pytest.raises(PacketTooLarge):
+            encode_packet(bad)
+
+
+def test_one_byte_at_a_time() -> None:
+    reader = PacketReader()
+    stream = encode_packet(b"a" * 1000) + encode_packet(b"b")
+    got = []
+    for i in range(len(stream)):
+        reader.feed(stream[i : i + 1])
+        got += read_all(reader)
+    assert got == [b"a" * 1000, b"b"]
+
+
+# --- v0 ------------------------------------------------------------------------
+
+
+@given(st.binary(max_size=v0.V0_MAX_DATA), st.sampled_from(["Stdout", "Stderr"]))
+def test_data_out_matches_a_plain_msgpack_int_array(data: bytes, stream: v0.Stream) -> None:
+    head, tail = v0.data_out_parts(stream, data)
+    assert head + tail == msgpack.packb({"DataOut": {"ty": stream, "buf": list(data)}})
+    assert len(encode_packet(head + tail)) <= MAX_PACKET + 2
+
+
+def test_data_out_worst_case_fits_a_packet() -> None:
+    payload = v0.encode_resin_message(v0.DataOut("Stderr", b"\xff" * v0.V0_MAX_DATA))
+    assert len(payload) <= MAX_PACKET
+
+
+def test_exit_status_and_error_report_encoding() -> None:
+    assert v0.encode_resin_message(v0.ExitStatus(None)) == bytes.fromhex(
+        "81aa4578697453746174757381a4636f6465c0")
+    assert v0.encode_resin_message(v0.ExitStatus(200)) == bytes.fromhex(
+        "81aa4578697453746174757381a4636f6465ccc8")
+    assert msgpack.unpackb(v0.encode_resin_message(v0.ErrorReport("x"))) == {
+        "ErrorReport": {"msg": "x"}}
+
+
+client_messages = st.one_of(
+    st.builds(v0.StartProcess, st.text(min_size=1).filter(lambda s: "\0" not in s),
+              st.lists(st.text().filter(lambda s: "\0" not in s)).map(tuple)),
+    st.builds(v0.DataIn, st.binary(max_size=5000)),
+    st.just(v0.KillProcess()),
+)
+
+
+@given(client_messages, st.integers(min_value=1, max_value=70000), st.booleans())
+def test_v0_chunking_round_trip(msg: v0.ClientMessage, chunk: int, as_bin: bool) -> None:
+    decoder = v0.V0Decoder()
+    packets = v0.encode_client_message(msg, chunk_size=chunk, data_as_bin=as_bin)
+    results = [decoder.feed_packet(p) for p in packets]
+    assert results[:-1] == [None] * (len(packets) - 1)
+    assert results[-1] == msg
+
+
+def test_v0_decodes_by_key_and_accepts_variants() -> None:
+    d = v0.V0Decoder()
+    assert d.feed_packet(b"\x02" + msgpack.packb(
+        {"StartProcess": {"args": ["a"], "exec": "x"}})) == v0.StartProcess("x", ("a",))
+    assert d.feed_packet(b"\x02" + msgpack.packb("KillProcess")) == v0.KillProcess()
+    assert d.feed_packet(b"\x00" + msgpack.packb({"KillProcess": None})) == v0.KillProcess()
+    assert d.feed_packet(b"\x02" + msgpack.packb({"DataIn": {"buf": b"\x00\xff"}})) == (
+        v0.DataIn(b"\x00\xff"))
+
+
+def test_v0_message_cap_and_recovery() -> None:
+    d = v0.V0Decoder(max_message=100)
+    for p in v0.encode_client_message(v0.DataIn(b"x" * 200), chunk_size=30):
+        try:
+            assert d.feed_packet(p) is None
+        except MessageTooLarge:
+            break
+    else:
+        raise AssertionError("no MessageTooLarge")
+    assert d.feed_packet(b"\x02" + msgpack.packb("KillProcess")) == v0.KillProcess()
+
+
+@settings(max_examples=500)
+@given(st.lists(st.binary(max_size=200), min_size=1, max_size=5))
+def test_v0_decoder_only_raises_protocol_errors(packets: list[bytes]) -> None:
+    d = v0.V0Decoder()
+    for p in packets:
+        try:
+            d.feed_packet(p)
+        except ProtocolError:
+            pass
+
+
+@given(st.binary(max_size=300))
+def test_v0_client_side_decoder_only_raises_protocol_errors(data: bytes) -> None:
+    try:
+        v0.decode_resin_message(data)
+    except V0Error:
+        pass
+
+
+# --- terms ---------------------------------------------------------------------
+
+atoms = st.from_regex(r"[a-z][a-z_]{0,10}", fullmatch=True).map(Atom)
+terms = st.recursive(
+    st.integers(min_value=-(2**70), max_value=2**70) | st.binary(max_size=50) | atoms
+    | st.floats(allow_nan=False),
+    lambda children: st.lists(children, max_size=5)
+    | st.lists(children, max_size=5).map(tuple),
+    max_leaves=20,
+)
+
+
+@given(terms)
+def test_terms_round_trip(term: object) -> None:
+    assert decode_term(encode_term(term)) == term  # type: ignore[arg-type]
+
+
+@settings(max_examples=1000)
+@given(st.binary(max_size=300))
+def test_term_decoder_only_raises_bad_term(data: bytes) -> None:
+    try:
+        decode_term(b"\x83" + data)
+    except BadTerm:
+        pass
+
+
+@settings(max_examples=500)
+@given(terms, st.lists(st.tuples(st.integers(min_value=0), st.integers(0, 255)), max_size=4),
+       st.integers(min_value=0))
+def test_term_decoder_survives_mutations(term: object, flips: list[tuple[int, int]],
+                                         cut: int) -> None:
+    data = bytearray(encode_term(term))  # type: ignore[arg-type]
+    for pos, value in flips:
+        data[pos % len(data)] = value
+    try:
+        decode_term(bytes(data[: max(2, cut % (len(data) + 1))]))
+    except BadTerm:
+        pass
+
+
+def test_compressed_terms_are_refused_even_nested() -> None:
+    bomb = zlib.compress(b"\x6b\xff\xff" + b"a" * 65535)
+    with pytest.raises(BadTerm):
+        decode_term(b"\x83\x50" + struct.pack(">I", 65538) + bomb)
+    with pytest.raises(BadTerm):
+        decode_term(b"\x83\x68\x01\x50" + struct.pack(">I", 65538) + bomb)
+
+
+def test_deep_nesting_is_a_bad_term() -> None:
+    with pytest.raises(BadTerm):
+        decode_term(b"\x83" + b"\x68\x01" * 30000 + b"\x6a")
+
+
+def test_erlang_py_quirks_are_normalised() -> None:
+    # true/false/undefined atoms and charlists (STRING_EXT)
+    assert decode_term(b"\x83\x64\x00\x04true") == Atom("true")
+    assert decode_term(b"\x83\x77\x09undefined") == Atom("undefined")
+    assert decode_term(b"\x83\x6b\x00\x02hi") == [104, 105]
+    assert encode_term(NIL) == b"\x83\x77\x03nil"
+    assert encode_term(b"hi") == b"\x83\x6d\x00\x00\x00\x02hi"
+
+
+def test_format_term() -> None:
+    assert format_term((Atom("spawn"), 1, b"/bin/echo", [b"hi"], [])) == (
+        '{spawn,1,<<"/bin/echo">>,[<<"hi">>],[]}')
+    assert format_term([b"a\"\\", b"\x00\xff", b"", Atom("Caps"), Atom("end"), -3]) == (
+        r'[<<"a\"\\">>,<<0,255>>,<<>>,' + "'Caps','end',-3]")
+
+
+# --- v1 ------------------------------------------------------------------------
+
+ids = st.integers(min_value=0, max_value=v1.MAX_ID)
+bins = st.binary(min_size=1, max_size=20).filter(lambda b: b"\0" not in b)
+options = st.builds(
+    v1.SpawnOptions,
+    cd=st.none() | bins,
+    env=st.lists(st.tuples(bins.filter(lambda b: b"=" not in b), st.none() | bins),
+                 max_size=3).map(tuple),
+    clear_env=st.booleans(),
+    arg0=st.none() | bins,
+    stdin=st.sampled_from(["pipe", "null"]),
+    stderr=st.sampled_from(["capture", "stdout", "discard"]),
+    credit=st.none() | st.integers(min_value=0, max_value=2**40),
+)
+client_frames = st.one_of(
+    st.builds(v1.Spawn, ids, bins, st.lists(st.binary(max_size=10).filter(
+        lambda b: b"\0" not in b), max_size=3).map(tuple), options),
+    st.builds(v1.Signal, ids, terms, st.integers(-5, 70), st.booleans()),
+    st.builds(v1.CloseStdin, ids, terms),
+    st.builds(v1.Stdin, ids, st.binary(max_size=100)),
+    st.builds(v1.Credit, ids, st.sampled_from(list(v1.StreamKind)),
+              st.integers(0, 2**32 - 1)),
+)
+
+
+@given(client_frames)
+def test_client_frames_round_trip(frame: v1.ClientFrame) -> None:
+    assert v1.decode_client_frame(v1.encode_client_frame(frame)) == frame
+
+
+resin_frames = st.one_of(
+    st.builds(v1.Spawned, ids, st.integers(1, 2**22)),
+    st.builds(v1.SpawnError, ids, terms),
+    st.builds(v1.Reply, ids, terms, terms),
+    st.builds(v1.Exit, ids, st.sampled_from(["exit", "signal"]), st.integers(0, 255)),
+    st.builds(v1.ErrorEvent, st.none() | ids, terms),
+    st.builds(v1.Stdout, ids, st.binary(min_size=1, max_size=100)),
+    st.builds(v1.Stderr, ids, st.binary(min_size=1, max_size=100)),
+    st.builds(v1.StdinAck, ids, st.sampled_from(list(v1.AckStatus))),
+    st.builds(v1.HelloReply, st.integers(0, 255)),
+)
+
+
+@given(resin_frames)
+def test_resin_frames_round_trip(frame: v1.ResinFrame) -> None:
+    assert v1.decode_resin_frame(v1.encode_resin_frame(frame)) == frame
+
+
+@settings(max_examples=1000)
+@given(st.binary(max_size=200))
+def test_client_frame_decoder_only_raises_protocol_errors(data: bytes) -> None:
+    try:
+        v1.decode_client_frame(data)
+    except ProtocolError as exc:
+        v1.encode_resin_frame(v1.error_event(exc))  # and the answer is encodable
+
+
+@settings(max_examples=500)
+@given(client_frames, st.lists(st.tuples(st.integers(min_value=0), st.integers(0, 255)),
+                               min_size=1, max_size=4))
+def test_client_frame_decoder_survives_mutations(frame: v1.ClientFrame,
+                                                 flips: list[tuple[int, int]]) -> None:
+    data = bytearray(v1.encode_client_frame(frame))
+    for pos, value in flips:
+        data[pos % len(data)] = value
+    try:
+        v1.decode_client_frame(bytes(data))
+    except ProtocolError as exc:
+        v1.encode_resin_frame(v1.error_event(exc))
+
+
+@given(st.binary(max_size=200))
+def test_resin_frame_decoder_only_raises_protocol_errors(data: bytes) -> None:
+    try:
+        v1.decode_resin_frame(data)
+    except ProtocolError:
+        pass
+
+
+def test_hello_detection() -> None:
+    assert v1.is_hello(b"\x00\x01") and v1.is_hello(b"\x00\x02")
+    assert not v1.is_hello(b"\x00") and not v1.is_hello(b"\x00\x01\x02")
+    assert not v1.is_hello(b"\x02\x01")
+
+
+def test_huge_refs_and_echoes_are_bounded() -> None:
+    big = b"x" * 10000
+    with pytest.raises(ProtocolError) as info:
+        v1.decode_client_frame(v1.encode_client_frame(v1.CloseStdin(3, big)))
+    assert v1.error_event(info.value) == v1.ErrorEvent(3, (Atom("badarg"), Atom("ref")))
+    huge = (Atom("what"), b"y" * 65000)
+    with pytest.raises(ProtocolError) as info:
+        v1.decode_client_frame(b"\x10" + encode_term(huge))
+    assert v1.error_event(info.value) == v1.ErrorEvent(
+        None, (Atom("unknown_request"), Atom("too_large")))
+
+
+def test_spawn_option_first_occurrence_wins() -> None:
+    term = (Atom("spawn"), 1, b"x", [], [(Atom("cd"), b"/a"), (Atom("cd"), b"/b")])
+    frame = v1.decode_client_frame(b"\x10" + encode_term(term))
+    assert isinstance(frame, v1.Spawn) and frame.options.cd == b"/a"
