@@ -103,7 +103,12 @@ defmodule Lacca.ProcessTest do
     assert Lacca.close_stdin(pid) == :ok
     assert Lacca.write_stdin(pid, "late") == {:error, :closed}
     assert Lacca.await(pid) == {:ok, {:exit, 0}}
+    assert Lacca.write_stdin(pid, "later") == {:error, :closed}
+
+    {:ok, pid} = Lacca.start_link("true", [])
+    assert Lacca.await(pid) == {:ok, {:exit, 0}}
     assert Lacca.write_stdin(pid, "later") == {:error, :exited}
+    assert Lacca.close_stdin(pid) == {:error, :exited}
 
     # The child closes its stdin, then tells us.
     {:ok, pid} = Lacca.start_link("sh", ["-c", "exec 0<&-; echo closed; exec sleep 100"])
@@ -159,7 +164,7 @@ defmodule Lacca.ProcessTest do
   test "signal to the process group" do
     # The leader ignores SIGTERM (set after the background sleep started, so
     # the sleep does not): only a group signal reaches the sleep.
-    {:ok, pid} = Lacca.start_link("sh", ["-c", "sleep 100 & echo $!; trap '' TERM; wait $!"])
+    {:ok, pid} = Lacca.start_link("sh", ["-c", "sleep 100 & trap '' TERM; echo $!; wait $!"])
     [bg] = read_lines(pid, 1) |> Enum.map(&String.to_integer/1)
     assert Lacca.signal(pid, :sigterm) == :ok
     assert os_alive?(bg)

@@ -266,7 +266,6 @@ defmodule Lacca.Process do
         stdin_q: :queue.new(),
         inflight: :queue.new(),
         inflight_n: 0,
-        stdin: :closed,
         timers: %{},
         kill_timer: nil
     }
@@ -307,11 +306,11 @@ defmodule Lacca.Process do
 
   def handle_call({:write, data}, from, s) do
     cond do
-      s.status != nil ->
-        {:reply, {:error, failure(s)}, s}
-
       s.stdin != :open ->
         {:reply, {:error, :closed}, s}
+
+      s.status != nil ->
+        {:reply, {:error, failure(s)}, s}
 
       true ->
         ref = make_ref()
