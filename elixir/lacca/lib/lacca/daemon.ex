@@ -135,17 +135,22 @@ defmodule Lacca.Daemon do
     case ensure_port(state) do
       {:ok, state} ->
         {id, state} = next_id(state)
-        mref = Process.monitor(receiver)
         credit = if window == :infinity, do: [], else: [{:credit, window}]
-        Port.command(state.port, Protocol.control({:spawn, id, exec, args, opts ++ credit}))
 
-        state = %{
-          state
-          | procs: Map.put(state.procs, id, {receiver, mref, nil}),
-            mrefs: Map.put(state.mrefs, mref, id)
-        }
+        if command(state.port, Protocol.control({:spawn, id, exec, args, opts ++ credit})) do
+          mref = Process.monitor(receiver)
 
-        {:reply, {:ok, self(), state.port, id}, state}
+          state = %{
+            state
+            | procs: Map.put(state.procs, id, {receiver, mref, nil}),
+              mrefs: Map.put(state.mrefs, mref, id)
+          }
+
+          {:reply, {:ok, self(), state.port, id}, state}
+        else
+          # resin just died; its exit_status message is on its way.
+          {:reply, {:error, :resin_down}, state}
+        end
 
       {:error, reason, state} ->
         {:reply, {:error, reason}, state}
@@ -220,7 +225,7 @@ defmodule Lacca.Daemon do
       {id, mrefs} ->
         # The receiver died: its process group goes with it.
         if state.port != nil do
-          Port.command(state.port, Protocol.control({:signal, id, :receiver_down, 9, true}))
+          command(state.port, Protocol.control({:signal, id, :receiver_down, 9, true}))
         end
 
         procs = Map.update!(state.procs, id, fn {_, _, os_pid} -> {nil, nil, os_pid} end)
@@ -343,6 +348,12 @@ defmodule Lacca.Daemon do
         close_port(%{port: port})
         {:error, :resin_handshake_timeout}
     end
+  end
+
+  defp command(port, frame) do
+    Port.command(port, frame)
+  rescue
+    ArgumentError -> false
   end
 
   defp close_port(%{port: nil}), do: :ok

@@ -1,0 +1,7 @@
+defmodule Lacca.DocTest do
+  use ExUnit.Case, async: true
+
+  doctest Lacca
+  doctest Lacca.Protocol
+  doctest Lacca.Signal
+end
