@@ -21,16 +21,14 @@ import socket
 import sys
 import termios
 import time
-import traceback
 from collections import deque
 from collections.abc import Callable
 from itertools import islice
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from resin_py.protocol.common import SpawnOptions, StreamKind
 from resin_py.protocol.errors import ProtocolError, ZeroLengthPacket
 from resin_py.protocol.framing import PacketReader
-from resin_py.protocol.terms import Term
-from resin_py.protocol.v1 import SpawnOptions, StreamKind, is_hello
 from resin_py.spawn import PR_SET_CHILD_SUBREAPER, ChildSetup, Spawner, prctl, resolve_executable
 
 # Above this many bytes waiting for resin's stdout, stop reading children's
@@ -53,6 +51,9 @@ SHUTDOWN_DESCENDANTS = 0.8
 SHUTDOWN_FLUSH = 0.95
 
 F_SETPIPE_SZ = 1031
+
+if TYPE_CHECKING:
+    from resin_py.protocol.terms import Term
 
 # State of a child's stdin.
 STDIN_OPEN = 0
@@ -244,6 +245,8 @@ class Resin:
         try:
             call()
         except Exception as exc:
+            import traceback
+
             log("internal error:\n" + traceback.format_exc())
             if self.session is not None:
                 self.session.on_internal_error(exc)
@@ -274,7 +277,7 @@ class Resin:
 
     def _framing_error(self, exc: ProtocolError) -> None:
         if self.session is None:
-            from resin_py.sessions import V0Session
+            from resin_py.v0_session import V0Session
 
             V0Session.report_undecided(self, exc)
         else:
@@ -284,14 +287,14 @@ class Resin:
         if self.session is not None:
             self.session.on_packet(payload)
             return
-        if is_hello(payload):
-            from resin_py.sessions import V1Session
+        if len(payload) == 2 and payload[0] == 0:  # the v1 handshake (00 vv)
+            from resin_py.v1_session import V1Session
 
             session = V1Session(self)
             self.session = session
             session.hello(payload[1])
             return
-        from resin_py.sessions import V0Session
+        from resin_py.v0_session import V0Session
 
         if payload[0] == 0:
             # Starts like a handshake but is not one: the mode stays undecided.

@@ -11,7 +11,6 @@ import ctypes
 import errno
 import os
 import resource
-import shutil
 import signal
 import struct
 from dataclasses import dataclass
@@ -44,7 +43,7 @@ def errno_atom(code: int) -> Atom:
     return Atom(errno.errorcode.get(code, f"errno{code}").lower())
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ChildSetup:
     path: bytes  # executable, already resolved on PATH
     argv: list[bytes]
@@ -59,6 +58,8 @@ def resolve_executable(exe: bytes, env: dict[bytes, bytes]) -> bytes:
     """Find `exe` on the child's PATH (else resin's), like execvp would."""
     if b"/" in exe:
         return exe
+    import shutil  # only when a lookup is needed: startup time
+
     path = env.get(b"PATH")
     found = shutil.which(os.fsdecode(exe), path=None if path is None else os.fsdecode(path))
     if found is None:

@@ -21,8 +21,9 @@ from resin_py.protocol.errors import (
     V0Error,
     ZeroLengthPacket,
 )
+from resin_py.protocol.etf import decode_term, encode_term
 from resin_py.protocol.framing import MAX_PACKET, PacketReader, encode_packet
-from resin_py.protocol.terms import NIL, Atom, decode_term, encode_term, format_term
+from resin_py.protocol.terms import NIL, Atom, format_term
 
 # --- framing -------------------------------------------------------------------
 

@@ -13,7 +13,8 @@ from conftest import proc_state, wait_gone, wait_until
 
 from resin_py.client import ResinClient
 from resin_py.protocol import v1
-from resin_py.protocol.terms import NIL, OK, Atom, encode_term
+from resin_py.protocol.etf import encode_term
+from resin_py.protocol.terms import NIL, OK, Atom
 from resin_py.protocol.v1 import AckStatus, StreamKind
 
 ERROR = Atom("error")

@@ -14,7 +14,8 @@ from make_vectors import raw_form
 
 from resin_py.client import ResinClient
 from resin_py.protocol import v0, v1
-from resin_py.protocol.terms import decode_term, format_term
+from resin_py.protocol.etf import decode_term
+from resin_py.protocol.terms import format_term
 
 VECTORS = Path(__file__).resolve().parent.parent / "docs" / "protocol-vectors.txt"
 

@@ -1,43 +1,22 @@
-"""Erlang terms for the v1 CONTROL/EVENT frames, on top of erlang-py.
-
-erlang-py decodes into a mix of Python values (bool for true/false, None for
-`undefined`, bytes for charlists) and its own classes. This module maps them to
-one small, typed model so the rest of resin never sees erlang-py's quirks:
+"""The typed model of Erlang terms used by the v1 CONTROL/EVENT frames.
 
     int, float            integers and floats
     bytes                 binaries (never charlists)
     Atom("name")          atoms, including true/false/nil/undefined
     tuple / list          tuples and proper lists (charlists become lists of ints)
     Opaque(raw)           anything resin only passes through (pids, refs, maps, ...)
+
+`resin_py.protocol.etf` converts between this model and the external term
+format (through erlang-py).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
-import erlang
 
-from resin_py.protocol.errors import BadTerm
-
-# Compressed terms (tag 80) are refused, at any depth: a 64 KiB packet could
-# inflate to gigabytes (nested compression) and lacca never compresses.
-COMPRESSED_TAG = 80
-
-
-class _RefuseCompressed:
-    """Stands in for `zlib` inside erlang-py so that it cannot inflate anything."""
-
-    @staticmethod
-    def decompress(_data: bytes) -> bytes:
-        raise erlang.ParseException("compressed terms are not accepted")
-
-
-erlang.zlib = _RefuseCompressed()
-
-
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Atom:
     name: str
 
@@ -45,7 +24,7 @@ class Atom:
         return f"Atom({self.name!r})"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Opaque:
     """A term resin does not interpret and echoes untouched (e.g. a reference)."""
 
@@ -61,74 +40,7 @@ OK = Atom("ok")
 INFINITY = Atom("infinity")
 
 
-def from_erlang(value: Any) -> Term:
-    """Map an erlang-py decoded value to the typed term model."""
-    if isinstance(value, bool):  # before int: bool is an int subclass
-        return TRUE if value else FALSE
-    if isinstance(value, int | float):
-        return value
-    if value is None:
-        return Atom("undefined")
-    if isinstance(value, erlang.OtpErlangAtom):
-        name = value.value
-        if isinstance(name, bytes):  # ATOM_EXT / SMALL_ATOM_EXT are Latin-1
-            return Atom(name.decode("latin-1"))
-        if isinstance(name, str):
-            return Atom(name)
-        return Opaque(value)  # atom cache reference: meaningless outside distribution
-    if isinstance(value, erlang.OtpErlangBinary):
-        return value.value if value.bits == 8 else Opaque(value)
-    if isinstance(value, bytes):  # STRING_EXT: a list of small integers
-        return list(value)
-    if isinstance(value, tuple):
-        return tuple(from_erlang(v) for v in value)
-    if isinstance(value, list):
-        return [from_erlang(v) for v in value]
-    return Opaque(value)
-
-
-def to_erlang(term: Term) -> Any:
-    """Map a typed term back to what erlang-py encodes as that Erlang term."""
-    if isinstance(term, bytes):
-        return erlang.OtpErlangBinary(term)
-    if isinstance(term, Atom):
-        return erlang.OtpErlangAtom(term.name)
-    if isinstance(term, tuple):
-        return tuple(to_erlang(t) for t in term)
-    if isinstance(term, list):
-        return [to_erlang(t) for t in term]
-    if isinstance(term, Opaque):
-        return term.raw
-    return term  # int or float
-
-
-def decode_term(data: bytes) -> Term:
-    """Decode one external term (starting with 131); raise BadTerm on anything wrong."""
-    if len(data) < 2 or data[0] != 131:
-        raise BadTerm("not an external term")
-    if data[1] == COMPRESSED_TAG:
-        raise BadTerm("compressed terms are not accepted")
-    try:
-        return from_erlang(erlang.binary_to_term(bytes(data)))
-    # erlang-py lets many exception types escape on malformed input (IndexError,
-    # struct.error, UnicodeDecodeError, RecursionError on deep nesting, TypeError
-    # on unhashable map keys, ...): all of them mean "bad term" here.
-    except Exception as exc:
-        raise BadTerm(_detail(exc)) from exc
-
-
-def _detail(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text[:200]
-
-
-def encode_term(term: Term) -> bytes:
-    """Encode a typed term as an external term (starting with 131)."""
-    data: bytes = erlang.term_to_binary(to_erlang(term))
-    return data
-
-
-_PLAIN_ATOM = re.compile(r"[a-z][A-Za-z0-9_@]*\Z")
+_ATOM_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_@")
 # Erlang reserved words: atoms with these names must be quoted.
 _RESERVED = frozenset({
     "after", "and", "andalso", "band", "begin", "bnot", "bor", "bsl", "bsr", "bxor",
@@ -150,7 +62,9 @@ def format_term(term: Term) -> str:
     if isinstance(term, float):
         return repr(term)
     if isinstance(term, Atom):
-        if _PLAIN_ATOM.match(term.name) and term.name not in _RESERVED:
+        name = term.name
+        if (name[:1].islower() and name[:1].isascii() and set(name) <= _ATOM_CHARS
+                and name not in _RESERVED):
             return term.name
         escaped = term.name.replace("\\", "\\\\").replace("'", "\\'")
         return f"'{escaped}'"

@@ -30,34 +30,34 @@ DEFAULT_FLAGS = 0x02
 Stream: TypeAlias = Literal["Stdout", "Stderr"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class StartProcess:
     exec: str
     args: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class DataIn:
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class KillProcess:
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class DataOut:
     stream: Stream
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ExitStatus:
     code: int | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ErrorReport:
     msg: str
 

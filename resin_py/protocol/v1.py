@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Literal, TypeAlias
 
+__all__ = ["SpawnOptions", "StreamKind"]  # re-exported: part of this module's API
+
+from resin_py.protocol.common import SpawnOptions, StreamKind
 from resin_py.protocol.errors import (
     BadArgument,
     BadFrame,
@@ -21,17 +24,9 @@ from resin_py.protocol.errors import (
     UnknownRequest,
     V1Error,
 )
+from resin_py.protocol.etf import decode_term, encode_term
 from resin_py.protocol.framing import MAX_PACKET
-from resin_py.protocol.terms import (
-    FALSE,
-    INFINITY,
-    NIL,
-    TRUE,
-    Atom,
-    Term,
-    decode_term,
-    encode_term,
-)
+from resin_py.protocol.terms import FALSE, INFINITY, NIL, TRUE, Atom, Term
 
 VERSION = 1
 
@@ -62,11 +57,6 @@ _CREDIT = struct.Struct(">BIBI")
 _ACK = struct.Struct(">BIB")
 
 
-class StreamKind(IntEnum):
-    STDOUT = 1
-    STDERR = 2
-
-
 class AckStatus(IntEnum):
     WRITTEN = 0
     EPIPE = 1  # the child closed its stdin
@@ -76,35 +66,23 @@ class AckStatus(IntEnum):
 
 # --- client -> resin ---------------------------------------------------------
 
-StdinMode: TypeAlias = Literal["pipe", "null"]
-StderrMode: TypeAlias = Literal["capture", "stdout", "discard"]
+_NO_OPTIONS = SpawnOptions()
 
 
-@dataclass(frozen=True, slots=True)
-class SpawnOptions:
-    cd: bytes | None = None
-    env: tuple[tuple[bytes, bytes | None], ...] = ()
-    clear_env: bool = False
-    arg0: bytes | None = None
-    stdin: StdinMode = "pipe"
-    stderr: StderrMode = "capture"
-    credit: int | None = None  # None: infinity
-
-
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Hello:
     version: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Spawn:
     id: int
     exec: bytes
     args: tuple[bytes, ...] = ()
-    options: SpawnOptions = SpawnOptions()
+    options: SpawnOptions = _NO_OPTIONS
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Signal:
     id: int
     ref: Term
@@ -112,19 +90,19 @@ class Signal:
     group: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class CloseStdin:
     id: int
     ref: Term
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Stdin:
     id: int
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Credit:
     id: int
     stream: StreamKind
@@ -138,31 +116,31 @@ ClientFrame: TypeAlias = Hello | Request | Stdin | Credit
 # --- resin -> client ---------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class HelloReply:
     version: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Spawned:
     id: int
     os_pid: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class SpawnError:
     id: int
     reason: Term
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Reply:
     id: int
     ref: Term
     result: Term  # ok | {error, Reason}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Exit:
     id: int
     kind: Literal["exit", "signal"]
@@ -177,25 +155,25 @@ class Exit:
         return self.value if self.kind == "signal" else None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ErrorEvent:
     id: int | None
     reason: Term
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Stdout:
     id: int
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Stderr:
     id: int
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class StdinAck:
     id: int
     status: AckStatus
