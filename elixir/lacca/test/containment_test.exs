@@ -86,13 +86,13 @@ defmodule Lacca.ContainmentTest do
          [receive_collected()])
       |> Enum.flat_map(&to_pids/1)
 
-    awaiter = Task.async(fn -> Lacca.await(buffered) end)
-    # The awaiter is parked once the server answered a later call.
-    _ = Lacca.alive?(buffered)
+    # A parked await/2 request.
+    awaiter = :gen_server.send_request(buffered, {:await, :infinity})
+    assert Lacca.alive?(buffered)
 
     os_kill(resin)
 
-    assert Task.await(awaiter) == {:error, :resin_down}
+    assert :gen_server.wait_response(awaiter, 5_000) == {:reply, {:error, :resin_down}}
     assert_receive {:lacca, ^messages, {:error, :resin_down}}, 5_000
     assert Task.await(runner) == {:error, :resin_down}
     assert Lacca.await(buffered) == {:error, :resin_down}

@@ -125,12 +125,11 @@ defmodule Lacca.ProcessTest do
   test "close_stdin comes after the writes queued before it" do
     {:ok, pid} = Lacca.start_link("wc", ["-c"])
     data = :binary.copy("x", 300_000)
-    writer = Task.async(fn -> Lacca.write_stdin(pid, data) end)
-    # Make sure the write is queued first: it has been received once the
-    # server answered a later call.
-    _ = Lacca.alive?(pid)
+    # An asynchronous write_stdin request sent from this process, so that it
+    # is queued before the close_stdin call below.
+    write = :gen_server.send_request(pid, {:write, data})
     assert Lacca.close_stdin(pid) == :ok
-    assert Task.await(writer) == :ok
+    assert :gen_server.wait_response(write, 5_000) == {:reply, :ok}
     assert Lacca.await(pid) == {:ok, {:exit, 0}}
     assert read_all(pid, "") |> String.trim() == "300000"
   end
@@ -225,13 +224,17 @@ defmodule Lacca.ProcessTest do
 
   test "awaiters and readers are all answered at exit" do
     {:ok, pid} = Lacca.start_link("sh", ["-c", "read x; exit 3"])
-    tasks = for _ <- 1..5, do: Task.async(fn -> Lacca.await(pid) end)
-    reader = Task.async(fn -> Lacca.read_stdout(pid, :infinity) end)
-    # All of them are parked once the server answered a later call.
-    _ = Lacca.alive?(pid)
+    # Asynchronous requests (the ones await/2 and read_stdout/2 make), sent
+    # from this process so that they are parked before the write below.
+    awaits = for _ <- 1..5, do: :gen_server.send_request(pid, {:await, :infinity})
+    read = :gen_server.send_request(pid, {:read, :stdout, :infinity})
     assert Lacca.write_stdin(pid, "\n") == :ok
-    assert Enum.map(tasks, &Task.await/1) == List.duplicate({:ok, {:exit, 3}}, 5)
-    assert Task.await(reader) == {:ok, ""}
+
+    for req <- awaits do
+      assert :gen_server.wait_response(req, 5_000) == {:reply, {:ok, {:exit, 3}}}
+    end
+
+    assert :gen_server.wait_response(read, 5_000) == {:reply, {:ok, ""}}
   end
 
   test "a dedicated daemon is a resin of its own" do
