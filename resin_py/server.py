@@ -40,10 +40,16 @@ OUT_LOW_WATER = 256 * 1024
 STDIN_READ_SIZE = 256 * 1024
 # writev takes at most this many buffers per call.
 IOV_MAX = 1024
-# Capacity given to each child's stdout/stderr pipe (F_SETPIPE_SZ): fewer,
-# larger reads and fewer context switches for chatty children. 0 keeps the
-# kernel default. Capped by /proc/sys/fs/pipe-max-size; failures are ignored.
+# Capacity asked for a child's stdout pipe (F_SETPIPE_SZ): fewer, fuller
+# reads for chatty children (measured: ~1.0 -> ~1.5 GB/s through resin).
+# Only for the first children: bigger pipes use up the per-user pipe budget
+# (fs.pipe-user-pages-soft, 64 MiB by default), after which the kernel gives
+# every new pipe 2 pages. 0 disables. Failures are ignored.
 CHILD_PIPE_SIZE = 256 * 1024
+CHILD_PIPE_BOOST_LIMIT = 16  # live children whose stdout pipes get enlarged
+# Capacity asked for resin's own stdout pipe: bigger batches per wakeup of
+# the reader (the BEAM) when output is heavy.
+RESIN_STDOUT_PIPE_SIZE = 1024 * 1024
 # Time from stdin EOF to exit: kill and drain the children, kill the
 # remaining descendants, flush. The whole shutdown must fit in 1 second.
 SHUTDOWN_CHILDREN = 0.5
@@ -193,6 +199,9 @@ class Resin:
         self.devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         self.spawner = Spawner(soft)
         self.sel.register(self._wake_r.fileno(), selectors.EVENT_READ, self._on_wakeup)
+        if RESIN_STDOUT_PIPE_SIZE:
+            with contextlib.suppress(OSError):  # not a pipe, or above pipe-max-size
+                fcntl.fcntl(self.stdout_fd, F_SETPIPE_SZ, RESIN_STDOUT_PIPE_SIZE)
         for fd in (self.stdin_fd, self.stdout_fd):
             flags = fcntl.fcntl(fd, fcntl.F_GETFL)
             self._saved_flags.append((fd, flags))
@@ -388,10 +397,11 @@ class Resin:
                 os.set_blocking(in_w, False)
             else:
                 in_r, in_w = self.devnull, -1
-            out_r, out_w = self._out_pipe(parent_fds, child_fds)
+            boost = CHILD_PIPE_SIZE if len(self.children) < CHILD_PIPE_BOOST_LIMIT else 0
+            out_r, out_w = self._out_pipe(parent_fds, child_fds, boost)
             pipes = [OutPipe(out_r, StreamKind.STDOUT, opts.credit)]
             if opts.stderr == "capture":
-                err_r, err_w = self._out_pipe(parent_fds, child_fds)
+                err_r, err_w = self._out_pipe(parent_fds, child_fds, 0)
                 pipes.append(OutPipe(err_r, StreamKind.STDERR, opts.credit))
             elif opts.stderr == "stdout":
                 err_w = out_w
@@ -415,14 +425,15 @@ class Resin:
             self._update_pipe(child, pipe)
         return child
 
-    def _out_pipe(self, parent_fds: list[int], child_fds: list[int]) -> tuple[int, int]:
+    def _out_pipe(self, parent_fds: list[int], child_fds: list[int], size: int
+                  ) -> tuple[int, int]:
         r, w = os.pipe2(os.O_CLOEXEC)
         parent_fds.append(r)
         child_fds.append(w)
         os.set_blocking(r, False)
-        if CHILD_PIPE_SIZE:
+        if size:
             with contextlib.suppress(OSError):
-                fcntl.fcntl(r, F_SETPIPE_SZ, CHILD_PIPE_SIZE)
+                fcntl.fcntl(r, F_SETPIPE_SZ, size)
         return r, w
 
     # --- child output ----------------------------------------------------------------
