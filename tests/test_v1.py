@@ -282,10 +282,14 @@ def test_close_stdin_after_queued_data(client: ResinClient) -> None:
     assert client.expect(lambda f: isinstance(f, v1.Reply)) == v1.Reply(1, ref, OK)
     assert client.write(1, b"too late") == AckStatus.CLOSED
     assert client.close_child_stdin(1) == OK  # idempotent
+    out = b""
+    while not out.endswith(b"EOF\n"):  # cat saw EOF after all the data
+        frame = client.expect(lambda f: isinstance(f, v1.Stdout))
+        assert isinstance(frame, v1.Stdout)
+        out += frame.data
+    assert out == b"a" * 70000 + b"b" * 10 + b"c" + b"EOF\n"
     client.signal(1, signal.SIGKILL, group=True)
-    r = client.collect(1)
-    assert r.stdout.endswith(b"EOF\n")
-    assert r.stdout == b"a" * 70000 + b"b" * 10 + b"c" + b"EOF\n"
+    assert client.collect(1).exit == v1.Exit(1, "signal", 9)
 
 
 def test_stdin_ack_epipe_and_no_process(client: ResinClient) -> None:
@@ -338,7 +342,7 @@ def test_noisy_child_without_credit_does_not_stall_others(client: ResinClient) -
     assert not [f for f in barrier(client) if isinstance(f, v1.Exit)]  # exit waits for the pipe
     client.send(v1.Credit(1, StreamKind.STDOUT, 10 << 20))
     r = client.collect(1)
-    assert r.exit == v1.Exit(1, "signal", 9) and set(r.stdout) == set(b"y\n")
+    assert r.exit == v1.Exit(1, "signal", 9) and set(r.stdout) <= set(b"y\n")
 
 
 def test_infinite_credit_frames_are_ignored(client: ResinClient) -> None:
