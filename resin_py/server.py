@@ -24,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from itertools import islice
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from resin_py.protocol.common import SpawnOptions, StreamKind
 from resin_py.protocol.errors import ProtocolError, ZeroLengthPacket
@@ -149,6 +149,7 @@ class Child:
 
 
 Handler = Callable[[], None]
+_A = TypeVar("_A")
 
 
 class Resin:
@@ -167,7 +168,6 @@ class Resin:
         self.out_blocking = False  # stdout cannot be polled (a regular file)
         self.paused = False
         self.closing = False
-        self.started = time.monotonic()
         self.shutdown_at = 0.0
         self.stdin_eof = False
         self.stdin_pollable = True
@@ -249,10 +249,10 @@ class Resin:
     def _deadline(self, budget: float) -> float:
         return self.shutdown_at + budget
 
-    def _dispatch(self, call: Callable[[], None]) -> None:
+    def _dispatch(self, call: Callable[[_A], None], arg: _A) -> None:
         """Run one packet's handling; a bug in it must not take resin down."""
         try:
-            call()
+            call(arg)
         except Exception as exc:
             import traceback
 
@@ -278,11 +278,11 @@ class Resin:
             try:
                 payload = self.reader.next_packet()
             except ZeroLengthPacket as exc:
-                self._dispatch(lambda exc=exc: self._framing_error(exc))  # type: ignore[misc]
+                self._dispatch(self._framing_error, exc)
                 continue
             if payload is None:
                 break
-            self._dispatch(lambda p=payload: self._on_packet(p))  # type: ignore[misc]
+            self._dispatch(self._on_packet, payload)
 
     def _framing_error(self, exc: ProtocolError) -> None:
         if self.session is None:
@@ -417,7 +417,15 @@ class Resin:
         finally:
             for fd in child_fds:
                 os.close(fd)
-        pidfd = os.pidfd_open(pid)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:  # out of descriptors: do not leave an untracked child behind
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            for fd in parent_fds:
+                os.close(fd)
+            raise
         child = Child(id, pid, pidfd, in_w, pipes)
         self.children[pid] = child
         self.sel.register(pidfd, selectors.EVENT_READ, lambda: self._child_exited(child))

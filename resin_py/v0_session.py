@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from typing import TYPE_CHECKING
 
 from resin_py.protocol import v0
@@ -63,7 +64,10 @@ class V0Session:
         elif self.exited or self.child.reaped:
             self.report("KillProcess: the process has exited")
         else:
-            self.loop.signal_child(self.child, 9, group=True)
+            try:
+                self.loop.signal_child(self.child, signal.SIGKILL, group=True)
+            except OSError as exc:
+                self.report(f"KillProcess: {exc}")
 
     def _start(self, msg: v0.StartProcess) -> None:
         if self.child is not None:
@@ -74,6 +78,8 @@ class V0Session:
                 0, os.fsencode(msg.exec), tuple(os.fsencode(a) for a in msg.args), _V0_OPTIONS
             )
         except SpawnFailed as exc:
+            self.report(f"StartProcess: {exc}")
+        except OSError as exc:  # out of descriptors, fork failed, ...
             self.report(f"StartProcess: {exc}")
 
     def on_framing_error(self, exc: ProtocolError) -> None:

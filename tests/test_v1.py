@@ -377,3 +377,33 @@ def test_stdin_frame_header_is_big_endian(client: ResinClient) -> None:
     client.send_packet(b"\x11" + struct.pack(">I", 0x01020304) + b"ok")
     r = client.collect(0x01020304)
     assert r.stdout == b"ok"
+
+
+def _wchar(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("wchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no wchar")
+
+
+def test_output_backlog_is_bounded_by_the_watermarks(client: ResinClient) -> None:
+    """A client that does not read makes resin stop reading children (high
+    water mark), so the child blocks instead of resin buffering everything."""
+    total = 50_000_000
+    spawned = client.spawn(1, "head", ["-c", str(total), "/dev/zero"])
+    assert isinstance(spawned, v1.Spawned)
+    pid = spawned.os_pid
+    seen: list[int] = []
+
+    def stalled() -> bool:
+        # Blocked in write(2) with no progress between two looks.
+        seen.append(_wchar(pid))
+        return (proc_state(pid) == "S" and len(seen) > 1 and seen[-1] == seen[-2]
+                and "pipe_write" in Path(f"/proc/{pid}/wchan").read_text())
+
+    wait_until(stalled, what="the child to block on a full pipe")
+    # out buffer (<= 1 MiB + one read) + resin's stdout pipe + the child's pipe
+    # + what the client read during spawn: a few MiB, not 50 MB.
+    assert seen[-1] < 8 << 20
+    r = client.collect(1, timeout=30)
+    assert len(r.stdout) == total and r.exit == v1_exit(1, 0)
