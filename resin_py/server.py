@@ -169,7 +169,6 @@ class Resin:
         self.paused = False
         self.closing = False
         self.shutdown_at = 0.0
-        self.stdin_eof = False
         self.stdin_pollable = True
         self._saved_flags: list[tuple[int, int]] = []
         self._setup()
@@ -369,7 +368,7 @@ class Resin:
         deadline = self._deadline(SHUTDOWN_FLUSH)
         while self.out and time.monotonic() < deadline:
             self._flush()
-            if self.out:
+            if self.out and not self.out_blocking:
                 with selectors.DefaultSelector() as sel:
                     sel.register(self.stdout_fd, selectors.EVENT_WRITE)
                     sel.select(max(0.0, deadline - time.monotonic()))
