@@ -141,8 +141,39 @@ defmodule Lacca.ContainmentTest do
     assert Task.await(runner) == {:error, :resin_down}
     assert wait_gone(pids) == []
 
+    assert_raise RuntimeError, ~r/application is not started/, fn -> Lacca.run("true", []) end
+    assert_raise RuntimeError, ~r/application is not started/, fn -> Lacca.start("true", []) end
+
     {:ok, _} = Application.ensure_all_started(:lacca)
     assert {:ok, %Lacca.Result{stdout: "back\n"}} = Lacca.run("echo", ["back"])
+  end
+
+  test "no resin: the error says how to install one" do
+    for {put, delete} <- [
+          {fn -> Application.put_env(:lacca, :resin, "/nonexistent/resin") end,
+           fn -> Application.delete_env(:lacca, :resin) end},
+          {fn -> System.put_env("LACCA_RESIN", "/nonexistent/resin") end,
+           restore_env("LACCA_RESIN")}
+        ] do
+      put.()
+
+      try do
+        assert {:error, {:resin_not_found, message}} = Lacca.Resin.find()
+        assert message =~ "/nonexistent/resin"
+        assert message =~ "make setup"
+        assert message =~ "pip install"
+        assert message =~ "LACCA_RESIN"
+
+        assert {:error, {:resin_not_found, ^message}} = Lacca.run("true", [], daemon: :dedicated)
+
+        assert {:error, {:resin_not_found, ^message}} =
+                 Lacca.start("true", [], daemon: :dedicated)
+      after
+        delete.()
+      end
+    end
+
+    assert {:ok, _} = Lacca.Resin.find()
   end
 
   @tag timeout: 60_000
@@ -171,7 +202,23 @@ defmodule Lacca.ContainmentTest do
 
     os_kill(beam_pid)
     assert_receive {:lacca, ^beam, {:exit, {:signal, :sigkill}}}, 5_000
-    assert wait_gone(pids, 2_000) == []
+    left = wait_gone(pids, 2_000)
+    assert left == [], "still alive after 2 s: #{describe(left)}"
+  end
+
+  defp restore_env(name) do
+    case System.get_env(name) do
+      nil -> fn -> System.delete_env(name) end
+      value -> fn -> System.put_env(name, value) end
+    end
+  end
+
+  defp describe(pids) do
+    Enum.map_join(pids, "; ", fn pid ->
+      stat = File.read("/proc/#{pid}/stat")
+      cmd = File.read("/proc/#{pid}/cmdline")
+      "#{pid}: #{inspect(stat)} #{inspect(cmd)}"
+    end)
   end
 
   defp warm_up do
