@@ -184,6 +184,90 @@ defmodule Lacca do
   def shell(command, opts \\ []) when is_binary(command),
     do: run("/bin/sh", ["-c", command], opts)
 
+  # -- stream -----------------------------------------------------------------
+
+  @doc """
+  Runs `cmd` with `args` and returns a lazy stream of its stdout, in chunks
+  (binaries) as the process writes them.
+
+  The process starts when the stream is consumed, linked to the consuming
+  process, and runs only as fast as the stream is consumed: lacca asks for
+  the next chunk only after the previous one was taken (at most
+  `:max_buffer` bytes, 64 KiB by default, wait in between), so the process
+  blocks instead of filling memory. The stream ends when the process exits,
+  whatever its status (use `start/3` with `output: :messages` to see it);
+  halting the stream early (`Enum.take/2`, ...) stops the process.
+
+  Raises `Lacca.Error` when the process cannot be started or resin dies.
+
+  ## Options
+
+  stderr is discarded unless the `:stderr` option says otherwise
+  (`stderr: :stdout` merges it into the stream).
+  #{@spawn_options_doc}
+    * `:max_buffer` - bytes read ahead of the consumer (default 64 KiB)
+
+  ## Examples
+
+      iex> Lacca.stream!("printf", ["a\\nb\\nc\\n"]) |> Enum.join()
+      "a\\nb\\nc\\n"
+
+      iex> Lacca.stream!("yes", []) |> Stream.flat_map(&String.split(&1, "\\n", trim: true)) |> Enum.take(3)
+      ["y", "y", "y"]
+  """
+  @spec stream!(String.t(), [String.t()], [spawn_option() | {:max_buffer, pos_integer()}]) ::
+          Enumerable.t()
+  def stream!(cmd, args, opts \\ []) do
+    {exec, args} = Options.command!(cmd, args)
+    spec = Options.stream!(opts)
+
+    Stream.resource(
+      fn ->
+        case Lacca.Process.start(exec, args, spec, true) do
+          {:ok, pid} -> pid
+          {:error, reason} -> raise Lacca.Error, command: cmd, reason: reason
+        end
+      end,
+      fn
+        :done ->
+          {:halt, :done}
+
+        pid ->
+          receive do
+            {:lacca, ^pid, {:stdout, data}} ->
+              set_active(pid, :once)
+              {[data], pid}
+
+            {:lacca, ^pid, {:stderr, _data}} ->
+              set_active(pid, :once)
+              {[], pid}
+
+            {:lacca, ^pid, {:exit, _status}} ->
+              {:halt, :done}
+
+            {:lacca, ^pid, {:error, reason}} ->
+              raise Lacca.Error, command: cmd, reason: reason
+          end
+      end,
+      fn
+        :done ->
+          :ok
+
+        pid ->
+          stop(pid)
+          flush_messages(pid)
+      end
+    )
+  end
+
+  defp flush_messages(pid) do
+    receive do
+      {:lacca, ^pid, _} -> flush_messages(pid)
+    after
+      0 -> :ok
+    end
+  end
+
   # -- start ----------------------------------------------------------------
 
   @doc """

@@ -98,6 +98,24 @@ defmodule Lacca.ProcessTest do
     assert Lacca.await(pid) == {:ok, {:exit, 0}}
   end
 
+  test "stop, kill and a dead server are not held back by unread output" do
+    # yes fills its buffer and its pipe, then blocks; nobody reads.
+    {:ok, pid} = Lacca.start_link("yes", [], max_buffer: 1_000)
+    assert {:ok, "y\n" <> _} = Lacca.read_stdout(pid)
+    assert Lacca.stop(pid) == :ok
+
+    {:ok, pid} = Lacca.start_link("yes", [], max_buffer: 1_000)
+    assert {:ok, "y\n" <> _} = Lacca.read_stdout(pid)
+    assert Lacca.kill(pid) == :ok
+    assert Lacca.await(pid) == {:ok, {:signal, :sigkill}}
+
+    {:ok, pid} = Lacca.start("yes", [], max_buffer: 1_000, output: :messages, active: false)
+    %{id: id} = :sys.get_state(pid)
+    Process.exit(pid, :kill)
+    # The daemon killed it and resin could report the exit: the id is free.
+    assert wait_until(fn -> not Map.has_key?(:sys.get_state(Lacca.Daemon).procs, id) end)
+  end
+
   test "write_stdin after close_stdin, after exit, and with epipe" do
     {:ok, pid} = Lacca.start_link("cat", [])
     assert Lacca.close_stdin(pid) == :ok

@@ -223,8 +223,12 @@ defmodule Lacca.Daemon do
         {:noreply, state}
 
       {id, mrefs} ->
-        # The receiver died: its process group goes with it.
+        # The receiver died: its process group goes with it. Unlimited
+        # credit lets resin drain the pipes and report (and free) the exit.
         if state.port != nil do
+          command(state.port, Protocol.credit(id, :stdout, 0xFFFFFFFF))
+          command(state.port, Protocol.credit(id, :stderr, 0xFFFFFFFF))
+
           command(state.port, Protocol.control({:signal, id, :receiver_down, 9, true}))
         end
 

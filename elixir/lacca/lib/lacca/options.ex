@@ -71,6 +71,14 @@ defmodule Lacca.Options do
   end
 
   @doc false
+  # Options of stream!/3: those of start without the output mode. Returns a map.
+  def stream!(opts) do
+    opts = validate!(opts, @spawn_keys ++ @common ++ [max_buffer: 65_536])
+    opts = Keyword.put_new(opts, :stderr, :discard)
+    start!(opts ++ [output: :messages, active: :once])
+  end
+
+  @doc false
   # Options of run/shell. Returns a map.
   def run!(opts) do
     opts = validate!(opts, @spawn_keys ++ @common ++ @run_defaults)

@@ -18,6 +18,8 @@ defmodule Lacca.Process do
   @max_data 65_530
   @stdin_window 4
   @sigkill 9
+  # Credit that lets resin drain a dying process's pipes (see unthrottle/1).
+  @unlimited 0xFFFFFFFF
 
   # -- starting ------------------------------------------------------------
 
@@ -93,6 +95,7 @@ defmodule Lacca.Process do
       status: nil,
       # credit consumed but not yet granted back, per stream
       ungranted: %{stdout: 0, stderr: 0},
+      unthrottled: false,
       # :buffer mode: {iodata, size} per stream, and parked readers
       buf: %{stdout: {[], 0}, stderr: {[], 0}},
       readers: %{stdout: [], stderr: []},
@@ -346,7 +349,7 @@ defmodule Lacca.Process do
     if s.status != nil do
       {:reply, :ok, s}
     else
-      {:noreply, signal_ref(s, @sigkill, true, {:kill, from})}
+      {:noreply, s |> unthrottle() |> signal_ref(@sigkill, true, {:kill, from})}
     end
   end
 
@@ -359,7 +362,7 @@ defmodule Lacca.Process do
         {:noreply, %{s | stoppers: [from | s.stoppers]}}
 
       true ->
-        s = signal_ref(s, s.stop_signal, true, :ignore)
+        s = s |> unthrottle() |> signal_ref(s.stop_signal, true, :ignore)
         ref = make_ref()
         timer = Process.send_after(self(), {:kill_timeout, ref}, kill_timeout || s.kill_timeout)
         {:noreply, %{s | stoppers: [from], kill_timer: {ref, timer}}}
@@ -413,6 +416,7 @@ defmodule Lacca.Process do
   @impl true
   def terminate(_reason, %{phase: :running, status: nil} = s) do
     # Our owner or supervisor is gone: stop the OS process before we go.
+    s = unthrottle(s)
     signal_ref(s, s.stop_signal, true, :ignore)
 
     if wait_exit(s, s.kill_timeout) == :timeout do
@@ -439,6 +443,10 @@ defmodule Lacca.Process do
   defp owner_exit_reason(reason), do: {:shutdown, {:owner_exit, reason}}
 
   # -- output ----------------------------------------------------------------
+
+  # Stopping a :buffer process: nobody will read the rest of the output (the
+  # server ends with the process). An owner still gets its messages.
+  defp output(_stream, _data, %{mode: :buffer, stoppers: [_ | _]} = s), do: s
 
   defp output(stream, data, %{mode: :buffer} = s) do
     case s.readers[stream] do
@@ -505,6 +513,8 @@ defmodule Lacca.Process do
   defp notify_end(s), do: send(s.owner, {:lacca, self(), {:exit, s.status}})
 
   # Bytes handed to the reader: give resin that much credit back, in batches.
+  defp consumed(%{unthrottled: true} = s, _stream, _size), do: s
+
   defp consumed(s, stream, size) do
     ungranted = s.ungranted[stream] + size
 
@@ -514,6 +524,18 @@ defmodule Lacca.Process do
     else
       %{s | ungranted: Map.put(s.ungranted, stream, ungranted)}
     end
+  end
+
+  # resin reports an exit only once it has read the pipes empty, and reads
+  # only with credit: a process we kill or stop must not be held back by
+  # output nobody reads any more. Its remaining output is bounded by what its
+  # pipes hold (resin kills the rest of the group when the leader exits).
+  defp unthrottle(%{unthrottled: true} = s), do: s
+
+  defp unthrottle(s) do
+    send_frame(s, Protocol.credit(s.id, :stdout, @unlimited))
+    send_frame(s, Protocol.credit(s.id, :stderr, @unlimited))
+    %{s | unthrottled: true}
   end
 
   # -- stdin -------------------------------------------------------------------
