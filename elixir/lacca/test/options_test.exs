@@ -19,6 +19,7 @@ defmodule Lacca.OptionsTest do
 
   test "command and arguments must be binaries" do
     assert_raise ArgumentError, ~r/command to be a binary/, fn -> Lacca.run(:echo, []) end
+    assert_raise ArgumentError, ~r/empty string/, fn -> Lacca.run("", []) end
     assert_raise ArgumentError, ~r/list of binaries/, fn -> Lacca.run("echo", ["a", 1]) end
     assert_raise ArgumentError, ~r/list of binaries/, fn -> Lacca.run("echo", ~c"abc") end
     assert_raise ArgumentError, ~r/list of binaries/, fn -> Lacca.start("echo", "a") end

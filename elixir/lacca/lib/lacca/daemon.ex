@@ -34,11 +34,13 @@ defmodule Lacca.Daemon do
 
   # -- API ---------------------------------------------------------------
 
+  @spec start_link(keyword()) :: GenServer.on_start()
   def start_link(opts) do
     {gen_opts, opts} = Keyword.split(opts, [:name])
     GenServer.start_link(__MODULE__, opts, gen_opts)
   end
 
+  @spec child_spec(keyword()) :: Supervisor.child_spec()
   def child_spec(opts) do
     %{
       id: Keyword.get(opts, :name, __MODULE__),
@@ -51,6 +53,8 @@ defmodule Lacca.Daemon do
   @doc false
   # Registers `receiver` for a fresh id and sends the spawn request.
   # Returns {:ok, daemon_pid, port, id} or {:error, reason}.
+  @spec spawn(GenServer.server(), binary(), [binary()], list(), pos_integer() | :infinity, pid()) ::
+          {:ok, pid(), port(), Lacca.Protocol.id()} | {:error, term()}
   def spawn(daemon, exec, args, spawn_opts, window, receiver) do
     request = {:spawn, exec, args, spawn_opts, window, receiver}
 
@@ -92,6 +96,7 @@ defmodule Lacca.Daemon do
 
   @doc false
   # Starts a dedicated daemon for `client` under Lacca.DaemonSupervisor.
+  @spec start_dedicated(pid()) :: DynamicSupervisor.on_start_child()
   def start_dedicated(client) do
     DynamicSupervisor.start_child(
       Lacca.DaemonSupervisor,
@@ -100,10 +105,12 @@ defmodule Lacca.Daemon do
   end
 
   @doc false
+  @spec release(GenServer.server()) :: :ok
   def release(daemon), do: GenServer.cast(daemon, :release)
 
   @doc false
   # The OS pid of resin, or nil when no resin runs (yet).
+  @spec resin_os_pid(GenServer.server()) :: pos_integer() | nil
   def resin_os_pid(daemon \\ __MODULE__), do: GenServer.call(daemon, :resin_os_pid)
 
   # -- server ------------------------------------------------------------

@@ -12,15 +12,18 @@ defmodule Lacca.Options do
 
   @default_window 1_048_576
 
+  @spec spawn_keys() :: [atom()]
   def spawn_keys, do: @spawn_keys
 
   @doc false
   # Validates command and args. Returns {exec, args}.
+  @spec command!(term(), term()) :: {binary(), [binary()]}
   def command!(cmd, args) do
     unless is_binary(cmd) do
       raise ArgumentError, "expected the command to be a binary (a string), got: #{inspect(cmd)}"
     end
 
+    if cmd == "", do: raise(ArgumentError, "expected a command, got an empty string")
     no_nul!(cmd, "the command")
 
     unless is_list(args) do
@@ -43,6 +46,7 @@ defmodule Lacca.Options do
 
   @doc false
   # Options of start/start_link. Returns a map.
+  @spec start!(term()) :: map()
   def start!(opts) do
     opts = validate!(opts, @spawn_keys ++ @common ++ @start_defaults)
     output = one_of!(opts, :output, [:buffer, :messages])
@@ -72,6 +76,7 @@ defmodule Lacca.Options do
 
   @doc false
   # Options of stream!/3: those of start without the output mode. Returns a map.
+  @spec stream!(term()) :: map()
   def stream!(opts) do
     opts = validate!(opts, @spawn_keys ++ @common ++ [max_buffer: 65_536])
     opts = Keyword.put_new(opts, :stderr, :discard)
@@ -80,6 +85,7 @@ defmodule Lacca.Options do
 
   @doc false
   # Options of run/shell. Returns a map.
+  @spec run!(term()) :: map()
   def run!(opts) do
     opts = validate!(opts, @spawn_keys ++ @common ++ @run_defaults)
     spec = common(opts)

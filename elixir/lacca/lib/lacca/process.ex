@@ -23,6 +23,7 @@ defmodule Lacca.Process do
 
   # -- starting ------------------------------------------------------------
 
+  @spec child_spec(tuple()) :: Supervisor.child_spec()
   def child_spec({_exec, _args, spec, _starter, _tag, _link} = arg) do
     %{
       id: __MODULE__,
@@ -32,10 +33,12 @@ defmodule Lacca.Process do
     }
   end
 
+  @spec start_link(tuple()) :: GenServer.on_start()
   def start_link(arg), do: GenServer.start_link(__MODULE__, arg)
 
   # Runs in the caller: starts the server under Lacca.ProcessSupervisor and
   # waits until resin reported the spawn (or its failure).
+  @spec start(binary(), [binary()], map(), boolean()) :: {:ok, pid()} | {:error, term()}
   def start(exec, args, spec, link?) do
     tag = make_ref()
     child = {__MODULE__, {exec, args, spec, self(), tag, link?}}
