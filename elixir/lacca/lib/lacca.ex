@@ -206,58 +206,82 @@ defmodule Lacca do
   (`stderr: :stdout` merges it into the stream).
   #{@spawn_options_doc}
     * `:max_buffer` - bytes read ahead of the consumer (default 64 KiB)
+    * `:lines` - `true` to emit lines (each with its `"\\n"`, like
+      `File.stream!/1`; the last one without it if the output does not end
+      with a newline) instead of chunks (default `false`)
 
   ## Examples
 
       iex> Lacca.stream!("printf", ["a\\nb\\nc\\n"]) |> Enum.join()
       "a\\nb\\nc\\n"
 
-      iex> Lacca.stream!("yes", []) |> Stream.flat_map(&String.split(&1, "\\n", trim: true)) |> Enum.take(3)
-      ["y", "y", "y"]
+      iex> Lacca.stream!("yes", [], lines: true) |> Enum.take(3)
+      ["y\\n", "y\\n", "y\\n"]
   """
-  @spec stream!(String.t(), [String.t()], [spawn_option() | {:max_buffer, pos_integer()}]) ::
+  @spec stream!(String.t(), [String.t()], [
+          spawn_option() | {:max_buffer, pos_integer()} | {:lines, boolean()}
+        ]) ::
           Enumerable.t()
   def stream!(cmd, args, opts \\ []) do
     {exec, args} = Options.command!(cmd, args)
+    {lines?, opts} = Keyword.pop(opts, :lines, false)
+
+    unless is_boolean(lines?) do
+      raise ArgumentError,
+            "invalid value for :lines option: expected a boolean, got: #{inspect(lines?)}"
+    end
+
     spec = Options.stream!(opts)
 
     Stream.resource(
       fn ->
         case Lacca.Process.start(exec, args, spec, true) do
-          {:ok, pid} -> pid
+          {:ok, pid} -> {pid, if(lines?, do: "", else: nil)}
           {:error, reason} -> raise Lacca.Error, command: cmd, reason: reason
         end
       end,
-      fn
-        :done ->
-          {:halt, :done}
-
-        pid ->
-          receive do
-            {:lacca, ^pid, {:stdout, data}} ->
-              set_active(pid, :once)
-              {[data], pid}
-
-            {:lacca, ^pid, {:stderr, _data}} ->
-              set_active(pid, :once)
-              {[], pid}
-
-            {:lacca, ^pid, {:exit, _status}} ->
-              {:halt, :done}
-
-            {:lacca, ^pid, {:error, reason}} ->
-              raise Lacca.Error, command: cmd, reason: reason
-          end
-      end,
+      &stream_next(&1, cmd),
       fn
         :done ->
           :ok
 
-        pid ->
+        {pid, _} ->
           stop(pid)
           flush_messages(pid)
       end
     )
+  end
+
+  # The server delivers a few chunks ahead (active: n); each chunk taken asks
+  # for one more, so at most that many wait in the consumer's mailbox.
+  defp stream_next(:done, _cmd), do: {:halt, :done}
+
+  defp stream_next({pid, partial} = state, cmd) do
+    receive do
+      {:lacca, ^pid, {:stdout, data}} ->
+        GenServer.cast(pid, {:set_active, 1})
+        split_lines(data, state)
+
+      {:lacca, ^pid, {:stderr, _data}} ->
+        GenServer.cast(pid, {:set_active, 1})
+        {[], state}
+
+      {:lacca, ^pid, :passive} ->
+        {[], state}
+
+      {:lacca, ^pid, {:exit, _status}} ->
+        if partial in [nil, ""], do: {:halt, :done}, else: {[partial], :done}
+
+      {:lacca, ^pid, {:error, reason}} ->
+        raise Lacca.Error, command: cmd, reason: reason
+    end
+  end
+
+  defp split_lines(data, {_pid, nil} = state), do: {[data], state}
+
+  defp split_lines(data, {pid, partial}) do
+    [last | lines] = :binary.split(partial <> data, "\n", [:global]) |> Enum.reverse()
+    {Enum.reduce(lines, [], &[&1 <> "\n" | &2]), {pid, last}}
   end
 
   defp flush_messages(pid) do

@@ -106,6 +106,15 @@ defmodule Lacca.RunTest do
     end
   end
 
+  test "a spawn request larger than a packet is refused with :e2big, resin unharmed" do
+    resin = Lacca.Daemon.resin_os_pid()
+    big = :binary.copy("x", 70_000)
+    assert Lacca.run("echo", [big]) == {:error, :e2big}
+    assert Lacca.start("echo", [], env: %{"BIG" => big}) == {:error, :e2big}
+    assert {:ok, %Result{stdout: "fine\n"}} = Lacca.run("echo", ["fine"])
+    if resin, do: assert(Lacca.Daemon.resin_os_pid() == resin)
+  end
+
   test ":cd" do
     assert {:ok, %Result{stdout: "/tmp\n"}} = Lacca.run("pwd", [], cd: "/tmp")
   end

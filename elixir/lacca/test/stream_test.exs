@@ -28,6 +28,23 @@ defmodule Lacca.StreamTest do
     refute_received {:lacca, _, _}
   end
 
+  test "lines: true emits lines" do
+    assert Lacca.stream!("printf", ["a\\nbb\\n\\nccc"], lines: true) |> Enum.to_list() ==
+             ["a\n", "bb\n", "\n", "ccc"]
+
+    assert Lacca.stream!("yes", [], lines: true) |> Enum.take(3) == ["y\n", "y\n", "y\n"]
+
+    # Lines longer than a chunk.
+    long = :binary.copy("x", 200_000)
+
+    assert Lacca.stream!("sh", ["-c", "head -c 200000 /dev/zero | tr '\\0' x; echo; echo ab"],
+             lines: true
+           )
+           |> Enum.to_list() == [long <> "\n", "ab\n"]
+
+    assert_raise ArgumentError, ~r/:lines option/, fn -> Lacca.stream!("true", [], lines: 1) end
+  end
+
   test "stderr is discarded unless asked for" do
     assert Lacca.stream!("sh", ["-c", "echo out; echo err >&2"]) |> Enum.join() == "out\n"
 

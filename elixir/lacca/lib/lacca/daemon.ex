@@ -143,20 +143,28 @@ defmodule Lacca.Daemon do
       {:ok, state} ->
         {id, state} = next_id(state)
         credit = if window == :infinity, do: [], else: [{:credit, window}]
+        request = Protocol.control({:spawn, id, exec, args, opts ++ credit})
 
-        if command(state.port, Protocol.control({:spawn, id, exec, args, opts ++ credit})) do
-          mref = Process.monitor(receiver)
+        cond do
+          # One packet carries at most 65,535 bytes: larger argument lists
+          # and environments cannot be sent (E2BIG, as execve would say).
+          IO.iodata_length(request) > Protocol.max_packet() ->
+            {:reply, {:error, :e2big}, state}
 
-          state = %{
-            state
-            | procs: Map.put(state.procs, id, {receiver, mref, nil}),
-              mrefs: Map.put(state.mrefs, mref, id)
-          }
+          command(state.port, request) ->
+            mref = Process.monitor(receiver)
 
-          {:reply, {:ok, self(), state.port, id}, state}
-        else
-          # resin just died; its exit_status message is on its way.
-          {:reply, {:error, :resin_down}, state}
+            state = %{
+              state
+              | procs: Map.put(state.procs, id, {receiver, mref, nil}),
+                mrefs: Map.put(state.mrefs, mref, id)
+            }
+
+            {:reply, {:ok, self(), state.port, id}, state}
+
+          true ->
+            # resin just died; its exit_status message is on its way.
+            {:reply, {:error, :resin_down}, state}
         end
 
       {:error, reason, state} ->

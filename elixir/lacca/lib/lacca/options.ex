@@ -70,7 +70,8 @@ defmodule Lacca.Options do
       output: output,
       owner: owner,
       active: active,
-      max_buffer: pos_integer!(opts, :max_buffer)
+      max_buffer: pos_integer!(opts, :max_buffer),
+      notify_passive: true
     })
   end
 
@@ -80,7 +81,8 @@ defmodule Lacca.Options do
   def stream!(opts) do
     opts = validate!(opts, @spawn_keys ++ @common ++ [max_buffer: 65_536])
     opts = Keyword.put_new(opts, :stderr, :discard)
-    start!(opts ++ [output: :messages, active: :once])
+    # stream!/3 keeps 4 chunks in flight and needs no :passive messages.
+    opts |> Kernel.++(output: :messages, active: 4) |> start!() |> Map.put(:notify_passive, false)
   end
 
   @doc false

@@ -104,6 +104,7 @@ defmodule Lacca.Process do
       readers: %{stdout: [], stderr: []},
       # :messages mode
       active: spec.active,
+      notify_passive: spec.notify_passive,
       pending: :queue.new(),
       exit_pending: false,
       # stdin: queued items, refs of unacked frames in order, writes by ref
@@ -392,27 +393,37 @@ defmodule Lacca.Process do
   def handle_call(:alive?, _from, s), do: {:reply, s.status == nil, s}
 
   def handle_call({:set_active, active}, _from, %{mode: :messages} = s) do
-    active =
-      case {s.active, active} do
-        {n, m} when is_integer(n) and is_integer(m) -> n + m
-        {_, m} -> m
-      end
-
-    s =
-      if is_integer(active) and active <= 0 do
-        send(s.owner, {:lacca, self(), :passive})
-        %{s | active: false}
-      else
-        %{s | active: active}
-      end
-
-    case deliver(s) do
+    case set_active(s, active) do
       {:noreply, s} -> {:reply, :ok, s}
       {:stop, reason, s} -> {:stop, reason, :ok, s}
     end
   end
 
   def handle_call({:set_active, _}, _from, s), do: {:reply, {:error, :not_messages}, s}
+
+  @impl true
+  # stream!/3 asks for more without waiting for an answer.
+  def handle_cast({:set_active, active}, %{mode: :messages} = s), do: set_active(s, active)
+  def handle_cast(_request, s), do: {:noreply, s}
+
+  defp set_active(s, active) do
+    active =
+      case {s.active, active} do
+        {n, m} when is_integer(n) and is_integer(m) -> n + m
+        {false, m} when is_integer(m) -> m
+        {_, m} -> m
+      end
+
+    s =
+      if is_integer(active) and active <= 0 do
+        if s.notify_passive, do: send(s.owner, {:lacca, self(), :passive})
+        %{s | active: false}
+      else
+        %{s | active: active}
+      end
+
+    deliver(s)
+  end
 
   # -- termination -----------------------------------------------------------
 
@@ -490,7 +501,7 @@ defmodule Lacca.Process do
             deliver(%{s | active: false})
 
           1 ->
-            send(s.owner, {:lacca, self(), :passive})
+            if s.notify_passive, do: send(s.owner, {:lacca, self(), :passive})
             deliver(%{s | active: false})
 
           n ->
