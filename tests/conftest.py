@@ -44,7 +44,7 @@ def proc_state(pid: int) -> str | None:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # ESRCH: it went away while we read
         return None
     return stat[stat.rfind(b")") + 2 :].split()[0].decode()
 
