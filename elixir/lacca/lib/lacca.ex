@@ -191,10 +191,10 @@ defmodule Lacca do
   (binaries) as the process writes them.
 
   The process starts when the stream is consumed, linked to the consuming
-  process, and runs only as fast as the stream is consumed: lacca asks for
-  the next chunk only after the previous one was taken (at most
-  `:max_buffer` bytes, 64 KiB by default, wait in between), so the process
-  blocks instead of filling memory. The stream ends when the process exits,
+  process, and runs only as fast as the stream is consumed: a few chunks
+  are handed over ahead of the consumer and at most `:max_buffer` bytes (1
+  MiB by default) wait in lacca, so the process blocks instead of filling
+  memory. The stream ends when the process exits,
   whatever its status (use `start/3` with `output: :messages` to see it);
   halting the stream early (`Enum.take/2`, ...) stops the process.
 
@@ -205,7 +205,7 @@ defmodule Lacca do
   stderr is discarded unless the `:stderr` option says otherwise
   (`stderr: :stdout` merges it into the stream).
   #{@spawn_options_doc}
-    * `:max_buffer` - bytes read ahead of the consumer (default 64 KiB)
+    * `:max_buffer` - bytes read ahead of the consumer (default 1 MiB)
     * `:lines` - `true` to emit lines (each with its `"\\n"`, like
       `File.stream!/1`; the last one without it if the output does not end
       with a newline) instead of chunks (default `false`)

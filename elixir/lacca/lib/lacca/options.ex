@@ -79,7 +79,7 @@ defmodule Lacca.Options do
   # Options of stream!/3: those of start without the output mode. Returns a map.
   @spec stream!(term()) :: map()
   def stream!(opts) do
-    opts = validate!(opts, @spawn_keys ++ @common ++ [max_buffer: 65_536])
+    opts = validate!(opts, @spawn_keys ++ @common ++ [max_buffer: 1_048_576])
     opts = Keyword.put_new(opts, :stderr, :discard)
     # stream!/3 keeps 4 chunks in flight and needs no :passive messages.
     opts |> Kernel.++(output: :messages, active: 4) |> start!() |> Map.put(:notify_passive, false)
