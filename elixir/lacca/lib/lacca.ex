@@ -105,9 +105,12 @@ defmodule Lacca do
   @type active :: boolean() | :once | pos_integer()
 
   @spawn_options_doc """
-    * `:cd` - working directory of the process (default: the current one)
+    * `:cd` - working directory of the process (default: the BEAM's current
+      working directory)
     * `:env` - a map or list of `{name, value}` binaries to set; a `nil` value
-      unsets the variable
+      unsets the variable. The process starts from resin's environment (the
+      BEAM's environment when resin started), not from later
+      `System.put_env/2` calls
     * `:clear_env` - start from an empty environment (default `false`)
     * `:arg0` - the program name the process sees as `argv[0]`
     * `:stderr` - `:capture` (default), `:stdout` (merged into stdout) or
