@@ -69,8 +69,6 @@ defmodule Lacca.ContainmentTest do
 
   test "resin killed: owners and awaiters get :resin_down, the daemon restarts" do
     test = self()
-    resin = Lacca.Daemon.resin_os_pid() || warm_up()
-    daemon = Process.whereis(Lacca.Daemon)
 
     {:ok, buffered} = Lacca.start("sh", ["-c", @script])
     {:ok, messages} = Lacca.start_link("sh", ["-c", @script], output: :messages)
@@ -90,7 +88,14 @@ defmodule Lacca.ContainmentTest do
     awaiter = :gen_server.send_request(buffered, {:await, :infinity})
     assert Lacca.alive?(buffered)
 
-    os_kill(resin)
+    # Kill every shared resin: the processes are spread over them.
+    killed =
+      for name <- Lacca.Daemon.shared(),
+          resin = Lacca.Daemon.resin_os_pid(name),
+          do: {name, Process.whereis(name), resin}
+
+    resins = for {_, _, resin} <- killed, do: resin
+    Enum.each(resins, &os_kill/1)
 
     assert :gen_server.wait_response(awaiter, 5_000) == {:reply, {:error, :resin_down}}
     assert_receive {:lacca, ^messages, {:error, :resin_down}}, 5_000
@@ -101,10 +106,16 @@ defmodule Lacca.ContainmentTest do
     assert Lacca.write_stdin(buffered, "x") == {:error, :resin_down}
     assert wait_gone(pids) == []
 
-    # New work gets a new resin.
-    assert {:ok, %Lacca.Result{stdout: "again\n"}} = Lacca.run("echo", ["again"])
-    assert Process.whereis(Lacca.Daemon) != daemon
-    assert Lacca.Daemon.resin_os_pid() not in [nil, resin]
+    # New work gets new resins.
+    for _ <- Lacca.Daemon.shared() do
+      assert {:ok, %Lacca.Result{stdout: "again\n"}} = Lacca.run("echo", ["again"])
+    end
+
+    for {name, old, _} <- killed do
+      assert Process.whereis(name) not in [nil, old]
+      assert Lacca.Daemon.resin_os_pid(name) not in resins
+    end
+
     assert Lacca.stop(buffered) == :ok
   end
 
@@ -219,11 +230,6 @@ defmodule Lacca.ContainmentTest do
       cmd = File.read("/proc/#{pid}/cmdline")
       "#{pid}: #{inspect(stat)} #{inspect(cmd)}"
     end)
-  end
-
-  defp warm_up do
-    {:ok, _} = Lacca.run("true", [])
-    Lacca.Daemon.resin_os_pid()
   end
 
   defp to_pids(line), do: line |> String.split() |> Enum.map(&String.to_integer/1)

@@ -110,10 +110,10 @@ defmodule Lacca.ProcessTest do
     assert Lacca.await(pid) == {:ok, {:signal, :sigkill}}
 
     {:ok, pid} = Lacca.start("yes", [], max_buffer: 1_000, output: :messages, active: false)
-    %{id: id} = :sys.get_state(pid)
+    %{id: id, daemon: daemon} = :sys.get_state(pid)
     Process.exit(pid, :kill)
     # The daemon killed it and resin could report the exit: the id is free.
-    assert wait_until(fn -> not Map.has_key?(:sys.get_state(Lacca.Daemon).procs, id) end)
+    assert wait_until(fn -> not Map.has_key?(:sys.get_state(daemon).procs, id) end)
   end
 
   test "write_stdin after close_stdin, after exit, and with epipe" do
@@ -258,9 +258,10 @@ defmodule Lacca.ProcessTest do
   test "a dedicated daemon is a resin of its own" do
     {:ok, pid} = Lacca.start_link("sleep", ["100"], daemon: :dedicated)
     %{daemon: daemon} = :sys.get_state(pid)
-    assert daemon != Process.whereis(Lacca.Daemon)
+    shared = Lacca.Daemon.shared()
+    refute daemon in Enum.map(shared, &Process.whereis/1)
     resin = Lacca.Daemon.resin_os_pid(daemon)
-    assert resin != Lacca.Daemon.resin_os_pid()
+    refute resin in Enum.map(shared, &Lacca.Daemon.resin_os_pid/1)
     assert Lacca.stop(pid) == :ok
     assert wait_gone(resin) == []
   end

@@ -11,6 +11,9 @@ defmodule Lacca.Daemon do
   # After an `exit` or `spawn_error` event the id is unregistered, so a
   # receiver never gets a frame about its id after the exit event.
   #
+  # There are a few shared daemons (pick/0 chooses one, round robin), each
+  # restarted by the supervisor when its resin dies.
+  #
   # Receivers write STDIN, CREDIT and CONTROL frames themselves with
   # Port.command/2 (any process may); only spawn goes through the daemon,
   # which has to register the receiver first.
@@ -31,6 +34,51 @@ defmodule Lacca.Daemon do
 
   @handshake_timeout 15_000
   @max_id 4_294_967_295
+
+  # -- the pool of shared daemons --------------------------------------------
+
+  @doc false
+  # Names of the shared daemons: Lacca.Daemon, Lacca.Daemon.1, ...
+  @spec names(pos_integer()) :: [atom()]
+  def names(n), do: [__MODULE__ | for(i <- 1..(n - 1)//1, do: Module.concat(__MODULE__, "#{i}"))]
+
+  @doc false
+  # How many shared daemons to run: config :lacca, :shared_daemons.
+  @spec pool_size() :: pos_integer()
+  def pool_size do
+    case Application.get_env(:lacca, :shared_daemons, min(System.schedulers_online(), 4)) do
+      n when is_integer(n) and n > 0 ->
+        n
+
+      other ->
+        raise ArgumentError,
+              "config :lacca, :shared_daemons must be a positive integer, got: #{inspect(other)}"
+    end
+  end
+
+  @doc false
+  @spec init_pool(pos_integer()) :: [atom()]
+  def init_pool(n) do
+    names = names(n)
+    :persistent_term.put({__MODULE__, :pool}, {List.to_tuple(names), :atomics.new(1, [])})
+    names
+  end
+
+  @doc false
+  # The shared daemons, round robin: one resin forks one child at a time, so
+  # several resins spread spawns (and file descriptors) over more cores.
+  @spec pick() :: atom()
+  def pick do
+    {names, counter} = :persistent_term.get({__MODULE__, :pool})
+    elem(names, rem(:atomics.add_get(counter, 1, 1), tuple_size(names)))
+  end
+
+  @doc false
+  @spec shared() :: [atom()]
+  def shared do
+    {names, _} = :persistent_term.get({__MODULE__, :pool})
+    Tuple.to_list(names)
+  end
 
   # -- API ---------------------------------------------------------------
 
@@ -60,7 +108,7 @@ defmodule Lacca.Daemon do
 
     result =
       case safe_call(daemon, request) do
-        {:error, :noproc} when daemon == __MODULE__ ->
+        {:error, :noproc} when is_atom(daemon) ->
           # The shared daemon is being restarted (resin just died): the
           # supervisor has the exit signal queued before our call, so once it
           # answered, the new daemon is registered.

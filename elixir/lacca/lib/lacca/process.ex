@@ -130,7 +130,7 @@ defmodule Lacca.Process do
     daemon =
       case spec.daemon do
         :shared ->
-          {:ok, Daemon}
+          {:ok, Daemon.pick()}
 
         :dedicated ->
           Daemon.start_dedicated(self())

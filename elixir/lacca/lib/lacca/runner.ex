@@ -31,7 +31,7 @@ defmodule Lacca.Runner do
     end
   end
 
-  defp daemon(%{daemon: :shared}), do: {:ok, Daemon, false}
+  defp daemon(%{daemon: :shared}), do: {:ok, Daemon.pick(), false}
 
   defp daemon(%{daemon: :dedicated}) do
     case Daemon.start_dedicated(self()) do
