@@ -10,11 +10,11 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Literal, TypeAlias
+from typing import Literal, TypeAlias, TypeVar
 
 __all__ = ["SpawnOptions", "StreamKind"]  # re-exported: part of this module's API
 
-from resin_py.protocol.common import SpawnOptions, StreamKind
+from resin_py.protocol.common import SpawnOptions, StderrMode, StdinMode, StreamKind
 from resin_py.protocol.errors import (
     BadArgument,
     BadFrame,
@@ -218,21 +218,13 @@ def _id_of(payload: bytes) -> int | None:
     return _ID.unpack_from(payload, 1)[0] if len(payload) >= 5 else None
 
 
-def _is_id(term: Term) -> bool:
-    return isinstance(term, int) and 0 <= term <= MAX_ID
-
-
-def _is_bin(term: Term, *, empty_ok: bool = True) -> bool:
-    return isinstance(term, bytes) and b"\0" not in term and (empty_ok or term != b"")
-
-
 def parse_request(term: Term) -> Request:
     """A decoded CONTROL term to a request."""
-    if not (isinstance(term, tuple) and len(term) >= 2 and isinstance(term[0], Atom)
-            and isinstance(term[1], int) and _is_id(term[1])):
+    if not (isinstance(term, tuple) and len(term) >= 2 and isinstance(term[0], Atom)):
         raise UnknownRequest(term)
     tag, id = term[0].name, term[1]
-    assert isinstance(id, int)
+    if not (isinstance(id, int) and 0 <= id <= MAX_ID):
+        raise UnknownRequest(term)
     if tag == "spawn" and len(term) == 5:
         return _parse_spawn(id, term[2], term[3], term[4])
     if tag == "signal" and len(term) == 5:
@@ -254,86 +246,110 @@ def _check_ref(request: str, id: int, ref: Term) -> Term:
     return ref
 
 
+class _Invalid(Exception):
+    """An option value of the wrong shape (becomes {badarg, Key})."""
+
+
+_T = TypeVar("_T")
+
+
 def _parse_spawn(id: int, exe: Term, args: Term, opts: Term) -> Spawn:
-    def bad(what: str) -> BadArgument:
-        return BadArgument("spawn", id, Atom(what))
+    def bad(what: Term) -> BadArgument:
+        return BadArgument("spawn", id, what)
 
-    if not _is_bin(exe, empty_ok=False):
-        raise bad("exec")
-    if not isinstance(args, list) or not all(_is_bin(a) for a in args):
-        raise bad("args")
-    if not isinstance(opts, list) or not all(
-        isinstance(o, tuple) and len(o) == 2 and isinstance(o[0], Atom) for o in opts
-    ):
-        raise bad("opts")
-    values: dict[str, Term] = {}
-    for opt in opts:
-        assert isinstance(opt, tuple) and isinstance(opt[0], Atom)
+    if not (isinstance(exe, bytes) and exe and b"\0" not in exe):
+        raise bad(Atom("exec"))
+    argv: list[bytes] = []
+    for arg in args if isinstance(args, list) else [None]:
+        if not (isinstance(arg, bytes) and b"\0" not in arg):
+            raise bad(Atom("args"))
+        argv.append(arg)
+    given: dict[str, Term] = {}
+    for opt in opts if isinstance(opts, list) else [None]:
+        if not (isinstance(opt, tuple) and len(opt) == 2 and isinstance(opt[0], Atom)):
+            raise bad(Atom("opts"))
         if opt[0].name not in _OPTION_KEYS:
-            raise BadArgument("spawn", id, opt[0])
-        values.setdefault(opt[0].name, opt[1])  # the first occurrence wins, as in proplists
-    kw: dict[str, object] = {}
-    for key, value in values.items():
-        kw[key] = _OPTION_PARSERS[key](value)
-        if kw[key] is _INVALID:
-            raise bad(key)
-    assert isinstance(exe, bytes)
-    return Spawn(id, exe, tuple(a for a in args if isinstance(a, bytes)), SpawnOptions(**kw))  # type: ignore[arg-type]
+            raise bad(opt[0])
+        given.setdefault(opt[0].name, opt[1])  # the first occurrence wins, as in proplists
+
+    def option(key: str, parse: Callable[[Term], _T], default: _T) -> _T:
+        if key not in given:
+            return default
+        try:
+            return parse(given[key])
+        except _Invalid:
+            raise bad(Atom(key)) from None
+
+    options = SpawnOptions(
+        cd=option("cd", _opt_bin, None),
+        env=option("env", _opt_env, ()),
+        clear_env=option("clear_env", _opt_bool, False),
+        arg0=option("arg0", _opt_bin, None),
+        stdin=option("stdin", _opt_stdin, "pipe"),
+        stderr=option("stderr", _opt_stderr, "capture"),
+        credit=option("credit", _opt_credit, None),
+    )
+    return Spawn(id, exe, tuple(argv), options)
 
 
-_INVALID = object()
+_OPTION_KEYS = frozenset({"cd", "env", "clear_env", "arg0", "stdin", "stderr", "credit"})
 
 
-def _opt_bin(value: Term) -> object:
-    return value if _is_bin(value, empty_ok=False) else _INVALID
+def _opt_bin(value: Term) -> bytes | None:
+    if isinstance(value, bytes) and value and b"\0" not in value:
+        return value
+    raise _Invalid
 
 
-def _opt_bool(value: Term) -> object:
-    return {TRUE: True, FALSE: False}.get(value, _INVALID) if isinstance(value, Atom) else _INVALID
+def _opt_bool(value: Term) -> bool:
+    if value in (TRUE, FALSE):
+        return value == TRUE
+    raise _Invalid
 
 
-def _opt_env(value: Term) -> object:
+def _opt_env(value: Term) -> tuple[tuple[bytes, bytes | None], ...]:
     if not isinstance(value, list):
-        return _INVALID
+        raise _Invalid
     env: list[tuple[bytes, bytes | None]] = []
     for item in value:
         if not (isinstance(item, tuple) and len(item) == 2):
-            return _INVALID
+            raise _Invalid
         name, val = item
-        if not (_is_bin(name, empty_ok=False) and isinstance(name, bytes) and b"=" not in name):
-            return _INVALID
+        if not (isinstance(name, bytes) and name and b"\0" not in name and b"=" not in name):
+            raise _Invalid
         if val == NIL:
             env.append((name, None))
-        elif isinstance(val, bytes) and _is_bin(val):
+        elif isinstance(val, bytes) and b"\0" not in val:
             env.append((name, val))
         else:
-            return _INVALID
+            raise _Invalid
     return tuple(env)
 
 
-def _opt_choice(*choices: str) -> Callable[[Term], object]:
-    def parse(value: Term) -> object:
-        return value.name if isinstance(value, Atom) and value.name in choices else _INVALID
+def _opt_stdin(value: Term) -> StdinMode:
+    if value == Atom("pipe"):
+        return "pipe"
+    if value == Atom("null"):
+        return "null"
+    raise _Invalid
 
-    return parse
+
+def _opt_stderr(value: Term) -> StderrMode:
+    if value == Atom("capture"):
+        return "capture"
+    if value == Atom("stdout"):
+        return "stdout"
+    if value == Atom("discard"):
+        return "discard"
+    raise _Invalid
 
 
-def _opt_credit(value: Term) -> object:
+def _opt_credit(value: Term) -> int | None:
     if value == INFINITY:
         return None
-    return value if isinstance(value, int) and value >= 0 else _INVALID
-
-
-_OPTION_PARSERS: dict[str, Callable[[Term], object]] = {
-    "cd": _opt_bin,
-    "env": _opt_env,
-    "clear_env": _opt_bool,
-    "arg0": _opt_bin,
-    "stdin": _opt_choice("pipe", "null"),
-    "stderr": _opt_choice("capture", "stdout", "discard"),
-    "credit": _opt_credit,
-}
-_OPTION_KEYS = frozenset(_OPTION_PARSERS)
+    if isinstance(value, int) and value >= 0:
+        return value
+    raise _Invalid
 
 
 # --- resin side: encoding ----------------------------------------------------
@@ -454,9 +470,11 @@ def decode_resin_frame(payload: bytes) -> ResinFrame:
 def parse_event(term: Term) -> Event:
     if isinstance(term, tuple) and len(term) >= 3 and isinstance(term[0], Atom):
         tag, id = term[0].name, term[1]
-        if tag == "error" and len(term) == 3 and (id == NIL or _is_id(id)):
-            return ErrorEvent(None if id == NIL else id, term[2])  # type: ignore[arg-type]
+        if tag == "error" and len(term) == 3 and id == NIL:
+            return ErrorEvent(None, term[2])
         if isinstance(id, int):
+            if tag == "error" and len(term) == 3:
+                return ErrorEvent(id, term[2])
             if tag == "spawned" and len(term) == 3 and isinstance(term[2], int):
                 return Spawned(id, term[2])
             if tag == "spawn_error" and len(term) == 3:
