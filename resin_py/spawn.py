@@ -106,8 +106,10 @@ class Spawner:
         stage, code = _ERR.unpack(report.ljust(_ERR.size, b"\0"))
         if stage == _STAGE_CWD:
             reason: Term = (Atom("cwd"), errno_atom(code))
-            raise SpawnFailed(reason, f"chdir {setup.cwd!r}: {os.strerror(code)}")
-        raise SpawnFailed(errno_atom(code), f"exec {setup.path!r}: {os.strerror(code)}")
+            cwd = os.fsdecode(setup.cwd or b"")
+            raise SpawnFailed(reason, f"cannot change to directory {cwd}: {os.strerror(code)}")
+        path = os.fsdecode(setup.path)
+        raise SpawnFailed(errno_atom(code), f"cannot execute {path}: {os.strerror(code)}")
 
     def _child(self, setup: ChildSetup, err_w: int) -> None:  # pragma: no cover
         stage = _STAGE_SETUP
