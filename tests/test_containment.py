@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
+import sys
 import time
+from pathlib import Path
 
+import pytest
 from conftest import children_of, exists, fd_count, proc_state, wait_gone, wait_until
 
 from resin_py.client import ResinClient
@@ -126,3 +130,16 @@ def test_v0_stdin_eof_kills_grandchildren(resin: ResinClient) -> None:
     assert resin.v0_recv() == v0.ExitStatus(None)
     assert resin.wait(timeout=1) == 0
     assert not exists(grandchild)
+
+
+def test_nofile_limit_raised_for_resin_restored_for_children() -> None:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard <= 256:
+        pytest.skip("needs a finite hard limit above 256")
+    command = ["sh", "-c", f'ulimit -Sn 256 && exec "{sys.executable}" -m resin_py']
+    with ResinClient(command) as client:
+        assert client.hello() == 1
+        assert client.run(1, "sh", ["-c", "ulimit -Sn"]).stdout == b"256\n"
+        limits = Path(f"/proc/{client.pid}/limits").read_text()
+        line = next(x for x in limits.splitlines() if x.startswith("Max open files"))
+        assert line.split()[3:5] == [str(hard), str(hard)]
