@@ -52,6 +52,19 @@ defmodule Lacca do
   repository's `make setup` installed, or `resin` on the `PATH`. When none is
   found every spawn returns `{:error, {:resin_not_found, message}}` with a
   message that says how to install it.
+
+  ## resin daemons
+
+  One resin serves many OS processes. lacca runs a few shared resins (started
+  on first use, restarted when one dies; processes are spread over them
+  round robin): `config :lacca, :shared_daemons, n` sets how many (default:
+  the number of schedulers, at most 4). `daemon: :dedicated` gives a process
+  a resin of its own, for isolation.
+
+  When a resin dies, the processes it served are killed (with their process
+  groups), their awaiters get `{:error, :resin_down}`, owners in
+  `:messages` mode get `{:lacca, pid, {:error, :resin_down}}` and `run/3`
+  returns `{:error, :resin_down}`; new work gets a new resin.
   """
 
   alias Lacca.{Options, Signal}
