@@ -394,6 +394,7 @@ defmodule Bench do
   end
 end
 
+Code.ensure_loaded!(Lacca)
 all = ~w(spawn throughput roundtrip concurrency slow_consumer)
 selected = if System.argv() == [], do: all, else: System.argv()
 
