@@ -111,9 +111,13 @@ defmodule Lacca.ProcessTest do
 
     {:ok, pid} = Lacca.start("yes", [], max_buffer: 1_000, output: :messages, active: false)
     %{id: id, daemon: daemon} = :sys.get_state(pid)
+    # Watch what the daemon receives: resin must report the exit although
+    # nobody reads the output (the daemon grants the credit to drain it).
+    1 = :erlang.trace(daemon, true, [:receive])
     Process.exit(pid, :kill)
-    # The daemon killed it and resin could report the exit: the id is free.
-    assert wait_until(fn -> not Map.has_key?(:sys.get_state(daemon).procs, id) end)
+    assert_exit_reported(daemon, id)
+    :erlang.trace(daemon, false, [:receive])
+    refute Map.has_key?(:sys.get_state(daemon).procs, id)
   end
 
   test "write_stdin after close_stdin, after exit, and with epipe" do
@@ -278,6 +282,21 @@ defmodule Lacca.ProcessTest do
     assert Supervisor.stop(sup) == :ok
     assert wait_gone(os_pid) == []
     refute Process.alive?(pid)
+  end
+
+  defp assert_exit_reported(daemon, id) do
+    receive do
+      {:trace, ^daemon, :receive, {_port, {:data, <<0x20, etf::binary>>}}} ->
+        case :erlang.binary_to_term(etf) do
+          {:exit, ^id, {:signal, 9}} -> :ok
+          _ -> assert_exit_reported(daemon, id)
+        end
+
+      {:trace, ^daemon, :receive, _} ->
+        assert_exit_reported(daemon, id)
+    after
+      5_000 -> flunk("resin did not report the exit of id #{id}")
+    end
   end
 
   defp read_all(pid, acc) do
