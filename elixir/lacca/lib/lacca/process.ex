@@ -634,6 +634,8 @@ defmodule Lacca.Process do
   defp signal_result(:ok), do: :ok
   defp signal_result({:error, :einval}), do: {:error, :unknown_signal}
   defp signal_result({:error, :no_process}), do: {:error, :exited}
+  # resin reaped the process; its exit is on its way.
+  defp signal_result({:error, :esrch}), do: {:error, :exited}
   defp signal_result({:error, reason}), do: {:error, reason}
 
   defp close_result(:ok), do: :ok
