@@ -29,7 +29,13 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from resin_py.protocol.common import SpawnOptions, StreamKind
 from resin_py.protocol.errors import ProtocolError, ZeroLengthPacket
 from resin_py.protocol.framing import PacketReader
-from resin_py.spawn import PR_SET_CHILD_SUBREAPER, ChildSetup, Spawner, prctl, resolve_executable
+from resin_py.spawn import (
+    PR_SET_CHILD_SUBREAPER,
+    ChildSetup,
+    make_spawner,
+    prctl,
+    resolve_executable,
+)
 
 # Above this many bytes waiting for resin's stdout, stop reading children's
 # pipes: the children block instead of resin's memory growing.
@@ -196,7 +202,7 @@ class Resin:
         signal.signal(signal.SIGTERM, _ignore_signal)
         signal.siginterrupt(signal.SIGCHLD, False)
         self.devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-        self.spawner = Spawner(soft)
+        self.spawner = make_spawner(soft)
         self.sel.register(self._wake_r.fileno(), selectors.EVENT_READ, self._on_wakeup)
         if RESIN_STDOUT_PIPE_SIZE:
             with contextlib.suppress(OSError):  # not a pipe, or above pipe-max-size
@@ -378,13 +384,17 @@ class Resin:
     def spawn_child(self, id: int, exe: bytes, args: tuple[bytes, ...], opts: SpawnOptions
                     ) -> Child:
         """Start a child; raise SpawnFailed with the reason if nothing runs."""
-        env = {} if opts.clear_env else dict(os.environb)
-        for name, value in opts.env:
-            if value is None:
-                env.pop(name, None)
-            else:
-                env[name] = value
-        path = resolve_executable(exe, env)
+        env: dict[bytes, bytes] | None = None  # None: resin's environment, not copied
+        search = None
+        if opts.clear_env or opts.env:
+            env = {} if opts.clear_env else dict(os.environb)
+            for name, value in opts.env:
+                if value is None:
+                    env.pop(name, None)
+                else:
+                    env[name] = value
+            search = env.get(b"PATH")  # the child's PATH, else resin's
+        path = resolve_executable(exe, search)
         argv = [opts.arg0 if opts.arg0 is not None else exe, *args]
         parent_fds: list[int] = []
         child_fds: list[int] = []

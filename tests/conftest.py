@@ -14,10 +14,37 @@ from resin_py.client import ResinClient
 RESIN_COMMAND = [sys.executable, "-m", "resin_py"]
 
 
+def c_spawner_built() -> bool:
+    try:
+        from resin_py import _spawn  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# Both spawners: the C one (skipped where the extension is not built) and the
+# pure-Python fallback. `@both_spawners` on a test that uses `resin` or
+# `client` runs it against a resin started with each.
+SPAWNERS = [
+    pytest.param("c", marks=pytest.mark.skipif(not c_spawner_built(),
+                                               reason="C extension not built")),
+    "python",
+]
+both_spawners = pytest.mark.parametrize("resin", SPAWNERS, indirect=True)
+
+
+def resin_env(spawner: str | None) -> dict[str, str] | None:
+    """The environment for a resin that must use `spawner` (None: resin's choice)."""
+    if spawner is None:
+        return None
+    return {**os.environ, "RESIN_SPAWNER": spawner}
+
+
 @pytest.fixture
-def resin() -> Iterator[ResinClient]:
-    """A resin that has not been told its protocol yet."""
-    client = ResinClient(RESIN_COMMAND)
+def resin(request: pytest.FixtureRequest) -> Iterator[ResinClient]:
+    """A resin that has not been told its protocol yet (with the spawner given
+    by indirect parametrization, else the default one)."""
+    client = ResinClient(RESIN_COMMAND, env=resin_env(getattr(request, "param", None)))
     yield client
     client.kill()
 

@@ -10,7 +10,17 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import children_of, exists, fd_count, proc_state, wait_gone, wait_until
+from conftest import (
+    SPAWNERS,
+    both_spawners,
+    children_of,
+    exists,
+    fd_count,
+    proc_state,
+    resin_env,
+    wait_gone,
+    wait_until,
+)
 
 from resin_py.client import ResinClient
 from resin_py.protocol import v1
@@ -29,6 +39,7 @@ def first_line_pid(client: ResinClient, id: int) -> int:
     return int(frame.data.split()[0])
 
 
+@both_spawners
 def test_grandchild_dies_with_its_group_on_kill(client: ResinClient) -> None:
     spawn_pid(client, 1, "sh", "-c", "sleep 1000 & echo $!; sleep 1000")
     grandchild = first_line_pid(client, 1)
@@ -37,6 +48,7 @@ def test_grandchild_dies_with_its_group_on_kill(client: ResinClient) -> None:
     wait_gone(grandchild)
 
 
+@both_spawners
 def test_group_is_killed_when_the_leader_exits(client: ResinClient) -> None:
     spawn_pid(client, 1, "sh", "-c", "sleep 1000 & echo $!; exit 0")
     grandchild = first_line_pid(client, 1)
@@ -44,6 +56,7 @@ def test_group_is_killed_when_the_leader_exits(client: ResinClient) -> None:
     wait_gone(grandchild)
 
 
+@both_spawners
 def test_stdin_eof_kills_everything_and_exits_fast(client: ResinClient) -> None:
     leaders = [spawn_pid(client, i, "sh", "-c", "sleep 1000 & echo $!; sleep 1000")
                for i in range(5)]
@@ -68,6 +81,7 @@ def test_stdin_eof_kills_everything_and_exits_fast(client: ResinClient) -> None:
         assert not exists(pid)
 
 
+@both_spawners
 def test_orphans_are_reaped(client: ResinClient) -> None:
     # The setsid'd sleep leaves the group; when its parent exits it is
     # reparented to resin (the subreaper), which must reap it when it dies.
@@ -82,6 +96,7 @@ def test_orphans_are_reaped(client: ResinClient) -> None:
     assert client.run(2, "/bin/echo", ["ok"]).stdout == b"ok\n"
 
 
+@both_spawners
 def test_children_die_when_resin_is_killed(client: ResinClient) -> None:
     child = spawn_pid(client, 1, "sleep", "1000")
     os.kill(client.pid, signal.SIGKILL)
@@ -90,6 +105,7 @@ def test_children_die_when_resin_is_killed(client: ResinClient) -> None:
     wait_until(lambda: proc_state(child) in (None, "Z"), what="the child to die")
 
 
+@both_spawners
 def test_children_get_default_signal_dispositions(client: ResinClient) -> None:
     # resin ignores SIGINT and SIGPIPE; its children must not inherit that.
     r = client.run(1, "sh", ["-c", "grep -E '^Sig(Ign|Blk)' /proc/self/status"])
@@ -102,6 +118,7 @@ def test_children_get_default_signal_dispositions(client: ResinClient) -> None:
     assert int(masks[b"SigIgn"], 16) & ~glibc_reserved == 0
 
 
+@both_spawners
 def test_children_get_their_own_session_and_fds(client: ResinClient) -> None:
     r = client.run(1, "sh", ["-c", "echo $$; ps -o pid=,pgid=,sid= -p $$; ls /proc/$$/fd"])
     lines = r.stdout.decode().split("\n")
@@ -111,6 +128,7 @@ def test_children_get_their_own_session_and_fds(client: ResinClient) -> None:
         "0", "1", "2"]
 
 
+@both_spawners
 def test_thousand_spawn_exit_cycles_leak_nothing(client: ResinClient) -> None:
     assert client.run(0, "true").exit == v1.Exit(0, "exit", 0)
     baseline = fd_count(client.pid)
@@ -125,6 +143,7 @@ def test_thousand_spawn_exit_cycles_leak_nothing(client: ResinClient) -> None:
     assert fd_count(client.pid) == baseline
 
 
+@both_spawners
 def test_v0_stdin_eof_kills_grandchildren(resin: ResinClient) -> None:
     from resin_py.protocol import v0
 
@@ -138,12 +157,13 @@ def test_v0_stdin_eof_kills_grandchildren(resin: ResinClient) -> None:
     assert not exists(grandchild)
 
 
-def test_nofile_limit_raised_for_resin_restored_for_children() -> None:
+@pytest.mark.parametrize("spawner", SPAWNERS)
+def test_nofile_limit_raised_for_resin_restored_for_children(spawner: str) -> None:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or hard <= 256:
         pytest.skip("needs a finite hard limit above 256")
     command = ["sh", "-c", f'ulimit -Sn 256 && exec "{sys.executable}" -m resin_py']
-    with ResinClient(command) as client:
+    with ResinClient(command, env=resin_env(spawner)) as client:
         assert client.hello() == 1
         assert client.run(1, "sh", ["-c", "ulimit -Sn"]).stdout == b"256\n"
         limits = Path(f"/proc/{client.pid}/limits").read_text()

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import proc_state, wait_gone, wait_until
+from conftest import both_spawners, proc_state, wait_gone, wait_until
 
 from resin_py.client import ResinClient
 from resin_py.protocol import v1
@@ -31,6 +31,7 @@ def test_handshake_any_version_gets_v1(resin: ResinClient) -> None:
     assert resin.hello(7) == 1
 
 
+@both_spawners
 def test_echo(client: ResinClient) -> None:
     r = client.run(1, "/bin/echo", ["hi"])
     assert (r.stdout, r.stderr, r.exit) == (b"hi\n", b"", v1_exit(1, 0))
@@ -40,20 +41,24 @@ def v1_exit(id: int, code: int) -> v1.Exit:
     return v1.Exit(id, "exit", code)
 
 
+@both_spawners
 def test_stdout_and_stderr_are_separate(client: ResinClient) -> None:
     r = client.run(1, "sh", ["-c", "echo out; echo err >&2"])
     assert (r.stdout, r.stderr) == (b"out\n", b"err\n")
 
 
+@both_spawners
 @pytest.mark.parametrize("code", [0, 3, 200])
 def test_exit_codes(client: ResinClient, code: int) -> None:
     assert client.run(5, "sh", ["-c", f"exit {code}"]).exit == v1_exit(5, code)
 
 
+@both_spawners
 def test_death_by_signal(client: ResinClient) -> None:
     assert client.run(1, "sh", ["-c", "kill -USR1 $$"]).exit == v1.Exit(1, "signal", signal.SIGUSR1)
 
 
+@both_spawners
 def test_spawned_reports_the_os_pid(client: ResinClient) -> None:
     spawned = client.spawn(1, "sleep", ["1000"])
     assert isinstance(spawned, v1.Spawned)
@@ -63,6 +68,7 @@ def test_spawned_reports_the_os_pid(client: ResinClient) -> None:
     wait_gone(spawned.os_pid)
 
 
+@both_spawners
 def test_spawn_errors(client: ResinClient, tmp_path: Path) -> None:
     assert client.spawn(1, "no-such-program-xyz") == v1.SpawnError(1, Atom("enoent"))
     assert client.spawn(1, "/no/such/file") == v1.SpawnError(1, Atom("enoent"))
@@ -168,6 +174,7 @@ def test_one_mib_round_trip_with_acks(client: ResinClient) -> None:
     assert time.monotonic() - started < 5
 
 
+@both_spawners
 def test_hundred_concurrent_processes(client: ResinClient) -> None:
     ids = range(1000, 1100)
     for i in ids:
@@ -186,10 +193,12 @@ def test_hundred_concurrent_processes(client: ResinClient) -> None:
             v1.StdinAck(i, AckStatus.WRITTEN)]
 
 
+@both_spawners
 def test_option_cd(client: ResinClient, tmp_path: Path) -> None:
     assert client.run(1, "pwd", cd=str(tmp_path)).stdout == str(tmp_path).encode() + b"\n"
 
 
+@both_spawners
 def test_option_env(client: ResinClient) -> None:
     os.environ["RESIN_TEST_INHERITED"] = "yes"  # resin started before: not inherited
     r = client.run(1, "sh", ["-c", 'echo "$FOO|${HOME-unset}|${PATH:+path}"'],
@@ -197,11 +206,13 @@ def test_option_env(client: ResinClient) -> None:
     assert r.stdout == b"bar|unset|path\n"
 
 
+@both_spawners
 def test_option_clear_env(client: ResinClient) -> None:
     r = client.run(1, "/usr/bin/env", clear_env=True, env={"ONLY": "this"})
     assert r.stdout == b"ONLY=this\n"
 
 
+@both_spawners
 def test_env_path_is_used_for_lookup(client: ResinClient, tmp_path: Path) -> None:
     tool = tmp_path / "my-tool"
     tool.write_text("#!/bin/sh\necho found me\n")
@@ -211,10 +222,12 @@ def test_env_path_is_used_for_lookup(client: ResinClient, tmp_path: Path) -> Non
     assert client.spawn(2, "my-tool") == v1.SpawnError(2, Atom("enoent"))
 
 
+@both_spawners
 def test_option_arg0(client: ResinClient) -> None:
     assert client.run(1, "sh", ["-c", 'echo "$0"'], arg0="custom-name").stdout == b"custom-name\n"
 
 
+@both_spawners
 def test_option_stdin_null(client: ResinClient) -> None:
     client.spawn(1, "sh", ["-c", "cat; echo eof; exec sleep 1000"], stdin="null")
     assert client.expect(lambda f: isinstance(f, v1.Stdout)) == v1.Stdout(1, b"eof\n")
@@ -224,6 +237,7 @@ def test_option_stdin_null(client: ResinClient) -> None:
     assert client.collect(1).exit == v1.Exit(1, "signal", 9)
 
 
+@both_spawners
 def test_option_stderr_merged_and_discarded(client: ResinClient) -> None:
     script = ["-c", "echo one; echo two >&2; echo three"]
     merged = client.run(1, "sh", script, stderr="stdout")

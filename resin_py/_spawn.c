@@ -1,0 +1,400 @@
+/*
+ * resin_py._spawn: start a child with clone(CLONE_VM | CLONE_VFORK).
+ *
+ * The pure-Python spawner (resin_py/spawn.py) forks a copy of the whole
+ * interpreter and runs Python in the child; that costs about 1 ms per spawn
+ * before exec. Here the child shares resin's memory (no page tables are
+ * copied), runs on a small stack of its own and makes only async-signal-safe
+ * system calls until execve. resin is suspended until the child has exec'd or
+ * exited (CLONE_VFORK), so the child reports a failure by writing
+ * (stage, errno) into memory the parent reads afterwards: no pipe needed.
+ *
+ * Everything the child needs (argv, envp, paths) is built before the clone:
+ * the child allocates nothing. All signals are blocked around the clone so
+ * that no handler of resin's ever runs in the child; the child resets every
+ * disposition to SIG_DFL and then unblocks everything.
+ *
+ * The containment steps are those of spawn.py, in the same order:
+ * setsid, PR_SET_PDEATHSIG + getppid check, signal dispositions and mask,
+ * RLIMIT_NOFILE, dup2 of 0/1/2, every other fd closed (close-on-exec),
+ * chdir, execve.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+extern char **environ;
+
+#ifndef __NR_close_range
+#define __NR_close_range 436
+#endif
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
+
+/* Where the child failed (the values spawn.py's callers understand). */
+#define STAGE_OK 0
+#define STAGE_SETUP 1
+#define STAGE_CWD 2
+#define STAGE_EXEC 3
+
+#define CHILD_FAILED 127
+#define CHILD_STACK_SIZE (64 * 1024)
+/* Kernel signal numbers go up to 64 on Linux (_NSIG - 1). */
+#define LAST_SIGNAL 64
+
+struct child_args {
+    const char *path;
+    char *const *argv;
+    char *const *envp;
+    const char *cwd;
+    int fds[3];
+    pid_t parent;
+    struct rlimit nofile;
+    int maxfd; /* fallback bound for closing descriptors */
+    /* Written by the child, read by the parent once clone() has returned. */
+    volatile int stage;
+    volatile int err;
+};
+
+/* ---- the child: async-signal-safe calls only, no allocation ------------- */
+
+static void reset_signals(void)
+{
+    /* A raw rt_sigaction with an all-zero struct is SIG_DFL, no flags, empty
+     * mask on every architecture; unlike libc's sigaction it also reaches
+     * the signals glibc reserves (32, 33). Errors (EINVAL for SIGKILL,
+     * SIGSTOP) are ignored. */
+    uint64_t zero[8];
+    memset(zero, 0, sizeof zero);
+    for (int sig = 1; sig <= LAST_SIGNAL; sig++) {
+#if defined(SYS_rt_sigaction) && !defined(__sparc__) && !defined(__alpha__)
+        syscall(SYS_rt_sigaction, sig, zero, NULL, (size_t)8);
+#else
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = SIG_DFL;
+        sigaction(sig, &sa, NULL);
+#endif
+    }
+    uint64_t empty = 0;
+#if defined(SYS_rt_sigprocmask)
+    syscall(SYS_rt_sigprocmask, SIG_SETMASK, &empty, NULL, (size_t)8);
+#else
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+#endif
+    (void)empty;
+}
+
+/* Mark every descriptor from 3 up close-on-exec (execve closes them: the
+ * work happens after resin is resumed). */
+static int cloexec_from_3(int maxfd)
+{
+    if (syscall(__NR_close_range, 3U, ~0U, CLOSE_RANGE_CLOEXEC) == 0)
+        return 0;
+    if (syscall(__NR_close_range, 3U, ~0U, 0U) == 0)
+        return 0;
+    /* Old kernel: walk /proc/self/fd with getdents64 (no allocation). */
+    int dir = open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dir >= 0) {
+        char buf[4096] __attribute__((aligned(8)));
+        long n;
+        while ((n = syscall(SYS_getdents64, dir, buf, sizeof buf)) > 0) {
+            for (long off = 0; off < n;) {
+                struct {
+                    uint64_t ino;
+                    int64_t off;
+                    unsigned short reclen;
+                    unsigned char type;
+                    char name[];
+                } *d = (void *)(buf + off);
+                int fd = 0;
+                const char *p = d->name;
+                if (*p >= '0' && *p <= '9') {
+                    for (; *p >= '0' && *p <= '9'; p++)
+                        fd = fd * 10 + (*p - '0');
+                    if (fd >= 3 && fd != dir)
+                        fcntl(fd, F_SETFD, FD_CLOEXEC);
+                }
+                off += d->reclen;
+            }
+        }
+        close(dir);
+        if (n == 0)
+            return 0;
+    }
+    for (int fd = 3; fd < maxfd; fd++)
+        fcntl(fd, F_SETFD, FD_CLOEXEC);
+    return 0;
+}
+
+static int setup_stdio(int src[3])
+{
+    /* A source below 3 that is not already in place would be clobbered by
+     * an earlier dup2: move it out of the way first. */
+    for (int i = 0; i < 3; i++) {
+        if (src[i] < 3 && src[i] != i) {
+            int old = src[i];
+            int moved = fcntl(old, F_DUPFD, 3);
+            if (moved < 0)
+                return -1;
+            for (int j = 0; j < 3; j++)
+                if (src[j] == old)
+                    src[j] = moved;
+        }
+    }
+    for (int i = 0; i < 3; i++) {
+        if (src[i] == i) {
+            /* dup2(fd, fd) would keep close-on-exec: clear it instead. */
+            if (fcntl(i, F_SETFD, 0) < 0)
+                return -1;
+        } else if (dup2(src[i], i) < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int child_main(void *arg)
+{
+    struct child_args *a = arg;
+    int stage = STAGE_SETUP;
+
+    if (setsid() < 0)
+        goto fail;
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0)
+        goto fail;
+    if (getppid() != a->parent) /* resin died before the death signal was set */
+        _exit(CHILD_FAILED);
+    reset_signals();
+    if (setrlimit(RLIMIT_NOFILE, &a->nofile) < 0)
+        goto fail;
+    int src[3] = {a->fds[0], a->fds[1], a->fds[2]};
+    if (setup_stdio(src) < 0)
+        goto fail;
+    cloexec_from_3(a->maxfd);
+    if (a->cwd != NULL) {
+        stage = STAGE_CWD;
+        if (chdir(a->cwd) < 0)
+            goto fail;
+    }
+    stage = STAGE_EXEC;
+    execve(a->path, a->argv, a->envp);
+fail:
+    a->err = errno ? errno : EINVAL;
+    a->stage = stage;
+    _exit(CHILD_FAILED);
+}
+
+/* ---- the parent --------------------------------------------------------- */
+
+/* A NULL-terminated array of pointers into the bytes of `seq` (a tuple that
+ * the caller keeps alive). */
+static char **bytes_array(PyObject *tuple, const char *what)
+{
+    Py_ssize_t n = PyTuple_GET_SIZE(tuple);
+    char **arr = PyMem_Malloc(sizeof(char *) * (size_t)(n + 1));
+    if (arr == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyTuple_GET_ITEM(tuple, i);
+        if (!PyBytes_Check(item)) {
+            PyErr_Format(PyExc_TypeError, "%s items must be bytes", what);
+            PyMem_Free(arr);
+            return NULL;
+        }
+        char *s = PyBytes_AS_STRING(item);
+        if ((size_t)PyBytes_GET_SIZE(item) != strlen(s)) {
+            PyErr_Format(PyExc_ValueError, "embedded null byte in %s", what);
+            PyMem_Free(arr);
+            return NULL;
+        }
+        arr[i] = s;
+    }
+    arr[n] = NULL;
+    return arr;
+}
+
+PyDoc_STRVAR(spawn_doc,
+"spawn(path, argv, envp, cwd, stdin, stdout, stderr, parent, nofile) -> (pid, stage, errno)\n\n"
+"Start `path` in a new session with the given descriptors as 0, 1 and 2.\n"
+"envp is a sequence of b'NAME=value' or None (resin's own environment);\n"
+"cwd is bytes or None; parent is the pid the child checks after setting\n"
+"PR_SET_PDEATHSIG; nofile is the RLIMIT_NOFILE soft limit the child gets.\n"
+"stage is 0 when the exec succeeded. Otherwise the child has exited and\n"
+"been reaped, and stage (1 setup, 2 chdir, 3 exec) and errno say why.\n"
+"Raises OSError when no child could be created.");
+
+static PyObject *spawn(PyObject *self, PyObject *args)
+{
+    (void)self;
+    const char *path;
+    Py_ssize_t path_len;
+    PyObject *argv_obj, *envp_obj, *cwd_obj;
+    int fd_in, fd_out, fd_err, parent;
+    long long nofile;
+
+    if (!PyArg_ParseTuple(args, "y#OOOiiiiL:spawn", &path, &path_len, &argv_obj, &envp_obj,
+                          &cwd_obj, &fd_in, &fd_out, &fd_err, &parent, &nofile))
+        return NULL;
+    if ((size_t)path_len != strlen(path)) {
+        PyErr_SetString(PyExc_ValueError, "embedded null byte in path");
+        return NULL;
+    }
+    const char *cwd = NULL;
+    if (cwd_obj != Py_None) {
+        if (!PyBytes_Check(cwd_obj)) {
+            PyErr_SetString(PyExc_TypeError, "cwd must be bytes or None");
+            return NULL;
+        }
+        cwd = PyBytes_AS_STRING(cwd_obj);
+        if ((size_t)PyBytes_GET_SIZE(cwd_obj) != strlen(cwd)) {
+            PyErr_SetString(PyExc_ValueError, "embedded null byte in cwd");
+            return NULL;
+        }
+    }
+
+    PyObject *argv_t = NULL, *envp_t = NULL, *result = NULL;
+    char **argv = NULL, **envp = NULL;
+    void *stack = NULL;
+
+    /* Tuples: nobody can drop an item while the GIL is released. */
+    argv_t = PySequence_Tuple(argv_obj);
+    if (argv_t == NULL)
+        goto done;
+    if (PyTuple_GET_SIZE(argv_t) == 0) {
+        PyErr_SetString(PyExc_ValueError, "argv must not be empty");
+        goto done;
+    }
+    argv = bytes_array(argv_t, "argv");
+    if (argv == NULL)
+        goto done;
+    if (envp_obj != Py_None) {
+        envp_t = PySequence_Tuple(envp_obj);
+        if (envp_t == NULL)
+            goto done;
+        envp = bytes_array(envp_t, "envp");
+        if (envp == NULL)
+            goto done;
+    }
+
+    struct child_args a;
+    memset(&a, 0, sizeof a);
+    a.path = path;
+    a.argv = argv;
+    a.envp = envp != NULL ? envp : environ;
+    a.cwd = cwd;
+    a.fds[0] = fd_in;
+    a.fds[1] = fd_out;
+    a.fds[2] = fd_err;
+    a.parent = (pid_t)parent;
+    if (getrlimit(RLIMIT_NOFILE, &a.nofile) < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto done;
+    }
+    a.maxfd = a.nofile.rlim_cur == RLIM_INFINITY || a.nofile.rlim_cur > INT32_MAX
+                  ? INT32_MAX
+                  : (int)a.nofile.rlim_cur;
+    if (nofile >= 0 && (rlim_t)nofile < a.nofile.rlim_max)
+        a.nofile.rlim_cur = (rlim_t)nofile;
+    else
+        a.nofile.rlim_cur = a.nofile.rlim_max;
+    a.stage = STAGE_OK;
+    a.err = 0;
+
+    stack = PyMem_RawMalloc(CHILD_STACK_SIZE);
+    if (stack == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    /* Stacks grow down on every architecture Linux runs CPython on here. */
+    char *stack_top = (char *)(((uintptr_t)stack + CHILD_STACK_SIZE) & ~(uintptr_t)15);
+
+    pid_t pid;
+    int clone_err = 0, stage, err;
+    Py_BEGIN_ALLOW_THREADS
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pid = clone(child_main, stack_top, CLONE_VM | CLONE_VFORK | SIGCHLD, &a);
+    if (pid < 0)
+        clone_err = errno;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    stage = a.stage;
+    err = a.err;
+    if (pid > 0 && stage != STAGE_OK) {
+        /* It has _exit-ed: reap it here, so nothing else ever sees it. */
+        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+            ;
+    }
+    Py_END_ALLOW_THREADS
+
+    if (pid < 0) {
+        errno = clone_err;
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto done;
+    }
+    result = Py_BuildValue("(iii)", (int)pid, stage, err);
+
+done:
+    PyMem_RawFree(stack);
+    PyMem_Free(argv);
+    PyMem_Free(envp);
+    Py_XDECREF(argv_t);
+    Py_XDECREF(envp_t);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"spawn", spawn, METH_VARARGS, spawn_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    "resin_py._spawn",
+    "Fast child creation for resin (clone with CLONE_VM | CLONE_VFORK).",
+    -1,
+    methods,
+    NULL,
+    NULL,
+    NULL,
+    NULL,
+};
+
+PyMODINIT_FUNC PyInit__spawn(void)
+{
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddIntConstant(m, "STAGE_OK", STAGE_OK) < 0 ||
+        PyModule_AddIntConstant(m, "STAGE_SETUP", STAGE_SETUP) < 0 ||
+        PyModule_AddIntConstant(m, "STAGE_CWD", STAGE_CWD) < 0 ||
+        PyModule_AddIntConstant(m, "STAGE_EXEC", STAGE_EXEC) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,19 @@
+from collections.abc import Sequence
+
+STAGE_OK: int
+STAGE_SETUP: int
+STAGE_CWD: int
+STAGE_EXEC: int
+
+def spawn(
+    path: bytes,
+    argv: Sequence[bytes],
+    envp: Sequence[bytes] | None,
+    cwd: bytes | None,
+    stdin: int,
+    stdout: int,
+    stderr: int,
+    parent: int,
+    nofile: int,
+    /,
+) -> tuple[int, int, int]: ...

@@ -1,0 +1,211 @@
+"""Both spawners directly (in this process): same containment, same errors."""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import SPAWNERS, c_spawner_built
+
+from resin_py import spawn
+from resin_py.protocol.errors import SpawnFailed
+from resin_py.protocol.terms import Atom
+from resin_py.spawn import ChildSetup, CloneSpawner, ForkSpawner, Spawner, make_spawner
+
+
+@pytest.fixture(params=SPAWNERS)
+def kind(request: pytest.FixtureRequest) -> str:
+    assert isinstance(request.param, str)
+    return request.param
+
+
+@pytest.fixture
+def spawner(kind: str) -> Spawner:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return make_spawner(soft, kind)
+
+
+@pytest.fixture
+def devnull() -> Iterator[int]:
+    fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    yield fd
+    os.close(fd)
+
+
+def my_children() -> list[int]:
+    me = os.getpid()
+    with open(f"/proc/{me}/task/{me}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def run(spawner: Spawner, script: str, devnull: int, env: dict[bytes, bytes] | None = None,
+        cwd: bytes | None = None, stdin: int | None = None) -> tuple[int, bytes]:
+    """Run `sh -c script` through the spawner; (wait status, stdout + stderr)."""
+    r, w = os.pipe2(os.O_CLOEXEC)
+    try:
+        setup = ChildSetup(b"/bin/sh", [b"sh", b"-c", script.encode()], env, cwd,
+                           devnull if stdin is None else stdin, w, w)
+        pid = spawner.spawn(setup)
+        os.close(w)
+        w = -1
+        out = b""
+        while chunk := os.read(r, 65536):
+            out += chunk
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+    return status, out
+
+
+def test_make_spawner_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert isinstance(make_spawner(256, "python"), ForkSpawner)
+    monkeypatch.setenv(spawn.SPAWNER_ENV, "python")
+    assert isinstance(make_spawner(256), ForkSpawner)
+    monkeypatch.delenv(spawn.SPAWNER_ENV)
+    expected = CloneSpawner if c_spawner_built() else ForkSpawner
+    assert isinstance(make_spawner(256), expected)
+    if not c_spawner_built():
+        with pytest.raises(ImportError):
+            make_spawner(256, "c")
+
+
+def test_c_extension_is_built_where_a_compiler_is() -> None:
+    """The optional extension must not silently go missing on a machine that
+    can build it (pip install -e . builds it in place)."""
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler: the pure-Python spawner is the only one")
+    assert c_spawner_built()
+
+
+def test_containment_in_the_child(kind: str, devnull: int) -> None:
+    script = ("echo $$; ps -o pid=,pgid=,sid= -p $$; grep -E '^Sig(Ign|Blk)' /proc/self/status;"
+              " ulimit -Sn; ls /proc/self/fd")
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # Ignored and blocked here (as resin ignores SIGINT and SIGPIPE): the child
+    # must get the defaults back.
+    old = signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})
+    try:
+        status, out = run(make_spawner(soft, kind), script, devnull)
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+    assert status == 0
+    lines = out.decode().split("\n")
+    assert lines[1].split() == [lines[0]] * 3  # own session and process group
+    masks = dict(line.split(":\t") for line in lines[2:4])
+    glibc_reserved = (1 << 31) | (1 << 32)  # see test_containment
+    assert int(masks["SigBlk"], 16) == 0
+    assert int(masks["SigIgn"], 16) & ~glibc_reserved == 0
+    assert lines[4] == str(soft)
+    # ls's own directory fd (3) is the only one above 2.
+    assert sorted(lines[5:-1]) == ["0", "1", "2", "3"]
+
+
+def test_no_leak_of_inheritable_fds(spawner: Spawner, devnull: int) -> None:
+    leaked = os.open(os.devnull, os.O_RDONLY)
+    os.set_inheritable(leaked, True)
+    try:
+        status, out = run(spawner, f"test -e /proc/self/fd/{leaked} && echo leaked; true",
+                          devnull)
+    finally:
+        os.close(leaked)
+    assert (status, out) == (0, b"")
+
+
+def test_environment(spawner: Spawner, devnull: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RESIN_SPAWN_TEST", "inherited")
+    _, out = run(spawner, 'echo "${RESIN_SPAWN_TEST-unset}"', devnull)
+    assert out == b"inherited\n"  # env None: resin's own environment
+    _, out = run(spawner, 'echo "${RESIN_SPAWN_TEST-unset}|$ONLY"', devnull, env={b"ONLY": b"x"})
+    assert out == b"unset|x\n"
+
+
+def test_cwd(spawner: Spawner, devnull: int, tmp_path: Path) -> None:
+    _, out = run(spawner, "pwd", devnull, cwd=os.fsencode(tmp_path))
+    assert out == os.fsencode(tmp_path) + b"\n"
+
+
+def test_errors_leave_no_child(spawner: Spawner, devnull: int, tmp_path: Path) -> None:
+    script = tmp_path / "script"
+    script.write_text("#!/bin/sh\n")
+    garbage = tmp_path / "garbage"
+    garbage.write_bytes(b"\x7fELF garbage")
+    garbage.chmod(0o755)
+    cases = [
+        (ChildSetup(b"/no/such", [b"x"], None, None, devnull, devnull, devnull), Atom("enoent")),
+        (ChildSetup(os.fsencode(script), [b"x"], None, None, devnull, devnull, devnull),
+         Atom("eacces")),
+        (ChildSetup(os.fsencode(garbage), [b"x"], None, None, devnull, devnull, devnull),
+         Atom("enoexec")),
+        (ChildSetup(b"/bin/true", [b"x"], None, b"/no/such/dir", devnull, devnull, devnull),
+         (Atom("cwd"), Atom("enoent"))),
+    ]
+    for setup, reason in cases:
+        with pytest.raises(SpawnFailed) as info:
+            spawner.spawn(setup)
+        assert info.value.reason == reason
+    assert my_children() == []  # each failed child was reaped by the spawner
+
+
+def test_resolve_executable_caches_and_revalidates(tmp_path: Path) -> None:
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir()
+    second.mkdir()
+    path = os.fsencode(f"{first}:{second}")
+    with pytest.raises(SpawnFailed):
+        spawn.resolve_executable(b"tool", path)
+    tool = second / "tool"
+    tool.write_text("#!/bin/sh\n")
+    tool.chmod(0o755)
+    assert spawn.resolve_executable(b"tool", path) == os.fsencode(tool)  # misses are not cached
+    assert spawn.resolve_executable(b"tool", path) == os.fsencode(tool)  # a cached hit
+    earlier = first / "tool"  # an executable that shadows it appears earlier on PATH
+    earlier.write_text("#!/bin/sh\n")
+    earlier.chmod(0o755)
+    os.utime(first, ns=(0, 0))  # the mtime change, even within one timestamp tick
+    assert spawn.resolve_executable(b"tool", path) == os.fsencode(earlier)
+    earlier.unlink()
+    tool.chmod(0o644)  # no longer executable: no longer found
+    os.utime(first, ns=(1, 1))
+    with pytest.raises(SpawnFailed):
+        spawn.resolve_executable(b"tool", path)
+    # Same rules as shutil.which for what it finds.
+    assert spawn.resolve_executable(b"sh", b"/usr/bin:/bin") == os.fsencode(
+        os.path.abspath(shutil.which("sh", path="/usr/bin:/bin") or ""))
+
+
+def test_stdio_sources_below_3_are_not_clobbered(kind: str) -> None:
+    """The child's 0/1/2 come from resin's 2/0/1: dup2 order must not matter."""
+    program = textwrap.dedent("""
+        import os, sys
+        from resin_py.spawn import ChildSetup, make_spawner
+        spawner = make_spawner(1024, sys.argv[1])
+        setup = ChildSetup(b"/bin/sh", [b"sh", b"-c", b"read x; echo out:$x; echo err:$x >&2"],
+                           None, None, 2, 0, 1)
+        pid = spawner.spawn(setup)
+        _, status = os.waitpid(pid, 0)
+        os._exit(os.waitstatus_to_exitcode(status))
+    """)
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    in_r, in_w = os.pipe()
+    proc = subprocess.Popen([sys.executable, "-c", program, kind],
+                            stdin=out_w, stdout=err_w, stderr=in_r)
+    for fd in (out_w, err_w, in_r):
+        os.close(fd)
+    os.write(in_w, b"hi\n")
+    os.close(in_w)
+    assert proc.wait(timeout=10) == 0
+    with os.fdopen(out_r, "rb") as out, os.fdopen(err_r, "rb") as err:
+        assert (out.read(), err.read()) == (b"out:hi\n", b"err:hi\n")
