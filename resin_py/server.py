@@ -15,6 +15,7 @@ import errno
 import fcntl
 import os
 import resource
+import select
 import selectors
 import signal
 import socket
@@ -46,13 +47,14 @@ OUT_LOW_WATER = 256 * 1024
 STDIN_READ_SIZE = 256 * 1024
 # writev takes at most this many buffers per call.
 IOV_MAX = 1024
-# Capacity asked for a child's stdout pipe (F_SETPIPE_SZ): fewer, fuller
+# Capacity asked for a child's output pipe (F_SETPIPE_SZ): fewer, fuller
 # reads for chatty children (measured: ~1.0 -> ~1.5 GB/s through resin).
-# Only for the first children: bigger pipes use up the per-user pipe budget
+# Only for pipes that prove chatty (a read filled a whole frame), and only
+# for a few at a time: bigger pipes use up the per-user pipe budget
 # (fs.pipe-user-pages-soft, 64 MiB by default), after which the kernel gives
 # every new pipe 2 pages. 0 disables. Failures are ignored.
 CHILD_PIPE_SIZE = 256 * 1024
-CHILD_PIPE_BOOST_LIMIT = 16  # live children whose stdout pipes get enlarged
+CHILD_PIPE_BOOST_LIMIT = 16  # open pipes enlarged at any time
 # Capacity asked for resin's own stdout pipe: bigger batches per wakeup of
 # the reader (the BEAM) when output is heavy.
 RESIN_STDOUT_PIPE_SIZE = 1024 * 1024
@@ -97,7 +99,7 @@ class Session(Protocol):
 class OutPipe:
     """The read end of a child's stdout or stderr pipe."""
 
-    __slots__ = ("closed", "credit", "fd", "kind", "registered")
+    __slots__ = ("boosted", "closed", "credit", "fd", "kind", "registered")
 
     def __init__(self, fd: int, kind: StreamKind, credit: int | None) -> None:
         self.fd = fd
@@ -105,6 +107,7 @@ class OutPipe:
         self.credit = credit  # bytes resin may still read; None: unlimited
         self.registered = False
         self.closed = False
+        self.boosted = False  # enlarged to CHILD_PIPE_SIZE
 
 
 class _Write:
@@ -157,6 +160,36 @@ class Child:
 Handler = Callable[[], None]
 _A = TypeVar("_A")
 
+READ = select.EPOLLIN
+WRITE = select.EPOLLOUT
+
+
+class Poller:
+    """epoll with a handler per descriptor (lighter than `selectors`: no key
+    objects, one dict operation per registration)."""
+
+    __slots__ = ("_ep", "handlers")
+
+    def __init__(self) -> None:
+        self._ep = select.epoll()
+        self.handlers: dict[int, Handler] = {}
+
+    def register(self, fd: int, events: int, handler: Handler) -> None:
+        """Raises PermissionError for a descriptor epoll cannot watch (a regular file)."""
+        self._ep.register(fd, events)
+        self.handlers[fd] = handler
+
+    def unregister(self, fd: int) -> None:
+        self._ep.unregister(fd)
+        del self.handlers[fd]
+
+    def poll(self, timeout: float | None) -> list[Handler]:
+        """The handlers of the ready descriptors, looked up before any of them
+        runs (a handler may close and reuse a descriptor number)."""
+        handlers = self.handlers
+        return [handlers[fd] for fd, _ in self._ep.poll(-1 if timeout is None else timeout)
+                if fd in handlers]
+
 
 class Resin:
     """The port program: read packets on fd 0, write packets on fd 1."""
@@ -164,12 +197,15 @@ class Resin:
     def __init__(self, stdin_fd: int = 0, stdout_fd: int = 1) -> None:
         self.stdin_fd = stdin_fd
         self.stdout_fd = stdout_fd
-        self.sel = selectors.DefaultSelector()
+        self.sel = Poller()
         self.reader = PacketReader()
         self.session: Session | None = None
         self.children: dict[int, Child] = {}  # by pid, until finished
         self.out: deque[bytes | memoryview] = deque()
         self.out_size = 0
+        self.boosted = 0  # open child pipes enlarged to CHILD_PIPE_SIZE
+        self.in_buf = bytearray(STDIN_READ_SIZE)  # reused: no allocation per read
+        self.in_view = memoryview(self.in_buf)
         self.out_registered = False
         self.out_blocking = False  # stdout cannot be polled (a regular file)
         self.paused = False
@@ -203,7 +239,7 @@ class Resin:
         signal.siginterrupt(signal.SIGCHLD, False)
         self.devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         self.spawner = make_spawner(soft)
-        self.sel.register(self._wake_r.fileno(), selectors.EVENT_READ, self._on_wakeup)
+        self.sel.register(self._wake_r.fileno(), READ, self._on_wakeup)
         if RESIN_STDOUT_PIPE_SIZE:
             with contextlib.suppress(OSError):  # not a pipe, or above pipe-max-size
                 fcntl.fcntl(self.stdout_fd, F_SETPIPE_SZ, RESIN_STDOUT_PIPE_SIZE)
@@ -212,11 +248,11 @@ class Resin:
             self._saved_flags.append((fd, flags))
             fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
         try:
-            self.sel.register(self.stdin_fd, selectors.EVENT_READ, self._on_stdin)
+            self.sel.register(self.stdin_fd, READ, self._on_stdin)
         except PermissionError:  # a regular file: always readable
             self.stdin_pollable = False
         try:
-            self.sel.register(self.stdout_fd, selectors.EVENT_WRITE, self._on_stdout)
+            self.sel.register(self.stdout_fd, WRITE, self._on_stdout)
             self.sel.unregister(self.stdout_fd)
         except PermissionError:
             self.out_blocking = True
@@ -242,8 +278,7 @@ class Resin:
                 elif not self.stdin_pollable:
                     timeout = 0.0
                     self._on_stdin()
-                for key, _mask in self.sel.select(timeout):
-                    handler: Handler = key.data
+                for handler in self.sel.poll(timeout):
                     handler()
             self._kill_descendants()
             self._final_flush()
@@ -269,16 +304,16 @@ class Resin:
 
     def _on_stdin(self) -> None:
         try:
-            data = os.read(self.stdin_fd, STDIN_READ_SIZE)
+            n = os.readv(self.stdin_fd, [self.in_buf])
         except BlockingIOError:
             return
         except OSError as exc:
             log(f"reading stdin: {exc}")
-            data = b""
-        if not data:
+            n = 0
+        if not n:
             self.begin_shutdown()
             return
-        self.reader.feed(data)
+        self.reader.feed(self.in_view[:n])
         while not self.closing:
             try:
                 payload = self.reader.next_packet()
@@ -356,7 +391,7 @@ class Resin:
         want = bool(out) and not self.out_blocking
         if want != self.out_registered:
             if want:
-                self.sel.register(self.stdout_fd, selectors.EVENT_WRITE, self._on_stdout)
+                self.sel.register(self.stdout_fd, WRITE, self._on_stdout)
             else:
                 self.sel.unregister(self.stdout_fd)
             self.out_registered = want
@@ -406,11 +441,10 @@ class Resin:
                 os.set_blocking(in_w, False)
             else:
                 in_r, in_w = self.devnull, -1
-            boost = CHILD_PIPE_SIZE if len(self.children) < CHILD_PIPE_BOOST_LIMIT else 0
-            out_r, out_w = self._out_pipe(parent_fds, child_fds, boost)
+            out_r, out_w = self._out_pipe(parent_fds, child_fds)
             pipes = [OutPipe(out_r, StreamKind.STDOUT, opts.credit)]
             if opts.stderr == "capture":
-                err_r, err_w = self._out_pipe(parent_fds, child_fds, 0)
+                err_r, err_w = self._out_pipe(parent_fds, child_fds)
                 pipes.append(OutPipe(err_r, StreamKind.STDERR, opts.credit))
             elif opts.stderr == "stdout":
                 err_w = out_w
@@ -437,21 +471,24 @@ class Resin:
             raise
         child = Child(id, pid, pidfd, in_w, pipes)
         self.children[pid] = child
-        self.sel.register(pidfd, selectors.EVENT_READ, lambda: self._child_exited(child))
+        self.sel.register(pidfd, READ, lambda: self._child_exited(child))
         for pipe in pipes:
             self._update_pipe(child, pipe)
         return child
 
-    def _out_pipe(self, parent_fds: list[int], child_fds: list[int], size: int
-                  ) -> tuple[int, int]:
+    def _out_pipe(self, parent_fds: list[int], child_fds: list[int]) -> tuple[int, int]:
         r, w = os.pipe2(os.O_CLOEXEC)
         parent_fds.append(r)
         child_fds.append(w)
         os.set_blocking(r, False)
-        if size:
-            with contextlib.suppress(OSError):
-                fcntl.fcntl(r, F_SETPIPE_SZ, size)
         return r, w
+
+    def _boost(self, pipe: OutPipe) -> None:
+        """Enlarge a pipe that just filled a whole read (see CHILD_PIPE_SIZE)."""
+        pipe.boosted = True  # tried once, whatever the outcome
+        self.boosted += 1
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(pipe.fd, F_SETPIPE_SZ, CHILD_PIPE_SIZE)
 
     # --- child output ----------------------------------------------------------------
 
@@ -460,7 +497,7 @@ class Resin:
                 and (pipe.credit is None or pipe.credit > 0))
         if want != pipe.registered:
             if want:
-                self.sel.register(pipe.fd, selectors.EVENT_READ,
+                self.sel.register(pipe.fd, READ,
                                   lambda: self._on_pipe(child, pipe))
             else:
                 self.sel.unregister(pipe.fd)
@@ -500,6 +537,9 @@ class Resin:
             return False
         if pipe.credit is not None:
             pipe.credit -= len(data)
+        if (len(data) == self.session.read_limit and not pipe.boosted and CHILD_PIPE_SIZE
+                and self.boosted < CHILD_PIPE_BOOST_LIMIT):
+            self._boost(pipe)
         self.session.on_output(child, pipe.kind, data)
         if pipe.credit == 0:
             self._update_pipe(child, pipe)
@@ -512,6 +552,8 @@ class Resin:
         if not pipe.closed:
             pipe.closed = True
             os.close(pipe.fd)
+            if pipe.boosted:
+                self.boosted -= 1
 
     def grant_credit(self, child: Child, kind: StreamKind, amount: int) -> None:
         for pipe in child.pipes:
@@ -564,7 +606,7 @@ class Resin:
         want = bool(queue) and child.stdin_state == STDIN_OPEN
         if want != child.stdin_registered:
             if want:
-                self.sel.register(child.stdin_fd, selectors.EVENT_WRITE,
+                self.sel.register(child.stdin_fd, WRITE,
                                   lambda: self._pump_stdin(child))
             else:
                 self.sel.unregister(child.stdin_fd)

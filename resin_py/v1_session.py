@@ -35,7 +35,10 @@ class V1Session:
         if len(payload) > MAX_PACKET:  # only an event echoing something huge
             payload = v1.encode_resin_frame(
                 v1.ErrorEvent(getattr(frame, "id", None), Atom("event_too_large")))
-        self.loop.push(packet_header(len(payload)), payload)
+        self._send_payload(payload)
+
+    def _send_payload(self, payload: bytes) -> None:
+        self.loop.push(packet_header(len(payload)) + payload)
 
     def on_packet(self, payload: bytes) -> None:
         try:
@@ -79,7 +82,7 @@ class V1Session:
             self.send(v1.SpawnError(req.id, errno_atom(exc.errno or errno.EIO)))
             return
         self.procs[req.id] = child
-        self.send(v1.Spawned(req.id, child.pid))
+        self._send_payload(v1.encode_spawned(req.id, child.pid))
 
     def _signal(self, req: v1.Signal) -> None:
         child = self.procs.get(req.id)
@@ -114,9 +117,9 @@ class V1Session:
         del self.procs[child.id]
         code = child.exit_code
         if code is None:
-            self.send(v1.Exit(child.id, "signal", child.term_signal))
+            self._send_payload(v1.encode_exit(child.id, "signal", child.term_signal))
         else:
-            self.send(v1.Exit(child.id, "exit", code))
+            self._send_payload(v1.encode_exit(child.id, "exit", code))
 
 
 def _error(reason: Term) -> Term:

@@ -7,12 +7,13 @@ import itertools
 import struct
 import zlib
 
+import erlang
 import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from resin_py.protocol import v0, v1
+from resin_py.protocol import etf, v0, v1
 from resin_py.protocol.errors import (
     BadTerm,
     MessageTooLarge,
@@ -191,6 +192,68 @@ def test_term_decoder_survives_mutations(term: object, flips: list[tuple[int, in
         data[pos % len(data)] = value
     with contextlib.suppress(BadTerm):
         decode_term(bytes(data[: max(2, cut % (len(data) + 1))]))
+
+
+# The direct ETF path must give exactly what the erlang-py path gives.
+
+wide_terms = st.recursive(
+    st.integers(min_value=-(2**2100), max_value=2**2100) | st.binary(max_size=300)
+    | st.text(max_size=300).map(Atom) | st.floats(allow_nan=False),
+    lambda children: st.lists(children, max_size=5)
+    | st.lists(children, max_size=300).map(tuple),
+    max_leaves=30,
+)
+
+
+def erlang_py_decode(data: bytes) -> object:
+    """The erlang-py way only (what decode_term did before its direct path)."""
+    try:
+        return etf.from_erlang(erlang.binary_to_term(data))
+    except Exception as exc:
+        return type(exc)
+
+
+@settings(max_examples=300)
+@given(wide_terms)
+def test_direct_etf_path_matches_erlang_py(term: object) -> None:
+    try:
+        slow = erlang.term_to_binary(etf.to_erlang(term))  # type: ignore[arg-type]
+    except erlang.OutputException:  # e.g. an atom above 65,535 bytes
+        return
+    assert encode_term(term) == slow  # type: ignore[arg-type]
+    assert decode_term(slow) == erlang_py_decode(slow)
+
+
+@settings(max_examples=500)
+@given(terms, st.lists(st.tuples(st.integers(min_value=0), st.integers(0, 255)), max_size=4),
+       st.integers(min_value=0))
+def test_direct_etf_decoder_matches_erlang_py_on_mutations(
+        term: object, flips: list[tuple[int, int]], cut: int) -> None:
+    data = bytearray(encode_term(term))  # type: ignore[arg-type]
+    for pos, value in flips:
+        data[pos % len(data)] = value
+    data = data[: max(2, cut % (len(data) + 1))]
+    expected = erlang_py_decode(bytes(data))
+    if data[0] != 131 or data[1] == etf.COMPRESSED_TAG:
+        return
+    try:
+        got: object = decode_term(bytes(data))
+    except BadTerm:
+        assert isinstance(expected, type)  # an error both ways
+    else:
+        assert got == expected
+
+
+def test_direct_etf_path_special_forms() -> None:
+    # charlists (STRING_EXT), latin-1 atoms, big integers, LARGE_TUPLE, and what
+    # only erlang-py handles: improper lists, maps, references.
+    for data in [b"\x83k\x00\x03abc", b"\x83d\x00\x02\xe9t", b"\x83s\x01\xff",
+                 b"\x83n\x01\x01\x05", b"\x83o\x00\x00\x00\x01\x00\x07",
+                 b"\x83i\x00\x00\x00\x01a\x01", b"\x83l\x00\x00\x00\x01a\x01a\x02",
+                 b"\x83t\x00\x00\x00\x01a\x01a\x02",
+                 b"\x83l\x00\x00\x00\x00j", b"\x83n\x01\x02\x05",
+                 b"\x83l\x00\x00\x00\x01a\x01k\x00\x01a"]:
+        assert decode_term(data) == erlang_py_decode(data)
 
 
 def test_compressed_terms_are_refused_even_nested() -> None:

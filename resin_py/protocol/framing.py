@@ -36,7 +36,7 @@ class PacketReader:
         self._buf = bytearray()
         self._pos = 0
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | memoryview) -> None:
         if self._pos:
             # Drop consumed bytes once per feed, not once per packet.
             del self._buf[: self._pos]

@@ -24,7 +24,7 @@ from resin_py.protocol.errors import (
     UnknownRequest,
     V1Error,
 )
-from resin_py.protocol.etf import decode_term, encode_term
+from resin_py.protocol.etf import decode_term, encode_atom, encode_int, encode_term
 from resin_py.protocol.framing import MAX_PACKET
 from resin_py.protocol.terms import FALSE, INFINITY, NIL, TRUE, Atom, Term
 
@@ -372,8 +372,32 @@ def event_term(event: Event) -> Term:
     return (Atom("error"), NIL if event.id is None else event.id, event.reason)
 
 
+# The two events of every process, encoded directly (same bytes as
+# encode_term(event_term(...))): they are on the spawn/exit hot path.
+_SPAWNED_HEAD = bytes((EVENT, 131, 104, 3)) + encode_atom(Atom("spawned"))
+_EXIT_HEAD = bytes((EVENT, 131, 104, 3)) + encode_atom(Atom("exit"))
+_EXIT_KIND = {
+    "exit": bytes((104, 2)) + encode_atom(Atom("exit")),
+    "signal": bytes((104, 2)) + encode_atom(Atom("signal")),
+}
+
+
+def encode_spawned(id: int, os_pid: int) -> bytes:
+    """The payload of `{spawned, Id, OsPid}`."""
+    return _SPAWNED_HEAD + encode_int(id) + encode_int(os_pid)
+
+
+def encode_exit(id: int, kind: Literal["exit", "signal"], value: int) -> bytes:
+    """The payload of `{exit, Id, {exit | signal, Value}}`."""
+    return _EXIT_HEAD + encode_int(id) + _EXIT_KIND[kind] + encode_int(value)
+
+
 def encode_resin_frame(frame: ResinFrame) -> bytes:
     """The packet payload of a resin -> client frame."""
+    if isinstance(frame, Spawned):
+        return encode_spawned(frame.id, frame.os_pid)
+    if isinstance(frame, Exit):
+        return encode_exit(frame.id, frame.kind, frame.value)
     if isinstance(frame, Stdout | Stderr):
         kind = STDOUT if isinstance(frame, Stdout) else STDERR
         return _DATA_HEAD.pack(kind, frame.id) + frame.data
