@@ -31,6 +31,40 @@ defmodule Lacca do
     * exactly one final message: `{:lacca, pid, {:exit, status}}`, or
       `{:lacca, pid, {:error, :resin_down}}` when resin itself died
 
+  How many chunks the owner gets is set by the `:active` option and
+  `set_active/2`, as for a `:gen_tcp` socket: `active: true` sends everything,
+  `active: n` sends `n` chunks and then `{:lacca, pid, :passive}`,
+  `active: :once` one chunk, `active: false` none.
+
+  ## Streams
+
+  `stream!/3` (and `stream/3`) run a process as a lazy `Enumerable` of its
+  output, read only as fast as it is consumed, with input from any
+  `Enumerable`:
+
+      Lacca.stream!("sort", [], input: File.stream!("names.txt"), lines: true)
+      |> Stream.map(&String.trim_trailing/1)
+      |> Enum.take(10)
+
+  ## Flow control
+
+  resin reads a process's output only while lacca gave it *credit* for it,
+  so output never piles up faster than it is consumed: once the credit is
+  used, the process blocks in `write(2)` (see `docs/protocol.md`, section
+  4.5). Each OS process may have at most `:max_buffer` bytes per stream
+  (1 MiB by default) read ahead of its consumer:
+
+    * `stream!/3`: bytes in the consumer's mailbox, returned as it takes
+      elements, so a consumer that sleeps holds any producer in bounded memory
+    * `output: :buffer`: bytes in the server, returned by `read_stdout/2` and
+      `read_stderr/2`
+    * `output: :messages`: bytes in the server, returned as they are sent to
+      the owner. With `active: n`, `:once` or `false` at most `n` chunks go
+      to the owner's mailbox and the rest waits in the server: bounded.
+      `active: true` sends everything as soon as it arrives, so, as with
+      `:gen_tcp`, an owner that does not keep up lets its mailbox grow
+    * `run/3`: chunks are collected into `:into` as they arrive
+
   The lacca 0.2.3 API works as before:
 
       {:ok, pid} = Lacca.start "echo", ["hello, world."]
@@ -114,6 +148,13 @@ defmodule Lacca do
           | {:timeout, timeout()}
           | {:into, Collectable.t()}
 
+  @typedoc "Options of `stream/3` and `stream!/3`."
+  @type stream_option ::
+          spawn_option()
+          | {:input, iodata() | Enumerable.t()}
+          | {:lines, boolean() | pos_integer()}
+          | {:max_buffer, pos_integer()}
+
   @typedoc "Active mode of an `output: :messages` process, as in `:gen_tcp`."
   @type active :: boolean() | :once | pos_integer()
 
@@ -126,8 +167,6 @@ defmodule Lacca do
       `System.put_env/2` calls
     * `:clear_env` - start from an empty environment (default `false`)
     * `:arg0` - the program name the process sees as `argv[0]`
-    * `:stderr` - `:capture` (default), `:stdout` (merged into stdout) or
-      `:discard`
     * `:stdin` - `:pipe` (default) or `:null` (`/dev/null`)
     * `:daemon` - `:shared` (default: one resin serves many processes) or
       `:dedicated` (a resin of its own, for isolation)
@@ -135,6 +174,11 @@ defmodule Lacca do
       stopping (default `5000`)
     * `:stop_signal` - the signal that asks the process to stop (default
       `:sigterm`)
+  """
+
+  @stderr_option_doc """
+    * `:stderr` - `:capture` (default), `:stdout` (merged into stdout) or
+      `:discard`
   """
 
   # -- run -------------------------------------------------------------------
@@ -160,6 +204,7 @@ defmodule Lacca do
       (stop signal, then SIGKILL after `:kill_timeout`) and the result has
       `status: :timeout` and the output written so far (default `:infinity`)
     * `:into` - a `Collectable` for stdout, like `System.cmd/3` (default `""`)
+  #{@stderr_option_doc}
   #{@spawn_options_doc}
 
   ## Examples
@@ -202,29 +247,70 @@ defmodule Lacca do
 
   # -- stream -----------------------------------------------------------------
 
+  @stream_options_doc """
+    * `:input` - what to write to the process's stdin, which is then closed:
+      iodata, or any `Enumerable` of iodata (a `Stream`, `File.stream!/3`,
+      ...). It is enumerated in a separate process, concurrently with the
+      reading of the output, and only as fast as the process reads its stdin
+      (a few 64 KiB frames in flight at most). When the process stops
+      reading (it exited or closed its stdin), the rest of the input is
+      left alone: that is not an error. An exception raised while
+      enumerating the input stops the process and is re-raised in the
+      consumer. Without `:input`, stdin is `/dev/null` (or, with
+      `stdin: :pipe`, an empty pipe)
+    * `:lines` - `false` (default): elements are chunks as the process
+      wrote them (up to 65,530 bytes each). `true`: elements are lines, each
+      ending with `"\\n"` (also across chunk boundaries); a last line
+      without newline is yielded as it is when the process exits. A positive
+      integer `max` also yields lines, but none longer than `max` bytes
+      (newline included): a longer line comes in pieces of exactly `max`
+      bytes, the last piece ending with its newline. With `true` a line is
+      gathered whole in memory however long it is; an integer bounds that
+    * `:stderr` - `:discard` (default), `:stdout` (merged into stdout), or
+      `:capture`: elements are then tagged, `{:stdout, data}` and
+      `{:stderr, data}` (lines are split per stream)
+    * `:max_buffer` - bytes of output read ahead of the consumer, per stream
+      (default 1 MiB, see "Flow control" below)
+  """
+
+  @stream_flow_doc """
+  ## Flow control
+
+  The process starts when the stream is enumerated, and is read only as fast
+  as the stream is consumed: at most `:max_buffer` bytes per stream are read
+  ahead (they wait in the consuming process's mailbox); then resin stops
+  reading the process's pipe and the process blocks in `write(2)`. A
+  consumer that sleeps holds any producer in bounded memory.
+
+  ## Halting, failing, dying
+
+  Halting the stream early (`Enum.take/2`, `Stream.take_while/2`, an
+  exception in the consumer) stops the process group like `stop/2` does
+  (stop signal, SIGKILL after `:kill_timeout`) and returns once the process
+  is gone; its remaining output is dropped. If the consuming process dies,
+  the process group is killed. Nothing is left behind in either case.
+  """
+
   @doc """
-  Runs `cmd` with `args` and returns a lazy stream of its stdout, in chunks
-  (binaries) as the process writes them.
+  Runs `cmd` with `args` and returns a lazy stream of its stdout: binaries,
+  in chunks as the process writes them, or lines with `:lines`.
 
-  The process starts when the stream is consumed, linked to the consuming
-  process, and runs only as fast as the stream is consumed: a few chunks
-  are handed over ahead of the consumer and at most `:max_buffer` bytes (1
-  MiB by default) wait in lacca, so the process blocks instead of filling
-  memory. The stream ends when the process exits,
-  whatever its status (use `start/3` with `output: :messages` to see it);
-  halting the stream early (`Enum.take/2`, ...) stops the process.
+  The process starts when the stream is enumerated (each enumeration
+  starts it again), and its output goes straight to the consuming process:
+  there is no process server.
 
-  Raises `Lacca.Error` when the process cannot be started or resin dies.
+  When the output is consumed and the process did not exit with status 0,
+  the stream raises `Lacca.ExitError` (with the `:status`, such as `{:exit,
+  1}` or `{:signal, :sigkill}`); `stream/3` yields the status instead. It
+  raises `Lacca.Error` when the process cannot be started (`:enoent`, ...)
+  or resin dies.
+
+  #{@stream_flow_doc}
 
   ## Options
 
-  stderr is discarded unless the `:stderr` option says otherwise
-  (`stderr: :stdout` merges it into the stream).
+  #{@stream_options_doc}
   #{@spawn_options_doc}
-    * `:max_buffer` - bytes read ahead of the consumer (default 1 MiB)
-    * `:lines` - `true` to emit lines (each with its `"\\n"`, like
-      `File.stream!/1`; the last one without it if the output does not end
-      with a newline) instead of chunks (default `false`)
 
   ## Examples
 
@@ -233,79 +319,50 @@ defmodule Lacca do
 
       iex> Lacca.stream!("yes", [], lines: true) |> Enum.take(3)
       ["y\\n", "y\\n", "y\\n"]
+
+      iex> Lacca.stream!("tr", ["a-z", "A-Z"], input: Stream.map(~w(a b c), &(&1 <> "\\n")), lines: true)
+      ...> |> Enum.to_list()
+      ["A\\n", "B\\n", "C\\n"]
+
+      iex> Lacca.stream!("head", ["-c", "10"], input: Stream.repeatedly(fn -> "x" end)) |> Enum.join()
+      "xxxxxxxxxx"
+
+      iex> Lacca.stream!("sh", ["-c", "echo out; echo err >&2"], stderr: :capture) |> Enum.sort()
+      [{:stderr, "err\\n"}, {:stdout, "out\\n"}]
+
+      iex> Lacca.stream!("sh", ["-c", "echo partial; exit 3"]) |> Enum.to_list()
+      ** (Lacca.ExitError) "sh" exited with status 3
   """
-  @spec stream!(String.t(), [String.t()], [
-          spawn_option() | {:max_buffer, pos_integer()} | {:lines, boolean()}
-        ]) ::
-          Enumerable.t()
-  def stream!(cmd, args, opts \\ []) do
+  @spec stream!(String.t(), [String.t()], [stream_option()]) :: Enumerable.t()
+  def stream!(cmd, args, opts \\ []), do: build_stream(cmd, args, opts, true)
+
+  @doc """
+  Like `stream!/3`, but does not raise on the exit status: the last element
+  is `{:exit, status}` (`{:exit, 0}`, `{:exit, 3}`, `{:signal, :sigterm}`,
+  ...), after all the output.
+
+  It still raises `Lacca.Error` when the process cannot be started or resin
+  dies. Halting it early stops the process as `stream!/3` does (then there
+  is no `{:exit, status}` element).
+
+  ## Options
+
+  The options of `stream!/3`.
+
+  ## Examples
+
+      iex> Lacca.stream("sh", ["-c", "echo hi; exit 3"]) |> Enum.to_list()
+      ["hi\\n", {:exit, {:exit, 3}}]
+
+      iex> Lacca.stream("true", []) |> Enum.to_list()
+      [{:exit, {:exit, 0}}]
+  """
+  @spec stream(String.t(), [String.t()], [stream_option()]) :: Enumerable.t()
+  def stream(cmd, args, opts \\ []), do: build_stream(cmd, args, opts, false)
+
+  defp build_stream(cmd, args, opts, bang?) do
     {exec, args} = Options.command!(cmd, args)
-    {lines?, opts} = Keyword.pop(opts, :lines, false)
-
-    unless is_boolean(lines?) do
-      raise ArgumentError,
-            "invalid value for :lines option: expected a boolean, got: #{inspect(lines?)}"
-    end
-
-    spec = Options.stream!(opts)
-
-    Stream.resource(
-      fn ->
-        case Lacca.Process.start(exec, args, spec, true) do
-          {:ok, pid} -> {pid, if(lines?, do: "", else: nil)}
-          {:error, reason} -> raise Lacca.Error, command: cmd, reason: reason
-        end
-      end,
-      &stream_next(&1, cmd),
-      fn
-        :done ->
-          :ok
-
-        {pid, _} ->
-          stop(pid)
-          flush_messages(pid)
-      end
-    )
-  end
-
-  # The server delivers a few chunks ahead (active: n); each chunk taken asks
-  # for one more, so at most that many wait in the consumer's mailbox.
-  defp stream_next(:done, _cmd), do: {:halt, :done}
-
-  defp stream_next({pid, partial} = state, cmd) do
-    receive do
-      {:lacca, ^pid, {:stdout, data}} ->
-        GenServer.cast(pid, {:set_active, 1})
-        split_lines(data, state)
-
-      {:lacca, ^pid, {:stderr, _data}} ->
-        GenServer.cast(pid, {:set_active, 1})
-        {[], state}
-
-      {:lacca, ^pid, :passive} ->
-        {[], state}
-
-      {:lacca, ^pid, {:exit, _status}} ->
-        if partial in [nil, ""], do: {:halt, :done}, else: {[partial], :done}
-
-      {:lacca, ^pid, {:error, reason}} ->
-        raise Lacca.Error, command: cmd, reason: reason
-    end
-  end
-
-  defp split_lines(data, {_pid, nil} = state), do: {[data], state}
-
-  defp split_lines(data, {pid, partial}) do
-    [last | lines] = :binary.split(partial <> data, "\n", [:global]) |> Enum.reverse()
-    {Enum.reduce(lines, [], &[&1 <> "\n" | &2]), {pid, last}}
-  end
-
-  defp flush_messages(pid) do
-    receive do
-      {:lacca, ^pid, _} -> flush_messages(pid)
-    after
-      0 -> :ok
-    end
+    Lacca.Stream.build(exec, args, cmd, Options.stream!(opts), bang?)
   end
 
   # -- start ----------------------------------------------------------------
@@ -327,10 +384,23 @@ defmodule Lacca do
     * `:owner` - the process that receives the messages (default: the
       caller). When given, the OS process is stopped when the owner exits; in
       `:messages` mode the owner (given or not) is always watched
-    * `:active` - `:messages` mode only: `true` (default), `false`, `:once` or
-      a positive integer, as in `:gen_tcp` (see `set_active/2`). Output that
-      is not delivered is not read from the process either
-    * `:max_buffer` - bytes of output that may wait per stream (default 1 MiB)
+    * `:active` - `:messages` mode only, as for a `:gen_tcp` socket (see
+      `set_active/2`):
+        * `true` (default): every chunk is sent to the owner as it arrives
+          (no limit on the owner's mailbox)
+        * a positive integer `n`: `n` chunks are sent, then
+          `{:lacca, pid, :passive}`, and the server is passive until
+          `set_active/2`
+        * `:once`: one chunk, then passive (no `:passive` message)
+        * `false`: passive, nothing is sent
+      While passive, output waits in the server, at most `:max_buffer`
+      bytes per stream: then resin gets no more credit and the OS process
+      blocks in `write(2)` until the owner asks for more. The final
+      `{:exit, status}` message comes after every chunk was delivered
+    * `:max_buffer` - bytes of output that may wait per stream (default 1
+      MiB): the credit resin gets for the process (see "Flow control" in the
+      module documentation)
+  #{@stderr_option_doc}
   #{@spawn_options_doc}
 
   ## Lifetime of the server

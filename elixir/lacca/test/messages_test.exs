@@ -81,6 +81,59 @@ defmodule Lacca.MessagesTest do
     assert Lacca.stop(pid) == :ok
   end
 
+  test "active: n against a fast producer: n chunks, :passive, then nothing and no credit" do
+    {:ok, pid} =
+      Lacca.start_link("head", ["-c", "4000000", "/dev/zero"],
+        output: :messages,
+        active: 3,
+        max_buffer: 65_536
+      )
+
+    first =
+      for _ <- 1..3 do
+        assert_receive {:lacca, ^pid, {:stdout, chunk}}, 5_000
+        byte_size(chunk)
+      end
+
+    assert_receive {:lacca, ^pid, :passive}, 5_000
+    refute_receive {:lacca, ^pid, _}, 100
+
+    # resin got no credit beyond :max_buffer: that much waits, head blocks.
+    %{pending: pending} = :sys.get_state(pid)
+
+    assert pending |> :queue.to_list() |> Enum.map(&byte_size(elem(&1, 1))) |> Enum.sum() <=
+             65_536
+
+    assert Lacca.alive?(pid)
+
+    assert Lacca.set_active(pid, true) == :ok
+    assert {data, {:exit, 0}} = collect(pid, [])
+    assert byte_size(data) + Enum.sum(first) == 4_000_000
+  end
+
+  test "stop/1 is not held back by output a passive owner does not take" do
+    {:ok, pid} = Lacca.start_link("yes", [], output: :messages, active: false, max_buffer: 1_000)
+    assert Lacca.stop(pid) == :ok
+    assert_receive {:lacca, ^pid, {:exit, {:signal, :sigterm}}}
+
+    # Ignores the stop signal and keeps writing: SIGKILL after :kill_timeout.
+    script = "trap '' TERM; echo ready; exec yes"
+
+    {:ok, pid} =
+      Lacca.start_link("sh", ["-c", script],
+        output: :messages,
+        active: false,
+        max_buffer: 1_000,
+        kill_timeout: 100
+      )
+
+    # The trap is set once "ready" is out.
+    assert Lacca.set_active(pid, :once) == :ok
+    assert_receive {:lacca, ^pid, {:stdout, "ready\n" <> _}}, 5_000
+    assert Lacca.stop(pid) == :ok
+    assert_receive {:lacca, ^pid, {:exit, {:signal, :sigkill}}}
+  end
+
   test "the exit message waits for the output held back" do
     {:ok, pid} = Lacca.start_link("echo", ["held"], output: :messages, active: false)
     assert Lacca.await(pid) == {:ok, {:exit, 0}}

@@ -6,6 +6,8 @@ defmodule Lacca.Daemon do
   #
   #   * raw frames (STDOUT, STDERR, STDIN_ACK) as {:"$lacca", port, payload},
   #     the payload untouched (the receiver matches it with a binary pattern);
+  #     STDIN_ACK goes to the id's "acker" instead, the process that writes
+  #     its stdin (the receiver itself, except for stream!/3's input writer);
   #   * events as {:"$lacca_event", port, term}.
   #
   # After an `exit` or `spawn_error` event the id is unregistered, so a
@@ -99,12 +101,21 @@ defmodule Lacca.Daemon do
   end
 
   @doc false
-  # Registers `receiver` for a fresh id and sends the spawn request.
-  # Returns {:ok, daemon_pid, port, id} or {:error, reason}.
-  @spec spawn(GenServer.server(), binary(), [binary()], list(), pos_integer() | :infinity, pid()) ::
+  # Registers `receiver` (and `acker`, which gets the STDIN_ACK frames) for a
+  # fresh id and sends the spawn request with `window` bytes of initial
+  # credit per stream. Returns {:ok, daemon_pid, port, id} or {:error, reason}.
+  @spec spawn(
+          GenServer.server(),
+          binary(),
+          [binary()],
+          list(),
+          pos_integer() | :infinity,
+          pid(),
+          pid() | nil
+        ) ::
           {:ok, pid(), port(), Lacca.Protocol.id()} | {:error, term()}
-  def spawn(daemon, exec, args, spawn_opts, window, receiver) do
-    request = {:spawn, exec, args, spawn_opts, window, receiver}
+  def spawn(daemon, exec, args, spawn_opts, window, receiver, acker \\ nil) do
+    request = {:spawn, exec, args, spawn_opts, window, receiver, acker || receiver}
 
     result =
       case safe_call(daemon, request) do
@@ -177,7 +188,7 @@ defmodule Lacca.Daemon do
      %{
        port: nil,
        next_id: 0,
-       # id => {receiver | nil, monitor_ref | nil, os_pid | nil}
+       # id => {receiver | nil, acker | nil, monitor_ref | nil, os_pid | nil}
        procs: %{},
        # monitor_ref => id
        mrefs: %{},
@@ -186,7 +197,7 @@ defmodule Lacca.Daemon do
   end
 
   @impl true
-  def handle_call({:spawn, exec, args, opts, window, receiver}, _from, state) do
+  def handle_call({:spawn, exec, args, opts, window, receiver, acker}, _from, state) do
     case ensure_port(state) do
       {:ok, state} ->
         {id, state} = next_id(state)
@@ -204,7 +215,7 @@ defmodule Lacca.Daemon do
 
             state = %{
               state
-              | procs: Map.put(state.procs, id, {receiver, mref, nil}),
+              | procs: Map.put(state.procs, id, {receiver, acker, mref, nil}),
                 mrefs: Map.put(state.mrefs, mref, id)
             }
 
@@ -234,15 +245,25 @@ defmodule Lacca.Daemon do
   end
 
   @impl true
-  # STDOUT / STDERR / STDIN_ACK: forwarded as they are.
+  # STDOUT / STDERR: forwarded as they are. This is the hot path.
   def handle_info({port, {:data, <<type, id::32, _::binary>> = frame}}, %{port: port} = state)
-      when type in [0x21, 0x22, 0x23] do
+      when type in [0x21, 0x22] do
     case state.procs do
-      %{^id => {receiver, _, _}} when receiver != nil ->
+      %{^id => {receiver, _, _, _}} when receiver != nil ->
         send(receiver, {:"$lacca", port, frame})
 
       _ ->
         :ok
+    end
+
+    {:noreply, state}
+  end
+
+  # STDIN_ACK: to whoever writes the stdin.
+  def handle_info({port, {:data, <<0x23, id::32, _::binary>> = frame}}, %{port: port} = state) do
+    case state.procs do
+      %{^id => {_, acker, _, _}} when acker != nil -> send(acker, {:"$lacca", port, frame})
+      _ -> :ok
     end
 
     {:noreply, state}
@@ -295,7 +316,7 @@ defmodule Lacca.Daemon do
           command(state.port, Protocol.control({:signal, id, :receiver_down, 9, true}))
         end
 
-        procs = Map.update!(state.procs, id, fn {_, _, os_pid} -> {nil, nil, os_pid} end)
+        procs = Map.update!(state.procs, id, fn {_, _, _, os_pid} -> {nil, nil, nil, os_pid} end)
         {:noreply, %{state | mrefs: mrefs, procs: procs}}
     end
   end
@@ -316,9 +337,9 @@ defmodule Lacca.Daemon do
 
   defp event({:spawned, id, os_pid} = ev, state) do
     case state.procs do
-      %{^id => {receiver, mref, _}} ->
+      %{^id => {receiver, acker, mref, _}} ->
         forward(receiver, ev, state)
-        %{state | procs: Map.put(state.procs, id, {receiver, mref, os_pid})}
+        %{state | procs: Map.put(state.procs, id, {receiver, acker, mref, os_pid})}
 
       _ ->
         state
@@ -330,7 +351,7 @@ defmodule Lacca.Daemon do
       {nil, _} ->
         state
 
-      {{receiver, mref, _}, procs} ->
+      {{receiver, _, mref, _}, procs} ->
         forward(receiver, ev, state)
         if mref, do: Process.demonitor(mref, [:flush])
         %{state | procs: procs, mrefs: Map.delete(state.mrefs, mref)}
@@ -339,7 +360,7 @@ defmodule Lacca.Daemon do
 
   defp event({:reply, id, _ref, _result} = ev, state) do
     case state.procs do
-      %{^id => {receiver, _, _}} -> forward(receiver, ev, state)
+      %{^id => {receiver, _, _, _}} -> forward(receiver, ev, state)
       _ -> :ok
     end
 
@@ -348,7 +369,7 @@ defmodule Lacca.Daemon do
 
   defp event({:error, id, reason} = ev, state) do
     case state.procs do
-      %{^id => {receiver, _, _}} when receiver != nil ->
+      %{^id => {receiver, _, _, _}} when receiver != nil ->
         forward(receiver, ev, state)
 
       _ ->
@@ -445,7 +466,7 @@ defmodule Lacca.Daemon do
   # resin is gone: its children died with it (PDEATHSIG), but their own
   # children may not have. Kill every process group we know of.
   defp kill_groups(state) do
-    groups = for {_, {_, _, os_pid}} <- state.procs, is_integer(os_pid), do: "-#{os_pid}"
+    groups = for {_, {_, _, _, os_pid}} <- state.procs, is_integer(os_pid), do: "-#{os_pid}"
 
     if groups != [] do
       :os.cmd(String.to_charlist("kill -9 #{Enum.join(groups, " ")} 2>/dev/null"))

@@ -1,7 +1,9 @@
 defmodule Lacca.Error do
   @moduledoc """
-  Raised by `Lacca.stream!/3` when the command cannot run (`reason` is one of
-  the `t:Lacca.spawn_error/0` reasons) or resin died (`:resin_down`).
+  Raised by `Lacca.stream!/3` and `Lacca.stream/3` when the command cannot
+  run (`reason` is one of the `t:Lacca.spawn_error/0` reasons) or resin died
+  (`:resin_down`). A process that ran and failed raises `Lacca.ExitError`
+  instead (`stream!/3` only).
   """
 
   defexception [:command, :reason]

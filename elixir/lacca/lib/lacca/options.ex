@@ -70,19 +70,83 @@ defmodule Lacca.Options do
       output: output,
       owner: owner,
       active: active,
-      max_buffer: pos_integer!(opts, :max_buffer),
-      notify_passive: true
+      max_buffer: pos_integer!(opts, :max_buffer)
     })
   end
 
   @doc false
-  # Options of stream!/3: those of start without the output mode. Returns a map.
+  # Options of stream/3 and stream!/3. Returns a map.
   @spec stream!(term()) :: map()
   def stream!(opts) do
-    opts = validate!(opts, @spawn_keys ++ @common ++ [max_buffer: 1_048_576])
+    opts =
+      validate!(
+        opts,
+        @spawn_keys ++ @common ++ [max_buffer: @default_window, input: nil, lines: false]
+      )
+
     opts = Keyword.put_new(opts, :stderr, :discard)
-    # stream!/3 keeps 4 chunks in flight and needs no :passive messages.
-    opts |> Kernel.++(output: :messages, active: 4) |> start!() |> Map.put(:notify_passive, false)
+    spec = common(opts)
+
+    lines =
+      case opts[:lines] do
+        false -> nil
+        true -> :infinity
+        n when is_integer(n) and n > 0 -> n
+        other -> bad!(:lines, "a boolean or a positive integer (the longest line)", other)
+      end
+
+    input = stream_input!(opts[:input])
+
+    case {input, opts[:stdin]} do
+      {nil, _} ->
+        :ok
+
+      {_, :null} ->
+        raise ArgumentError, "the :input option cannot be combined with stdin: :null"
+
+      _ ->
+        :ok
+    end
+
+    # Without :input stdin is /dev/null, or with stdin: :pipe an empty pipe.
+    {spawn, input} =
+      case {input, opts[:stdin]} do
+        {nil, :pipe} -> {spec.spawn, []}
+        {nil, _} -> {spec.spawn ++ [{:stdin, :null}], nil}
+        _ -> {spec.spawn, input}
+      end
+
+    Map.merge(spec, %{
+      spawn: spawn,
+      window: pos_integer!(opts, :max_buffer),
+      input: input,
+      lines: lines,
+      tagged: opts[:stderr] == :capture
+    })
+  end
+
+  # :input of stream/3: iodata (one element) or an Enumerable of iodata.
+  defp stream_input!(nil), do: nil
+  defp stream_input!(bin) when is_binary(bin), do: [bin]
+
+  defp stream_input!(input) do
+    cond do
+      is_list(input) and iodata?(input) ->
+        [input]
+
+      Enumerable.impl_for(input) != nil ->
+        input
+
+      true ->
+        bad!(:input, "iodata or an Enumerable of iodata", input)
+    end
+  end
+
+  defp iodata?(list) do
+    IO.iodata_length(list)
+    true
+  rescue
+    ArgumentError -> false
   end
 
   @doc false

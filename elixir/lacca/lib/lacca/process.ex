@@ -18,8 +18,10 @@ defmodule Lacca.Process do
   @max_data 65_530
   @stdin_window 4
   @sigkill 9
-  # Credit that lets resin drain a dying process's pipes (see unthrottle/1).
+  # Credit that lets resin drain a killed process's pipes (see unthrottle/1).
   @unlimited 0xFFFFFFFF
+  # Extra credit per stream when the stop signal is sent (see stopping/1).
+  @stop_credit 1_048_576
 
   # -- starting ------------------------------------------------------------
 
@@ -104,7 +106,6 @@ defmodule Lacca.Process do
       readers: %{stdout: [], stderr: []},
       # :messages mode
       active: spec.active,
-      notify_passive: spec.notify_passive,
       pending: :queue.new(),
       exit_pending: false,
       # stdin: queued items, refs of unacked frames in order, writes by ref
@@ -176,7 +177,7 @@ defmodule Lacca.Process do
   def handle_info({:timeout, ref}, s), do: {:noreply, timed_out(ref, s)}
 
   def handle_info({:kill_timeout, ref}, %{kill_timer: {ref, _}} = s) do
-    if s.status == nil, do: signal_ref(s, @sigkill, true, :ignore)
+    s = if s.status == nil, do: s |> unthrottle() |> signal_ref(@sigkill, true, :ignore), else: s
     {:noreply, %{s | kill_timer: nil}}
   end
 
@@ -366,7 +367,7 @@ defmodule Lacca.Process do
         {:noreply, %{s | stoppers: [from | s.stoppers]}}
 
       true ->
-        s = s |> unthrottle() |> signal_ref(s.stop_signal, true, :ignore)
+        s = s |> stopping() |> signal_ref(s.stop_signal, true, :ignore)
         ref = make_ref()
         timer = Process.send_after(self(), {:kill_timeout, ref}, kill_timeout || s.kill_timeout)
         {:noreply, %{s | stoppers: [from], kill_timer: {ref, timer}}}
@@ -416,7 +417,7 @@ defmodule Lacca.Process do
 
     s =
       if is_integer(active) and active <= 0 do
-        if s.notify_passive, do: send(s.owner, {:lacca, self(), :passive})
+        send(s.owner, {:lacca, self(), :passive})
         %{s | active: false}
       else
         %{s | active: active}
@@ -429,28 +430,18 @@ defmodule Lacca.Process do
 
   @impl true
   def terminate(_reason, %{phase: :running, status: nil} = s) do
-    # Our owner or supervisor is gone: stop the OS process before we go.
-    s = unthrottle(s)
-    signal_ref(s, s.stop_signal, true, :ignore)
-
-    if wait_exit(s, s.kill_timeout) == :timeout do
-      signal_ref(s, @sigkill, true, :ignore)
-      wait_exit(s, 2_000)
+    # Our owner or supervisor is gone: stop the OS process before we go,
+    # dropping its output meanwhile (in bounded memory, see Lacca.Drain).
+    if s.unthrottled do
+      Lacca.Drain.kill(s)
+    else
+      Lacca.Drain.halt(s, s.stop_signal, s.kill_timeout)
     end
 
     :ok
   end
 
   def terminate(_reason, _s), do: :ok
-
-  defp wait_exit(%{port: port, id: id, dmref: dmref}, timeout) do
-    receive do
-      {:"$lacca_event", ^port, {:exit, ^id, _}} -> :ok
-      {:DOWN, ^dmref, :process, _, _} -> :ok
-    after
-      timeout -> :timeout
-    end
-  end
 
   defp owner_exit_reason(reason) when reason in [:normal, :shutdown], do: reason
   defp owner_exit_reason({:shutdown, _} = reason), do: reason
@@ -459,8 +450,10 @@ defmodule Lacca.Process do
   # -- output ----------------------------------------------------------------
 
   # Stopping a :buffer process: nobody will read the rest of the output (the
-  # server ends with the process). An owner still gets its messages.
-  defp output(_stream, _data, %{mode: :buffer, stoppers: [_ | _]} = s), do: s
+  # server ends with the process): it is dropped, and so consumed. An owner
+  # still gets its messages.
+  defp output(stream, data, %{mode: :buffer, stoppers: [_ | _]} = s),
+    do: consumed(s, stream, byte_size(data))
 
   defp output(stream, data, %{mode: :buffer} = s) do
     case s.readers[stream] do
@@ -475,7 +468,19 @@ defmodule Lacca.Process do
     end
   end
 
-  defp output(stream, data, s) do
+  # :messages, active: true and nothing held back: straight to the owner.
+  defp output(stream, data, %{active: true, exit_pending: false} = s) do
+    if :queue.is_empty(s.pending) do
+      send(s.owner, {:lacca, self(), {stream, data}})
+      consumed(s, stream, byte_size(data))
+    else
+      output_queued(stream, data, s)
+    end
+  end
+
+  defp output(stream, data, s), do: output_queued(stream, data, s)
+
+  defp output_queued(stream, data, s) do
     {:noreply, s} = deliver(%{s | pending: :queue.in({stream, data}, s.pending)})
     s
   end
@@ -501,7 +506,7 @@ defmodule Lacca.Process do
             deliver(%{s | active: false})
 
           1 ->
-            if s.notify_passive, do: send(s.owner, {:lacca, self(), :passive})
+            send(s.owner, {:lacca, self(), :passive})
             deliver(%{s | active: false})
 
           n ->
@@ -541,15 +546,28 @@ defmodule Lacca.Process do
   end
 
   # resin reports an exit only once it has read the pipes empty, and reads
-  # only with credit: a process we kill or stop must not be held back by
-  # output nobody reads any more. Its remaining output is bounded by what its
-  # pipes hold (resin kills the rest of the group when the leader exits).
+  # only with credit: a process we kill must not be held back by output
+  # nobody reads any more. Once SIGKILL went to the group, its remaining
+  # output is bounded by what its pipes hold.
   defp unthrottle(%{unthrottled: true} = s), do: s
 
   defp unthrottle(s) do
     send_frame(s, Protocol.credit(s.id, :stdout, @unlimited))
     send_frame(s, Protocol.credit(s.id, :stderr, @unlimited))
     %{s | unthrottled: true}
+  end
+
+  # The stop signal went out: the process may exit with output left in its
+  # pipes, which resin has to read before it reports the exit, while an owner
+  # in :messages mode may be passive. A bounded extra grant (at least a full
+  # pipe) lets resin drain it; a process that ignores the signal and keeps
+  # writing still blocks, until SIGKILL after :kill_timeout unthrottles it.
+  defp stopping(%{unthrottled: true} = s), do: s
+
+  defp stopping(s) do
+    send_frame(s, Protocol.credit(s.id, :stdout, @stop_credit))
+    send_frame(s, Protocol.credit(s.id, :stderr, @stop_credit))
+    s
   end
 
   # -- stdin -------------------------------------------------------------------

@@ -112,6 +112,37 @@ defmodule Lacca.OSHelpers do
     :ok
   end
 
+  @doc """
+  The OS processes that `receiver` (a stream consumer, a run/3 caller or a
+  process server) is registered for with the shared daemons:
+  `[{daemon_pid, id, os_pid}]`.
+  """
+  def lacca_procs_of(receiver) do
+    for name <- Lacca.Daemon.shared(),
+        daemon = Process.whereis(name),
+        daemon != nil,
+        {id, {^receiver, _acker, _mref, os_pid}} <- :sys.get_state(daemon).procs,
+        do: {daemon, id, os_pid}
+  end
+
+  @doc """
+  Passes `stream` through, and sends `{:stream_proc, {daemon, id, os_pid}}`
+  to the consumer when the first element arrives.
+  """
+  def tap_proc(stream) do
+    me = self()
+
+    Stream.transform(stream, false, fn
+      element, false ->
+        [proc] = lacca_procs_of(me)
+        send(me, {:stream_proc, proc})
+        {[element], true}
+
+      element, true ->
+        {[element], true}
+    end)
+  end
+
   @doc "Reads lines from a buffer-mode lacca process until `n` lines arrived."
   def read_lines(pid, n, acc \\ "") do
     lines = String.split(acc, "\n", trim: true)

@@ -1,0 +1,318 @@
+defmodule Lacca.Stream do
+  @moduledoc false
+  # Lacca.stream/3 and stream!/3: a Stream.resource/3 whose functions run in
+  # the consuming process. There is no process server: the consumer registers
+  # itself with the daemon as the receiver of the id, so frames go from the
+  # daemon straight to it, and it pulls one frame out of its mailbox per
+  # element requested.
+  #
+  # Flow control: the process is spawned with `window` bytes of credit per
+  # stream; a frame's bytes are granted back (in batches of window / 4) when
+  # the consumer takes the frame out of its mailbox, i.e. when it asks for
+  # the next element. So at most `window` bytes of output wait in the
+  # mailbox, whatever the consumer does; then resin stops reading and the
+  # child blocks in write(2).
+  #
+  # Input (`:input`) is written by a linked "writer" process, registered with
+  # the daemon as the id's acker: it enumerates the input and keeps at most
+  # @stdin_window STDIN frames unacknowledged, so a child that does not read
+  # its stdin holds the writer, not memory. It stops quietly when resin says
+  # the child's stdin is gone (epipe: the child exited or closed it) and
+  # closes stdin at the end of the input. An exception while enumerating the
+  # input is re-raised in the consumer (after the child was stopped).
+  #
+  # Halting (Enum.take/2, an exception in the consumer, ...) runs the after
+  # function: it stops the writer, then Lacca.Drain.halt/3 stops the process
+  # group and waits, dropping output, until resin reported the exit (so the
+  # id is free and nothing is left in the mailbox). When the consumer process
+  # dies instead, the daemon's monitor kills the group, and the link kills
+  # the writer.
+
+  alias Lacca.{Daemon, Drain, Lines, Protocol, Signal}
+
+  @max_data 65_530
+  @stdin_window 4
+
+  @spec build(binary(), [binary()], String.t(), map(), boolean()) :: Enumerable.t()
+  def build(exec, args, cmd, spec, bang?) do
+    Stream.resource(
+      fn -> start(exec, args, cmd, spec, bang?) end,
+      &next/1,
+      &halt/1
+    )
+  end
+
+  # -- start -----------------------------------------------------------------
+
+  defp start(exec, args, cmd, spec, bang?) do
+    {daemon, dedicated?} =
+      case spec.daemon do
+        :shared ->
+          {Daemon.pick(), false}
+
+        :dedicated ->
+          case Daemon.start_dedicated(self()) do
+            {:ok, pid} -> {pid, true}
+            {:error, reason} -> raise Lacca.Error, command: cmd, reason: reason
+          end
+      end
+
+    writer = if spec.input not in [nil, []], do: start_writer(spec.input)
+
+    case Daemon.spawn(daemon, exec, args, spec.spawn, spec.window, self(), writer) do
+      {:ok, dpid, port, id} ->
+        dmref = Process.monitor(dpid)
+
+        receive do
+          {:"$lacca_event", ^port, {:spawned, ^id, os_pid}} ->
+            if writer, do: send(writer, {:go, port, id})
+
+            if spec.input == [] do
+              Port.command(port, Protocol.control({:close_stdin, id, :stream}))
+            end
+
+            %{
+              port: port,
+              id: id,
+              dmref: dmref,
+              os_pid: os_pid,
+              daemon: if(dedicated?, do: daemon),
+              writer: writer,
+              cmd: cmd,
+              args: args,
+              bang?: bang?,
+              tagged: spec.tagged,
+              lines: spec.lines && {Lines.new(spec.lines), Lines.new(spec.lines)},
+              threshold: max(div(spec.window, 4), 1),
+              ungranted_out: 0,
+              ungranted_err: 0,
+              stop_signal: spec.stop_signal,
+              kill_timeout: spec.kill_timeout,
+              # nil while running; then resin's status term or :resin_down
+              status: nil
+            }
+
+          {:"$lacca_event", ^port, {:spawn_error, ^id, reason}} ->
+            Process.demonitor(dmref, [:flush])
+            failed_start(writer, daemon, dedicated?, cmd, reason)
+
+          {:DOWN, ^dmref, :process, _, _} ->
+            failed_start(writer, daemon, dedicated?, cmd, :resin_down)
+        end
+
+      {:error, reason} ->
+        failed_start(writer, daemon, dedicated?, cmd, reason)
+    end
+  end
+
+  defp failed_start(writer, daemon, dedicated?, cmd, reason) do
+    stop_writer(writer)
+    if dedicated?, do: Daemon.release(daemon)
+    raise Lacca.Error, command: cmd, reason: reason
+  end
+
+  # -- next -------------------------------------------------------------------
+
+  defp next(%{status: nil, port: port, id: id, dmref: dmref, writer: writer} = st) do
+    receive do
+      {:"$lacca", ^port, <<0x21, ^id::32, data::binary>>} ->
+        ungranted = st.ungranted_out + byte_size(data)
+
+        if ungranted >= st.threshold do
+          command(port, Protocol.credit(id, :stdout, ungranted))
+          output(:stdout, data, %{st | ungranted_out: 0})
+        else
+          output(:stdout, data, %{st | ungranted_out: ungranted})
+        end
+
+      {:"$lacca", ^port, <<0x22, ^id::32, data::binary>>} ->
+        ungranted = st.ungranted_err + byte_size(data)
+
+        if ungranted >= st.threshold do
+          command(port, Protocol.credit(id, :stderr, ungranted))
+          output(:stderr, data, %{st | ungranted_err: 0})
+        else
+          output(:stderr, data, %{st | ungranted_err: ungranted})
+        end
+
+      {:"$lacca_event", ^port, {:exit, ^id, status}} ->
+        Process.demonitor(dmref, [:flush])
+        st = %{st | status: status, dmref: nil}
+        {rest(st), st}
+
+      {:"$lacca_input", ^writer, kind, reason, stacktrace} ->
+        # halt/1 (with this state: running) stops the process.
+        :erlang.raise(kind, reason, stacktrace)
+
+      {:DOWN, ^dmref, :process, _, _} ->
+        {[], %{st | status: :resin_down, dmref: nil}}
+
+      {:"$lacca", ^port, <<_, ^id::32, _::binary>>} ->
+        {[], st}
+
+      {:"$lacca_event", ^port, event} when elem(event, 1) == id ->
+        {[], st}
+    end
+  end
+
+  # Over: every element was emitted. The outcome comes last.
+  defp next(%{status: :done} = st), do: {:halt, st}
+  defp next(%{status: {:exit, 0}, bang?: true} = st), do: {:halt, %{st | status: :done}}
+
+  defp next(%{status: :resin_down} = st),
+    do: raise(Lacca.Error, command: st.cmd, reason: :resin_down)
+
+  defp next(%{bang?: true, status: status} = st),
+    do: raise(Lacca.ExitError, command: st.cmd, args: st.args, status: lacca_status(status))
+
+  defp next(%{status: status} = st), do: {[{:exit, lacca_status(status)}], %{st | status: :done}}
+
+  defp output(stream, data, %{lines: nil} = st), do: {[tag(st, stream, data)], st}
+
+  defp output(:stdout, data, %{lines: {out, err}} = st) do
+    {lines, out} = Lines.feed(out, data)
+    {tag_all(st, :stdout, lines), %{st | lines: {out, err}}}
+  end
+
+  defp output(:stderr, data, %{lines: {out, err}} = st) do
+    {lines, err} = Lines.feed(err, data)
+    {tag_all(st, :stderr, lines), %{st | lines: {out, err}}}
+  end
+
+  # The unfinished last lines, at the exit.
+  defp rest(%{lines: nil}), do: []
+
+  defp rest(%{lines: {out, err}} = st),
+    do: tag_all(st, :stdout, Lines.flush(out)) ++ tag_all(st, :stderr, Lines.flush(err))
+
+  defp tag(%{tagged: false}, _stream, data), do: data
+  defp tag(%{tagged: true}, stream, data), do: {stream, data}
+
+  defp tag_all(%{tagged: false}, _stream, lines), do: lines
+  defp tag_all(%{tagged: true}, stream, lines), do: Enum.map(lines, &{stream, &1})
+
+  defp lacca_status({:exit, code}), do: {:exit, code}
+  defp lacca_status({:signal, signo}), do: {:signal, Signal.to_name(signo)}
+
+  # -- halt (the after function) ----------------------------------------------
+
+  defp halt(st) do
+    stop_writer(st.writer)
+
+    if st.status == nil do
+      Drain.halt(st, st.stop_signal, st.kill_timeout)
+    end
+
+    if st.daemon, do: Daemon.release(st.daemon)
+    :ok
+  end
+
+  # -- the input writer ---------------------------------------------------------
+
+  defp start_writer(input) do
+    consumer = self()
+    spawn_link(fn -> writer(consumer, input) end)
+  end
+
+  defp stop_writer(nil), do: :ok
+
+  defp stop_writer(writer) do
+    Process.unlink(writer)
+    Process.exit(writer, :kill)
+
+    # An input error it may have reported meanwhile.
+    receive do
+      {:"$lacca_input", ^writer, _, _, _} -> :ok
+    after
+      0 -> :ok
+    end
+  end
+
+  defp writer(consumer, input) do
+    receive do
+      {:go, port, id} ->
+        w = %{port: port, id: id, inflight: 0, stopped: false}
+
+        try do
+          # :halted by the input itself (Stream.take/2, ...) or by
+          # write_element/2 when the process's stdin is gone.
+          {_done_or_halted, w} = Enumerable.reduce(input, {:cont, w}, &write_element/2)
+
+          if not w.stopped do
+            command(port, Protocol.control({:close_stdin, id, :stream}))
+          end
+        catch
+          kind, reason -> send(consumer, {:"$lacca_input", self(), kind, reason, __STACKTRACE__})
+        end
+
+        # Exit without an exit signal to the consumer (which may trap exits).
+        Process.unlink(consumer)
+    end
+  end
+
+  # Each element is written before the next one is asked for (in frames of
+  # at most @max_data bytes), so an input that waits for the process's answer
+  # before it yields more never waits for itself.
+  defp write_element(element, w) do
+    bin =
+      if is_binary(element) do
+        element
+      else
+        try do
+          IO.iodata_to_binary(element)
+        rescue
+          ArgumentError ->
+            raise ArgumentError,
+                  "the :input enumerable must emit iodata (binaries), got: #{inspect(element)}"
+        end
+      end
+
+    w = w |> acks() |> send_frames(bin)
+    if w.stopped, do: {:halt, w}, else: {:cont, w}
+  end
+
+  defp send_frames(%{stopped: true} = w, _bin), do: w
+  defp send_frames(w, ""), do: w
+
+  defp send_frames(w, bin) do
+    w = await_window(w)
+
+    if w.stopped do
+      w
+    else
+      n = min(byte_size(bin), @max_data)
+      <<frame::binary-size(n), rest::binary>> = bin
+      command(w.port, Protocol.stdin(w.id, frame))
+      send_frames(%{w | inflight: w.inflight + 1}, rest)
+    end
+  end
+
+  defp await_window(%{inflight: n} = w) when n < @stdin_window, do: w
+
+  defp await_window(%{port: port, id: id} = w) do
+    receive do
+      {:"$lacca", ^port, <<0x23, ^id::32, code>>} -> await_window(acked(w, code))
+    end
+  end
+
+  # The acks that arrived, without waiting.
+  defp acks(%{inflight: 0} = w), do: w
+
+  defp acks(%{port: port, id: id} = w) do
+    receive do
+      {:"$lacca", ^port, <<0x23, ^id::32, code>>} -> acks(acked(w, code))
+    after
+      0 -> w
+    end
+  end
+
+  # Any status but 0 (written) means the child's stdin is gone: stop.
+  defp acked(w, 0), do: %{w | inflight: w.inflight - 1}
+  defp acked(w, _code), do: %{w | inflight: w.inflight - 1, stopped: true}
+
+  defp command(port, frame) do
+    Port.command(port, frame)
+  rescue
+    ArgumentError -> false
+  end
+end
