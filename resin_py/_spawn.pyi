@@ -14,6 +14,8 @@ def spawn(
     stdout: int,
     stderr: int,
     parent: int,
-    nofile: int,
+    nofile_soft: int,
+    nofile_hard: int,
+    exit_signal: int,
     /,
 ) -> tuple[int, int, int]: ...

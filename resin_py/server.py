@@ -32,6 +32,7 @@ from resin_py.protocol.errors import ProtocolError, ZeroLengthPacket
 from resin_py.protocol.framing import PacketReader
 from resin_py.spawn import (
     PR_SET_CHILD_SUBREAPER,
+    WALL,
     ChildSetup,
     make_spawner,
     prctl,
@@ -218,10 +219,12 @@ class Resin:
     # --- setup -----------------------------------------------------------------
 
     def _setup(self) -> None:
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        with contextlib.suppress(ValueError, OSError):
-            # Thousands of children need thousands of pipes; children get `soft` back.
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        nofile = raise_nofile_limit()
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if limit == resource.RLIM_INFINITY:
+            limit = 1 << 20
+        # Children get a pidfd while the descriptors in use stay below this.
+        self.pidfd_below = limit // 2
         try:
             prctl(PR_SET_CHILD_SUBREAPER, 1)
         except OSError as exc:
@@ -238,7 +241,7 @@ class Resin:
         signal.signal(signal.SIGTERM, _ignore_signal)
         signal.siginterrupt(signal.SIGCHLD, False)
         self.devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-        self.spawner = make_spawner(soft)
+        self.spawner = make_spawner(nofile)
         self.sel.register(self._wake_r.fileno(), READ, self._on_wakeup)
         if RESIN_STDOUT_PIPE_SIZE:
             with contextlib.suppress(OSError):  # not a pipe, or above pipe-max-size
@@ -450,8 +453,13 @@ class Resin:
                 err_w = out_w
             else:
                 err_w = self.devnull
+            # A pidfd tells which child exited at O(1) cost; without one, a
+            # SIGCHLD makes resin scan all its children (waitid), O(children).
+            # But it costs a descriptor: once they are scarce, children go
+            # without, so that as many as possible fit under RLIMIT_NOFILE.
+            use_pidfd = max(parent_fds) < self.pidfd_below
             pid = self.spawner.spawn(
-                ChildSetup(path, argv, env, opts.cd, in_r, out_w, err_w)
+                ChildSetup(path, argv, env, opts.cd, in_r, out_w, err_w, quiet=use_pidfd)
             )
         except BaseException:
             for fd in parent_fds:
@@ -460,18 +468,21 @@ class Resin:
         finally:
             for fd in child_fds:
                 os.close(fd)
-        try:
-            pidfd = os.pidfd_open(pid)
-        except OSError:  # out of descriptors: do not leave an untracked child behind
-            with contextlib.suppress(OSError):
-                os.killpg(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            for fd in parent_fds:
-                os.close(fd)
-            raise
+        pidfd = -1
+        if use_pidfd:
+            try:
+                pidfd = os.pidfd_open(pid)
+            except OSError:  # out of descriptors: do not leave an untracked child behind
+                with contextlib.suppress(OSError):
+                    os.killpg(pid, signal.SIGKILL)
+                os.waitpid(pid, WALL)
+                for fd in parent_fds:
+                    os.close(fd)
+                raise
         child = Child(id, pid, pidfd, in_w, pipes)
         self.children[pid] = child
-        self.sel.register(pidfd, READ, lambda: self._child_exited(child))
+        if pidfd >= 0:
+            self.sel.register(pidfd, READ, lambda: self._child_exited(child))
         for pipe in pipes:
             self._update_pipe(child, pipe)
         return child
@@ -643,13 +654,16 @@ class Resin:
         with contextlib.suppress(OSError):
             os.killpg(child.pid, signal.SIGKILL)
         try:
-            _, status = os.waitpid(child.pid, 0)
+            pid, status = os.waitpid(child.pid, os.WNOHANG | WALL)
         except ChildProcessError:
-            status = 0
+            pid, status = child.pid, 0
+        if pid == 0:  # not exited after all (cannot happen: pidfd and waitid say so)
+            return
         child.wait_status = status
         child.reaped = True
-        self.sel.unregister(child.pidfd)
-        os.close(child.pidfd)
+        if child.pidfd >= 0:
+            self.sel.unregister(child.pidfd)
+            os.close(child.pidfd)
         self._drain(child)
 
     def _drain(self, child: Child) -> None:
@@ -731,7 +745,7 @@ class Resin:
         while True:
             while True:
                 try:
-                    pid, _ = os.waitpid(-1, os.WNOHANG)
+                    pid, _ = os.waitpid(-1, os.WNOHANG | WALL)
                 except ChildProcessError:
                     break
                 if pid == 0:
@@ -750,6 +764,31 @@ class Resin:
             with contextlib.suppress(BlockingIOError):
                 while self._wake_r.recv(4096):
                     pass
+
+
+def raise_nofile_limit() -> tuple[int, int]:
+    """Raise RLIMIT_NOFILE as far as allowed; return the original (soft, hard),
+    which children get back.
+
+    A child costs resin up to 4 descriptors (3 pipes, 1 pidfd): 10,000
+    children need more than common hard limits. With CAP_SYS_RESOURCE (root)
+    the hard limit goes up to fs.nr_open; otherwise the soft limit goes up
+    to the hard one.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        with open("/proc/sys/fs/nr_open") as f:
+            ceiling = int(f.read())
+    except (OSError, ValueError):
+        ceiling = 1 << 20  # the kernel's default nr_open
+    raise_hard = hard != resource.RLIM_INFINITY and ceiling > hard
+    for limit in [ceiling, hard] if raise_hard else [hard]:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+            break
+        except (ValueError, OSError):
+            continue
+    return soft, hard
 
 
 def _pipe_empty(fd: int) -> bool:

@@ -46,6 +46,9 @@ _STAGE_SETUP = b"s"
 _CHILD_FAILED = 127
 # RESIN_SPAWNER=python forces the pure-Python spawner, =c requires the C one.
 SPAWNER_ENV = "RESIN_SPAWNER"
+# waitpid option (Linux __WALL): also wait for children that exit without
+# SIGCHLD, as CloneSpawner's do.
+WALL = 0x40000000
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -70,6 +73,9 @@ class ChildSetup:
     stdin: int  # descriptors that become the child's 0, 1 and 2
     stdout: int
     stderr: int
+    # The caller watches the child with a pidfd: it need not send SIGCHLD when
+    # it exits (CloneSpawner then sends none; ForkSpawner's children always do).
+    quiet: bool = False
 
 
 # --- PATH lookup ---------------------------------------------------------------
@@ -163,25 +169,27 @@ class Spawner(Protocol):
 
     def spawn(self, setup: ChildSetup) -> int:
         """Start the child; return its pid, or raise SpawnFailed with the reason
-        (OSError when no child could be created at all)."""
+        (OSError when no child could be created at all). A `quiet` child may
+        exit without SIGCHLD: wait for it with os.waitpid(pid, WALL) or a pidfd."""
         ...
 
 
-def make_spawner(nofile_soft: int, kind: str | None = None) -> Spawner:
-    """The C spawner when it is built, else the fork spawner.
+def make_spawner(nofile: tuple[int, int], kind: str | None = None) -> Spawner:
+    """The C spawner when it is built, else the fork spawner. Children get
+    `nofile` (soft, hard) as their RLIMIT_NOFILE.
 
     `kind` (default: $RESIN_SPAWNER) is "c", "python" or empty for automatic.
     """
     if kind is None:
         kind = os.environ.get(SPAWNER_ENV, "")
     if kind == "python":
-        return ForkSpawner(nofile_soft)
+        return ForkSpawner(nofile)
     ext = _load_extension()
     if ext is not None:
-        return CloneSpawner(nofile_soft, ext)
+        return CloneSpawner(nofile, ext)
     if kind == "c":
         raise ImportError("resin_py._spawn (the C spawner) is not built")
-    return ForkSpawner(nofile_soft)
+    return ForkSpawner(nofile)
 
 
 def _load_extension() -> ModuleType | None:
@@ -204,9 +212,9 @@ def _failed(setup: ChildSetup, cwd_stage: bool, code: int) -> SpawnFailed:
 class CloneSpawner:
     """Spawns through the C extension (clone + exec, see resin_py/_spawn.c)."""
 
-    def __init__(self, nofile_soft: int, ext: ModuleType) -> None:
+    def __init__(self, nofile: tuple[int, int], ext: ModuleType) -> None:
         self._parent = os.getpid()
-        self._nofile = nofile_soft
+        self._nofile = nofile
         self._spawn = ext.spawn
         self._stage_cwd = ext.STAGE_CWD
 
@@ -215,7 +223,7 @@ class CloneSpawner:
         envp = None if env is None else [k + b"=" + v for k, v in env.items()]
         pid, stage, code = self._spawn(
             setup.path, setup.argv, envp, setup.cwd, setup.stdin, setup.stdout, setup.stderr,
-            self._parent, self._nofile,
+            self._parent, *self._nofile, 0 if setup.quiet else signal.SIGCHLD,
         )
         if stage:
             raise _failed(setup, stage == self._stage_cwd, code)
@@ -225,12 +233,12 @@ class CloneSpawner:
 class ForkSpawner:
     """Forks children in pure Python: the fallback when the C extension is absent."""
 
-    def __init__(self, nofile_soft: int) -> None:
+    def __init__(self, nofile: tuple[int, int]) -> None:
         self._parent = os.getpid()
-        self._nofile = nofile_soft
-        _, self._hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        self._nofile = nofile
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         # Upper bound for closerange (RLIM_INFINITY does not fit an int).
-        self._maxfd = self._hard if 0 < self._hard < 2**31 else 2**31 - 1
+        self._maxfd = hard if 0 < hard < 2**31 else 2**31 - 1
         # Every signal whose disposition differs from the default now (ignored
         # by whoever started resin, or changed by resin itself).
         self._reset = [
@@ -271,7 +279,7 @@ class ForkSpawner:
             prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
             if os.getppid() != self._parent:  # resin died before prctl took effect
                 os._exit(_CHILD_FAILED)
-            resource.setrlimit(resource.RLIMIT_NOFILE, (self._nofile, self._hard))
+            resource.setrlimit(resource.RLIMIT_NOFILE, self._nofile)
             _setup_stdio([setup.stdin, setup.stdout, setup.stderr])
             # Leak nothing resin inherited without CLOEXEC; keep the error pipe.
             os.closerange(3, err_w)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import resource
+import shutil
 import signal
 import sys
 import time
@@ -24,7 +25,7 @@ from conftest import (
 
 from resin_py.client import ResinClient
 from resin_py.protocol import v1
-from resin_py.protocol.terms import OK
+from resin_py.protocol.terms import OK, Atom
 
 
 def spawn_pid(client: ResinClient, id: int, *cmd: str, **opts: object) -> int:
@@ -157,6 +158,24 @@ def test_v0_stdin_eof_kills_grandchildren(resin: ResinClient) -> None:
     assert not exists(grandchild)
 
 
+def nofile_limits(pid: int) -> list[str]:
+    limits = Path(f"/proc/{pid}/limits").read_text()
+    line = next(x for x in limits.splitlines() if x.startswith("Max open files"))
+    return line.split()[3:5]
+
+
+def nr_open() -> int:
+    return int(Path("/proc/sys/fs/nr_open").read_text())
+
+
+def can_raise_hard_limits() -> bool:
+    """CAP_SYS_RESOURCE (bit 24) is in this process's effective set (and so in
+    resin's: it runs as the same user)."""
+    status = Path("/proc/self/status").read_text()
+    eff = next(line for line in status.splitlines() if line.startswith("CapEff:"))
+    return bool(int(eff.split()[1], 16) & (1 << 24))
+
+
 @pytest.mark.parametrize("spawner", SPAWNERS)
 def test_nofile_limit_raised_for_resin_restored_for_children(spawner: str) -> None:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -165,7 +184,82 @@ def test_nofile_limit_raised_for_resin_restored_for_children(spawner: str) -> No
     command = ["sh", "-c", f'ulimit -Sn 256 && exec "{sys.executable}" -m resin_py']
     with ResinClient(command, env=resin_env(spawner)) as client:
         assert client.hello() == 1
-        assert client.run(1, "sh", ["-c", "ulimit -Sn"]).stdout == b"256\n"
-        limits = Path(f"/proc/{client.pid}/limits").read_text()
-        line = next(x for x in limits.splitlines() if x.startswith("Max open files"))
-        assert line.split()[3:5] == [str(hard), str(hard)]
+        r = client.run(1, "sh", ["-c", "echo $(ulimit -Sn) $(ulimit -Hn)"])
+        assert r.stdout == f"256 {hard}\n".encode()  # the original limits
+        # With CAP_SYS_RESOURCE resin raises the hard limit too, up to fs.nr_open;
+        # without, the soft limit up to the hard one.
+        raised = nr_open() if can_raise_hard_limits() else hard
+        assert nofile_limits(client.pid) == [str(raised), str(raised)]
+
+
+def test_nofile_soft_limit_raised_when_the_hard_one_cannot_be() -> None:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if not can_raise_hard_limits() or shutil.which("setpriv") is None:
+        pytest.skip("needs CAP_SYS_RESOURCE, and setpriv to drop it")
+    if hard >= nr_open():
+        pytest.skip("the hard limit is already at fs.nr_open")
+    command = ["setpriv", "--bounding-set", "-sys_resource", "--", "sh", "-c",
+               f'ulimit -Sn 256 && exec "{sys.executable}" -m resin_py']
+    with ResinClient(command) as client:
+        assert client.hello() == 1
+        assert nofile_limits(client.pid) == [str(hard), str(hard)]
+        r = client.run(1, "sh", ["-c", "echo $(ulimit -Sn) $(ulimit -Hn)"])
+        assert r.stdout == f"256 {hard}\n".encode()
+
+
+@pytest.mark.parametrize("spawner", SPAWNERS)
+def test_descriptor_scarcity(spawner: str) -> None:
+    """With few descriptors, later children go without a pidfd (their exits
+    come through SIGCHLD), and when none are left spawn says emfile; every
+    exit is still reported and nothing leaks."""
+    command = ["sh", "-c", f'ulimit -n 64 && exec "{sys.executable}" -m resin_py']
+    with ResinClient(command, env=resin_env(spawner)) as client:
+        assert client.hello() == 1
+        assert client.run(0, "true").exit == v1.Exit(0, "exit", 0)
+        baseline = fd_count(client.pid)
+        ids: list[int] = []
+        for i in range(1, 40):
+            spawned = client.spawn(
+                i, "sh", ["-c", f"read x; cat >/dev/null; echo {i}:$x; exit {i % 5}"])
+            if isinstance(spawned, v1.SpawnError):
+                assert spawned.reason == Atom("emfile")
+                break
+            ids.append(i)
+        assert len(ids) > 10
+        pidfds = [fd for fd in os.listdir(f"/proc/{client.pid}/fd")
+                  if os.readlink(f"/proc/{client.pid}/fd/{fd}") == "anon_inode:[pidfd]"]
+        assert 0 < len(pidfds) < len(ids)  # some children have one, some do not
+        for i in ids:  # stdin frames and close_stdin reach both kinds of children
+            assert client.write(i, b"go\n") == v1.AckStatus.WRITTEN
+            assert client.close_child_stdin(i) == OK
+        for i in ids:
+            r = client.collect(i)
+            assert (r.stdout, r.exit) == (f"{i}:go\n".encode(), v1.Exit(i, "exit", i % 5))
+        assert children_of(client.pid) == []
+        assert fd_count(client.pid) == baseline
+        assert client.run(99, "echo", ["still fine"]).stdout == b"still fine\n"
+
+
+def test_thousand_sleeping_children(client: ResinClient) -> None:
+    """Scale smoke test: 1,000 children at once, at most 3 descriptors each
+    (stdout, stderr, pidfd: `stdin: null` needs no pipe), all gone on EOF."""
+    assert client.run(0, "true").exit == v1.Exit(0, "exit", 0)
+    baseline = fd_count(client.pid)
+    n = 1000
+    pids = []
+    for start in range(1, n + 1, 100):
+        ids = range(start, start + 100)
+        for i in ids:
+            client.send_spawn(i, "sleep", ["1000"], stdin="null")
+        for i in ids:
+            frame = client.expect(lambda f, i=i: isinstance(f, v1.Spawned | v1.SpawnError)
+                                  and f.id == i)
+            assert isinstance(frame, v1.Spawned), frame
+            pids.append(frame.os_pid)
+    assert len(children_of(client.pid)) == n
+    assert fd_count(client.pid) <= baseline + 3 * n
+    started = time.monotonic()
+    client.close_stdin()
+    assert client.wait(timeout=1) == 0
+    assert time.monotonic() - started < 1
+    wait_until(lambda: not any(exists(pid) for pid in pids), what="every child to vanish")
