@@ -270,14 +270,13 @@ defmodule Lacca do
       `:capture`: elements are then tagged, `{:stdout, data}` and
       `{:stderr, data}` (lines are split per stream)
     * `:max_buffer` - bytes of output read ahead of the consumer, per stream
-      (default 1 MiB, see "Flow control" below)
+      (default 1 MiB, see "Flow control" above)
   """
 
   @stream_flow_doc """
   ## Flow control
 
-  The process starts when the stream is enumerated, and is read only as fast
-  as the stream is consumed: at most `:max_buffer` bytes per stream are read
+  The process's output is read only as fast as the stream is consumed: at most `:max_buffer` bytes per stream are read
   ahead (they wait in the consuming process's mailbox); then resin stops
   reading the process's pipe and the process blocks in `write(2)`. A
   consumer that sleeps holds any producer in bounded memory.

@@ -59,7 +59,7 @@ defmodule Lacca.Stream do
 
     writer = if spec.input not in [nil, []], do: start_writer(spec.input)
 
-    case Daemon.spawn(daemon, exec, args, spec.spawn, spec.window, self(), writer) do
+    case spawn_process(daemon, exec, args, spec, writer) do
       {:ok, dpid, port, id} ->
         dmref = Process.monitor(dpid)
 
@@ -68,7 +68,7 @@ defmodule Lacca.Stream do
             if writer, do: send(writer, {:go, port, id})
 
             if spec.input == [] do
-              Port.command(port, Protocol.control({:close_stdin, id, :stream}))
+              command(port, Protocol.control({:close_stdin, id, :stream}))
             end
 
             %{
@@ -103,6 +103,15 @@ defmodule Lacca.Stream do
       {:error, reason} ->
         failed_start(writer, daemon, dedicated?, cmd, reason)
     end
+  end
+
+  defp spawn_process(daemon, exec, args, spec, writer) do
+    Daemon.spawn(daemon, exec, args, spec.spawn, spec.window, self(), writer)
+  catch
+    # (The :lacca application is not started, ...)
+    kind, reason ->
+      stop_writer(writer)
+      :erlang.raise(kind, reason, __STACKTRACE__)
   end
 
   defp failed_start(writer, daemon, dedicated?, cmd, reason) do
