@@ -20,7 +20,9 @@ if TYPE_CHECKING:
 class V1Session:
     """The multi-process protocol."""
 
-    read_limit = v1.MAX_DATA
+    # Reads may be bigger than a frame: on_output splits them (one read
+    # syscall, one writev for several frames).
+    read_limit = 1024 * 1024
 
     def __init__(self, loop: Resin) -> None:
         self.loop = loop
@@ -105,7 +107,17 @@ class V1Session:
 
     def on_output(self, child: Child, kind: StreamKind, data: bytes) -> None:
         frame_type = v1.STDOUT if kind == StreamKind.STDOUT else v1.STDERR
-        self.loop.push(v1.data_header(frame_type, child.id, len(data)), data)
+        n = len(data)
+        if n <= v1.MAX_DATA:
+            self.loop.push(v1.data_header(frame_type, child.id, n), data)
+            return
+        view = memoryview(data)  # frames share the read's buffer: no copies
+        parts: list[bytes | memoryview] = []
+        for start in range(0, n, v1.MAX_DATA):
+            chunk = view[start:start + v1.MAX_DATA]
+            parts.append(v1.data_header(frame_type, child.id, len(chunk)))
+            parts.append(chunk)
+        self.loop.push(*parts)
 
     def on_stdin_result(self, child: Child, status: int) -> None:
         self.send(v1.StdinAck(child.id, AckStatus(status)))

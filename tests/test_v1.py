@@ -421,3 +421,33 @@ def test_output_backlog_is_bounded_by_the_watermarks(client: ResinClient) -> Non
     assert seen[-1] < 8 << 20
     r = client.collect(1, timeout=30)
     assert len(r.stdout) == total and r.exit == v1_exit(1, 0)
+
+
+def test_backlog_pause_holds_every_child_and_releases_them(client: ResinClient) -> None:
+    """While resin's output is backed up, other children's output and exits
+    wait (in order: data before exit) and all of it comes once it clears."""
+    total = 8 << 20
+    client.send_spawn(1, "head", ["-c", str(total), "/dev/zero"])
+    for i in range(2, 12):
+        client.send_spawn(i, "sh", ["-c", f"echo {i}; echo e{i} >&2; exit {i}"])
+    # The spawns all go out before the client reads anything: the flood backs
+    # resin's output up while the others run and exit.
+    r = client.collect(1, timeout=30)
+    assert len(r.stdout) == total and r.exit == v1_exit(1, 0)
+    for i in range(2, 12):
+        r = client.collect(i)
+        assert (r.stdout, r.stderr, r.exit) == (f"{i}\n".encode(), f"e{i}\n".encode(),
+                                                v1_exit(i, i))
+        assert isinstance(r.frames[-1], v1.Exit)
+
+
+def test_big_reads_split_into_frames_keep_every_byte_in_order(client: ResinClient,
+                                                              tmp_path: Path) -> None:
+    """A chatty child's pipe is enlarged and read up to 1 MiB at a time; the
+    frames cut from each read must carry exactly the child's bytes."""
+    data = os.urandom(5 << 20)
+    (tmp_path / "data").write_bytes(data)
+    r = client.run(1, "cat", [str(tmp_path / "data")])
+    assert r.stdout == data
+    sizes = [len(f.data) for f in r.frames if isinstance(f, v1.Stdout)]
+    assert max(sizes) == v1.MAX_DATA and len(sizes) < 2 * len(data) // v1.MAX_DATA

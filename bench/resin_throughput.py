@@ -1,0 +1,147 @@
+"""Output throughput: `head -c SIZE /dev/zero` through resin's v1 STDOUT frames.
+
+    .venv/bin/python bench/resin_throughput.py [--size 1073741824] [--runs 3]
+
+Variants, each the median of RUNS, in the same run:
+
+- `direct pipe`: the same child read straight from a pipe in Python
+  (os.readv into a 1 MiB buffer): the ceiling for any Python reader.
+- `resin, raw reader`: through a v1 resin with infinite credit; the reader
+  walks the packet headers of 1 MiB reads and counts the data bytes (what a
+  BEAM port does, minus the BEAM). Also resin's CPU time for the transfer
+  (user + system), steadier than wall time on a busy machine.
+- `resin, ResinClient`: the same through the test client, which decodes every
+  frame into an object (its own cost shows).
+
+Prints GB/s (10^9 bytes per second) per variant, then JSON. Nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import select
+import statistics
+import struct
+import subprocess
+import sys
+import time
+
+from resin_py.client import ResinClient
+from resin_py.protocol import v1
+from resin_py.protocol.etf import encode_term
+from resin_py.protocol.terms import Atom
+
+READ = 1 << 20
+
+
+def direct(size: int) -> float:
+    buf = bytearray(READ)
+    start = time.perf_counter()
+    proc = subprocess.Popen(["head", "-c", str(size), "/dev/zero"], stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    got = 0
+    while n := os.readv(fd, [buf]):
+        got += n
+    proc.wait()
+    elapsed = time.perf_counter() - start
+    assert got == size, got
+    return elapsed
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+RESIN_CPU: list[float] = []  # resin's CPU seconds in each raw run
+
+
+def raw(size: int) -> float:
+    proc = subprocess.Popen([sys.executable, "-m", "resin_py"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, bufsize=0)
+    assert proc.stdin is not None and proc.stdout is not None
+    w, r = proc.stdin.fileno(), proc.stdout.fileno()
+    os.write(w, b"\x00\x02\x00\x01")
+    term = (Atom("spawn"), 1, b"head", [b"-c", str(size).encode(), b"/dev/zero"],
+            [(Atom("stdin"), Atom("null"))])
+    payload = b"\x10" + encode_term(term)
+    start = time.perf_counter()
+    os.write(w, struct.pack(">H", len(payload)) + payload)
+    buf = bytearray(READ + 65537)
+    view = memoryview(buf)
+    have = 0  # bytes in buf not yet parsed
+    got = 0
+    done = False
+    while not done:
+        select.select([r], [], [])
+        n = os.readv(r, [view[have:have + READ]])
+        if not n:
+            raise EOFError("resin closed its stdout")
+        have += n
+        pos = 0
+        while have - pos >= 2:
+            length = (buf[pos] << 8) | buf[pos + 1]
+            if have - pos < 2 + length:
+                break
+            kind = buf[pos + 2]
+            if kind == v1.STDOUT:
+                got += length - 5
+            elif kind == v1.EVENT and buf[pos + 8:pos + 12] == b"exit":  # {exit, 1, ...}
+                done = True
+            pos += 2 + length
+        buf[: have - pos] = buf[pos:have]
+        have -= pos
+    elapsed = time.perf_counter() - start
+    RESIN_CPU.append(cpu_seconds(proc.pid))
+    proc.stdin.close()
+    proc.wait()
+    assert got == size, got
+    return elapsed
+
+
+def client(size: int) -> float:
+    with ResinClient() as c:
+        c.hello()
+        start = time.perf_counter()
+        c.send_spawn(1, "head", ["-c", str(size), "/dev/zero"], stdin="null")
+        got = 0
+        while True:
+            frame = c.recv(timeout=120)
+            if isinstance(frame, v1.Stdout):
+                got += len(frame.data)
+            elif isinstance(frame, v1.Exit):
+                break
+        elapsed = time.perf_counter() - start
+    assert got == size, got
+    return elapsed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", type=int, default=1 << 30)
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args()
+    rows = []
+    for name, fn in [("direct pipe", direct), ("resin, raw reader", raw),
+                     ("resin, ResinClient", client)]:
+        times = [fn(args.size) for _ in range(args.runs)]
+        gbps = args.size / statistics.median(times) / 1e9
+        row: dict[str, object] = {"variant": name, "bytes": args.size,
+                                   "gb_per_s": round(gbps, 3),
+                                   "seconds": [round(t, 3) for t in times]}
+        extra = ""
+        if fn is raw:
+            row["resin_cpu_s"] = [round(t, 3) for t in RESIN_CPU]
+            extra = f"   resin CPU {statistics.median(RESIN_CPU):.2f} s (median)"
+        rows.append(row)
+        print(f"{name:22} {gbps:6.2f} GB/s   ({', '.join(f'{t:.2f}' for t in times)} s){extra}",
+              flush=True)
+    print(json.dumps({"bench": "resin_throughput", "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
