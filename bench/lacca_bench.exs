@@ -332,6 +332,9 @@ defmodule Bench do
   # Peak of BEAM memory + resin RSS while a consumer sleeps and a child writes
   # 200 MiB, as growth over the level before the child started.
   def slow_consumer do
+    # Start the shared resins first, so that their start-up memory is not
+    # counted as growth.
+    {:ok, _} = Lacca.run("true", [])
     args = ["-c", Integer.to_string(@slow_bytes), "/dev/zero"]
     head = System.find_executable("head")
 
