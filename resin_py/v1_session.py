@@ -43,6 +43,23 @@ class V1Session:
         self.loop.push(packet_header(len(payload)) + payload)
 
     def on_packet(self, payload: bytes) -> None:
+        # The hot frames first, without building frame objects (same checks
+        # as decode_client_frame, which handles everything else).
+        kind = payload[0] if payload else -1
+        if kind == v1.STDIN and len(payload) >= 5:
+            id = int.from_bytes(payload[1:5], "big")
+            child = self.procs.get(id)
+            if child is None:
+                self._send_payload(v1.encode_stdin_ack(id, AckStatus.NO_PROCESS))
+            else:
+                self.loop.write_stdin(child, payload[5:], notify=True)
+            return
+        if kind == v1.CREDIT and len(payload) == 10 and payload[5] in (1, 2):
+            child = self.procs.get(int.from_bytes(payload[1:5], "big"))
+            if child is not None:  # an unknown id may just have exited
+                self.loop.grant_credit(child, StreamKind(payload[5]),
+                                       int.from_bytes(payload[6:10], "big"))
+            return
         try:
             frame = v1.decode_client_frame(payload)
         except ProtocolError as exc:
@@ -120,7 +137,7 @@ class V1Session:
         self.loop.push(*parts)
 
     def on_stdin_result(self, child: Child, status: int) -> None:
-        self.send(v1.StdinAck(child.id, AckStatus(status)))
+        self._send_payload(v1.encode_stdin_ack(child.id, status))
 
     def on_close_stdin_done(self, child: Child, ref: Term) -> None:
         self.send(v1.Reply(child.id, ref, OK))

@@ -392,6 +392,11 @@ def encode_exit(id: int, kind: Literal["exit", "signal"], value: int) -> bytes:
     return _EXIT_HEAD + encode_int(id) + _EXIT_KIND[kind] + encode_int(value)
 
 
+def encode_stdin_ack(id: int, status: int) -> bytes:
+    """The payload of a STDIN_ACK frame."""
+    return _ACK.pack(STDIN_ACK, id, status)
+
+
 def encode_resin_frame(frame: ResinFrame) -> bytes:
     """The packet payload of a resin -> client frame."""
     if isinstance(frame, Spawned):
@@ -402,7 +407,7 @@ def encode_resin_frame(frame: ResinFrame) -> bytes:
         kind = STDOUT if isinstance(frame, Stdout) else STDERR
         return _DATA_HEAD.pack(kind, frame.id) + frame.data
     if isinstance(frame, StdinAck):
-        return _ACK.pack(STDIN_ACK, frame.id, frame.status)
+        return encode_stdin_ack(frame.id, frame.status)
     if isinstance(frame, HelloReply):
         return bytes((HELLO_REPLY, frame.version))
     return bytes((EVENT,)) + encode_term(event_term(frame))
