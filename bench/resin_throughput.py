@@ -12,6 +12,9 @@ Variants, each the median of RUNS, in the same run:
   (user + system), steadier than wall time on a busy machine.
 - `resin, ResinClient`: the same through the test client, which decodes every
   frame into an object (its own cost shows).
+- `resin stdin`: the other direction, SIZE bytes in STDIN frames of MAX_DATA
+  bytes to `cat > /dev/null`, at most STDIN_WINDOW (4) unacked, as lacca
+  writes; with resin's CPU time.
 
 Prints GB/s (10^9 bytes per second) per variant, then JSON. Nothing is asserted.
 """
@@ -58,6 +61,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 RESIN_CPU: list[float] = []  # resin's CPU seconds in each raw run
+STDIN_CPU: list[float] = []  # ... in each stdin run
 
 
 def raw(size: int) -> float:
@@ -103,6 +107,40 @@ def raw(size: int) -> float:
     return elapsed
 
 
+def stdin(size: int) -> float:
+    proc = subprocess.Popen([sys.executable, "-m", "resin_py"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, bufsize=0)
+    assert proc.stdin is not None and proc.stdout is not None
+    w, r = proc.stdin.fileno(), proc.stdout.fileno()
+    os.write(w, b"\x00\x02\x00\x01")
+    payload = b"\x10" + encode_term((Atom("spawn"), 1, b"sh", [b"-c", b"cat >/dev/null"], []))
+    os.write(w, struct.pack(">H", len(payload)) + payload)
+    buf = b""
+    while b"spawned" not in buf:
+        buf += os.read(r, 4096)
+    chunk = b"x" * v1.MAX_DATA
+    frame = struct.pack(">HBI", len(chunk) + 5, v1.STDIN, 1) + chunk
+    frames = -(-size // len(chunk))
+    cpu0 = cpu_seconds(proc.pid)
+    start = time.perf_counter()
+    sent = acked = 0
+    buf = b""
+    while acked < frames:
+        while sent < frames and sent - acked < v1.STDIN_WINDOW:
+            os.write(w, frame)  # blocking: resin reads its stdin all the time
+            sent += 1
+        buf += os.read(r, 65536)
+        while len(buf) >= 8:  # STDIN_ACK packets: 2 + 6 bytes
+            assert buf[2] == v1.STDIN_ACK and buf[7] == 0, buf[:8]
+            buf = buf[8:]
+            acked += 1
+    elapsed = time.perf_counter() - start
+    STDIN_CPU.append(cpu_seconds(proc.pid) - cpu0)
+    proc.stdin.close()
+    proc.wait()
+    return elapsed * size / (frames * len(chunk))
+
+
 def client(size: int) -> float:
     with ResinClient() as c:
         c.hello()
@@ -127,16 +165,17 @@ def main() -> None:
     args = ap.parse_args()
     rows = []
     for name, fn in [("direct pipe", direct), ("resin, raw reader", raw),
-                     ("resin, ResinClient", client)]:
+                     ("resin, ResinClient", client), ("resin stdin", stdin)]:
         times = [fn(args.size) for _ in range(args.runs)]
         gbps = args.size / statistics.median(times) / 1e9
         row: dict[str, object] = {"variant": name, "bytes": args.size,
                                    "gb_per_s": round(gbps, 3),
                                    "seconds": [round(t, 3) for t in times]}
         extra = ""
-        if fn is raw:
-            row["resin_cpu_s"] = [round(t, 3) for t in RESIN_CPU]
-            extra = f"   resin CPU {statistics.median(RESIN_CPU):.2f} s (median)"
+        cpu = {raw: RESIN_CPU, stdin: STDIN_CPU}.get(fn)
+        if cpu:
+            row["resin_cpu_s"] = [round(t, 3) for t in cpu]
+            extra = f"   resin CPU {statistics.median(cpu):.2f} s (median)"
         rows.append(row)
         print(f"{name:22} {gbps:6.2f} GB/s   ({', '.join(f'{t:.2f}' for t in times)} s){extra}",
               flush=True)
