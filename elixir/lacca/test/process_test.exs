@@ -2,6 +2,7 @@ defmodule Lacca.ProcessTest do
   use ExUnit.Case, async: true
 
   import Lacca.OSHelpers
+  import Lacca.DaemonTrace
 
   @all_bytes for(b <- 0..255, into: <<>>, do: <<b>>)
 
@@ -282,21 +283,6 @@ defmodule Lacca.ProcessTest do
     assert Supervisor.stop(sup) == :ok
     assert wait_gone(os_pid) == []
     refute Process.alive?(pid)
-  end
-
-  defp assert_exit_reported(daemon, id) do
-    receive do
-      {:trace, ^daemon, :receive, {_port, {:data, <<0x20, etf::binary>>}}} ->
-        case :erlang.binary_to_term(etf) do
-          {:exit, ^id, {:signal, 9}} -> :ok
-          _ -> assert_exit_reported(daemon, id)
-        end
-
-      {:trace, ^daemon, :receive, _} ->
-        assert_exit_reported(daemon, id)
-    after
-      5_000 -> flunk("resin did not report the exit of id #{id}")
-    end
   end
 
   defp read_all(pid, acc) do

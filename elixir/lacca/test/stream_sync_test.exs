@@ -5,6 +5,7 @@ defmodule Lacca.StreamSyncTest do
   use ExUnit.Case, async: false
 
   import Lacca.OSHelpers
+  import Lacca.DaemonTrace
 
   @mib 1_048_576
 
@@ -78,21 +79,6 @@ defmodule Lacca.StreamSyncTest do
     refute os_alive?(os_pid)
     refute Map.has_key?(:sys.get_state(daemon).procs, id)
     assert_receive {:DOWN, ^wref, :process, ^writer, :killed}
-  end
-
-  defp assert_exit_reported(daemon, id) do
-    receive do
-      {:trace, ^daemon, :receive, {_port, {:data, <<0x20, etf::binary>>}}} ->
-        case :erlang.binary_to_term(etf) do
-          {:exit, ^id, {:signal, 9}} -> :ok
-          _ -> assert_exit_reported(daemon, id)
-        end
-
-      {:trace, ^daemon, :receive, _} ->
-        assert_exit_reported(daemon, id)
-    after
-      5_000 -> flunk("resin did not report the exit of id #{id}")
-    end
   end
 
   # Peak growth of the BEAM's memory plus resin's RSS, every 10 ms.

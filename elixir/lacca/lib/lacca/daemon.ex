@@ -210,7 +210,7 @@ defmodule Lacca.Daemon do
           IO.iodata_length(request) > Protocol.max_packet() ->
             {:reply, {:error, :e2big}, state}
 
-          command(state.port, request) ->
+          Protocol.command(state.port, request) ->
             mref = Process.monitor(receiver)
 
             state = %{
@@ -310,10 +310,7 @@ defmodule Lacca.Daemon do
         # The receiver died: its process group goes with it. Unlimited
         # credit lets resin drain the pipes and report (and free) the exit.
         if state.port != nil do
-          command(state.port, Protocol.credit(id, :stdout, 0xFFFFFFFF))
-          command(state.port, Protocol.credit(id, :stderr, 0xFFFFFFFF))
-
-          command(state.port, Protocol.control({:signal, id, :receiver_down, 9, true}))
+          Protocol.kill_group(state.port, id, :receiver_down)
         end
 
         procs = Map.update!(state.procs, id, fn {_, _, _, os_pid} -> {nil, nil, nil, os_pid} end)
@@ -436,12 +433,6 @@ defmodule Lacca.Daemon do
         close_port(%{port: port})
         {:error, :resin_handshake_timeout}
     end
-  end
-
-  defp command(port, frame) do
-    Port.command(port, frame)
-  rescue
-    ArgumentError -> false
   end
 
   defp close_port(%{port: nil}), do: :ok

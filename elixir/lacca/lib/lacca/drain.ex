@@ -18,9 +18,6 @@ defmodule Lacca.Drain do
 
   alias Lacca.Protocol
 
-  @sigkill 9
-  @unlimited 0xFFFFFFFF
-
   @type conn :: %{
           required(:port) => port(),
           required(:id) => Protocol.id(),
@@ -30,7 +27,7 @@ defmodule Lacca.Drain do
 
   @spec halt(conn(), pos_integer(), non_neg_integer()) :: {:ok, tuple()} | :resin_down
   def halt(%{port: port, id: id} = conn, stop_signal, kill_timeout) do
-    command(port, Protocol.control({:signal, id, :halt, stop_signal, true}))
+    Protocol.command(port, Protocol.control({:signal, id, :halt, stop_signal, true}))
     deadline = System.monotonic_time(:millisecond) + kill_timeout
     wait(conn, deadline)
   end
@@ -51,11 +48,11 @@ defmodule Lacca.Drain do
 
     receive do
       {:"$lacca", ^port, <<0x21, ^id::32, data::binary>>} ->
-        command(port, Protocol.credit(id, :stdout, byte_size(data)))
+        Protocol.command(port, Protocol.credit(id, :stdout, byte_size(data)))
         wait(conn, deadline)
 
       {:"$lacca", ^port, <<0x22, ^id::32, data::binary>>} ->
-        command(port, Protocol.credit(id, :stderr, byte_size(data)))
+        Protocol.command(port, Protocol.credit(id, :stderr, byte_size(data)))
         wait(conn, deadline)
 
       {:"$lacca_event", ^port, {:exit, ^id, status}} ->
@@ -77,15 +74,5 @@ defmodule Lacca.Drain do
     end
   end
 
-  defp kill_group(%{port: port, id: id}) do
-    command(port, Protocol.credit(id, :stdout, @unlimited))
-    command(port, Protocol.credit(id, :stderr, @unlimited))
-    command(port, Protocol.control({:signal, id, :halt, @sigkill, true}))
-  end
-
-  defp command(port, frame) do
-    Port.command(port, frame)
-  rescue
-    ArgumentError -> false
-  end
+  defp kill_group(%{port: port, id: id}), do: Protocol.kill_group(port, id, :halt)
 end

@@ -19,7 +19,6 @@ defmodule Lacca.Process do
   @stdin_window 4
   @sigkill 9
   # Credit that lets resin drain a killed process's pipes (see unthrottle/1).
-  @unlimited 0xFFFFFFFF
   # Extra credit per stream when the stop signal is sent (see stopping/1).
   @stop_credit 1_048_576
 
@@ -552,8 +551,7 @@ defmodule Lacca.Process do
   defp unthrottle(%{unthrottled: true} = s), do: s
 
   defp unthrottle(s) do
-    send_frame(s, Protocol.credit(s.id, :stdout, @unlimited))
-    send_frame(s, Protocol.credit(s.id, :stderr, @unlimited))
+    Protocol.unthrottle(s.port, s.id)
     %{s | unthrottled: true}
   end
 
@@ -666,11 +664,7 @@ defmodule Lacca.Process do
   # Port.command/2 from this process: the port is owned by the daemon, but
   # any process may write to it. A closed port means resin is gone; the
   # daemon's :DOWN follows.
-  defp send_frame(%{port: port}, frame) do
-    Port.command(port, frame)
-  rescue
-    ArgumentError -> false
-  end
+  defp send_frame(%{port: port}, frame), do: Protocol.command(port, frame)
 
   # -- parked calls with a time limit ------------------------------------------
 

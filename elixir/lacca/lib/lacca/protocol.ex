@@ -61,6 +61,8 @@ defmodule Lacca.Protocol do
   @t_control 0x10
   @t_stdin 0x11
   @t_credit 0x12
+  # The largest CREDIT grant; resin adds grants up, so this is "no limit".
+  @unlimited_credit 0xFFFFFFFF
   @t_event 0x20
   @t_stdout 0x21
   @t_stderr 0x22
@@ -177,6 +179,34 @@ defmodule Lacca.Protocol do
   @doc false
   @spec control(tuple()) :: iodata()
   def control(term), do: [@t_control | :erlang.term_to_binary(term)]
+
+  @doc false
+  # Writes one frame to resin's port. Any process may write to the port (it
+  # is owned by the daemon); a closed port means resin is gone, which the
+  # caller learns from the daemon's :DOWN, so it is not an error here.
+  @spec command(port(), iodata()) :: boolean()
+  def command(port, frame) do
+    Port.command(port, frame)
+  rescue
+    ArgumentError -> false
+  end
+
+  @doc false
+  # SIGKILL to the process group of `id`, with unlimited credit first: resin
+  # reports an exit only once it has read the pipes empty, and a process we
+  # kill must not be held back by output nobody reads any more.
+  @spec kill_group(port(), id(), term()) :: boolean()
+  def kill_group(port, id, ref) do
+    unthrottle(port, id)
+    command(port, control({:signal, id, ref, 9, true}))
+  end
+
+  @doc false
+  @spec unthrottle(port(), id()) :: boolean()
+  def unthrottle(port, id) do
+    command(port, credit(id, :stdout, @unlimited_credit))
+    command(port, credit(id, :stderr, @unlimited_credit))
+  end
 
   @doc false
   @spec stdin(id(), iodata()) :: iodata()

@@ -200,9 +200,5 @@ defmodule Lacca.Runner do
     split(rest, [head | acc])
   end
 
-  defp command(%{port: port}, frame) do
-    Port.command(port, frame)
-  rescue
-    ArgumentError -> false
-  end
+  defp command(%{port: port}, frame), do: Protocol.command(port, frame)
 end

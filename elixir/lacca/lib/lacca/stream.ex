@@ -68,7 +68,7 @@ defmodule Lacca.Stream do
             if writer, do: send(writer, {:go, port, id})
 
             if spec.input == [] do
-              command(port, Protocol.control({:close_stdin, id, :stream}))
+              Protocol.command(port, Protocol.control({:close_stdin, id, :stream}))
             end
 
             %{
@@ -128,7 +128,7 @@ defmodule Lacca.Stream do
         ungranted = st.ungranted_out + byte_size(data)
 
         if ungranted >= st.threshold do
-          command(port, Protocol.credit(id, :stdout, ungranted))
+          Protocol.command(port, Protocol.credit(id, :stdout, ungranted))
           output(:stdout, data, %{st | ungranted_out: 0})
         else
           output(:stdout, data, %{st | ungranted_out: ungranted})
@@ -138,7 +138,7 @@ defmodule Lacca.Stream do
         ungranted = st.ungranted_err + byte_size(data)
 
         if ungranted >= st.threshold do
-          command(port, Protocol.credit(id, :stderr, ungranted))
+          Protocol.command(port, Protocol.credit(id, :stderr, ungranted))
           output(:stderr, data, %{st | ungranted_err: 0})
         else
           output(:stderr, data, %{st | ungranted_err: ungranted})
@@ -248,7 +248,7 @@ defmodule Lacca.Stream do
           {_done_or_halted, w} = Enumerable.reduce(input, {:cont, w}, &write_element/2)
 
           if not w.stopped do
-            command(port, Protocol.control({:close_stdin, id, :stream}))
+            Protocol.command(port, Protocol.control({:close_stdin, id, :stream}))
           end
         catch
           kind, reason -> send(consumer, {:"$lacca_input", self(), kind, reason, __STACKTRACE__})
@@ -291,7 +291,7 @@ defmodule Lacca.Stream do
     else
       n = min(byte_size(bin), @max_data)
       <<frame::binary-size(n), rest::binary>> = bin
-      command(w.port, Protocol.stdin(w.id, frame))
+      Protocol.command(w.port, Protocol.stdin(w.id, frame))
       send_frames(%{w | inflight: w.inflight + 1}, rest)
     end
   end
@@ -318,10 +318,4 @@ defmodule Lacca.Stream do
   # Any status but 0 (written) means the child's stdin is gone: stop.
   defp acked(w, 0), do: %{w | inflight: w.inflight - 1}
   defp acked(w, _code), do: %{w | inflight: w.inflight - 1, stopped: true}
-
-  defp command(port, frame) do
-    Port.command(port, frame)
-  rescue
-    ArgumentError -> false
-  end
 end

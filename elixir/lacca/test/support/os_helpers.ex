@@ -36,26 +36,7 @@ defmodule Lacca.OSHelpers do
 
   @doc "Waits until OS process `pid` is in `state` (\"T\": stopped, ...)."
   def wait_state(pid, state, timeout \\ 2_000) do
-    deadline = System.monotonic_time(:millisecond) + timeout
-    poll_state(pid, state, deadline)
-  end
-
-  defp poll_state(pid, state, deadline) do
-    stat = File.read!("/proc/#{pid}/stat")
-
-    cond do
-      state(stat) == state ->
-        true
-
-      System.monotonic_time(:millisecond) >= deadline ->
-        false
-
-      true ->
-        receive do
-        after
-          5 -> poll_state(pid, state, deadline)
-        end
-    end
+    wait_until(fn -> state(File.read!("/proc/#{pid}/stat")) == state end, timeout)
   end
 
   @doc "Waits until `fun` (a question about OS state) returns true."
