@@ -11,9 +11,10 @@ resin takes them, then report
 - resin's RSS (VmRSS, VmHWM) and open descriptors with all N running,
 - resin's CPU time over an idle window of IDLE seconds (should be 0),
 - kill: SIGKILL to every child (a `signal` request each), time until every
-  `exit` arrived, and how many of the children are still in /proc afterwards
-  (should be 0); with --eof instead: close resin's stdin, time until resin has
-  exited (the protocol says within 1 s), and how many are left.
+  `exit` arrived; with --eof instead: close resin's stdin, time until resin
+  has exited (the protocol says within 1 s). Then: how many children are
+  still alive (not zombies: should be 0), and the time until none of them is
+  in /proc any more (zombies resin had no time to reap go to init).
 
 Nothing is asserted. Prints one line per N, then JSON.
 """
@@ -50,6 +51,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def state(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
 def send_control(client: ResinClient, term: object) -> None:
     client.send_packet(b"\x10" + encode_term(term))  # type: ignore[arg-type]
 
@@ -79,7 +88,8 @@ def run(n: int, opts: list[tuple[Atom, Atom]], eof: bool) -> dict[str, object]:
     hwm_kib = proc_field(client.pid, "VmHWM")
     start = time.perf_counter()
     if eof:
-        client.close()
+        client.close_stdin()
+        client.proc.wait()  # no timeout: a blocking waitpid, not a polling loop
     else:
         for i in range(n):  # ids that failed to spawn are answered no_process
             send_control(client, (Atom("signal"), i, i, signal.SIGKILL, FALSE))
@@ -88,20 +98,26 @@ def run(n: int, opts: list[tuple[Atom, Atom]], eof: bool) -> dict[str, object]:
             if isinstance(client.recv(timeout=60), v1.Exit):
                 exits += 1
     kill_s = time.perf_counter() - start
-    left = sum(os.path.exists(f"/proc/{pid}") for pid in pids)
-    if not eof:
-        client.close()
+    states = [state(pid) for pid in pids]
+    alive = sum(st not in (None, "Z", "X") for st in states)
+    remaining = [pid for pid, st in zip(pids, states, strict=True) if st is not None]
+    while remaining and time.perf_counter() - start < 30:
+        time.sleep(0.001)  # no event for "init reaped it": look again
+        remaining = [pid for pid in remaining if state(pid) is not None]
+    gone_s = time.perf_counter() - start
+    client.close()
     row = {
         "n": n, "spawned": len(pids), "spawn_errors": sorted({repr(e) for e in errors}),
         "spawn_per_s": round(len(pids) / spawn_s), "rss_mib": round(rss_kib / 1024, 1),
         "hwm_mib": round(hwm_kib / 1024, 1), "fds": fds, "idle_cpu_percent": round(idle_cpu, 2),
-        "kill_all_s": round(kill_s, 3), "left_after_kill": left,
+        "kill_all_s": round(kill_s, 3), "alive_after_kill": alive,
+        "all_gone_s": round(gone_s, 3) if not remaining else None,
     }
     print(f"N={n:6}: spawned {len(pids)} ({len(errors)} errors {row['spawn_errors']}), "
           f"{row['spawn_per_s']} spawns/s, RSS {row['rss_mib']} MiB (peak {row['hwm_mib']}), "
           f"{fds} fds, idle CPU {row['idle_cpu_percent']}%, "
           f"{'stdin EOF to resin exit' if eof else 'kill all'} {row['kill_all_s']} s, "
-          f"{left} left", flush=True)
+          f"{alive} alive after, all gone after {row['all_gone_s']} s", flush=True)
     return row
 
 

@@ -7,8 +7,8 @@ Prints one line per variant (median, p90 in microseconds), then the same as JSON
 - `fork+_exit`, `posix_spawn /bin/true`, `subprocess.run /bin/true`: baselines.
 - `Spawner.spawn /bin/true`: resin's spawner alone (+ waitpid), no protocol.
 - `resin run raw`: one v1 `run` of `/bin/true` through a resin: the spawn
-  request (pre-encoded), `spawned`, `exit`, parsed with a minimal reader, so
-  this is resin's cost and not the test client's.
+  request, `spawned`, `exit`, parsed with a minimal reader, so this is
+  resin's cost and not the test client's; also resin's CPU time per run.
 - `ResinClient.run`: the same through the test client (decodes every frame).
 
 The spawner is chosen as resin chooses it (`RESIN_SPAWNER` overrides).
@@ -27,9 +27,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from resin_py.client import ResinClient
 from resin_py.protocol.etf import encode_term
@@ -68,18 +65,16 @@ def subprocess_true() -> None:
 def spawner_true() -> Callable[[], None]:
     import resource
 
-    from resin_py.spawn import ChildSetup, make_spawner
+    from resin_py.spawn import WALL, ChildSetup, make_spawner
 
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    spawner = make_spawner(soft)
+    spawner = make_spawner(resource.getrlimit(resource.RLIMIT_NOFILE))
     devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-    env = dict(os.environb)
-    setup = ChildSetup(b"/bin/true", [b"true"], env, None, devnull, devnull, devnull)
+    setup = ChildSetup(b"/bin/true", [b"true"], None, None, devnull, devnull, devnull)
     print(f"# spawner: {type(spawner).__name__}", file=sys.stderr)
 
     def run() -> None:
         pid = spawner.spawn(setup)
-        os.waitpid(pid, 0)
+        os.waitpid(pid, WALL)
 
     return run
 
@@ -139,6 +134,12 @@ def client_run() -> tuple[Callable[[], None], Callable[[], None]]:
     return run, client.kill
 
 
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def stats(name: str, samples: list[float]) -> dict[str, object]:
     us = sorted(s * 1e6 for s in samples)
     row = {"variant": name, "runs": len(us), "median_us": round(statistics.median(us), 1),
@@ -164,7 +165,14 @@ def main() -> None:
     except ImportError as exc:  # an older resin_py without make_spawner
         print(f"# Spawner.spawn skipped: {exc}", file=sys.stderr)
     raw = RawV1()
-    rows.append(stats("resin run raw", timed(raw.run_true, args.runs)))
+    raw_samples = timed(raw.run_true, 50)  # warm-up, then count resin's CPU time
+    cpu0 = cpu_seconds(raw.proc.pid)
+    raw_samples = timed(raw.run_true, args.runs)
+    cpu_us = (cpu_seconds(raw.proc.pid) - cpu0) / (args.runs + 50) * 1e6
+    row = stats("resin run raw", raw_samples)
+    row["resin_cpu_us_per_run"] = round(cpu_us, 1)
+    print(f"{'':32} resin CPU {cpu_us:.0f} us per run")
+    rows.append(row)
     raw.close()
     run, close = client_run()
     rows.append(stats("ResinClient.run", timed(run, args.runs)))

@@ -730,10 +730,17 @@ class Resin:
         self._reap()
 
     def _reap(self) -> None:
-        """Handle every exited child: ours as exits, orphans just reaped."""
+        """Handle every exited child: ours as exits, orphans just reaped.
+
+        waitid(P_ALL) walks resin's list of children up to the first one that
+        has exited: O(children) when one at the end exits. WALL lets it stop
+        at any exited child, also one that sends no SIGCHLD (its pidfd event
+        may be waiting in the same batch): when many exit at once (a kill of
+        everything, shutdown) each call finds one near the front.
+        """
         while True:
             try:
-                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT | WALL)
             except ChildProcessError:
                 return
             if info is None:
@@ -743,7 +750,7 @@ class Resin:
                 self._child_exited(child)
             else:
                 with contextlib.suppress(ChildProcessError):
-                    os.waitpid(info.si_pid, 0)
+                    os.waitpid(info.si_pid, WALL)
 
     # --- shutdown ----------------------------------------------------------------
 
@@ -883,4 +890,10 @@ def child_pids() -> list[int]:
 
 
 def main() -> int:
-    return Resin().run()
+    """Serve until stdin closes, then leave at once: the interpreter's own
+    teardown (freeing every object of thousands of children) would only delay
+    the exit that the protocol promises within a second."""
+    status = Resin().run()
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.flush()
+    os._exit(status)
