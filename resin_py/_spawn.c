@@ -16,7 +16,7 @@
  *
  * The containment steps are those of spawn.py, in the same order:
  * setsid, PR_SET_PDEATHSIG + getppid check, signal dispositions and mask,
- * RLIMIT_NOFILE, dup2 of 0/1/2, every other fd closed (close-on-exec),
+ * dup2 of 0/1/2, every other fd closed (close-on-exec), RLIMIT_NOFILE,
  * chdir, execve.
  *
  * Descriptors. A plain fork/vfork/clone copies resin's whole descriptor
@@ -225,8 +225,6 @@ static int child_main(void *arg)
     if (getppid() != a->parent) /* resin died before the death signal was set */
         _exit(CHILD_FAILED);
     reset_signals();
-    if (setrlimit(RLIMIT_NOFILE, &a->nofile) < 0)
-        goto fail;
     if (a->shared) {
         if (private_stdio(a) < 0)
             goto fail;
@@ -236,6 +234,9 @@ static int child_main(void *arg)
             goto fail;
         cloexec_from_3(a->maxfd);
     }
+    /* After the descriptor work: a lower limit could refuse F_DUPFD. */
+    if (setrlimit(RLIMIT_NOFILE, &a->nofile) < 0)
+        goto fail;
     if (a->cwd != NULL) {
         stage = STAGE_CWD;
         if (chdir(a->cwd) < 0)

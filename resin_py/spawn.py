@@ -279,11 +279,11 @@ class ForkSpawner:
             prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
             if os.getppid() != self._parent:  # resin died before prctl took effect
                 os._exit(_CHILD_FAILED)
-            resource.setrlimit(resource.RLIMIT_NOFILE, self._nofile)
             _setup_stdio([setup.stdin, setup.stdout, setup.stderr])
             # Leak nothing resin inherited without CLOEXEC; keep the error pipe.
             os.closerange(3, err_w)
             os.closerange(err_w + 1, self._maxfd)
+            resource.setrlimit(resource.RLIMIT_NOFILE, self._nofile)
             if setup.cwd is not None:
                 stage = _STAGE_CWD
                 os.chdir(setup.cwd)

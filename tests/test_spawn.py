@@ -83,7 +83,9 @@ def test_c_extension_is_built_where_a_compiler_is() -> None:
     can build it (pip install -e . builds it in place)."""
     if shutil.which("cc") is None:
         pytest.skip("no C compiler: the pure-Python spawner is the only one")
-    assert c_spawner_built()
+    assert c_spawner_built(), (
+        "resin_py._spawn is not built: reinstall (pip install -e . --config-settings "
+        "editable_mode=compat, or python setup.py build_ext --inplace)")
 
 
 def test_containment_in_the_child(kind: str, devnull: int) -> None:
