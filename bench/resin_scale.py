@@ -13,8 +13,9 @@ resin takes them, then report
 - kill: SIGKILL to every child (a `signal` request each), time until every
   `exit` arrived; with --eof instead: close resin's stdin, time until resin
   has exited (the protocol says within 1 s). Then: how many children are
-  still alive (not zombies: should be 0), and the time until none of them is
-  in /proc any more (zombies resin had no time to reap go to init).
+  still alive without a SIGKILL pending (should be 0), how many are dying
+  (killed, the kernel still tearing them down), and the time until none of
+  them is in /proc any more (zombies resin had no time to reap go to init).
 
 Nothing is asserted. Prints one line per N, then JSON.
 """
@@ -59,6 +60,16 @@ def state(pid: int) -> str | None:
         return None
 
 
+def kill_pending(pid: int) -> bool:
+    """SIGKILL is pending for the process: it is dying (the kernel is tearing it down)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            masks = dict(line.split(":", 1) for line in f if line.startswith(("SigPnd", "ShdPnd")))
+    except OSError:
+        return True
+    return any(int(m, 16) & (1 << (signal.SIGKILL - 1)) for m in masks.values())
+
+
 def send_control(client: ResinClient, term: object) -> None:
     client.send_packet(b"\x10" + encode_term(term))  # type: ignore[arg-type]
 
@@ -99,7 +110,8 @@ def run(n: int, opts: list[tuple[Atom, Atom]], eof: bool) -> dict[str, object]:
                 exits += 1
     kill_s = time.perf_counter() - start
     states = [state(pid) for pid in pids]
-    alive = sum(st not in (None, "Z", "X") for st in states)
+    running = [pid for pid, st in zip(pids, states, strict=True) if st not in (None, "Z", "X")]
+    alive = sum(not kill_pending(pid) for pid in running)  # not even dying
     remaining = [pid for pid, st in zip(pids, states, strict=True) if st is not None]
     while remaining and time.perf_counter() - start < 30:
         time.sleep(0.001)  # no event for "init reaped it": look again
@@ -110,14 +122,16 @@ def run(n: int, opts: list[tuple[Atom, Atom]], eof: bool) -> dict[str, object]:
         "n": n, "spawned": len(pids), "spawn_errors": sorted({repr(e) for e in errors}),
         "spawn_per_s": round(len(pids) / spawn_s), "rss_mib": round(rss_kib / 1024, 1),
         "hwm_mib": round(hwm_kib / 1024, 1), "fds": fds, "idle_cpu_percent": round(idle_cpu, 2),
-        "kill_all_s": round(kill_s, 3), "alive_after_kill": alive,
+        "kill_all_s": round(kill_s, 3), "dying_after_kill": len(running) - alive,
+        "alive_after_kill": alive,
         "all_gone_s": round(gone_s, 3) if not remaining else None,
     }
     print(f"N={n:6}: spawned {len(pids)} ({len(errors)} errors {row['spawn_errors']}), "
           f"{row['spawn_per_s']} spawns/s, RSS {row['rss_mib']} MiB (peak {row['hwm_mib']}), "
           f"{fds} fds, idle CPU {row['idle_cpu_percent']}%, "
           f"{'stdin EOF to resin exit' if eof else 'kill all'} {row['kill_all_s']} s, "
-          f"{alive} alive after, all gone after {row['all_gone_s']} s", flush=True)
+          f"then {alive} alive ({row['dying_after_kill']} dying), "
+          f"all gone after {row['all_gone_s']} s", flush=True)
     return row
 
 

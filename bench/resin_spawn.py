@@ -65,7 +65,7 @@ def subprocess_true() -> None:
 def spawner_true() -> Callable[[], None]:
     import resource
 
-    from resin_py.spawn import WALL, ChildSetup, make_spawner
+    from resin_py.spawn import ChildSetup, make_spawner
 
     spawner = make_spawner(resource.getrlimit(resource.RLIMIT_NOFILE))
     devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
@@ -74,7 +74,7 @@ def spawner_true() -> Callable[[], None]:
 
     def run() -> None:
         pid = spawner.spawn(setup)
-        os.waitpid(pid, WALL)
+        os.waitpid(pid, 0)
 
     return run
 

@@ -322,17 +322,15 @@ static char **bytes_array(PyObject *tuple, const char *what)
 }
 
 PyDoc_STRVAR(spawn_doc,
-"spawn(path, argv, envp, cwd, stdin, stdout, stderr, parent, nofile_soft, nofile_hard,\n"
-"      exit_signal) -> (pid, stage, errno)\n\n"
+"spawn(path, argv, envp, cwd, stdin, stdout, stderr, parent, nofile_soft, nofile_hard)\n"
+"-> (pid, stage, errno)\n\n"
 "Start `path` in a new session with the given descriptors as 0, 1 and 2.\n"
 "envp is a sequence of b'NAME=value' or None (resin's own environment);\n"
 "cwd is bytes or None; parent is the pid the child checks after setting\n"
 "PR_SET_PDEATHSIG; nofile_soft and nofile_hard are the RLIMIT_NOFILE the\n"
 "child gets (-1: infinity). stage is 0 when the exec succeeded. Otherwise\n"
 "the child has exited and been reaped, and stage (1 setup, 2 chdir, 3 exec)\n"
-"and errno say why. exit_signal is what the child sends resin when it exits\n"
-"(SIGCHLD, or 0 for none: wait for it with waitpid(pid, __WALL) or a\n"
-"pidfd). Raises OSError when no child could be created.");
+"and errno say why. Raises OSError when no child could be created.");
 
 static PyObject *spawn(PyObject *self, PyObject *args)
 {
@@ -342,11 +340,10 @@ static PyObject *spawn(PyObject *self, PyObject *args)
     PyObject *argv_obj, *envp_obj, *cwd_obj;
     int fd_in, fd_out, fd_err, parent;
     long long nofile_soft, nofile_hard;
-    int exit_signal;
 
-    if (!PyArg_ParseTuple(args, "y#OOOiiiiLLi:spawn", &path, &path_len, &argv_obj, &envp_obj,
+    if (!PyArg_ParseTuple(args, "y#OOOiiiiLL:spawn", &path, &path_len, &argv_obj, &envp_obj,
                           &cwd_obj, &fd_in, &fd_out, &fd_err, &parent, &nofile_soft,
-                          &nofile_hard, &exit_signal))
+                          &nofile_hard))
         return NULL;
     if ((size_t)path_len != strlen(path)) {
         PyErr_SetString(PyExc_ValueError, "embedded null byte in path");
@@ -429,11 +426,7 @@ static PyObject *spawn(PyObject *self, PyObject *args)
     pid_t pid;
     int clone_err = 0, stage, err;
     Py_BEGIN_ALLOW_THREADS
-    /* exit_signal 0: resin learns of the exit through a pidfd and reaps the
-     * child with waitpid(pid, __WALL), at O(1) cost; SIGCHLD is then left to
-     * orphans (reparented ones get SIGCHLD back from the kernel) and to
-     * children without a pidfd, whose reaping scans every child. */
-    int flags = CLONE_VM | CLONE_VFORK | (exit_signal & 0xff);
+    int flags = CLONE_VM | CLONE_VFORK | SIGCHLD;
     if (pthread_mutex_trylock(&slot_lock) == 0) {
         if (slots_end == 0)
             setup_slots();
@@ -470,7 +463,7 @@ static PyObject *spawn(PyObject *self, PyObject *args)
     err = a.err;
     if (pid > 0 && stage != STAGE_OK) {
         /* It has _exit-ed: reap it here, so nothing else ever sees it. */
-        while (waitpid(pid, NULL, __WALL) < 0 && errno == EINTR)
+        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
             ;
     }
     Py_END_ALLOW_THREADS

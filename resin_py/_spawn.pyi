@@ -16,6 +16,5 @@ def spawn(
     parent: int,
     nofile_soft: int,
     nofile_hard: int,
-    exit_signal: int,
     /,
 ) -> tuple[int, int, int]: ...

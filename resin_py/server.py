@@ -1,7 +1,9 @@
 """resin's event loop: one thread, one selector, non-blocking descriptors.
 
-The loop owns every descriptor: resin's stdin/stdout, each child's pipes and
-pidfd, and the SIGCHLD wakeup socket. A session (v0 or v1, chosen by the first
+The loop owns every descriptor: resin's stdin/stdout, each child's pipes,
+and the SIGCHLD wakeup socket (child exits come from SIGCHLD and waitid: a
+pidfd per child would cost a descriptor and bring no information, since
+every child sends SIGCHLD anyway). A session (v0 or v1, chosen by the first
 packet) turns packets into calls on the loop and the loop's callbacks into
 packets. Pipe handling follows asyncio's rules: bounded non-blocking reads,
 buffered writes with high/low watermarks, and a child's exit is reported only
@@ -32,7 +34,6 @@ from resin_py.protocol.errors import ProtocolError, ZeroLengthPacket
 from resin_py.protocol.framing import PacketReader
 from resin_py.spawn import (
     PR_SET_CHILD_SUBREAPER,
-    WALL,
     ChildSetup,
     make_spawner,
     prctl,
@@ -140,14 +141,13 @@ class Child:
     """One spawned process (the leader of its own process group)."""
 
     __slots__ = (
-        "id", "pid", "pidfd", "pipes", "queue", "reaped", "stdin_fd", "stdin_registered",
+        "id", "pid", "pipes", "queue", "reaped", "stdin_fd", "stdin_registered",
         "stdin_state", "wait_status",
     )
 
-    def __init__(self, id: int, pid: int, pidfd: int, stdin_fd: int, pipes: list[OutPipe]) -> None:
+    def __init__(self, id: int, pid: int, stdin_fd: int, pipes: list[OutPipe]) -> None:
         self.id = id
         self.pid = pid
-        self.pidfd = pidfd
         self.stdin_fd = stdin_fd
         self.stdin_state = STDIN_OPEN if stdin_fd >= 0 else STDIN_CLOSED
         self.stdin_registered = False
@@ -236,11 +236,6 @@ class Resin:
     def _setup(self) -> None:
         tune_malloc()
         nofile = raise_nofile_limit()
-        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        if limit == resource.RLIM_INFINITY:
-            limit = 1 << 20
-        # Children get a pidfd while the descriptors in use stay below this.
-        self.pidfd_below = limit // 2
         try:
             prctl(PR_SET_CHILD_SUBREAPER, 1)
         except OSError as exc:
@@ -470,14 +465,7 @@ class Resin:
                 err_w = out_w
             else:
                 err_w = self.devnull
-            # A pidfd tells which child exited at O(1) cost; without one, a
-            # SIGCHLD makes resin scan all its children (waitid), O(children).
-            # But it costs a descriptor: once they are scarce, children go
-            # without, so that as many as possible fit under RLIMIT_NOFILE.
-            use_pidfd = max(parent_fds) < self.pidfd_below
-            pid = self.spawner.spawn(
-                ChildSetup(path, argv, env, opts.cd, in_r, out_w, err_w, quiet=use_pidfd)
-            )
+            pid = self.spawner.spawn(ChildSetup(path, argv, env, opts.cd, in_r, out_w, err_w))
         except BaseException:
             for fd in parent_fds:
                 os.close(fd)
@@ -485,21 +473,9 @@ class Resin:
         finally:
             for fd in child_fds:
                 os.close(fd)
-        pidfd = -1
-        if use_pidfd:
-            try:
-                pidfd = os.pidfd_open(pid)
-            except OSError:  # out of descriptors: do not leave an untracked child behind
-                with contextlib.suppress(OSError):
-                    os.killpg(pid, signal.SIGKILL)
-                os.waitpid(pid, WALL)
-                for fd in parent_fds:
-                    os.close(fd)
-                raise
-        child = Child(id, pid, pidfd, in_w, pipes)
+        # Its exit comes as SIGCHLD (to _reap), also if that happened already.
+        child = Child(id, pid, in_w, pipes)
         self.children[pid] = child
-        if pidfd >= 0:
-            self.sel.register(pidfd, READ, lambda: self._child_exited(child))
         for pipe in pipes:
             self._update_pipe(child, pipe)
         return child
@@ -679,16 +655,11 @@ class Resin:
         with contextlib.suppress(OSError):
             os.killpg(child.pid, signal.SIGKILL)
         try:
-            pid, status = os.waitpid(child.pid, os.WNOHANG | WALL)
+            _, status = os.waitpid(child.pid, 0)
         except ChildProcessError:
-            pid, status = child.pid, 0
-        if pid == 0:  # not exited after all (cannot happen: pidfd and waitid say so)
-            return
+            status = 0
         child.wait_status = status
         child.reaped = True
-        if child.pidfd >= 0:
-            self.sel.unregister(child.pidfd)
-            os.close(child.pidfd)
         self._drain(child)
 
     def _drain(self, child: Child) -> None:
@@ -732,15 +703,15 @@ class Resin:
     def _reap(self) -> None:
         """Handle every exited child: ours as exits, orphans just reaped.
 
-        waitid(P_ALL) walks resin's list of children up to the first one that
-        has exited: O(children) when one at the end exits. WALL lets it stop
-        at any exited child, also one that sends no SIGCHLD (its pidfd event
-        may be waiting in the same batch): when many exit at once (a kill of
-        everything, shutdown) each call finds one near the front.
+        Cost: waitid(P_ALL) walks resin's list of children up to the first
+        one that has exited, and the last call (nothing left) walks all of
+        it: O(children) per SIGCHLD wakeup, ~0.5 ms with 10,000 children
+        here. Many exits at once share one wakeup. (pidfds would not avoid
+        it: SIGCHLD also tells of orphans, which only a scan finds.)
         """
         while True:
             try:
-                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT | WALL)
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
             except ChildProcessError:
                 return
             if info is None:
@@ -750,7 +721,7 @@ class Resin:
                 self._child_exited(child)
             else:
                 with contextlib.suppress(ChildProcessError):
-                    os.waitpid(info.si_pid, WALL)
+                    os.waitpid(info.si_pid, 0)
 
     # --- shutdown ----------------------------------------------------------------
 
@@ -780,7 +751,7 @@ class Resin:
         while True:
             while True:
                 try:
-                    pid, _ = os.waitpid(-1, os.WNOHANG | WALL)
+                    pid, _ = os.waitpid(-1, os.WNOHANG)
                 except ChildProcessError:
                     break
                 if pid == 0:
@@ -832,8 +803,8 @@ def raise_nofile_limit() -> tuple[int, int]:
     """Raise RLIMIT_NOFILE as far as allowed; return the original (soft, hard),
     which children get back.
 
-    A child costs resin up to 4 descriptors (3 pipes, 1 pidfd): 10,000
-    children need more than common hard limits. With CAP_SYS_RESOURCE (root)
+    A child costs resin up to 3 descriptors (its pipes; 2 with `stdin:
+    null`): 10,000 children need more than common hard limits. With CAP_SYS_RESOURCE (root)
     the hard limit goes up to fs.nr_open; otherwise the soft limit goes up
     to the hard one.
     """

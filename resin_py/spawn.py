@@ -46,9 +46,6 @@ _STAGE_SETUP = b"s"
 _CHILD_FAILED = 127
 # RESIN_SPAWNER=python forces the pure-Python spawner, =c requires the C one.
 SPAWNER_ENV = "RESIN_SPAWNER"
-# waitpid option (Linux __WALL): also wait for children that exit without
-# SIGCHLD, as CloneSpawner's do.
-WALL = 0x40000000
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -73,9 +70,6 @@ class ChildSetup:
     stdin: int  # descriptors that become the child's 0, 1 and 2
     stdout: int
     stderr: int
-    # The caller watches the child with a pidfd: it need not send SIGCHLD when
-    # it exits (CloneSpawner then sends none; ForkSpawner's children always do).
-    quiet: bool = False
 
 
 # --- PATH lookup ---------------------------------------------------------------
@@ -169,8 +163,7 @@ class Spawner(Protocol):
 
     def spawn(self, setup: ChildSetup) -> int:
         """Start the child; return its pid, or raise SpawnFailed with the reason
-        (OSError when no child could be created at all). A `quiet` child may
-        exit without SIGCHLD: wait for it with os.waitpid(pid, WALL) or a pidfd."""
+        (OSError when no child could be created at all)."""
         ...
 
 
@@ -223,7 +216,7 @@ class CloneSpawner:
         envp = None if env is None else [k + b"=" + v for k, v in env.items()]
         pid, stage, code = self._spawn(
             setup.path, setup.argv, envp, setup.cwd, setup.stdin, setup.stdout, setup.stderr,
-            self._parent, *self._nofile, 0 if setup.quiet else signal.SIGCHLD,
+            self._parent, *self._nofile,
         )
         if stage:
             raise _failed(setup, stage == self._stage_cwd, code)

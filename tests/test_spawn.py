@@ -18,7 +18,7 @@ from conftest import SPAWNERS, c_spawner_built
 from resin_py import spawn
 from resin_py.protocol.errors import SpawnFailed
 from resin_py.protocol.terms import Atom
-from resin_py.spawn import WALL, ChildSetup, CloneSpawner, ForkSpawner, Spawner, make_spawner
+from resin_py.spawn import ChildSetup, CloneSpawner, ForkSpawner, Spawner, make_spawner
 
 
 @pytest.fixture(params=SPAWNERS)
@@ -58,7 +58,7 @@ def run(spawner: Spawner, script: str, devnull: int, env: dict[bytes, bytes] | N
         out = b""
         while chunk := os.read(r, 65536):
             out += chunk
-        _, status = os.waitpid(pid, WALL)
+        _, status = os.waitpid(pid, 0)
     finally:
         os.close(r)
         if w >= 0:
@@ -195,7 +195,7 @@ def test_stdio_sources_below_3_are_not_clobbered(kind: str, copy_fds: str) -> No
     table (C spawner, by default) or on a copy (RESIN_SPAWN_COPY_FDS=1)."""
     program = textwrap.dedent("""
         import os, sys
-        from resin_py.spawn import WALL, ChildSetup, make_spawner
+        from resin_py.spawn import ChildSetup, make_spawner
         extra = [os.open(os.devnull, os.O_RDONLY) for _ in range(50)]  # not inherited
         for fd in extra[::2]:
             os.set_inheritable(fd, True)
@@ -204,7 +204,7 @@ def test_stdio_sources_below_3_are_not_clobbered(kind: str, copy_fds: str) -> No
         setup = ChildSetup(b"/bin/sh", [b"sh", b"-c", script], None, None, 2, 0, 1)
         for _ in range(2):  # the second time through the same slots
             pid = spawner.spawn(setup)
-            _, status = os.waitpid(pid, WALL)
+            _, status = os.waitpid(pid, 0)
             if status:
                 os._exit(1)
         os._exit(0)
