@@ -234,7 +234,6 @@ class Resin:
     # --- setup -----------------------------------------------------------------
 
     def _setup(self) -> None:
-        tune_malloc()
         nofile = raise_nofile_limit()
         try:
             prctl(PR_SET_CHILD_SUBREAPER, 1)
@@ -770,33 +769,6 @@ class Resin:
             with contextlib.suppress(BlockingIOError):
                 while self._wake_r.recv(4096):
                     pass
-
-
-# glibc malloc: blocks from this size on are mmap'ed (and unmapped on free);
-# free memory above this at the top of the heap is given back to the system.
-M_TRIM_THRESHOLD = -1
-M_MMAP_THRESHOLD = -3
-
-
-def tune_malloc() -> None:
-    """Keep the buffers of big pipe reads in the heap once freed.
-
-    Every read of a chatty child allocates a bytes object of up to 256 KiB.
-    With glibc's defaults such a block sits above the trim threshold (128
-    KiB), so each free shrinks the heap (brk) and the next read grows it
-    again onto fresh pages that fault in one by one: measured, that was half
-    of resin's CPU time when streaming. With these settings the same memory
-    is reused: resin keeps at most TRIM bytes of free heap. Not glibc: nothing
-    to do.
-    """
-    import ctypes
-
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return
-    mallopt(M_MMAP_THRESHOLD, 4 << 20)  # above any read (<= 1 MiB)
-    mallopt(M_TRIM_THRESHOLD, 16 << 20)
 
 
 def raise_nofile_limit() -> tuple[int, int]:
