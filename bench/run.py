@@ -166,7 +166,7 @@ def chart(rows: list[dict[str, Any]]) -> None:
     labels = [f"{r['bench']}\n{r['variant']}" for r in ratios]
     values = [r["ratio"] for r in ratios]
     colors = ["#2a9d8f" if r["met"] in (True, None) else "#e76f51" for r in ratios]
-    fig, ax = plt.subplots(figsize=(9, 0.6 * len(ratios) + 1.5))
+    fig, ax = plt.subplots(figsize=(11, 0.6 * len(ratios) + 1.5))
     ax.barh(labels, values, color=colors)
     ax.axvline(1.0, color="black", linewidth=0.8)
     for i, r in enumerate(ratios):
