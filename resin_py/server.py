@@ -776,9 +776,9 @@ def raise_nofile_limit() -> tuple[int, int]:
     which children get back.
 
     A child costs resin up to 3 descriptors (its pipes; 2 with `stdin:
-    null`): 10,000 children need more than common hard limits. With CAP_SYS_RESOURCE (root)
-    the hard limit goes up to fs.nr_open; otherwise the soft limit goes up
-    to the hard one.
+    null`): 10,000 children need more than common hard limits. With
+    CAP_SYS_RESOURCE the hard limit goes up to fs.nr_open; otherwise the soft
+    limit goes up to the hard one.
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     try:
