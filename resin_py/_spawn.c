@@ -62,6 +62,9 @@ extern char **environ;
 #ifndef __NR_close_range
 #define __NR_close_range 436
 #endif
+#ifndef CLOSE_RANGE_UNSHARE
+#define CLOSE_RANGE_UNSHARE (1U << 1)
+#endif
 #ifndef CLOSE_RANGE_CLOEXEC
 #define CLOSE_RANGE_CLOEXEC (1U << 2)
 #endif
@@ -207,7 +210,7 @@ static int private_stdio(struct child_args *a)
         if (dup2(a->fds[i], i) < 0)
             return -1;
     if (syscall(__NR_close_range, 3U, ~0U, 0U) < 0)
-        cloexec_from_3(a->slots_end);
+        cloexec_from_3(a->maxfd);
     return 0;
 }
 
