@@ -90,7 +90,8 @@ class RawV1:
         self.r = self.proc.stdout.fileno()
         self.buf = b""
         os.write(self.w, b"\x00\x02\x00\x01")
-        assert self.packet() == b"\x01\x01"
+        if self.packet() != b"\x01\x01":
+            raise RuntimeError("no handshake reply")
         self.id = 0
 
     def packet(self) -> bytes:
