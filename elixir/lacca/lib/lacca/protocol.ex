@@ -202,6 +202,19 @@ defmodule Lacca.Protocol do
   end
 
   @doc false
+  # Consumer-side credit: bytes received but not yet granted back go back to
+  # resin in one CREDIT frame once they reach `threshold` (batching grants);
+  # returns what stays ungranted.
+  @spec regrant(port(), id(), :stdout | :stderr, non_neg_integer(), pos_integer()) ::
+          non_neg_integer()
+  def regrant(port, id, stream, ungranted, threshold) when ungranted >= threshold do
+    command(port, credit(id, stream, ungranted))
+    0
+  end
+
+  def regrant(_port, _id, _stream, ungranted, _threshold), do: ungranted
+
+  @doc false
   @spec unthrottle(port(), id()) :: boolean()
   def unthrottle(port, id) do
     command(port, credit(id, :stdout, @unlimited_credit))

@@ -99,23 +99,13 @@ defmodule Lacca.Runner do
       {:"$lacca", ^port, <<0x21, ^id::32, data::binary>>} ->
         acc = st.into.(st.acc, {:cont, data})
         ungranted = st.ungranted_out + byte_size(data)
-
-        if ungranted >= st.threshold do
-          command(st, Protocol.credit(id, :stdout, ungranted))
-          loop(%{st | acc: acc, ungranted_out: 0})
-        else
-          loop(%{st | acc: acc, ungranted_out: ungranted})
-        end
+        ungranted = Protocol.regrant(port, id, :stdout, ungranted, st.threshold)
+        loop(%{st | acc: acc, ungranted_out: ungranted})
 
       {:"$lacca", ^port, <<0x22, ^id::32, data::binary>>} ->
         ungranted = st.ungranted_err + byte_size(data)
-
-        if ungranted >= st.threshold do
-          command(st, Protocol.credit(id, :stderr, ungranted))
-          loop(%{st | err: [st.err | data], ungranted_err: 0})
-        else
-          loop(%{st | err: [st.err | data], ungranted_err: ungranted})
-        end
+        ungranted = Protocol.regrant(port, id, :stderr, ungranted, st.threshold)
+        loop(%{st | err: [st.err | data], ungranted_err: ungranted})
 
       {:"$lacca", ^port, <<0x23, ^id::32, code>>} ->
         # A failed write (the child closed its stdin) drops the rest.

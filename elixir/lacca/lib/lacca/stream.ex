@@ -126,23 +126,13 @@ defmodule Lacca.Stream do
     receive do
       {:"$lacca", ^port, <<0x21, ^id::32, data::binary>>} ->
         ungranted = st.ungranted_out + byte_size(data)
-
-        if ungranted >= st.threshold do
-          Protocol.command(port, Protocol.credit(id, :stdout, ungranted))
-          output(:stdout, data, %{st | ungranted_out: 0})
-        else
-          output(:stdout, data, %{st | ungranted_out: ungranted})
-        end
+        ungranted = Protocol.regrant(port, id, :stdout, ungranted, st.threshold)
+        output(:stdout, data, %{st | ungranted_out: ungranted})
 
       {:"$lacca", ^port, <<0x22, ^id::32, data::binary>>} ->
         ungranted = st.ungranted_err + byte_size(data)
-
-        if ungranted >= st.threshold do
-          Protocol.command(port, Protocol.credit(id, :stderr, ungranted))
-          output(:stderr, data, %{st | ungranted_err: 0})
-        else
-          output(:stderr, data, %{st | ungranted_err: ungranted})
-        end
+        ungranted = Protocol.regrant(port, id, :stderr, ungranted, st.threshold)
+        output(:stderr, data, %{st | ungranted_err: ungranted})
 
       {:"$lacca_event", ^port, {:exit, ^id, status}} ->
         Process.demonitor(dmref, [:flush])
