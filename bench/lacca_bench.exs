@@ -294,13 +294,18 @@ defmodule Bench do
   end
 
   defp ppid(pid) do
-    case File.read("/proc/#{pid}/stat") do
-      {:ok, s} ->
-        [_, rest] = String.split(s, ") ", parts: 2)
-        rest |> String.split(" ") |> Enum.at(1) |> String.to_integer()
+    case stat_fields(pid) do
+      nil -> nil
+      f -> String.to_integer(Enum.at(f, 1))
+    end
+  end
 
-      _ ->
-        nil
+  # The fields of /proc/<pid>/stat after the command name (state first), or
+  # nil when the process is gone.
+  defp stat_fields(pid) do
+    case File.read("/proc/#{pid}/stat") do
+      {:ok, s} -> s |> String.split(") ", parts: 2) |> List.last() |> String.split(" ")
+      _ -> nil
     end
   end
 
@@ -316,14 +321,9 @@ defmodule Bench do
   end
 
   defp cpu_ticks(pid) do
-    case File.read("/proc/#{pid}/stat") do
-      {:ok, s} ->
-        [_, rest] = String.split(s, ") ", parts: 2)
-        f = String.split(rest, " ")
-        String.to_integer(Enum.at(f, 11)) + String.to_integer(Enum.at(f, 12))
-
-      _ ->
-        0
+    case stat_fields(pid) do
+      nil -> 0
+      f -> String.to_integer(Enum.at(f, 11)) + String.to_integer(Enum.at(f, 12))
     end
   end
 
