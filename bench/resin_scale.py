@@ -29,7 +29,7 @@ import signal
 import sys
 import time
 
-from resin_py.client import ResinClient
+from resin_py.testing import ResinClient
 from resin_py.protocol import v1
 from resin_py.protocol.etf import encode_term
 from resin_py.protocol.terms import FALSE, Atom

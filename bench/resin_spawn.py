@@ -28,7 +28,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from resin_py.client import ResinClient
+from resin_py.testing import ResinClient
 from resin_py.protocol.etf import encode_term
 from resin_py.protocol.terms import Atom
 

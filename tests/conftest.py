@@ -1,4 +1,4 @@
-"""Fixtures: real resin processes driven through resin_py.client.ResinClient."""
+"""Fixtures: real resin processes driven through resin_py.testing.ResinClient."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from resin_py.client import ResinClient
+from resin_py.testing import ResinClient
 
 RESIN_COMMAND = [sys.executable, "-m", "resin_py"]
 

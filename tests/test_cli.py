@@ -13,7 +13,7 @@ import pytest
 from conftest import exists
 
 import resin_py
-from resin_py.client import ResinClient
+from resin_py.testing import ResinClient
 from resin_py.protocol import v1
 
 CONSOLE_SCRIPT = Path(sys.executable).with_name("resin")

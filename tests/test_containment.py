@@ -23,7 +23,7 @@ from conftest import (
     wait_until,
 )
 
-from resin_py.client import ResinClient
+from resin_py.testing import ResinClient
 from resin_py.protocol import v1
 from resin_py.protocol.terms import OK, Atom
 

@@ -10,7 +10,7 @@ import msgpack
 import pytest
 from conftest import children_of, exists, wait_gone, wait_until
 
-from resin_py.client import ResinClient
+from resin_py.testing import ResinClient
 from resin_py.protocol import v0
 from resin_py.protocol.framing import encode_packet
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import both_spawners, proc_state, wait_gone, wait_until
 
-from resin_py.client import ResinClient
+from resin_py.testing import ResinClient
 from resin_py.protocol import v1
 from resin_py.protocol.etf import encode_term
 from resin_py.protocol.terms import NIL, OK, Atom

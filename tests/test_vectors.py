@@ -12,7 +12,7 @@ import msgpack
 import pytest
 from make_vectors import raw_form
 
-from resin_py.client import ResinClient
+from resin_py.testing import ResinClient
 from resin_py.protocol import v0, v1
 from resin_py.protocol.etf import decode_term
 from resin_py.protocol.terms import format_term
