@@ -29,10 +29,10 @@ import signal
 import sys
 import time
 
-from resin_py.testing import ResinClient
 from resin_py.protocol import v1
 from resin_py.protocol.etf import encode_term
 from resin_py.protocol.terms import FALSE, Atom
+from resin_py.testing import ResinClient
 
 IDLE = 2.0
 WINDOW = 256  # spawn requests in flight

@@ -28,9 +28,9 @@ import sys
 import time
 from collections.abc import Callable
 
-from resin_py.testing import ResinClient
 from resin_py.protocol.etf import encode_term
 from resin_py.protocol.terms import Atom
+from resin_py.testing import ResinClient
 
 RESIN = [sys.executable, "-m", "resin_py"]
 

@@ -31,10 +31,10 @@ import subprocess
 import sys
 import time
 
-from resin_py.testing import ResinClient
 from resin_py.protocol import v1
 from resin_py.protocol.etf import encode_term
 from resin_py.protocol.terms import Atom
+from resin_py.testing import ResinClient
 
 READ = 1 << 20
 

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from resin_py.protocol.errors import SpawnFailed
-from resin_py.protocol.terms import Atom, Term
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -54,11 +53,6 @@ def prctl(option: int, value: int) -> None:
     if _libc.prctl(option, ctypes.c_ulong(value), 0, 0, 0) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
-
-
-def errno_atom(code: int) -> Atom:
-    """An errno as the lowercase atom the protocol uses (ENOENT -> enoent)."""
-    return Atom(errno.errorcode.get(code, f"errno{code}").lower())
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +102,7 @@ def resolve_executable(exe: bytes, path: bytes | None = None) -> bytes:
         del _which_cache[key]
     found, searched = _search(exe, path)
     if found is None:
-        raise SpawnFailed(Atom("enoent"), f"{os.fsdecode(exe)}: not found on PATH")
+        raise SpawnFailed("path", errno.ENOENT, f"{os.fsdecode(exe)}: not found on PATH")
     if len(_which_cache) >= _WHICH_CACHE_MAX:
         _which_cache.clear()
     _which_cache[key] = (found, searched)
@@ -195,11 +189,10 @@ def _load_extension() -> ModuleType | None:
 
 def _failed(setup: ChildSetup, cwd_stage: bool, code: int) -> SpawnFailed:
     if cwd_stage:
-        reason: Term = (Atom("cwd"), errno_atom(code))
         cwd = os.fsdecode(setup.cwd or b"")
-        return SpawnFailed(reason, f"cannot change to directory {cwd}: {os.strerror(code)}")
+        return SpawnFailed("cwd", code, f"cannot change to directory {cwd}: {os.strerror(code)}")
     path = os.fsdecode(setup.path)
-    return SpawnFailed(errno_atom(code), f"cannot execute {path}: {os.strerror(code)}")
+    return SpawnFailed("exec", code, f"cannot execute {path}: {os.strerror(code)}")
 
 
 class CloneSpawner:

@@ -13,8 +13,8 @@ import pytest
 from conftest import exists
 
 import resin_py
-from resin_py.testing import ResinClient
 from resin_py.protocol import v1
+from resin_py.testing import ResinClient
 
 CONSOLE_SCRIPT = Path(sys.executable).with_name("resin")
 

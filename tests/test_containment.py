@@ -23,9 +23,9 @@ from conftest import (
     wait_until,
 )
 
-from resin_py.testing import ResinClient
 from resin_py.protocol import v1
 from resin_py.protocol.terms import OK, Atom
+from resin_py.testing import ResinClient
 
 
 def spawn_pid(client: ResinClient, id: int, *cmd: str, **opts: object) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import resource
 import shutil
@@ -17,7 +18,6 @@ from conftest import SPAWNERS, c_spawner_built
 
 from resin_py import spawn
 from resin_py.protocol.errors import SpawnFailed
-from resin_py.protocol.terms import Atom
 from resin_py.spawn import ChildSetup, CloneSpawner, ForkSpawner, Spawner, make_spawner
 
 
@@ -146,18 +146,19 @@ def test_errors_leave_no_child(spawner: Spawner, devnull: int, tmp_path: Path) -
     garbage.write_bytes(b"\x7fELF garbage")
     garbage.chmod(0o755)
     cases = [
-        (ChildSetup(b"/no/such", [b"x"], None, None, devnull, devnull, devnull), Atom("enoent")),
+        (ChildSetup(b"/no/such", [b"x"], None, None, devnull, devnull, devnull),
+         ("exec", errno.ENOENT)),
         (ChildSetup(os.fsencode(script), [b"x"], None, None, devnull, devnull, devnull),
-         Atom("eacces")),
+         ("exec", errno.EACCES)),
         (ChildSetup(os.fsencode(garbage), [b"x"], None, None, devnull, devnull, devnull),
-         Atom("enoexec")),
+         ("exec", errno.ENOEXEC)),
         (ChildSetup(b"/bin/true", [b"x"], None, b"/no/such/dir", devnull, devnull, devnull),
-         (Atom("cwd"), Atom("enoent"))),
+         ("cwd", errno.ENOENT)),
     ]
     for setup, reason in cases:
         with pytest.raises(SpawnFailed) as info:
             spawner.spawn(setup)
-        assert info.value.reason == reason
+        assert (info.value.stage, info.value.errno) == reason
     assert my_children() == []  # each failed child was reaped by the spawner
 
 

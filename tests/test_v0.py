@@ -10,9 +10,9 @@ import msgpack
 import pytest
 from conftest import children_of, exists, wait_gone, wait_until
 
-from resin_py.testing import ResinClient
 from resin_py.protocol import v0
 from resin_py.protocol.framing import encode_packet
+from resin_py.testing import ResinClient
 
 
 def start(resin: ResinClient, exe: str, *args: str) -> None:

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from conftest import both_spawners, proc_state, wait_gone, wait_until
 
-from resin_py.testing import ResinClient
 from resin_py.protocol import v1
 from resin_py.protocol.etf import encode_term
 from resin_py.protocol.terms import NIL, OK, Atom
 from resin_py.protocol.v1 import AckStatus, StreamKind
+from resin_py.testing import ResinClient
 
 ERROR = Atom("error")
 

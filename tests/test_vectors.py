@@ -12,10 +12,10 @@ import msgpack
 import pytest
 from make_vectors import raw_form
 
-from resin_py.testing import ResinClient
 from resin_py.protocol import v0, v1
 from resin_py.protocol.etf import decode_term
 from resin_py.protocol.terms import format_term
+from resin_py.testing import ResinClient
 
 VECTORS = Path(__file__).resolve().parent.parent / "docs" / "protocol-vectors.txt"
 

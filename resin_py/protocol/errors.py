@@ -7,7 +7,7 @@ into an error message on the wire and keeps serving.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from resin_py.protocol.terms import Term
@@ -90,8 +90,15 @@ class BadArgument(V1Error):
 
 
 class SpawnFailed(ResinError):
-    """The OS refused to start a child; `reason` is the term sent to the client."""
+    """The OS refused to start a child: at which `stage` ("path": not found on
+    PATH, "cwd": the working directory, "exec": execve or the setup before
+    it) and with which `errno`. Plain OS facts: each session maps them to its
+    own wire vocabulary."""
 
-    def __init__(self, reason: Term, message: str) -> None:
+    def __init__(self, stage: SpawnStage, errno: int, message: str) -> None:
         super().__init__(message)
-        self.reason = reason
+        self.stage = stage
+        self.errno = errno
+
+
+SpawnStage = Literal["path", "cwd", "exec"]

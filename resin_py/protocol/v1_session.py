@@ -1,32 +1,51 @@
-"""The v1 session: frames in, calls on the loop; loop callbacks, frames out."""
+"""The v1 session: frames in, calls on a `Core`; runtime callbacks, frames out
+(sans-IO)."""
 
 from __future__ import annotations
 
 import errno
-from typing import TYPE_CHECKING
 
 from resin_py.protocol import v1
 from resin_py.protocol.common import StreamKind
 from resin_py.protocol.errors import ProtocolError, SpawnFailed
 from resin_py.protocol.framing import MAX_PACKET, packet_header
+from resin_py.protocol.session import ChildRef, Core, StdinResult
 from resin_py.protocol.terms import OK, Atom, Term
 from resin_py.protocol.v1 import AckStatus
-from resin_py.spawn import errno_atom
 
-if TYPE_CHECKING:
-    from resin_py.server import Child, Resin
+_ACK: dict[StdinResult, AckStatus] = {
+    StdinResult.WRITTEN: AckStatus.WRITTEN,
+    StdinResult.BROKEN: AckStatus.EPIPE,
+    StdinResult.CLOSED: AckStatus.CLOSED,
+}
+# The error event for a STDIN frame beyond STDIN_WINDOW unanswered ones.
+WINDOW_EXCEEDED = (Atom("stdin_window_exceeded"), v1.STDIN_WINDOW)
+
+
+def errno_atom(code: int) -> Atom:
+    """An errno as the lowercase atom the protocol uses (ENOENT -> enoent)."""
+    return Atom(errno.errorcode.get(code, f"errno{code}").lower())
+
+
+def spawn_reason(exc: SpawnFailed) -> Term:
+    """The `spawn_error` reason: `Errno`, or `{cwd, Errno}` for the directory."""
+    if exc.stage == "cwd":
+        return (Atom("cwd"), errno_atom(exc.errno))
+    return errno_atom(exc.errno)
 
 
 class V1Session:
-    """The multi-process protocol."""
+    """The multi-process protocol: an id registry over the core's children."""
 
     # Reads may be bigger than a frame: on_output splits them (one read
     # syscall, one writev for several frames).
     read_limit = 1024 * 1024
+    # Every id's queue is bounded by STDIN_WINDOW frames of at most MAX_DATA.
+    stdin_backlog: int | None = None
 
-    def __init__(self, loop: Resin) -> None:
-        self.loop = loop
-        self.procs: dict[int, Child] = {}
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.procs: dict[int, ChildRef] = {}
 
     def hello(self, _version: int) -> None:
         # Whatever version was asked for, resin answers with the one it speaks.
@@ -40,25 +59,18 @@ class V1Session:
         self._send_payload(payload)
 
     def _send_payload(self, payload: bytes) -> None:
-        self.loop.push(packet_header(len(payload)) + payload)
+        self.core.send(packet_header(len(payload)), payload)
 
     def on_packet(self, payload: bytes) -> None:
         # The hot frames first, without building frame objects (same checks
         # as decode_client_frame, which handles everything else).
         kind = payload[0] if payload else -1
         if kind == v1.STDIN and len(payload) >= 5:
-            id = int.from_bytes(payload[1:5], "big")
-            child = self.procs.get(id)
-            if child is None:
-                self._send_payload(v1.encode_stdin_ack(id, AckStatus.NO_PROCESS))
-            else:
-                self.loop.write_stdin(child, payload[5:], notify=True)
+            self._stdin(int.from_bytes(payload[1:5], "big"), payload[5:])
             return
         if kind == v1.CREDIT and len(payload) == 10 and payload[5] in (1, 2):
-            child = self.procs.get(int.from_bytes(payload[1:5], "big"))
-            if child is not None:  # an unknown id may just have exited
-                self.loop.grant_credit(child, StreamKind(payload[5]),
-                                       int.from_bytes(payload[6:10], "big"))
+            self._credit(int.from_bytes(payload[1:5], "big"), StreamKind(payload[5]),
+                         int.from_bytes(payload[6:10], "big"))
             return
         try:
             frame = v1.decode_client_frame(payload)
@@ -66,15 +78,9 @@ class V1Session:
             self.send(v1.error_event(exc))
             return
         if isinstance(frame, v1.Stdin):
-            child = self.procs.get(frame.id)
-            if child is None:
-                self.send(v1.StdinAck(frame.id, AckStatus.NO_PROCESS))
-            else:
-                self.loop.write_stdin(child, frame.data, notify=True)
+            self._stdin(frame.id, frame.data)
         elif isinstance(frame, v1.Credit):
-            child = self.procs.get(frame.id)
-            if child is not None:  # an unknown id may just have exited
-                self.loop.grant_credit(child, frame.stream, frame.amount)
+            self._credit(frame.id, frame.stream, frame.amount)
         elif isinstance(frame, v1.Spawn):
             self._spawn(frame)
         elif isinstance(frame, v1.Signal):
@@ -84,18 +90,34 @@ class V1Session:
             if child is None:
                 self.send(v1.Reply(frame.id, frame.ref, _error(Atom("no_process"))))
             else:
-                self.loop.close_stdin(child, frame.ref)
+                self.core.close_stdin(child, frame.ref)
         else:  # a second hello
             self.send(v1.ErrorEvent(None, (Atom("bad_frame"), v1.HELLO)))
+
+    def _stdin(self, id: int, data: bytes) -> None:
+        child = self.procs.get(id)
+        if child is None:
+            self._send_payload(v1.encode_stdin_ack(id, AckStatus.NO_PROCESS))
+        elif self.core.stdin_queued(child) >= v1.STDIN_WINDOW:
+            # Past the window: refused (not queued, not acked), so what resin
+            # holds for one id stays bounded whatever the client sends.
+            self.send(v1.ErrorEvent(id, WINDOW_EXCEEDED))
+        else:
+            self.core.write_stdin(child, data)
+
+    def _credit(self, id: int, stream: StreamKind, amount: int) -> None:
+        child = self.procs.get(id)
+        if child is not None:  # an unknown id may just have exited
+            self.core.grant_credit(child, stream, amount)
 
     def _spawn(self, req: v1.Spawn) -> None:
         if req.id in self.procs:
             self.send(v1.SpawnError(req.id, Atom("id_in_use")))
             return
         try:
-            child = self.loop.spawn_child(req.id, req.exec, req.args, req.options)
+            child = self.core.spawn(req.id, req.exec, req.args, req.options)
         except SpawnFailed as exc:
-            self.send(v1.SpawnError(req.id, exc.reason))
+            self.send(v1.SpawnError(req.id, spawn_reason(exc)))
             return
         except OSError as exc:  # out of descriptors, fork failed, ...
             self.send(v1.SpawnError(req.id, errno_atom(exc.errno or errno.EIO)))
@@ -110,7 +132,7 @@ class V1Session:
             result = _error(Atom("no_process"))
         else:
             try:
-                self.loop.signal_child(child, req.signo, req.group)
+                self.core.signal(child, req.signo, req.group)
             except OSError as exc:
                 result = _error(errno_atom(exc.errno or errno.EINVAL))
         self.send(v1.Reply(req.id, req.ref, result))
@@ -122,11 +144,11 @@ class V1Session:
         detail = f"{type(exc).__name__}: {exc}"[:1000].encode()
         self.send(v1.ErrorEvent(None, (Atom("internal"), detail)))
 
-    def on_output(self, child: Child, kind: StreamKind, data: bytes) -> None:
+    def on_output(self, child: ChildRef, kind: StreamKind, data: bytes) -> None:
         frame_type = v1.STDOUT if kind == StreamKind.STDOUT else v1.STDERR
         n = len(data)
         if n <= v1.MAX_DATA:
-            self.loop.push(v1.data_header(frame_type, child.id, n), data)
+            self.core.send(v1.data_header(frame_type, child.id, n), data)
             return
         view = memoryview(data)  # frames share the read's buffer: no copies
         parts: list[bytes | memoryview] = []
@@ -134,15 +156,15 @@ class V1Session:
             chunk = view[start:start + v1.MAX_DATA]
             parts.append(v1.data_header(frame_type, child.id, len(chunk)))
             parts.append(chunk)
-        self.loop.push(*parts)
+        self.core.send(*parts)
 
-    def on_stdin_result(self, child: Child, status: int) -> None:
-        self._send_payload(v1.encode_stdin_ack(child.id, status))
+    def on_stdin_result(self, child: ChildRef, result: StdinResult) -> None:
+        self._send_payload(v1.encode_stdin_ack(child.id, _ACK[result]))
 
-    def on_close_stdin_done(self, child: Child, ref: Term) -> None:
+    def on_close_stdin_done(self, child: ChildRef, ref: Term) -> None:
         self.send(v1.Reply(child.id, ref, OK))
 
-    def on_exit(self, child: Child) -> None:
+    def on_exit(self, child: ChildRef) -> None:
         del self.procs[child.id]
         code = child.exit_code
         if code is None:

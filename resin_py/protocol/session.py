@@ -1,0 +1,140 @@
+"""What a session needs from the runtime (`Core`), what the runtime needs from
+a session (`Session`), and the negotiation that picks v0 or v1.
+
+Sessions are sans-IO: they turn packets into calls on a `Core` and the
+runtime's callbacks into bytes handed to `Core.send`. The runtime implements
+`Core` over real descriptors; the unit tests implement it with a fake.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import Enum
+from typing import TYPE_CHECKING, Protocol
+
+from resin_py.protocol.common import SpawnOptions, StreamKind
+from resin_py.protocol.errors import ProtocolError
+
+if TYPE_CHECKING:
+    from resin_py.protocol.terms import Term
+
+
+class StdinResult(Enum):
+    """What became of one write to a child's stdin."""
+
+    WRITTEN = "written"  # every byte is in the child's pipe
+    BROKEN = "broken"  # the child closed its stdin (EPIPE), or exited
+    CLOSED = "closed"  # stdin was closed by request, or is /dev/null
+
+
+class ChildRef(Protocol):
+    """A spawned child as the session sees it."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def pid(self) -> int: ...
+    @property
+    def exit_code(self) -> int | None:
+        """The exit code, or None if a signal ended it (valid once exited)."""
+    @property
+    def term_signal(self) -> int:
+        """The signal that ended it (valid when exit_code is None)."""
+
+
+class Core(Protocol):
+    """The runtime's services, as a session calls them."""
+
+    def spawn(self, id: int, exe: bytes, args: tuple[bytes, ...], opts: SpawnOptions
+              ) -> ChildRef:
+        """Start a child; raise SpawnFailed (nothing runs) or OSError (no child
+        could be created: out of descriptors, fork failed)."""
+    def write_stdin(self, child: ChildRef, data: bytes) -> None:
+        """Queue bytes for the child's stdin; `Session.on_stdin_result` tells
+        what became of them, once, in order."""
+    def stdin_queued(self, child: ChildRef) -> int:
+        """Writes queued for the child's stdin and not yet answered."""
+    def close_stdin(self, child: ChildRef, ref: Term) -> None:
+        """Close the child's stdin after what is queued; then
+        `Session.on_close_stdin_done`."""
+    def grant_credit(self, child: ChildRef, kind: StreamKind, amount: int) -> None: ...
+    def signal(self, child: ChildRef, signo: int, group: bool) -> None:
+        """Send a signal; raise OSError (ESRCH once the child has exited,
+        EINVAL for a bad signal number)."""
+    def send(self, *parts: bytes | memoryview) -> None:
+        """Queue bytes for resin's stdout (whole packets, in order)."""
+
+
+class Session(Protocol):
+    """A protocol session, as the runtime calls it."""
+
+    # Largest single read of a child's pipe (on_output splits it into frames).
+    read_limit: int
+    # Bound on a child's unanswered stdin writes above which the runtime stops
+    # reading resin's stdin (backpressure to the client); None: no bound, the
+    # session bounds them itself.
+    stdin_backlog: int | None
+
+    def on_packet(self, payload: bytes) -> None: ...
+    def on_framing_error(self, exc: ProtocolError) -> None: ...
+    def on_internal_error(self, exc: Exception) -> None: ...
+    def on_output(self, child: ChildRef, kind: StreamKind, data: bytes) -> None: ...
+    def on_stdin_result(self, child: ChildRef, result: StdinResult) -> None: ...
+    def on_close_stdin_done(self, child: ChildRef, ref: Term) -> None: ...
+    def on_exit(self, child: ChildRef) -> None: ...
+
+
+class Negotiator:
+    """The session before the mode is known: the first packet decides.
+
+    A handshake (exactly `00 vv`) starts v1; anything else is v0, and is
+    handled as v0's first packet. `on_decided` receives the new session,
+    which the runtime then calls directly.
+    """
+
+    read_limit: int = 0
+    stdin_backlog: int | None = None
+
+    def __init__(self, core: Core, on_decided: Callable[[Session], None]) -> None:
+        self.core = core
+        self.on_decided = on_decided
+
+    def on_packet(self, payload: bytes) -> None:
+        if len(payload) == 2 and payload[0] == 0:
+            from resin_py.protocol.v1_session import V1Session
+
+            session = V1Session(self.core)
+            self.on_decided(session)
+            session.hello(payload[1])
+            return
+        from resin_py.protocol.v0_session import V0Session, send_v0_error
+
+        if payload[0] == 0:
+            # Starts like a handshake but is not one: the mode stays undecided.
+            send_v0_error(self.core, "malformed handshake")
+            return
+        v0_session = V0Session(self.core)
+        self.on_decided(v0_session)
+        v0_session.on_packet(payload)
+
+    def on_framing_error(self, exc: ProtocolError) -> None:
+        """Errors before the mode is decided are answered in v0 style."""
+        from resin_py.protocol.v0_session import send_v0_error
+
+        send_v0_error(self.core, str(exc))
+
+    def on_internal_error(self, exc: Exception) -> None:
+        self.on_framing_error(ProtocolError(f"internal error: {type(exc).__name__}"))
+
+    # No child exists before a session is decided.
+    def on_output(self, child: ChildRef, kind: StreamKind, data: bytes) -> None:
+        raise AssertionError("output before a session")
+
+    def on_stdin_result(self, child: ChildRef, result: StdinResult) -> None:
+        raise AssertionError("stdin before a session")
+
+    def on_close_stdin_done(self, child: ChildRef, ref: Term) -> None:
+        raise AssertionError("stdin before a session")
+
+    def on_exit(self, child: ChildRef) -> None:
+        raise AssertionError("exit before a session")

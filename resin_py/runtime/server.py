@@ -1,0 +1,392 @@
+"""resin: the parts wired together, and the `Core` the sessions call.
+
+`main()` does the process-wide setup (descriptor limit, signals, subreaper,
+non-blocking stdio) and runs the loop until stdin closes. `Resin` itself
+takes its parts ready-made, so that tests can build one over fakes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import resource
+import selectors
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
+
+from resin_py.protocol.common import SpawnOptions, StreamKind
+from resin_py.protocol.errors import ProtocolError, ZeroLengthPacket
+from resin_py.protocol.framing import PacketReader
+from resin_py.protocol.session import ChildRef, Negotiator, Session
+from resin_py.runtime.children import Child, Children, OutPipe
+from resin_py.runtime.fdio import F_SETPIPE_SZ, Buffer, Fds, OsFds
+from resin_py.runtime.loop import READ, EpollPoller, Loop, Poller
+from resin_py.runtime.outbox import Outbox, is_disconnect
+from resin_py.runtime.reaper import Reaper, install_wakeup
+from resin_py.spawn import ChildSetup, Spawner, make_spawner, resolve_executable
+
+if TYPE_CHECKING:
+    from resin_py.protocol.terms import Term
+
+# One read of resin's stdin: several full packets per system call.
+STDIN_READ_SIZE = 256 * 1024
+# Capacity asked for resin's own stdout pipe: bigger batches per wakeup of
+# the reader (the BEAM) when output is heavy.
+RESIN_STDOUT_PIPE_SIZE = 1024 * 1024
+# Time from stdin EOF to exit: kill and drain the children, kill the
+# remaining descendants, flush. The whole shutdown must fit in 1 second.
+SHUTDOWN_CHILDREN = 0.5
+SHUTDOWN_DESCENDANTS = 0.8
+SHUTDOWN_FLUSH = 0.95
+# epoll reports a hangup whatever the events asked for: watching resin's
+# stdin for it alone (while not reading, under backpressure) still tells
+# that the client is gone.
+HANGUP = 0x010  # EPOLLHUP
+
+_A = TypeVar("_A")
+
+
+def log(msg: str) -> None:
+    """Diagnostics go to stderr: stdout carries the protocol."""
+    with contextlib.suppress(OSError):
+        sys.stderr.write(f"resin[{os.getpid()}]: {msg}\n")
+        sys.stderr.flush()
+
+
+class Resin:
+    """The port program: packets in on `stdin_fd`, packets out on `stdout_fd`."""
+
+    def __init__(self, stdin_fd: int, stdout_fd: int, *, fds: Fds, poller: Poller,
+                 spawner: Spawner, devnull: int, stdin_pollable: bool = True,
+                 stdout_pollable: bool = True) -> None:
+        self.stdin_fd = stdin_fd
+        self.fds = fds
+        self.poller = poller
+        self.spawner = spawner
+        self.devnull = devnull
+        self.stdin_pollable = stdin_pollable
+        self.reader = PacketReader()
+        self.in_buf = bytearray(STDIN_READ_SIZE)  # reused: no allocation per read
+        self.in_view = memoryview(self.in_buf)
+        self.outbox = Outbox(stdout_fd, fds, poller, blocking=not stdout_pollable)
+        self.session: Session = Negotiator(self, self._decided)
+        self.children = Children(fds, poller, self.outbox, self.session)
+        self.outbox.on_pause_change = self.children.on_pause_change
+        self.outbox.on_broken = self._on_broken
+        self.loop = Loop(poller, self.settle)
+        self.reaper: Reaper | None = None
+        self.closing = False
+        self.shutdown_at = 0.0
+
+    def _decided(self, session: Session) -> None:
+        self.session = session
+        self.children.session = session
+
+    # --- the loop ------------------------------------------------------------------
+
+    def settle(self) -> None:
+        """Before every wait: flush stdout (which watches it while bytes are
+        left), then decide whether to read stdin."""
+        self.outbox.flush()
+        if self.stdin_pollable and not self.closing:
+            if self.reading_stdin():
+                self.poller.set_interest(self.stdin_fd, READ, self._on_stdin)
+            else:
+                self.poller.set_interest(self.stdin_fd, HANGUP, self._on_stdin_hangup)
+
+    def reading_stdin(self) -> bool:
+        """Backpressure: resin reads its stdin unless its stdout is backed up,
+        or (v0, no acks) too much waits for a child's stdin."""
+        if self.outbox.paused:
+            return False
+        backlog = self.session.stdin_backlog
+        return backlog is None or self.children.stdin_bytes <= backlog
+
+    def run(self) -> int:
+        while True:
+            self.settle()
+            if self.closing and (not self.children or time.monotonic() >= self._deadline(
+                    SHUTDOWN_CHILDREN)):
+                break
+            timeout: float | None = None
+            if self.closing:
+                timeout = max(0.0, self._deadline(SHUTDOWN_CHILDREN) - time.monotonic())
+            elif not self.stdin_pollable:
+                timeout = 0.0
+                if self.reading_stdin():
+                    self._on_stdin()
+            self.loop.turn(timeout)
+        if self.reaper is not None:
+            self.reaper.kill_descendants(self._deadline(SHUTDOWN_DESCENDANTS))
+        self._final_flush()
+        return 0
+
+    def _deadline(self, budget: float) -> float:
+        return self.shutdown_at + budget
+
+    def _dispatch(self, call: Callable[[_A], None], arg: _A) -> None:
+        """Run one packet's handling; a bug in it must not take resin down."""
+        try:
+            call(arg)
+        except Exception as exc:
+            import traceback
+
+            log("internal error:\n" + traceback.format_exc())
+            self.session.on_internal_error(exc)
+
+    # --- resin's stdin -------------------------------------------------------------
+
+    def _on_stdin(self) -> None:
+        try:
+            n = self.fds.readinto(self.stdin_fd, self.in_buf)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            log(f"reading stdin: {exc}")
+            n = 0
+        if not n:
+            self.begin_shutdown()
+            return
+        self.reader.feed(self.in_view[:n])
+        while not self.closing:
+            try:
+                payload = self.reader.next_packet()
+            except ZeroLengthPacket as exc:
+                self._dispatch(self._framing_error, exc)
+                continue
+            if payload is None:
+                break
+            self._dispatch(self._on_packet, payload)
+
+    def _on_stdin_hangup(self) -> None:
+        """The client closed resin's stdin while resin was not reading it."""
+        self.begin_shutdown()
+
+    def _framing_error(self, exc: ProtocolError) -> None:
+        self.session.on_framing_error(exc)
+
+    def _on_packet(self, payload: bytes) -> None:
+        self.session.on_packet(payload)
+
+    def _on_broken(self, exc: OSError) -> None:
+        """resin's stdout failed: nobody to serve, shut down."""
+        if not is_disconnect(exc):
+            log(f"writing stdout: {exc}")
+        self.begin_shutdown()
+
+    def _final_flush(self) -> None:
+        deadline = self._deadline(SHUTDOWN_FLUSH)
+        outbox = self.outbox
+        while outbox.size and time.monotonic() < deadline:
+            outbox.flush()
+            if outbox.size and not outbox.blocking:
+                with selectors.DefaultSelector() as sel:
+                    sel.register(outbox.fd, selectors.EVENT_WRITE)
+                    sel.select(max(0.0, deadline - time.monotonic()))
+
+    # --- Core: what the sessions call ------------------------------------------------
+
+    def send(self, *parts: Buffer) -> None:
+        self.outbox.push(*parts)
+
+    def spawn(self, id: int, exe: bytes, args: tuple[bytes, ...], opts: SpawnOptions
+              ) -> ChildRef:
+        """Start a child; raise SpawnFailed with the reason if nothing runs."""
+        env: dict[bytes, bytes] | None = None  # None: resin's environment, not copied
+        search = None
+        if opts.clear_env or opts.env:
+            env = {} if opts.clear_env else dict(os.environb)
+            for name, value in opts.env:
+                if value is None:
+                    env.pop(name, None)
+                else:
+                    env[name] = value
+            search = env.get(b"PATH")  # the child's PATH, else resin's
+        path = resolve_executable(exe, search)
+        argv = [opts.arg0 if opts.arg0 is not None else exe, *args]
+        parent_fds: list[int] = []
+        child_fds: list[int] = []
+        try:
+            if opts.stdin == "pipe":
+                in_r, in_w = os.pipe2(os.O_CLOEXEC)
+                parent_fds.append(in_w)
+                child_fds.append(in_r)
+                os.set_blocking(in_w, False)
+            else:
+                in_r, in_w = self.devnull, -1
+            out_r, out_w = _out_pipe(parent_fds, child_fds)
+            pipes = [OutPipe(out_r, StreamKind.STDOUT, opts.credit)]
+            if opts.stderr == "capture":
+                err_r, err_w = _out_pipe(parent_fds, child_fds)
+                pipes.append(OutPipe(err_r, StreamKind.STDERR, opts.credit))
+            elif opts.stderr == "stdout":
+                err_w = out_w
+            else:
+                err_w = self.devnull
+            pid = self.spawner.spawn(ChildSetup(path, argv, env, opts.cd, in_r, out_w, err_w))
+        except BaseException:
+            for fd in parent_fds:
+                os.close(fd)
+            raise
+        finally:
+            for fd in child_fds:
+                os.close(fd)
+        # Its exit comes as SIGCHLD (to the reaper), also if that happened already.
+        child = Child(id, pid, in_w, pipes)
+        self.children.add(child)
+        return child
+
+    def write_stdin(self, child: ChildRef, data: bytes) -> None:
+        self.children.write_stdin(_own(child), data)
+
+    def stdin_queued(self, child: ChildRef) -> int:
+        return _own(child).queued_writes
+
+    def close_stdin(self, child: ChildRef, ref: Term) -> None:
+        self.children.close_stdin(_own(child), ref)
+
+    def grant_credit(self, child: ChildRef, kind: StreamKind, amount: int) -> None:
+        self.children.grant_credit(_own(child), kind, amount)
+
+    def signal(self, child: ChildRef, signo: int, group: bool) -> None:
+        """Send a signal; raise OSError (ESRCH once the child is reaped, EINVAL...)."""
+        if _own(child).reaped:  # the pid may already belong to someone else
+            raise OSError(errno.ESRCH, "process has exited")
+        try:
+            if group:
+                os.killpg(child.pid, signo)
+            else:
+                os.kill(child.pid, signo)
+        except (OverflowError, ValueError) as exc:
+            raise OSError(errno.EINVAL, "invalid signal") from exc
+
+    # --- signals and shutdown ----------------------------------------------------------
+
+    def on_signal(self, signo: int) -> None:
+        if signo == signal.SIGTERM:
+            self.begin_shutdown()
+        elif signo == signal.SIGUSR1:
+            log(self.describe())
+
+    def describe(self) -> str:
+        """The loop's state (resin prints it on SIGUSR1)."""
+        return (f"closing={self.closing} outbox={self.outbox.size}B paused={self.outbox.paused} "
+                f"stdout_watched={self.poller.interest(self.outbox.fd)} "
+                f"stdin_watched={self.poller.interest(self.stdin_fd)} "
+                f"reader_buffered={self.reader.buffered} session={type(self.session).__name__}\n"
+                + self.children.describe())
+
+    def begin_shutdown(self) -> None:
+        """stdin EOF (or SIGTERM, or stdout broken): kill every child's group,
+        then drain and exit."""
+        if self.closing:
+            return
+        self.closing = True
+        self.shutdown_at = time.monotonic()
+        if self.stdin_pollable:
+            self.poller.set_interest(self.stdin_fd, 0, self._on_stdin)
+        for child in list(self.children.by_pid.values()):
+            if not child.reaped:
+                with contextlib.suppress(OSError):
+                    os.killpg(child.pid, signal.SIGKILL)
+        self.children.shutdown()
+
+
+def _own(child: ChildRef) -> Child:
+    assert isinstance(child, Child)
+    return child
+
+
+def _out_pipe(parent_fds: list[int], child_fds: list[int]) -> tuple[int, int]:
+    r, w = os.pipe2(os.O_CLOEXEC)
+    parent_fds.append(r)
+    child_fds.append(w)
+    os.set_blocking(r, False)
+    return r, w
+
+
+def raise_nofile_limit() -> tuple[int, int]:
+    """Raise RLIMIT_NOFILE as far as allowed; return the original (soft, hard),
+    which children get back.
+
+    A child costs resin up to 3 descriptors (its pipes; 2 with `stdin:
+    null`): 10,000 children need more than common hard limits. With
+    CAP_SYS_RESOURCE the hard limit goes up to fs.nr_open; otherwise the soft
+    limit goes up to the hard one.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        with open("/proc/sys/fs/nr_open") as f:
+            ceiling = int(f.read())
+    except (OSError, ValueError):
+        ceiling = 1 << 20  # the kernel's default nr_open
+    raise_hard = hard != resource.RLIM_INFINITY and ceiling > hard
+    for limit in [ceiling, hard] if raise_hard else [hard]:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+            break
+        except (ValueError, OSError):
+            continue
+    return soft, hard
+
+
+def serve(stdin_fd: int = 0, stdout_fd: int = 1) -> int:
+    """Set the process up as a port program and serve until stdin closes."""
+    nofile = raise_nofile_limit()
+    # A ^C in the terminal running the BEAM must not kill resin.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    wake = install_wakeup()
+    devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    spawner = make_spawner(nofile)
+    poller = EpollPoller()
+    with contextlib.suppress(OSError):  # not a pipe, or above pipe-max-size
+        fcntl.fcntl(stdout_fd, F_SETPIPE_SZ, RESIN_STDOUT_PIPE_SIZE)
+    saved = [(fd, fcntl.fcntl(fd, fcntl.F_GETFL)) for fd in (stdin_fd, stdout_fd)]
+    for fd, flags in saved:
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+    stdin_pollable = _pollable(stdin_fd)
+    stdout_pollable = _pollable(stdout_fd)
+    if not stdout_pollable:  # a regular file: plain blocking writes
+        fcntl.fcntl(stdout_fd, fcntl.F_SETFL, saved[1][1])
+    try:
+        resin = Resin(stdin_fd, stdout_fd, fds=OsFds(), poller=poller, spawner=spawner,
+                      devnull=devnull, stdin_pollable=stdin_pollable,
+                      stdout_pollable=stdout_pollable)
+        reaper = Reaper(wake, resin.children, resin.on_signal)
+        resin.reaper = reaper
+        poller.set_interest(wake.fileno(), READ, reaper.on_wakeup)
+        return resin.run()
+    finally:
+        for fd, flags in saved:
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+
+
+def _pollable(fd: int) -> bool:
+    """epoll can watch `fd` (not a regular file)."""
+    probe = EpollPoller()
+    try:
+        probe.set_interest(fd, READ, _noop)
+    except PermissionError:
+        return False
+    probe.forget(fd)
+    return True
+
+
+def _noop() -> None:
+    pass
+
+
+def main() -> int:
+    """Serve until stdin closes, then leave at once: the interpreter's own
+    teardown (freeing every object of thousands of children) would only delay
+    the exit that the protocol promises within a second."""
+    status = serve()
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.flush()
+    os._exit(status)
