@@ -27,7 +27,7 @@ from resin_py.protocol.common import StreamKind
 from resin_py.protocol.session import Session, StdinResult
 from resin_py.runtime.fdio import Fds
 from resin_py.runtime.loop import READ, WRITE, Poller
-from resin_py.runtime.outbox import OUT_LOW_WATER, Outbox
+from resin_py.runtime.outbox import Outbox
 
 if TYPE_CHECKING:
     from resin_py.protocol.terms import Term
@@ -186,7 +186,7 @@ class Children:
         for _ in range(READS_PER_WAKEUP):
             if self._read(child, pipe) is not Read.FULL:
                 break
-            if self.outbox.size >= OUT_LOW_WATER:
+            if self.outbox.size >= self.outbox.low_water:
                 self.outbox.flush()  # hand it on now rather than pile it up
                 if self.outbox.paused:
                     break

@@ -28,12 +28,15 @@ IOV_MAX = 1024
 
 class Outbox:
     __slots__ = (
-        "_fds", "_poller", "_queue", "blocking", "fd", "on_broken", "on_pause_change",
-        "paused", "size",
+        "_fds", "_poller", "_queue", "blocking", "fd", "high_water", "low_water", "on_broken",
+        "on_pause_change", "paused", "size",
     )
 
-    def __init__(self, fd: int, fds: Fds, poller: Poller, *, blocking: bool = False) -> None:
+    def __init__(self, fd: int, fds: Fds, poller: Poller, *, blocking: bool = False,
+                 high_water: int = OUT_HIGH_WATER, low_water: int = OUT_LOW_WATER) -> None:
         self.fd = fd
+        self.high_water = high_water
+        self.low_water = low_water
         self._fds = fds
         self._poller = poller
         self._queue: deque[Buffer] = deque()
@@ -52,7 +55,7 @@ class Outbox:
             if part:
                 queue.append(part)
                 self.size += len(part)
-        if self.size > OUT_HIGH_WATER and not self.paused:
+        if self.size > self.high_water and not self.paused:
             self.paused = True
             self.on_pause_change(True)
 
@@ -61,7 +64,7 @@ class Outbox:
         low; then watch stdout exactly when bytes are left."""
         while True:
             self._write()
-            if not (self.paused and self.size < OUT_LOW_WATER):
+            if not (self.paused and self.size < self.low_water):
                 break
             self.paused = False
             self.on_pause_change(False)  # may push, even past the high watermark again

@@ -1,0 +1,237 @@
+"""Unit tests of resin's runtime parts over a fake descriptor layer: no
+subprocess, no timing. The model-based test is in test_runtime_model.py."""
+
+from __future__ import annotations
+
+from runtime_fakes import STDOUT_FD, Rig, parse_output
+
+from resin_py.protocol.common import StreamKind
+from resin_py.protocol.session import StdinResult
+from resin_py.runtime.loop import WRITE
+from resin_py.runtime.outbox import Outbox
+
+
+class LegacyOutbox(Outbox):
+    """The flush order resin had before the split (server.py `_flush`): the
+    interest in stdout was decided *before* the resume callback ran, so bytes
+    the resume queued (a held child's last output and its exit) sat unwatched
+    while the loop slept."""
+
+    def flush(self) -> None:
+        self._write()
+        self._poller.set_interest(self.fd, WRITE if self._queue else 0, self.flush)
+        if self.paused and self.size < self.low_water:
+            self.paused = False
+            self.on_pause_change(False)
+
+
+def held_exit_scenario(rig: Rig) -> None:
+    """A chatty child fills resin's stdout past the high watermark and exits
+    while output is paused; then the client reads a little at a time."""
+    child = rig.spawn(1, stderr=False)
+    pipe = rig.fds.pipes[child.pipes[0].fd]
+    pipe.data += b"x" * 60
+    pipe.writer_closed = True
+    rig.fds.stdout_room = 0
+    for _ in range(20):  # read until paused: output backs up in the outbox
+        rig.turn()
+    assert rig.outbox.paused
+    rig.children.exited(child, 0)  # reaped while paused: its exit is held
+    assert child.pid in rig.children.held
+    # The client makes room for exactly the backlog: the flush writes it all,
+    # drops below the low watermark, resumes, drains the held child, and the
+    # stdout pipe is full again (EAGAIN) with the rest queued.
+    rig.fds.stdout_room = rig.outbox.size
+    rig.settle()
+
+
+def test_held_exit_keeps_stdout_watched() -> None:
+    """The regression: bytes queued by the resume are watched before the wait."""
+    rig = Rig(high_water=32, low_water=16)
+    held_exit_scenario(rig)
+    assert rig.outbox.size > 0
+    assert rig.poller.interest(STDOUT_FD) & WRITE
+    assert rig.stalled() is None
+    rig.fds.stdout_room = 10**6
+    for _ in range(5):
+        rig.turn()
+    streams, exits, rest = parse_output(bytes(rig.fds.stdout))
+    assert streams == {(1, "o"): b"x" * 60}
+    assert exits == [1]
+    assert rest == 0
+
+
+def test_old_flush_order_loses_the_exit() -> None:
+    """The same scenario with the old order: pending bytes, stdout unwatched."""
+    rig = Rig(high_water=32, low_water=16, outbox_class=LegacyOutbox)
+    held_exit_scenario(rig)
+    assert rig.outbox.size > 0
+    assert not rig.poller.interest(STDOUT_FD)
+    assert rig.stalled() is not None
+
+
+def test_outbox_partial_writes_keep_order() -> None:
+    rig = Rig(high_water=1000, low_water=10)
+    rig.outbox.push(b"abc", b"defg", memoryview(b"hij"))
+    rig.fds.stdout_room = 2
+    rig.settle()
+    assert rig.poller.interest(STDOUT_FD) & WRITE
+    rig.fds.stdout_room = 4
+    rig.settle()
+    rig.fds.stdout_room = 100
+    rig.settle()
+    assert bytes(rig.fds.stdout) == b"abcdefghij"
+    assert rig.outbox.size == 0
+    assert not rig.poller.interest(STDOUT_FD)
+
+
+def test_outbox_pause_and_resume_callbacks() -> None:
+    rig = Rig(high_water=10, low_water=4)
+    changes: list[bool] = []
+    rig.outbox.on_pause_change = changes.append
+    rig.outbox.push(b"x" * 11)
+    assert changes == [True] and rig.outbox.paused
+    rig.fds.stdout_room = 6  # 5 left: still above the low watermark
+    rig.settle()
+    assert changes == [True]
+    rig.fds.stdout_room = 2  # 3 left
+    rig.settle()
+    assert changes == [True, False] and not rig.outbox.paused
+
+
+def test_outbox_broken_stdout_drops_and_reports() -> None:
+    rig = Rig()
+    errors: list[OSError] = []
+    rig.outbox.on_broken = errors.append
+
+    def broken(fd: int, bufs: object) -> int:
+        raise BrokenPipeError
+
+    rig.fds.writev = broken  # type: ignore[method-assign]
+    rig.outbox.push(b"abc")
+    rig.settle()
+    assert len(errors) == 1 and rig.outbox.size == 0
+    assert not rig.poller.interest(STDOUT_FD)
+
+
+def test_pipe_watched_only_with_credit() -> None:
+    rig = Rig(high_water=10**6)
+    rig.fds.stdout_room = 10**6
+    child = rig.spawn(1, credit=5, stderr=False)
+    out = child.pipes[0]
+    rig.fds.pipes[out.fd].data += b"0123456789"
+    rig.turn()
+    assert out.credit == 0
+    assert not rig.poller.interest(out.fd)  # no credit: not watched
+    rig.children.grant_credit(child, StreamKind.STDOUT, 3)
+    assert rig.poller.interest(out.fd)
+    rig.turn()
+    rig.turn()
+    assert parse_output(bytes(rig.fds.stdout))[0] == {(1, "o"): b"01234567"}
+
+
+def test_exit_waits_for_credit_then_comes_last() -> None:
+    rig = Rig(high_water=10**6)
+    rig.fds.stdout_room = 10**6
+    child = rig.spawn(1, credit=4, stderr=False)
+    pipe = rig.fds.pipes[child.pipes[0].fd]
+    pipe.data += b"abcdefgh"
+    pipe.writer_closed = True
+    rig.turn()
+    rig.children.exited(child, 0)
+    rig.turn()
+    streams, exits, _ = parse_output(bytes(rig.fds.stdout))
+    assert exits == [] and streams == {(1, "o"): b"abcd"}
+    rig.children.grant_credit(child, StreamKind.STDOUT, 100)
+    rig.turn()
+    streams, exits, _ = parse_output(bytes(rig.fds.stdout))
+    assert streams == {(1, "o"): b"abcdefgh"} and exits == [1]
+    assert len(rig.children) == 0
+    assert all(rig.fds.pipes[p.fd].closed for p in child.pipes)
+
+
+def test_empty_pipe_without_credit_does_not_hold_the_exit() -> None:
+    rig = Rig(high_water=10**6)
+    rig.fds.stdout_room = 10**6
+    child = rig.spawn(1, credit=3, stderr=False)
+    rig.fds.pipes[child.pipes[0].fd].data += b"abc"
+    rig.turn()
+    assert child.pipes[0].credit == 0
+    rig.children.exited(child, 0)  # nothing left in the pipe, a grandchild keeps it open
+    rig.turn()
+    assert parse_output(bytes(rig.fds.stdout))[1] == [1]
+
+
+def test_shutdown_releases_exits_held_for_credit() -> None:
+    rig = Rig(high_water=10**6)
+    rig.fds.stdout_room = 10**6
+    child = rig.spawn(1, credit=2, stderr=False)
+    rig.fds.pipes[child.pipes[0].fd].data += b"abcdef"
+    rig.turn()
+    rig.children.exited(child, 0)
+    assert child.pid in rig.children.held
+    rig.children.shutdown()
+    rig.turn()
+    assert parse_output(bytes(rig.fds.stdout))[1] == [1]
+
+
+def test_stdin_answers_once_in_order_and_broken_at_exit() -> None:
+    rig = Rig()
+    child = rig.spawn(1)
+    stdin = rig.fds.pipes[child.stdin_fd]
+    stdin.room = 5
+    rig.children.write_stdin(child, b"abc")
+    rig.children.write_stdin(child, b"defg")  # 2 bytes fit, then EAGAIN
+    rig.children.write_stdin(child, b"")
+    assert rig.session.stdin_results[1] == [StdinResult.WRITTEN]
+    assert rig.poller.interest(child.stdin_fd) & WRITE
+    assert child.queued_writes == 2 and child.queued_bytes == 2
+    assert rig.children.stdin_bytes == 2
+    stdin.room = 100
+    rig.turn()
+    assert rig.session.stdin_results[1] == [StdinResult.WRITTEN] * 3
+    assert bytes(stdin.data) == b"abcdefg"
+    assert not rig.poller.interest(child.stdin_fd)
+    stdin.room = 0
+    rig.children.write_stdin(child, b"late")
+    rig.children.close_stdin(child, "ref")
+    rig.children.exited(child, 0)
+    assert rig.session.stdin_results[1][3:] == [StdinResult.BROKEN]
+    assert rig.children.stdin_bytes == 0
+    assert stdin.closed
+
+
+def test_stdin_after_close_is_answered_closed() -> None:
+    rig = Rig()
+    child = rig.spawn(1)
+    rig.children.close_stdin(child, "r1")
+    rig.children.write_stdin(child, b"x")
+    assert rig.session.closed_refs == [(1, "r1")]
+    assert rig.session.stdin_results[1] == [StdinResult.CLOSED]
+
+
+def test_child_closing_its_stdin_answers_broken() -> None:
+    rig = Rig()
+    child = rig.spawn(1)
+    rig.fds.pipes[child.stdin_fd].reader_closed = True
+    rig.children.write_stdin(child, b"abc")
+    rig.children.write_stdin(child, b"def")
+    assert rig.session.stdin_results[1] == [StdinResult.BROKEN] * 2
+
+
+def test_parked_pipes_resume_when_backlog_clears() -> None:
+    rig = Rig(high_water=20, low_water=10)
+    a = rig.spawn(1, stderr=False)
+    b = rig.spawn(2, stderr=False)
+    rig.fds.pipes[a.pipes[0].fd].data += b"a" * 40
+    rig.fds.pipes[b.pipes[0].fd].data += b"b" * 40
+    for _ in range(10):
+        rig.turn()
+        assert rig.stalled() is None
+    assert rig.outbox.paused and rig.children.parked
+    rig.fds.stdout_room = 10**6
+    for _ in range(20):
+        rig.turn()
+        assert rig.stalled() is None
+    streams = parse_output(bytes(rig.fds.stdout))[0]
+    assert streams == {(1, "o"): b"a" * 40, (2, "o"): b"b" * 40}
