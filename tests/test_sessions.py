@@ -12,7 +12,8 @@ from resin_py.protocol import v0, v1
 from resin_py.protocol.common import SpawnOptions, StreamKind
 from resin_py.protocol.errors import SpawnFailed, ZeroLengthPacket
 from resin_py.protocol.framing import PacketReader
-from resin_py.protocol.session import ChildRef, Negotiator, Session, StdinResult
+from resin_py.protocol.negotiate import Negotiator
+from resin_py.protocol.session import ChildRef, Session, StdinResult
 from resin_py.protocol.terms import OK, Atom, Term
 from resin_py.protocol.v0_session import V0Session
 from resin_py.protocol.v1_session import V1Session

@@ -1,5 +1,5 @@
-"""What a session needs from the runtime (`Core`), what the runtime needs from
-a session (`Session`), and the negotiation that picks v0 or v1.
+"""What a session needs from the runtime (`Core`) and what the runtime needs
+from a session (`Session`).
 
 Sessions are sans-IO: they turn packets into calls on a `Core` and the
 runtime's callbacks into bytes handed to `Core.send`. The runtime implements
@@ -8,7 +8,6 @@ runtime's callbacks into bytes handed to `Core.send`. The runtime implements
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from enum import Enum
 from typing import TYPE_CHECKING, Protocol
 
@@ -82,59 +81,3 @@ class Session(Protocol):
     def on_stdin_result(self, child: ChildRef, result: StdinResult) -> None: ...
     def on_close_stdin_done(self, child: ChildRef, ref: Term) -> None: ...
     def on_exit(self, child: ChildRef) -> None: ...
-
-
-class Negotiator:
-    """The session before the mode is known: the first packet decides.
-
-    A handshake (exactly `00 vv`) starts v1; anything else is v0, and is
-    handled as v0's first packet. `on_decided` receives the new session,
-    which the runtime then calls directly.
-    """
-
-    read_limit: int = 0
-    stdin_backlog: int | None = None
-
-    def __init__(self, core: Core, on_decided: Callable[[Session], None]) -> None:
-        self.core = core
-        self.on_decided = on_decided
-
-    def on_packet(self, payload: bytes) -> None:
-        if len(payload) == 2 and payload[0] == 0:
-            from resin_py.protocol.v1_session import V1Session
-
-            session = V1Session(self.core)
-            self.on_decided(session)
-            session.hello(payload[1])
-            return
-        from resin_py.protocol.v0_session import V0Session, send_v0_error
-
-        if payload[0] == 0:
-            # Starts like a handshake but is not one: the mode stays undecided.
-            send_v0_error(self.core, "malformed handshake")
-            return
-        v0_session = V0Session(self.core)
-        self.on_decided(v0_session)
-        v0_session.on_packet(payload)
-
-    def on_framing_error(self, exc: ProtocolError) -> None:
-        """Errors before the mode is decided are answered in v0 style."""
-        from resin_py.protocol.v0_session import send_v0_error
-
-        send_v0_error(self.core, str(exc))
-
-    def on_internal_error(self, exc: Exception) -> None:
-        self.on_framing_error(ProtocolError(f"internal error: {type(exc).__name__}"))
-
-    # No child exists before a session is decided.
-    def on_output(self, child: ChildRef, kind: StreamKind, data: bytes) -> None:
-        raise AssertionError("output before a session")
-
-    def on_stdin_result(self, child: ChildRef, result: StdinResult) -> None:
-        raise AssertionError("stdin before a session")
-
-    def on_close_stdin_done(self, child: ChildRef, ref: Term) -> None:
-        raise AssertionError("stdin before a session")
-
-    def on_exit(self, child: ChildRef) -> None:
-        raise AssertionError("exit before a session")

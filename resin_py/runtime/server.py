@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, TypeVar
 from resin_py.protocol.common import SpawnOptions, StreamKind
 from resin_py.protocol.errors import ProtocolError, ZeroLengthPacket
 from resin_py.protocol.framing import PacketReader
-from resin_py.protocol.session import ChildRef, Negotiator, Session
+from resin_py.protocol.negotiate import Negotiator
+from resin_py.protocol.session import ChildRef, Session
 from resin_py.runtime.children import Child, Children, OutPipe
 from resin_py.runtime.fdio import F_SETPIPE_SZ, Buffer, Fds, OsFds
 from resin_py.runtime.loop import READ, EpollPoller, Loop, Poller
