@@ -270,7 +270,7 @@ defmodule Lacca do
       `:capture`: elements are then tagged, `{:stdout, data}` and
       `{:stderr, data}` (lines are split per stream)
     * `:max_buffer` - bytes of output read ahead of the consumer, per stream
-      (default 1 MiB, see "Flow control" above)
+      (default 1 MiB, at least 1024; see "Flow control" above)
   """
 
   @stream_flow_doc """
@@ -397,8 +397,9 @@ defmodule Lacca do
       blocks in `write(2)` until the owner asks for more. The final
       `{:exit, status}` message comes after every chunk was delivered
     * `:max_buffer` - bytes of output that may wait per stream (default 1
-      MiB): the credit resin gets for the process (see "Flow control" in the
-      module documentation)
+      MiB, at least 1024: a smaller window would cost a credit round trip
+      for every few bytes): the credit resin gets for the process (see "Flow
+      control" in the module documentation)
   #{@stderr_option_doc}
   #{@spawn_options_doc}
 

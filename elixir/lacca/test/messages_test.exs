@@ -112,7 +112,7 @@ defmodule Lacca.MessagesTest do
   end
 
   test "stop/1 is not held back by output a passive owner does not take" do
-    {:ok, pid} = Lacca.start_link("yes", [], output: :messages, active: false, max_buffer: 1_000)
+    {:ok, pid} = Lacca.start_link("yes", [], output: :messages, active: false, max_buffer: 1_024)
     assert Lacca.stop(pid) == :ok
     assert_receive {:lacca, ^pid, {:exit, {:signal, :sigterm}}}
 
@@ -123,7 +123,7 @@ defmodule Lacca.MessagesTest do
       Lacca.start_link("sh", ["-c", script],
         output: :messages,
         active: false,
-        max_buffer: 1_000,
+        max_buffer: 1_024,
         kill_timeout: 100
       )
 

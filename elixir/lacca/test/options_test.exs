@@ -65,7 +65,8 @@ defmodule Lacca.OptionsTest do
           {[output: :file], ~r/invalid value for :output option/},
           {[owner: :me], ~r/invalid value for :owner option/},
           {[active: 0], ~r/invalid value for :active option/},
-          {[max_buffer: 0], ~r/invalid value for :max_buffer option/}
+          {[max_buffer: 0], ~r/invalid value for :max_buffer option/},
+          {[max_buffer: 1], ~r/expected an integer of at least 1024/}
         ] do
       assert_raise ArgumentError, message, fn -> Lacca.start("true", [], opt) end
     end

@@ -101,16 +101,16 @@ defmodule Lacca.ProcessTest do
 
   test "stop, kill and a dead server are not held back by unread output" do
     # yes fills its buffer and its pipe, then blocks; nobody reads.
-    {:ok, pid} = Lacca.start_link("yes", [], max_buffer: 1_000)
+    {:ok, pid} = Lacca.start_link("yes", [], max_buffer: 1_024)
     assert {:ok, "y\n" <> _} = Lacca.read_stdout(pid)
     assert Lacca.stop(pid) == :ok
 
-    {:ok, pid} = Lacca.start_link("yes", [], max_buffer: 1_000)
+    {:ok, pid} = Lacca.start_link("yes", [], max_buffer: 1_024)
     assert {:ok, "y\n" <> _} = Lacca.read_stdout(pid)
     assert Lacca.kill(pid) == :ok
     assert Lacca.await(pid) == {:ok, {:signal, :sigkill}}
 
-    {:ok, pid} = Lacca.start("yes", [], max_buffer: 1_000, output: :messages, active: false)
+    {:ok, pid} = Lacca.start("yes", [], max_buffer: 1_024, output: :messages, active: false)
     %{id: id, daemon: daemon} = :sys.get_state(pid)
     # Watch what the daemon receives: resin must report the exit although
     # nobody reads the output (the daemon grants the credit to drain it).

@@ -45,7 +45,7 @@ defmodule Lacca.StreamTest do
       assert chunks |> Enum.map(&byte_size/1) |> Enum.sum() == 1_000_000
 
       chunks =
-        Lacca.stream!("head", ["-c", "100000", "/dev/zero"], max_buffer: 1_000) |> Enum.to_list()
+        Lacca.stream!("head", ["-c", "100000", "/dev/zero"], max_buffer: 1_024) |> Enum.to_list()
 
       assert Enum.all?(chunks, &(byte_size(&1) <= 1_000))
       assert chunks |> Enum.map(&byte_size/1) |> Enum.sum() == 100_000

@@ -11,6 +11,10 @@ defmodule Lacca.Options do
   @run_defaults [input: nil, timeout: :infinity, into: ""]
 
   @default_window 1_048_576
+  # The smallest :max_buffer. Credit comes back in grants of a quarter of the
+  # window, so a tiny window costs a round trip to resin for every few bytes
+  # of output (max_buffer: 1 made 500 `cat`s crawl for minutes).
+  @min_window 1024
 
   @spec spawn_keys() :: [atom()]
   def spawn_keys, do: @spawn_keys
@@ -70,7 +74,7 @@ defmodule Lacca.Options do
       output: output,
       owner: owner,
       active: active,
-      max_buffer: pos_integer!(opts, :max_buffer)
+      max_buffer: window!(opts)
     })
   end
 
@@ -118,7 +122,7 @@ defmodule Lacca.Options do
 
     Map.merge(spec, %{
       spawn: spawn,
-      window: pos_integer!(opts, :max_buffer),
+      window: window!(opts),
       input: input,
       lines: lines,
       tagged: opts[:stderr] == :capture
@@ -298,6 +302,13 @@ defmodule Lacca.Options do
       value
     else
       bad!(key, Enum.map_join(allowed, ", ", &inspect/1), value, "one of ")
+    end
+  end
+
+  defp window!(opts) do
+    case opts[:max_buffer] do
+      n when is_integer(n) and n >= @min_window -> n
+      other -> bad!(:max_buffer, "an integer of at least #{@min_window} (bytes)", other)
     end
   end
 
