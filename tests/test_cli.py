@@ -10,10 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import exists
+from conftest import exists, wait_until
 
 import resin_py
 from resin_py.protocol import v1
+from resin_py.protocol.terms import Atom
 from resin_py.testing import ResinClient
 
 CONSOLE_SCRIPT = Path(sys.executable).with_name("resin")
@@ -52,6 +53,42 @@ def test_sigterm_shuts_down_like_stdin_eof(client: ResinClient) -> None:
     assert client.recv() == v1.Exit(1, "signal", 9)
     assert client.wait(timeout=1) == 0
     assert not exists(spawned.os_pid)
+
+
+def test_sigterm_works_when_started_with_it_blocked() -> None:
+    """A parent that starts resin with SIGTERM (and SIGCHLD) blocked does not
+    disable its shutdown: resin resets its signal mask."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGCHLD})
+    try:
+        client = ResinClient()  # inherits the mask
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    try:
+        assert client.hello() == 1
+        # Exits still arrive (SIGCHLD unblocked too).
+        assert client.run(1, "echo", ["hi"]).stdout == b"hi\n"
+        spawned = client.spawn(2, "sleep", ["1000"])
+        assert isinstance(spawned, v1.Spawned)
+        os.kill(client.pid, signal.SIGTERM)
+        assert client.recv() == v1.Exit(2, "signal", 9)
+        assert client.wait(timeout=5) == 0
+    finally:
+        client.kill()
+
+
+def test_sigusr1_prints_the_loop_state(tmp_path: Path) -> None:
+    log = tmp_path / "stderr"
+    with log.open("wb") as err:
+        client = ResinClient(stderr=err)
+    try:
+        assert client.hello() == 1
+        assert isinstance(client.spawn(1, "sleep", ["1000"]), v1.Spawned)
+        os.kill(client.pid, signal.SIGUSR1)
+        wait_until(lambda: "Child(id=1" in log.read_text(), what="the state dump")
+        assert "outbox=" in log.read_text()
+        assert client.signal(1, 0) == Atom("ok")  # and resin serves on
+    finally:
+        client.kill()
 
 
 def test_client_gone_kills_children(client: ResinClient) -> None:
