@@ -1,23 +1,23 @@
-"""External term format for the typed term model, on top of erlang-py.
+"""External term format for the typed term model (docs/protocol.md §4.1, §4.9).
 
-erlang-py decodes into a mix of Python values (bool for true/false, None for
-`undefined`, bytes for charlists) and its own classes; `from_erlang` maps them
-to resin_py.protocol.terms so the rest of resin never sees those quirks.
+resin decodes every CONTROL term itself, in one linear pass with hard limits
+(`MAX_DEPTH`, `MAX_BIG_BYTES`, no compression), so that no frame of at most
+64 KiB costs more than a few milliseconds whatever its bytes. erlang-py, the
+reference codec, is not on this path: its decoder builds bignums byte by byte
+(quadratic: a 60 KB integer took 0.7 s) and hashes map keys into a dict
+(integer keys are easy to make collide). It stays the reference in the tests
+(`from_erlang` / `to_erlang` map between its values and this model).
 
-erlang-py is pure Python and goes through its own object model, which costs
-tens of microseconds per control message. So both directions have a direct
-path for the terms resin sees every time (integers, floats, atoms, binaries,
-tuples, proper lists, charlists) that gives exactly the bytes and terms of
-the erlang-py path; anything else (references, pids, maps, improper lists,
-malformed or compressed input) goes the erlang-py way, unchanged.
+What resin does not interpret (pids, ports, references, funs, maps, improper
+lists, bit strings) decodes to `Opaque(raw)`: `raw` is that term's own
+encoding (without the 131 version byte), validated and echoed byte for byte.
 """
 
 from __future__ import annotations
 
+import math
 import struct
 from typing import Any
-
-import erlang
 
 from resin_py.protocol.errors import BadTerm
 from resin_py.protocol.terms import FALSE, TRUE, Atom, Opaque, Term
@@ -25,116 +25,303 @@ from resin_py.protocol.terms import FALSE, TRUE, Atom, Opaque, Term
 # Compressed terms (tag 80) are refused, at any depth: a 64 KiB packet could
 # inflate to gigabytes (nested compression) and lacca never compresses.
 COMPRESSED_TAG = 80
+# Nesting of tuples, lists, maps and the like. lacca's deepest request, a
+# spawn with env, nests 4 deep; refs are usually flat.
+MAX_DEPTH = 100
+# Bytes in the magnitude of an integer (SMALL_BIG_EXT's range, 2,040 bits).
+# Every integer field is at most 32 bits; anything bigger only gets echoed.
+MAX_BIG_BYTES = 255
+# Terms in one external term: the root plus every element of every tuple,
+# list and map (a charlist counts as one). A spawn request that fits in one
+# packet has fewer (13,107 empty args; ~15,000 terms for the most env
+# entries), and this bounds the cost of decoding, checking and echoing.
+MAX_TERMS = 16384
 
 
-class _RefuseCompressed:
-    """Stands in for `zlib` inside erlang-py so that it cannot inflate anything."""
+def decode_term(data: bytes | bytearray | memoryview, *, max_terms: int = MAX_TERMS) -> Term:
+    """Decode one external term (starting with 131); raise BadTerm on anything wrong.
 
-    @staticmethod
-    def decompress(_data: bytes) -> bytes:
-        raise erlang.ParseException("compressed terms are not accepted")
-
-
-erlang.zlib = _RefuseCompressed()
-
-
-def from_erlang(value: Any) -> Term:
-    """Map an erlang-py decoded value to the typed term model."""
-    if isinstance(value, bool):  # before int: bool is an int subclass
-        return TRUE if value else FALSE
-    if isinstance(value, int | float):
-        return value
-    if value is None:
-        return Atom("undefined")
-    if isinstance(value, erlang.OtpErlangAtom):
-        name = value.value
-        if isinstance(name, bytes):  # ATOM_EXT / SMALL_ATOM_EXT are Latin-1
-            return Atom(name.decode("latin-1"))
-        if isinstance(name, str):
-            return Atom(name)
-        return Opaque(value)  # atom cache reference: meaningless outside distribution
-    if isinstance(value, erlang.OtpErlangBinary):
-        return value.value if value.bits == 8 else Opaque(value)
-    if isinstance(value, bytes):  # STRING_EXT: a list of small integers
-        return list(value)
-    if isinstance(value, tuple):
-        return tuple(from_erlang(v) for v in value)
-    if isinstance(value, list):
-        return [from_erlang(v) for v in value]
-    return Opaque(value)
-
-
-def to_erlang(term: Term) -> Any:
-    """Map a typed term back to what erlang-py encodes as that Erlang term."""
-    if isinstance(term, bytes):
-        return erlang.OtpErlangBinary(term)
-    if isinstance(term, Atom):
-        return erlang.OtpErlangAtom(term.name)
-    if isinstance(term, tuple):
-        return tuple(to_erlang(t) for t in term)
-    if isinstance(term, list):
-        return [to_erlang(t) for t in term]
-    if isinstance(term, Opaque):
-        return term.raw
-    return term  # int or float
-
-
-def decode_term(data: bytes) -> Term:
-    """Decode one external term (starting with 131); raise BadTerm on anything wrong."""
+    Linear in len(data); refuses compression, nesting deeper than MAX_DEPTH,
+    more than MAX_TERMS terms, integers above MAX_BIG_BYTES bytes, and what the
+    BEAM would not decode (atom cache references, non-finite floats, unknown tags).
+    """
+    data = bytes(data)
     if len(data) < 2 or data[0] != 131:
         raise BadTerm("not an external term")
-    if data[1] == COMPRESSED_TAG:
-        raise BadTerm("compressed terms are not accepted")
-    data = bytes(data)
     try:
-        term, end = _decode(data, 1)
-        if end == len(data):
-            return term
-    except (_Unsupported, ValueError, IndexError, RecursionError, struct.error):
-        pass  # the erlang-py way decides (and explains what is wrong)
-    try:
-        return from_erlang(erlang.binary_to_term(data))
-    # erlang-py lets many exception types escape on malformed input (IndexError,
-    # struct.error, UnicodeDecodeError, RecursionError on deep nesting, TypeError
-    # on unhashable map keys, ...): all of them mean "bad term" here.
-    except Exception as exc:
-        raise BadTerm(_detail(exc)) from exc
-
-
-def _detail(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text[:200]
+        term, end = _decode(data, 1, 0, [max_terms - 1])
+    except (IndexError, struct.error):
+        raise BadTerm("truncated term") from None
+    except UnicodeDecodeError:
+        raise BadTerm("atom is not valid UTF-8") from None
+    except RecursionError:  # only when called from deep in a stack already
+        raise BadTerm("nested too deep") from None
+    except ValueError as exc:  # FLOAT_EXT text that is not a number
+        raise BadTerm(f"bad float: {str(exc)[:100]}") from None
+    if end != len(data):
+        raise BadTerm(f"{len(data) - end} bytes after the term")
+    return term
 
 
 def encode_term(term: Term) -> bytes:
-    """Encode a typed term as an external term (starting with 131)."""
+    """Encode a typed term as an external term (starting with 131).
+
+    Python values that are not Terms (str, dict, ...) are encoded the way
+    erlang-py encodes them, for tools and tests."""
     parts = [b"\x83"]
     try:
         _encode(term, parts)
-    except _Unsupported:
+    except _NotATerm:
+        import erlang
+
         data: bytes = erlang.term_to_binary(to_erlang(term))
         return data
     return b"".join(parts)
 
 
-# --- the direct path ---------------------------------------------------------
+def encoded_size(term: Term, limit: int) -> int:
+    """len(encode_term(term)), or some number above `limit` once it is known to
+    exceed it: the cost stays bounded by `limit` whatever the term."""
+    return limit + 1 - _size(term, limit)
 
 
-class _Unsupported(Exception):
-    """Not for the direct path: use erlang-py."""
-
+# --- decoding ------------------------------------------------------------------
 
 _U32 = struct.Struct(">I")
 _I32 = struct.Struct(">i")
 _U16 = struct.Struct(">H")
 _F64 = struct.Struct(">d")
+
+# Atoms repeat (request tags, option keys): one object per name.
+_UTF8_ATOMS: dict[bytes, Atom] = {}
+_LATIN1_ATOMS: dict[bytes, Atom] = {}
+_ATOM_CACHE_MAX = 4096
+
+
+def _atom(name: bytes, utf8: bool) -> Atom:
+    cache = _UTF8_ATOMS if utf8 else _LATIN1_ATOMS
+    atom = cache.get(name)
+    if atom is None:
+        atom = Atom(name.decode("utf-8" if utf8 else "latin-1"))
+        if len(cache) < _ATOM_CACHE_MAX:
+            cache[name] = atom
+    return atom
+
+
+def _truncated() -> BadTerm:
+    return BadTerm("truncated term")
+
+
+def _decode(data: bytes, i: int, depth: int, left: list[int]) -> tuple[Term, int]:
+    """One term at data[i]: (term, end). `left[0]` is how many more terms may
+    follow. Raises BadTerm, or IndexError / struct.error on a truncated term
+    (decode_term maps those)."""
+    tag = data[i]
+    i += 1
+    if tag == 104 or tag == 105:  # SMALL_TUPLE, LARGE_TUPLE
+        if tag == 104:
+            n, i = data[i], i + 1
+        else:
+            n, i = _U32.unpack_from(data, i)[0], i + 4
+        if n == 0:
+            return (), i
+        items, i = _sequence(data, i, n, depth, left)
+        return tuple(items), i
+    if tag == 108:  # LIST
+        start = i - 1
+        n, i = _U32.unpack_from(data, i)[0], i + 4
+        elems, i = _sequence(data, i, n, depth, left)
+        if data[i] == 106:
+            return elems, i + 1
+        _, i = _decode(data, i, depth + 1, left)  # an improper list: validate its tail
+        return Opaque(data[start:i]), i
+    if tag == 107:  # STRING: a charlist
+        end = i + 2 + _U16.unpack_from(data, i)[0]
+        if end > len(data):
+            raise _truncated()
+        return list(data[i + 2:end]), end
+    if tag == 97:  # SMALL_INTEGER
+        return data[i], i + 1
+    if tag == 119 or tag == 115:  # SMALL_ATOM_UTF8, SMALL_ATOM (Latin-1)
+        end = i + 1 + data[i]
+        if end > len(data):
+            raise _truncated()
+        return _atom(data[i + 1:end], tag == 119), end
+    if tag == 109:  # BINARY
+        end = i + 4 + _U32.unpack_from(data, i)[0]
+        if end > len(data):
+            raise _truncated()
+        return data[i + 4:end], end
+    if tag == 106:  # NIL
+        return [], i
+    if tag == 98:  # INTEGER
+        return _I32.unpack_from(data, i)[0], i + 4
+    if tag == 118 or tag == 100:  # ATOM_UTF8, ATOM (Latin-1)
+        end = i + 2 + _U16.unpack_from(data, i)[0]
+        if end > len(data):
+            raise _truncated()
+        return _atom(data[i + 2:end], tag == 118), end
+    if tag == 110 or tag == 111:  # SMALL_BIG, LARGE_BIG
+        if tag == 110:
+            n, i = data[i], i + 1
+        else:
+            n, i = _U32.unpack_from(data, i)[0], i + 4
+        if n > MAX_BIG_BYTES:
+            raise BadTerm(f"integer of {n} bytes (at most {MAX_BIG_BYTES})")
+        sign, end = data[i], i + 1 + n
+        if end > len(data):
+            raise _truncated()
+        if sign > 1:
+            raise BadTerm(f"integer with sign byte {sign}")
+        value = int.from_bytes(data[i + 1:end], "little")
+        return (-value if sign else value), end
+    if tag == 70:  # NEW_FLOAT
+        value = _F64.unpack_from(data, i)[0]
+        if not math.isfinite(value):
+            raise BadTerm("float that is not finite")
+        return value, i + 8
+    return _decode_opaque(data, i - 1, depth, left)
+
+
+def _sequence(data: bytes, i: int, n: int, depth: int, left: list[int]
+              ) -> tuple[list[Term], int]:
+    """n terms from data[i] (the elements of a tuple or list): (terms, end)."""
+    _enter(data, i, n, depth, left)
+    depth += 1
+    items: list[Term] = []
+    append = items.append
+    size = len(data)
+    for _ in range(n):
+        tag = data[i]
+        # The usual leaves inline: small integers, atoms, binaries, nil, integers.
+        if tag == 97:
+            append(data[i + 1])
+            i += 2
+        elif tag == 119:
+            end = i + 2 + data[i + 1]
+            if end > size:
+                raise _truncated()
+            name = data[i + 2:end]
+            atom = _UTF8_ATOMS.get(name)
+            append(atom if atom is not None else _atom(name, True))
+            i = end
+        elif tag == 109:
+            end = i + 5 + _U32.unpack_from(data, i + 1)[0]
+            if end > size:
+                raise _truncated()
+            append(data[i + 5:end])
+            i = end
+        elif tag == 106:
+            append([])
+            i += 1
+        elif tag == 98:
+            append(_I32.unpack_from(data, i + 1)[0])
+            i += 5
+        else:
+            item, i = _decode(data, i, depth, left)
+            append(item)
+    if i > len(data):
+        raise _truncated()
+    return items, i
+
+
+def _enter(data: bytes, i: int, n: int, depth: int, left: list[int]) -> None:
+    """Account for a container of n elements at data[i] (depth: the container's)."""
+    if n > len(data) - i:  # each element takes at least one byte
+        raise _truncated()
+    if depth >= MAX_DEPTH:
+        raise BadTerm(f"nested deeper than {MAX_DEPTH}")
+    left[0] -= n
+    if left[0] < 0:
+        raise BadTerm("too many terms")
+
+
+def _decode_opaque(data: bytes, start: int, depth: int, left: list[int]
+                   ) -> tuple[Term, int]:
+    """A term resin passes through: validate it, Opaque(its bytes)."""
+    tag = data[start]
+    i = start + 1
+    if tag == 99:  # FLOAT_EXT: 31 bytes of "%.20e" text
+        text = data[i:i + 31]
+        if len(text) < 31:
+            raise _truncated()
+        value = float(text.partition(b"\0")[0])
+        if not math.isfinite(value):
+            raise BadTerm("float that is not finite")
+        return value, i + 31
+    if tag == 116:  # MAP: arity, then keys and values
+        n, i = _U32.unpack_from(data, i)[0], i + 4
+        _enter(data, i, 2 * n, depth, left)
+        for _ in range(2 * n):
+            _, i = _decode(data, i, depth + 1, left)
+    elif tag == 88 or tag == 103:  # NEW_PID, PID: node, id, serial, creation
+        i = _node(data, i) + (12 if tag == 88 else 9)
+    elif tag == 89 or tag == 102 or tag == 120:  # NEW_PORT, PORT, V4_PORT
+        i = _node(data, i) + {89: 8, 102: 5, 120: 12}[tag]
+    elif tag == 101:  # REFERENCE: node, id, creation
+        i = _node(data, i) + 5
+    elif tag == 90 or tag == 114:  # NEWER_REFERENCE, NEW_REFERENCE
+        words, i = _U16.unpack_from(data, i)[0], i + 2
+        if words > 5:
+            raise BadTerm(f"reference of {words} words")
+        i = _node(data, i) + (4 if tag == 90 else 1) + 4 * words
+    elif tag == 77:  # BIT_BINARY: length, bits in the last byte, data
+        n, bits = _U32.unpack_from(data, i)[0], data[i + 4]
+        if not (1 <= bits <= 8 if n else bits == 0):
+            raise BadTerm(f"bit string with {bits} bits in its last byte")
+        i += 5 + n
+        if bits == 8 or not n:  # whole bytes: a binary
+            if i > len(data):
+                raise _truncated()
+            return data[i - n:i], i
+    elif tag == 112:  # NEW_FUN: its size counts itself, not the tag
+        size = _U32.unpack_from(data, i)[0]
+        if size < 4:
+            raise BadTerm("fun of size < 4")
+        i += size
+    elif tag == 113:  # EXPORT: module, function, arity
+        i = _node(data, _node(data, i))
+        if data[i] != 97:
+            raise BadTerm("export arity is not a small integer")
+        i += 2
+    elif tag == COMPRESSED_TAG:
+        raise BadTerm("compressed terms are not accepted")
+    else:  # ATOM_CACHE_REF (82), LOCAL (121), FUN (117, gone since OTP 23), unknown
+        raise BadTerm(f"unsupported tag {tag}")
+    if i > len(data):
+        raise _truncated()
+    return Opaque(data[start:i]), i
+
+
+def _node(data: bytes, i: int) -> int:
+    """The end of the atom at data[i] (a pid's node, an export's module, ...)."""
+    tag = data[i]
+    if tag == 119 or tag == 115:
+        end = i + 2 + data[i + 1]
+    elif tag == 118 or tag == 100:
+        end = i + 3 + _U16.unpack_from(data, i + 1)[0]
+    else:
+        raise BadTerm(f"expected an atom, got tag {tag}")
+    if end > len(data):
+        raise _truncated()
+    if tag == 119 or tag == 118:
+        data[i + (2 if tag == 119 else 3):end].decode("utf-8")
+    return end
+
+
+# --- encoding --------------------------------------------------------------------
+
+class _NotATerm(Exception):
+    """A Python value outside the term model: erlang-py encodes it."""
+
+
 _SMALL_INTS = [bytes((97, i)) for i in range(256)]
 _NIL_BYTES = b"j"
 _atom_cache: dict[str, bytes] = {}
 
 
 def encode_atom(atom: Atom) -> bytes:
-    """The bytes of one atom, as erlang-py writes them (cached: atoms repeat)."""
+    """The bytes of one atom (SMALL_ATOM_UTF8_EXT or ATOM_UTF8_EXT; cached: atoms repeat)."""
     cached = _atom_cache.get(atom.name)
     if cached is None:
         name = atom.name.encode()
@@ -143,14 +330,14 @@ def encode_atom(atom: Atom) -> bytes:
         elif len(name) <= 65535:
             cached = b"v" + _U16.pack(len(name)) + name
         else:
-            raise _Unsupported  # erlang-py raises its own error
+            raise ValueError(f"atom of {len(name)} bytes cannot be encoded")
         if len(_atom_cache) < 1024:
             _atom_cache[atom.name] = cached
     return cached
 
 
 def encode_int(value: int) -> bytes:
-    """The bytes of one integer, as erlang-py writes them."""
+    """The bytes of one integer, as erlang-py (and the BEAM) write them."""
     if 0 <= value <= 255:
         return _SMALL_INTS[value]
     if -2147483648 <= value <= 2147483647:
@@ -164,7 +351,9 @@ def encode_int(value: int) -> bytes:
 
 
 def _encode(term: Term, out: list[bytes]) -> None:
-    if isinstance(term, int) and not isinstance(term, bool):  # erlang-py: bool is an atom
+    if isinstance(term, bool):  # not a Term, but an atom wherever it slips in
+        out.append(encode_atom(TRUE if term else FALSE))
+    elif isinstance(term, int):
         out.append(encode_int(term))
     elif isinstance(term, Atom):
         out.append(encode_atom(term))
@@ -184,71 +373,77 @@ def _encode(term: Term, out: list[bytes]) -> None:
         out.append(_NIL_BYTES)
     elif isinstance(term, float):
         out.append(b"F" + _F64.pack(term))
-    else:  # Opaque
-        raise _Unsupported
+    elif isinstance(term, Opaque):
+        out.append(term.raw)
+    else:  # not a Term (a str, a dict, ... from a tool or a test)
+        raise _NotATerm
 
 
-def _decode(data: bytes, i: int) -> tuple[Term, int]:
-    """One term at data[i]; (term, end). Raises _Unsupported (or an index/value
-    error on malformed input) for anything the erlang-py path must handle."""
-    tag = data[i]
-    i += 1
-    if tag == 97:  # SMALL_INTEGER
-        return data[i], i + 1
-    if tag == 119 or tag == 115:  # SMALL_ATOM_UTF8, SMALL_ATOM (Latin-1)
-        end = i + 1 + data[i]
-        if end > len(data):
-            raise _Unsupported
-        name = data[i + 1:end]
-        return Atom(name.decode("utf-8" if tag == 119 else "latin-1")), end
-    if tag == 109:  # BINARY
-        end = i + 4 + _U32.unpack_from(data, i)[0]
-        if end > len(data):
-            raise _Unsupported
-        return data[i + 4:end], end
-    if tag == 104 or tag == 105:  # SMALL_TUPLE, LARGE_TUPLE
-        if tag == 104:
-            n, i = data[i], i + 1
-        else:
-            n, i = _U32.unpack_from(data, i)[0], i + 4
-        items = []
-        for _ in range(n):
-            item, i = _decode(data, i)
-            items.append(item)
-        return tuple(items), i
-    if tag == 106:  # NIL
-        return [], i
-    if tag == 108:  # LIST: proper lists only
-        n, i = _U32.unpack_from(data, i)[0], i + 4
-        elems: list[Term] = []
-        for _ in range(n):
-            item, i = _decode(data, i)
-            elems.append(item)
-        if data[i] != 106:
-            raise _Unsupported
-        return elems, i + 1
-    if tag == 98:  # INTEGER
-        return _I32.unpack_from(data, i)[0], i + 4
-    if tag == 107:  # STRING: a charlist
-        end = i + 2 + _U16.unpack_from(data, i)[0]
-        if end > len(data):
-            raise _Unsupported
-        return list(data[i + 2:end]), end
-    if tag == 118 or tag == 100:  # ATOM_UTF8, ATOM (Latin-1)
-        end = i + 2 + _U16.unpack_from(data, i)[0]
-        if end > len(data):
-            raise _Unsupported
-        return Atom(data[i + 2:end].decode("utf-8" if tag == 118 else "latin-1")), end
-    if tag == 110 or tag == 111:  # SMALL_BIG, LARGE_BIG
-        if tag == 110:
-            n, i = data[i], i + 1
-        else:
-            n, i = _U32.unpack_from(data, i)[0], i + 4
-        sign, end = data[i], i + 1 + n
-        if end > len(data):
-            raise _Unsupported
-        value = int.from_bytes(data[i + 1:end], "little")
-        return (-value if sign == 1 else value), end
-    if tag == 70:  # NEW_FLOAT
-        return _F64.unpack_from(data, i)[0], i + 8
-    raise _Unsupported
+def _size(term: Term, budget: int) -> int:
+    """`budget` minus the encoded size of `term` (without the version byte),
+    stopping as soon as that is negative."""
+    if isinstance(term, Atom):
+        return budget - len(encode_atom(term))
+    if isinstance(term, bool):
+        return budget - 6 if term else budget - 7
+    if isinstance(term, int):
+        return budget - len(encode_int(term))
+    if isinstance(term, bytes):
+        return budget - 5 - len(term)
+    if isinstance(term, float):
+        return budget - 9
+    if isinstance(term, tuple | list):
+        n = len(term)
+        budget -= (2 if n <= 255 else 5) if isinstance(term, tuple) else (6 if n else 1)
+        for item in term:
+            if budget < 0:
+                break
+            budget = _size(item, budget)
+        return budget
+    if isinstance(term, Opaque):
+        return budget - len(term.raw)
+    return budget - len(encode_term(term)) + 1  # not a Term: see encode_term
+
+
+# --- erlang-py interop (the reference codec, for tests and tools) ----------------
+
+
+def from_erlang(value: Any) -> Term:
+    """Map an erlang-py decoded value to the typed term model."""
+    import erlang
+
+    if isinstance(value, bool):  # before int: bool is an int subclass
+        return TRUE if value else FALSE
+    if isinstance(value, int | float):
+        return value
+    if value is None:
+        return Atom("undefined")
+    if isinstance(value, erlang.OtpErlangAtom) and not isinstance(value.value, int):
+        name = value.value
+        return Atom(name.decode("latin-1") if isinstance(name, bytes) else name)
+    if isinstance(value, erlang.OtpErlangBinary) and value.bits == 8:
+        return bytes(value.value)
+    if isinstance(value, bytes):  # STRING_EXT: a list of small integers
+        return list(value)
+    if isinstance(value, tuple):
+        return tuple(from_erlang(v) for v in value)
+    if isinstance(value, list):
+        return [from_erlang(v) for v in value]
+    return Opaque(bytes(erlang.term_to_binary(value))[1:])
+
+
+def to_erlang(term: Term) -> Any:
+    """Map a typed term to what erlang-py encodes as that Erlang term."""
+    import erlang
+
+    if isinstance(term, bytes):
+        return erlang.OtpErlangBinary(term)
+    if isinstance(term, Atom):
+        return erlang.OtpErlangAtom(term.name)
+    if isinstance(term, tuple):
+        return tuple(to_erlang(t) for t in term)
+    if isinstance(term, list):
+        return [to_erlang(t) for t in term]
+    if isinstance(term, Opaque):
+        return erlang.binary_to_term(b"\x83" + term.raw)
+    return term  # int or float

@@ -4,16 +4,18 @@
     bytes                 binaries (never charlists)
     Atom("name")          atoms, including true/false/nil/undefined
     tuple / list          tuples and proper lists (charlists become lists of ints)
-    Opaque(raw)           anything resin only passes through (pids, refs, maps, ...)
+    Opaque(raw)           anything resin only passes through (pids, refs, maps,
+                          improper lists, ...): `raw` is its external term
+                          format encoding, without the 131 version byte
 
 `resin_py.protocol.etf` converts between this model and the external term
-format (through erlang-py).
+format.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import TypeAlias
 
 
 @dataclass(frozen=True)
@@ -26,9 +28,10 @@ class Atom:
 
 @dataclass(frozen=True)
 class Opaque:
-    """A term resin does not interpret and echoes untouched (e.g. a reference)."""
+    """A term resin does not interpret and echoes untouched (e.g. a reference):
+    its encoding (without the version byte), as the client sent it."""
 
-    raw: Any
+    raw: bytes
 
 
 Term: TypeAlias = "int | float | bytes | Atom | Opaque | tuple[Term, ...] | list[Term]"

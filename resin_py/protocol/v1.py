@@ -24,9 +24,16 @@ from resin_py.protocol.errors import (
     UnknownRequest,
     V1Error,
 )
-from resin_py.protocol.etf import decode_term, encode_atom, encode_int, encode_term
+from resin_py.protocol.etf import (
+    MAX_TERMS,
+    decode_term,
+    encode_atom,
+    encode_int,
+    encode_term,
+    encoded_size,
+)
 from resin_py.protocol.framing import MAX_PACKET
-from resin_py.protocol.terms import FALSE, INFINITY, NIL, TRUE, Atom, Term
+from resin_py.protocol.terms import FALSE, INFINITY, NIL, TRUE, Atom, Opaque, Term
 
 VERSION = 1
 
@@ -208,7 +215,14 @@ def decode_client_frame(payload: bytes) -> ClientFrame:
             raise BadFrame(kind, id, f"stream {stream}")
         return Credit(id, StreamKind(stream), amount)
     if kind == CONTROL:
-        return parse_request(decode_term(payload[1:]))
+        body = payload[1:]
+        term = decode_term(body)
+        try:
+            return parse_request(term)
+        except UnknownRequest:
+            # Echo the client's own encoding: the same term, and no second
+            # walk over a term that may have MAX_TERMS parts.
+            raise UnknownRequest(Opaque(bytes(body[1:]))) from None
     if kind == HELLO and len(payload) == 2:
         return Hello(payload[1])
     raise BadFrame(kind, why="unknown type for a client frame")
@@ -241,7 +255,7 @@ def parse_request(term: Term) -> Request:
 
 
 def _check_ref(request: str, id: int, ref: Term) -> Term:
-    if len(encode_term(ref)) > MAX_REF_BYTES:
+    if encoded_size(ref, MAX_REF_BYTES) > MAX_REF_BYTES:
         raise BadArgument(request, id, Atom("ref"))
     return ref
 
@@ -429,7 +443,7 @@ def error_event(exc: ProtocolError) -> Event:
         return ErrorEvent(None, (Atom("bad_term"), exc.detail.encode()))
     if isinstance(exc, UnknownRequest):
         term = exc.term
-        if len(encode_term(term)) > MAX_ECHO_BYTES:
+        if encoded_size(term, MAX_ECHO_BYTES) > MAX_ECHO_BYTES:
             term = Atom("too_large")
         return ErrorEvent(None, (Atom("unknown_request"), term))
     if isinstance(exc, FramingError):
@@ -491,8 +505,8 @@ def decode_resin_frame(payload: bytes) -> ResinFrame:
             return StdinAck(id, AckStatus(status))
     if kind == HELLO_REPLY and len(payload) == 2:
         return HelloReply(payload[1])
-    if kind == EVENT:
-        return parse_event(decode_term(payload[1:]))
+    if kind == EVENT:  # an event may wrap an echoed term of MAX_TERMS terms
+        return parse_event(decode_term(payload[1:], max_terms=2 * MAX_TERMS))
     raise BadFrame(kind, why="not a resin frame")
 
 
