@@ -6,6 +6,7 @@ Resin to client: one msgpack value per packet, keys in rmp-serde's field order.
 
 from __future__ import annotations
 
+import reprlib
 import struct
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
@@ -68,39 +69,342 @@ ResinMessage: TypeAlias = DataOut | ExitStatus | ErrorReport
 
 # --- resin side: decode what the client sends -------------------------------
 
+# Limits on decoding (docs/protocol.md §3.4). Only DataIn's buf may be long
+# (up to the message cap); everything else is read field by field, each
+# within its own limit, so that no message costs more memory than about its
+# own size nor more CPU than a linear pass.
+#
+# A msgpack str resin reads (tag, exec, one arg): Linux's MAX_ARG_STRLEN.
+V0_MAX_STRING = 128 * 1024
+# Strings in StartProcess.args.
+V0_MAX_ARGS = 256 * 1024
+# Bytes of what resin ignores in one message: other keys (and their values)
+# in a body, the body of KillProcess.
+V0_MAX_IGNORED = 4096
+
 
 class V0Decoder:
     """Turns client packets into messages, joining chunked ones."""
 
     def __init__(self, max_message: int = V0_MAX_MESSAGE) -> None:
-        self._parts: list[bytes] = []
+        self._buf = bytearray()
         self._size = 0
         self._max = max_message
-        self._oversized = False
 
     def feed_packet(self, payload: bytes) -> ClientMessage | None:
         """One packet payload in; a message out, or None while chunks are pending."""
         if not payload:
             raise V0Error("empty packet: no flags byte")
         flags = payload[0]
-        chunk = payload[1:]
-        self._size += len(chunk)
-        if self._size > self._max:
-            self._oversized = True
-            self._parts.clear()
-        elif not self._oversized:
-            self._parts.append(chunk)
+        self._size += len(payload) - 1
+        if self._size <= self._max:
+            self._buf += memoryview(payload)[1:]
+        elif self._buf:
+            self._buf = bytearray()  # oversized: drop what was kept, count the rest
         if flags & FLAG_MORE:
             return None
-        parts, oversized, size = self._parts, self._oversized, self._size
-        self._parts, self._oversized, self._size = [], False, 0
-        if oversized:
+        buf, size = self._buf, self._size
+        self._buf, self._size = bytearray(), 0
+        if size > self._max:
             raise MessageTooLarge(f"message of {size} bytes exceeds {self._max} bytes")
-        return parse_client_value(unpack(b"".join(parts)))
+        return decode_client_message(buf)
+
+
+def decode_client_message(data: bytearray | bytes) -> ClientMessage:
+    """Decode one reassembled client message (key order does not matter).
+
+    A bytearray is used as scratch space: DataIn's int array is decoded in
+    place, so that decoding a message costs at most one more copy of it.
+    """
+    buf = data if isinstance(data, bytearray) else bytearray(data)
+    reader = _Reader(buf)
+    try:
+        msg = _message(reader)
+    except V0Error:
+        raise
+    # IndexError (ran off the end), UnicodeDecodeError, what msgpack raises
+    # on a value resin skips (FormatError, StackError, ...): malformed input.
+    except Exception as exc:
+        raise V0Error(f"malformed msgpack: {type(exc).__name__}: {exc}"[:300]) from None
+    if reader.pos != len(buf):
+        raise V0Error(f"malformed msgpack: {len(buf) - reader.pos} bytes after the message")
+    return msg
+
+
+_BAD_BUF = "DataIn: buf must be an array of ints 0..255 or a bin"
+
+
+def _message(r: _Reader) -> ClientMessage:
+    n = r.map_header()
+    if n is None:
+        length = r.str_header()
+        if length is None:
+            raise V0Error(f"unknown message: {r.describe()}")
+        text = r.text(length, "message")
+        if text == "KillProcess":
+            return KillProcess()
+        raise V0Error(f"unknown message: {_short(text)}")
+    if n != 1:
+        raise V0Error(f"unknown message: a map of {n} entries")
+    length = r.str_header()
+    if length is None:
+        raise V0Error(f"unknown message: a map keyed by {r.describe()}")
+    tag = r.text(length, "message tag")
+    if tag == "KillProcess":
+        r.skip()
+        return KillProcess()
+    if tag == "DataIn":
+        return _data_in(r)
+    if tag == "StartProcess":
+        return _start_process(r)
+    raise V0Error(f"unknown message: {_short(tag)}")
+
+
+def _data_in(r: _Reader) -> DataIn:
+    n = r.map_header()
+    if n is None:
+        raise V0Error(_BAD_BUF)
+    data: bytes | None = None
+    for _ in range(n):
+        if r.key() == "buf":
+            data = r.buf()  # a repeated key: the last one wins, as in a dict
+        else:
+            r.skip()
+    if data is None:
+        raise V0Error(_BAD_BUF)
+    return DataIn(data)
+
+
+def _start_process(r: _Reader) -> StartProcess:
+    n = r.map_header()
+    if n is None:
+        raise V0Error("StartProcess: body must be a map")
+    exe: str | None = None
+    args: list[str] = []
+    for _ in range(n):
+        key = r.key()
+        if key == "exec":
+            length = r.str_header()
+            exe = None if length is None else r.text(length, "StartProcess: exec")
+            if not exe or "\0" in exe:
+                raise V0Error("StartProcess: exec must be a non-empty string")
+        elif key == "args":
+            count = r.array_header()
+            if count is None:
+                raise V0Error("StartProcess: args must be an array of strings")
+            if count > V0_MAX_ARGS:
+                raise V0Error(f"StartProcess: {count} args (at most {V0_MAX_ARGS})")
+            args = []
+            for _ in range(count):
+                length = r.str_header()
+                arg = None if length is None else r.text(length, "StartProcess: an arg")
+                if arg is None or "\0" in arg:
+                    raise V0Error("StartProcess: args must be an array of strings")
+                args.append(arg)
+        else:
+            r.skip()
+    if exe is None:
+        raise V0Error("StartProcess: exec must be a non-empty string")
+    return StartProcess(exe, tuple(args))
+
+
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+# Size of the length field after a str / bin / ext header byte.
+_STR_LEN = {0xD9: 1, 0xDA: 2, 0xDB: 4}
+_BIN_LEN = {0xC4: 1, 0xC5: 2, 0xC6: 4}
+
+
+class _Reader:
+    """A cursor over a message for the few msgpack forms resin reads itself."""
+
+    def __init__(self, data: bytearray) -> None:
+        self.data = data
+        self.pos = 0
+        self.ignored = 0
+
+    def _length(self, size: int) -> int:
+        start = self.pos + 1
+        self.pos = start + size
+        if self.pos > len(self.data):
+            raise IndexError("truncated header")
+        return int.from_bytes(self.data[start:self.pos], "big")
+
+    def map_header(self) -> int | None:
+        b = self.data[self.pos]
+        if 0x80 <= b <= 0x8F:
+            self.pos += 1
+            return b & 0x0F
+        if b == 0xDE or b == 0xDF:
+            return self._length(2 if b == 0xDE else 4)
+        return None
+
+    def array_header(self) -> int | None:
+        b = self.data[self.pos]
+        if 0x90 <= b <= 0x9F:
+            self.pos += 1
+            return b & 0x0F
+        if b == 0xDC or b == 0xDD:
+            return self._length(2 if b == 0xDC else 4)
+        return None
+
+    def str_header(self) -> int | None:
+        b = self.data[self.pos]
+        if 0xA0 <= b <= 0xBF:
+            self.pos += 1
+            return b & 0x1F
+        size = _STR_LEN.get(b)
+        return None if size is None else self._length(size)
+
+    def text(self, length: int, what: str) -> str:
+        """The str of `length` bytes at pos (after its header)."""
+        if length > V0_MAX_STRING:
+            raise V0Error(f"{what}: string of {length} bytes (at most {V0_MAX_STRING})")
+        start = self.pos
+        self.pos += length
+        if self.pos > len(self.data):
+            raise IndexError("truncated str")
+        return self.data[start:self.pos].decode()
+
+    def key(self) -> str | None:
+        """A map key that may be one resin looks for; other keys are skipped."""
+        start = self.pos
+        length = self.str_header()
+        if length is not None and length <= 16:
+            return self.text(length, "key")
+        self.pos = start
+        self.skip()
+        return None
+
+    def skip(self) -> None:
+        """Pass over one value resin ignores, within V0_MAX_IGNORED bytes per message.
+        msgpack checks it (valid UTF-8, ...) and finds its end."""
+        budget = V0_MAX_IGNORED - self.ignored
+        window = bytes(self.data[self.pos:self.pos + budget])
+        try:
+            msgpack.unpackb(window, raw=False, strict_map_key=True)
+            used = len(window)
+        except msgpack.ExtraData as exc:
+            used = len(window) - len(exc.extra)
+        except ValueError as exc:
+            if str(exc) != "Unpack failed: incomplete input" or len(window) < budget:
+                raise
+            raise V0Error(f"ignored keys and values exceed {V0_MAX_IGNORED} bytes") from None
+        self.pos += used
+        self.ignored += used
+
+    def buf(self) -> bytes:
+        """DataIn's buf: a bin, or an array of ints 0..255 (decoded in place)."""
+        b = self.data[self.pos]
+        size = _BIN_LEN.get(b)
+        if size is not None:
+            n = self._length(size)
+            start, self.pos = self.pos, self.pos + n
+            if self.pos > len(self.data):
+                raise IndexError("truncated bin")
+            return bytes(memoryview(self.data)[start:self.pos])
+        count = self.array_header()
+        if count is None:
+            raise V0Error(_BAD_BUF)
+        if count > len(self.data) - self.pos:  # each element takes at least one byte
+            raise IndexError("truncated array")
+        data, self.pos = _int_array(self.data, self.pos, count)
+        return data
+
+    def describe(self) -> str:
+        """What the value at pos is, without decoding it (for error texts)."""
+        b = self.data[self.pos]
+        n = self.array_header()
+        if n is not None:
+            return f"an array of {n} entries"
+        if b in _BIN_LEN:
+            return f"a bin of {self._length(_BIN_LEN[b])} bytes"
+        if b <= 0x7F or b >= 0xE0 or 0xCC <= b <= 0xD3:
+            return "an integer"
+        return {0xC0: "nil", 0xC2: "false", 0xC3: "true", 0xCA: "a float",
+                0xCB: "a float"}.get(b, f"a value of type {b:#04x}")
+
+
+# DataIn int arrays. lacca 0.2.3 writes each byte as a positive fixint (00..7f)
+# or `cc xx`: such stretches are decoded with bytes methods, a block at a time;
+# other int forms one element at a time.
+_BLOCK = 64 * 1024
+# Byte classes: a = positive fixint, c = cc (uint8 marker), h = any other byte.
+_CLASSES = bytes.maketrans(bytes(range(256)), b"a" * 128 + b"h" * 76 + b"c" + b"h" * 51)
+
+
+def _int_array(data: bytearray, start: int, n: int) -> tuple[bytes, int]:
+    """The n ints at data[start:] as bytes, and their end. Decoded values are
+    written over the array itself (never ahead of what was read)."""
+    with memoryview(data) as mv:
+        if start + n <= len(mv) and all(  # all positive fixints: one copy
+                bytes(mv[i:min(i + _BLOCK, start + n)]).isascii()
+                for i in range(start, start + n, _BLOCK)):
+            return bytes(mv[start:start + n]), start + n
+        read = write = start
+        left = n
+        while left:
+            values, used = _uint8_block(mv, read, left) or _any_ints(mv, read, left)
+            mv[write:write + len(values)] = values
+            write += len(values)
+            read += used
+            left -= len(values)
+        return bytes(mv[start:write]), read
+
+
+def _uint8_block(mv: memoryview, pos: int, left: int) -> tuple[bytes, int] | None:
+    """Up to `left` elements at pos that are all fixints or `cc xx`: (values,
+    bytes used); None if the block holds any other form."""
+    size = min(left, _BLOCK)  # holds at most `left` elements
+    block = bytes(mv[pos:pos + size])
+    if not block:
+        raise IndexError("truncated array")
+    classes = block.translate(_CLASSES)
+    # A marker followed by cc (value 204) is a pair; left to right, as split() finds them.
+    unpaired = classes.replace(b"cc", b"")
+    if unpaired.endswith(b"c"):  # the block ends on a marker: take its value too
+        block = bytes(mv[pos:pos + size + 1])
+        if len(block) <= size:
+            raise IndexError("truncated array")
+        classes = block.translate(_CLASSES)
+        unpaired = classes.replace(b"cc", b"")
+    rest = unpaired.replace(b"ch", b"").replace(b"ca", b"")
+    if rest.count(b"a") != len(rest):  # a lone high byte: not fixint / uint8
+        return None
+    if b"\xcc\xcc" in block:
+        values = b"\xcc".join([p.replace(b"\xcc", b"") for p in block.split(b"\xcc\xcc")])
+    else:
+        values = block.replace(b"\xcc", b"")
+    return values, len(block)
+
+
+def _any_ints(mv: memoryview, pos: int, left: int) -> tuple[bytes, int]:
+    """Up to `left` elements in the _BLOCK bytes at pos, each any msgpack int
+    form of a value 0..255: (values, bytes used)."""
+    block = bytes(mv[pos:pos + max(_BLOCK, 9)])  # an int takes up to 9 bytes
+    # No containers, strings or exts: an element must be an int.
+    unpacker = msgpack.Unpacker(max_buffer_size=max(len(block), 1), max_str_len=0, max_bin_len=0,
+                                max_array_len=0, max_map_len=0, max_ext_len=0)
+    unpacker.feed(block)
+    out = bytearray()
+    used = 0
+    try:
+        while left:
+            value = unpacker.unpack()
+            if type(value) is not int or not 0 <= value <= 255:
+                raise V0Error(_BAD_BUF)
+            out.append(value)
+            used = unpacker.tell()
+            left -= 1
+    except msgpack.OutOfData:
+        if not out:
+            raise IndexError("truncated array") from None
+    return bytes(out), used
 
 
 def unpack(data: bytes) -> Any:
-    """Decode exactly one msgpack value."""
+    """Decode exactly one msgpack value (of at most one packet: resin's
+    messages, or a client message in tools and tests)."""
     try:
         return msgpack.unpackb(data, raw=False, strict_map_key=True)
     # msgpack raises ExtraData, FormatError, StackError, UnicodeDecodeError,
@@ -110,7 +414,10 @@ def unpack(data: bytes) -> Any:
 
 
 def parse_client_value(value: Any) -> ClientMessage:
-    """Map a decoded msgpack value to a client message (key order does not matter)."""
+    """Map a decoded msgpack value to a client message (key order does not matter).
+
+    For tools and tests; resin itself reads the bytes with `decode_client_message`,
+    which gives the same messages within its limits."""
     if value == "KillProcess":
         return KillProcess()
     if not isinstance(value, dict) or len(value) != 1:
@@ -142,8 +449,13 @@ def parse_client_value(value: Any) -> ClientMessage:
     raise V0Error(f"unknown message: {_short(tag)}")
 
 
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 80
+
+
 def _short(value: Any) -> str:
-    return repr(value)[:100]
+    """A short repr that never renders more than a few elements of anything."""
+    return _REPR.repr(value)
 
 
 # --- resin side: encode what resin sends -------------------------------------
