@@ -13,7 +13,7 @@ VPY    := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export LACCA_RESIN ?= $(CURDIR)/$(VENV)/bin/resin
 
-.PHONY: help setup elixir python compile demo test test-python test-elixir lint bench clean
+.PHONY: help setup elixir python compile demo test test-python test-elixir lint bench stress clean
 
 help:
 	@echo "make demo   - set up (Erlang/Elixir via apt, Python venv) and run the demo"
@@ -76,6 +76,11 @@ test: lint test-python test-elixir
 
 bench: setup
 	$(VPY) bench/run.py
+
+# Not part of `make test`: resin and lacca under CPU hogs, looking for hangs
+# (about 20 minutes on 2 cores). `make stress STRESS_ARGS=--quick` for a short run.
+stress: setup
+	$(VPY) bench/stress.py $(STRESS_ARGS)
 
 clean:
 	rm -rf _build $(VENV) .pytest_cache .mypy_cache .ruff_cache
