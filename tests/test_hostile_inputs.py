@@ -17,7 +17,14 @@ from hypothesis import strategies as st
 
 from resin_py.protocol import etf, v0, v1
 from resin_py.protocol.errors import BadTerm, ProtocolError, UnknownRequest, V0Error
-from resin_py.protocol.etf import MAX_BIG_BYTES, MAX_DEPTH, MAX_TERMS, decode_term, encode_term
+from resin_py.protocol.etf import (
+    MAX_BIG_BYTES,
+    MAX_CONTAINERS,
+    MAX_DEPTH,
+    MAX_TERMS,
+    decode_term,
+    encode_term,
+)
 from resin_py.protocol.terms import Atom, Opaque
 
 U32 = struct.Struct(">I")
@@ -182,6 +189,12 @@ def test_ref_size_is_checked_without_encoding_all_of_it() -> None:
 
 # The worst frames of at most one packet, by kind (also in bench/fuzz.py).
 
+
+def distinct_name(i: int) -> bytes:
+    """Three letters, different for each i below 26**3."""
+    return bytes((97 + i // 676 % 26, 97 + i // 26 % 26, 97 + i % 26))
+
+
 N = MAX_TERMS - 1
 WORST_FRAMES: dict[str, bytes] = {
     "bignum 60 KB": b"\x83" + big(60000) + b"j",
@@ -189,21 +202,20 @@ WORST_FRAMES: dict[str, bytes] = {
     "deep nesting": b"\x83" + b"h\x01" * 30000 + b"j",
     "deep at limit": b"\x83" + b"l\x00\x00\x00\x02a\x01" * (MAX_DEPTH - 1) + b"jj" * MAX_DEPTH,
     "many atoms": b"\x83" + lst([b"w\x00"] * N),
-    "distinct atoms": b"\x83" + lst([b"w\x02" + bytes((97 + i // 26 % 26, 97 + i % 26))
-                                     for i in range(13000)]),
+    "distinct atoms": b"\x83" + lst([b"w\x03" + distinct_name(i) for i in range(N)]),
     "long atoms": b"\x83" + lst([b"v\x00\xff" + bytes((97 + i % 26,)) * 255
                                  for i in range(250)]),
     "many tuples": b"\x83" + lst([b"h\x00"] * N),
     "nested lists": b"\x83" + lst([b"l\x00\x00\x00\x01jj"] * (N // 2)),
     "long list": b"\x83" + lst([b"j"] * N),
-    "charlists": b"\x83" + lst([b"k\x00\x02ab"] * 12000),
+    "charlists": b"\x83" + lst([b"k\x00\x02ab"] * (MAX_CONTAINERS - 1)),
     "big map": b"\x83t" + U32.pack(N // 2) + b"".join(
         b"n\x08\x00" + ((2**61 - 1) * (i + 1) % 2**64).to_bytes(8, "little") + b"j"
         for i in range(N // 2))[:65000],
     "pids": b"\x83" + lst([b"X" + b"w\x00" + b"\x00" * 12] * 4000),
     "improper": b"\x83" + lst([b"w\x00"] * N, tail=b"a\x01"),
     "compressed": b"\x83P" + U32.pack(2**32 - 1) + b"x" * 60000,
-    "spawn 13k args": encode_term((Atom("spawn"), 1, b"/bin/true", [b""] * 13000, [])),
+    "spawn many args": encode_term((Atom("spawn"), 1, b"/bin/true", [b"ab"] * (N - 10), [])),
     "spawn env": encode_term((Atom("spawn"), 1, b"/bin/true", [],
                               [(Atom("env"), [(b"x", Atom("nil"))] * 4900)])),
     "huge ref": encode_term((Atom("signal"), 1, [Atom("")] * (N - 10), 9, Atom("true"))),

@@ -32,24 +32,29 @@ MAX_DEPTH = 100
 # Every integer field is at most 32 bits; anything bigger only gets echoed.
 MAX_BIG_BYTES = 255
 # Terms in one external term: the root plus every element of every tuple,
-# list and map (a charlist counts as one). A spawn request that fits in one
-# packet has fewer (13,107 empty args; ~15,000 terms for the most env
-# entries), and this bounds the cost of decoding, checking and echoing.
-MAX_TERMS = 16384
+# list and map (a charlist counts as one). This bounds the cost of decoding,
+# checking and echoing a frame (~1 us a term). A spawn runs out of packet
+# first unless its args average under 3 bytes (an arg takes 5 bytes + its
+# length: 64 KiB hold 5,000 args of 8 bytes).
+MAX_TERMS = 8192
+# Of those, non-empty tuples, lists, maps and charlists, which cost a call or
+# an allocation more than a leaf. lacca's spawn has one per env entry.
+MAX_CONTAINERS = 4096
 
 
 def decode_term(data: bytes | bytearray | memoryview, *, max_terms: int = MAX_TERMS) -> Term:
     """Decode one external term (starting with 131); raise BadTerm on anything wrong.
 
     Linear in len(data); refuses compression, nesting deeper than MAX_DEPTH,
-    more than MAX_TERMS terms, integers above MAX_BIG_BYTES bytes, and what the
-    BEAM would not decode (atom cache references, non-finite floats, unknown tags).
+    more than MAX_TERMS terms or MAX_CONTAINERS containers, integers above
+    MAX_BIG_BYTES bytes, and what the BEAM would not decode (atom cache
+    references, non-finite floats, unknown tags).
     """
     data = bytes(data)
     if len(data) < 2 or data[0] != 131:
         raise BadTerm("not an external term")
     try:
-        term, end = _decode(data, 1, 0, [max_terms - 1])
+        term, end = _decode(data, 1, 0, [max_terms - 1, MAX_CONTAINERS])
     except (IndexError, struct.error):
         raise BadTerm("truncated term") from None
     except UnicodeDecodeError:
@@ -98,11 +103,18 @@ _LATIN1_ATOMS: dict[bytes, Atom] = {}
 _ATOM_CACHE_MAX = 4096
 
 
+# Atom(text) without the frozen dataclass's __init__ (half the cost: an
+# attacker may send 10,000 names that are not cached).
+_new = object.__new__
+_set_name = Atom.__dict__["name"].__set__
+
+
 def _atom(name: bytes, utf8: bool) -> Atom:
     cache = _UTF8_ATOMS if utf8 else _LATIN1_ATOMS
     atom = cache.get(name)
     if atom is None:
-        atom = Atom(name.decode("utf-8" if utf8 else "latin-1"))
+        atom = _new(Atom)
+        _set_name(atom, name.decode("utf-8" if utf8 else "latin-1"))
         if len(cache) < _ATOM_CACHE_MAX:
             cache[name] = atom
     return atom
@@ -113,8 +125,8 @@ def _truncated() -> BadTerm:
 
 
 def _decode(data: bytes, i: int, depth: int, left: list[int]) -> tuple[Term, int]:
-    """One term at data[i]: (term, end). `left[0]` is how many more terms may
-    follow. Raises BadTerm, or IndexError / struct.error on a truncated term
+    """One term at data[i]: (term, end). `left` is how many more terms and
+    containers may follow. Raises BadTerm, or IndexError / struct.error on a truncated term
     (decode_term maps those)."""
     tag = data[i]
     i += 1
@@ -139,6 +151,7 @@ def _decode(data: bytes, i: int, depth: int, left: list[int]) -> tuple[Term, int
         end = i + 2 + _U16.unpack_from(data, i)[0]
         if end > len(data):
             raise _truncated()
+        _charlist(left)
         return list(data[i + 2:end]), end
     if tag == 97:  # SMALL_INTEGER
         return data[i], i + 1
@@ -185,15 +198,16 @@ def _decode(data: bytes, i: int, depth: int, left: list[int]) -> tuple[Term, int
 
 def _sequence(data: bytes, i: int, n: int, depth: int, left: list[int]
               ) -> tuple[list[Term], int]:
-    """n terms from data[i] (the elements of a tuple or list): (terms, end)."""
+    """n terms from data[i] (the elements of a tuple or list at `depth`): (terms, end)."""
+    size = len(data)
     _enter(data, i, n, depth, left)
     depth += 1
     items: list[Term] = []
     append = items.append
-    size = len(data)
     for _ in range(n):
         tag = data[i]
-        # The usual leaves inline: small integers, atoms, binaries, nil, integers.
+        # The usual terms inline: small integers, atoms, binaries, nil,
+        # integers, small tuples, charlists, proper lists.
         if tag == 97:
             append(data[i + 1])
             i += 2
@@ -214,13 +228,36 @@ def _sequence(data: bytes, i: int, n: int, depth: int, left: list[int]
         elif tag == 106:
             append([])
             i += 1
+        elif tag == 104:
+            if data[i + 1]:
+                elems, i = _sequence(data, i + 2, data[i + 1], depth, left)
+                append(tuple(elems))
+            else:
+                append(())
+                i += 2
         elif tag == 98:
             append(_I32.unpack_from(data, i + 1)[0])
             i += 5
+        elif tag == 107:
+            end = i + 3 + _U16.unpack_from(data, i + 1)[0]
+            if end > size:
+                raise _truncated()
+            _charlist(left)
+            append(list(data[i + 3:end]))
+            i = end
+        elif tag == 108:
+            start = i
+            elems, i = _sequence(data, i + 5, _U32.unpack_from(data, i + 1)[0], depth, left)
+            if data[i] == 106:
+                append(elems)
+                i += 1
+            else:  # an improper list: validate its tail
+                _, i = _decode(data, i, depth + 1, left)
+                append(Opaque(data[start:i]))
         else:
             item, i = _decode(data, i, depth, left)
             append(item)
-    if i > len(data):
+    if i > size:
         raise _truncated()
     return items, i
 
@@ -232,8 +269,17 @@ def _enter(data: bytes, i: int, n: int, depth: int, left: list[int]) -> None:
     if depth >= MAX_DEPTH:
         raise BadTerm(f"nested deeper than {MAX_DEPTH}")
     left[0] -= n
+    left[1] -= 1
     if left[0] < 0:
         raise BadTerm("too many terms")
+    if left[1] < 0:
+        raise BadTerm("too many tuples, lists and maps")
+
+
+def _charlist(left: list[int]) -> None:
+    left[1] -= 1
+    if left[1] < 0:
+        raise BadTerm("too many tuples, lists and maps")
 
 
 def _decode_opaque(data: bytes, start: int, depth: int, left: list[int]
@@ -251,9 +297,7 @@ def _decode_opaque(data: bytes, start: int, depth: int, left: list[int]
         return value, i + 31
     if tag == 116:  # MAP: arity, then keys and values
         n, i = _U32.unpack_from(data, i)[0], i + 4
-        _enter(data, i, 2 * n, depth, left)
-        for _ in range(2 * n):
-            _, i = _decode(data, i, depth + 1, left)
+        _, i = _sequence(data, i, 2 * n, depth, left)
     elif tag == 88 or tag == 103:  # NEW_PID, PID: node, id, serial, creation
         i = _node(data, i) + (12 if tag == 88 else 9)
     elif tag == 89 or tag == 102 or tag == 120:  # NEW_PORT, PORT, V4_PORT
