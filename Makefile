@@ -13,7 +13,7 @@ VPY    := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export LACCA_RESIN ?= $(CURDIR)/$(VENV)/bin/resin
 
-.PHONY: help setup elixir python compile demo test test-python test-elixir lint bench stress clean
+.PHONY: help setup elixir python compile demo test test-python test-elixir lint bench fuzz stress clean
 
 help:
 	@echo "make demo   - set up (Erlang/Elixir via apt, Python venv) and run the demo"
@@ -76,6 +76,12 @@ test: lint test-python test-elixir
 
 bench: setup
 	$(VPY) bench/run.py
+
+# Not part of `make test`: a million hostile frames of both protocols at real
+# resins while canaries check the answers, then issue 8's single-message costs
+# (a few minutes to half an hour). `make fuzz FUZZ_ARGS="--seed 7 --frames 50000"`.
+fuzz: setup
+	$(VPY) bench/fuzz.py --hostile $(FUZZ_ARGS)
 
 # Not part of `make test`: resin and lacca under CPU hogs, looking for hangs
 # (about 20 minutes on 2 cores). `make stress STRESS_ARGS=--quick` for a short run.
