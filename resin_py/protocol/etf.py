@@ -42,7 +42,8 @@ MAX_TERMS = 8192
 MAX_CONTAINERS = 4096
 
 
-def decode_term(data: bytes | bytearray | memoryview, *, max_terms: int = MAX_TERMS) -> Term:
+def decode_term(data: bytes | bytearray | memoryview, *, max_terms: int = MAX_TERMS,
+                max_containers: int = MAX_CONTAINERS) -> Term:
     """Decode one external term (starting with 131); raise BadTerm on anything wrong.
 
     Linear in len(data); refuses compression, nesting deeper than MAX_DEPTH,
@@ -54,7 +55,7 @@ def decode_term(data: bytes | bytearray | memoryview, *, max_terms: int = MAX_TE
     if len(data) < 2 or data[0] != 131:
         raise BadTerm("not an external term")
     try:
-        term, end = _decode(data, 1, 0, [max_terms - 1, MAX_CONTAINERS])
+        term, end = _decode(data, 1, 0, [max_terms - 1, max_containers])
     except (IndexError, struct.error):
         raise BadTerm("truncated term") from None
     except UnicodeDecodeError:

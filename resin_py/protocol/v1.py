@@ -25,6 +25,7 @@ from resin_py.protocol.errors import (
     V1Error,
 )
 from resin_py.protocol.etf import (
+    MAX_CONTAINERS,
     MAX_TERMS,
     decode_term,
     encode_atom,
@@ -505,8 +506,9 @@ def decode_resin_frame(payload: bytes) -> ResinFrame:
             return StdinAck(id, AckStatus(status))
     if kind == HELLO_REPLY and len(payload) == 2:
         return HelloReply(payload[1])
-    if kind == EVENT:  # an event may wrap an echoed term of MAX_TERMS terms
-        return parse_event(decode_term(payload[1:], max_terms=2 * MAX_TERMS))
+    if kind == EVENT:  # an event may wrap an echoed term at resin's limits
+        return parse_event(decode_term(payload[1:], max_terms=2 * MAX_TERMS,
+                                       max_containers=2 * MAX_CONTAINERS))
     raise BadFrame(kind, why="not a resin frame")
 
 
