@@ -1119,7 +1119,6 @@ def hostile_v0(opts: Options, stderr: Any, message: bytes, echo: int) -> dict[st
     if echo:
         for p in v0.encode_client_message(v0.StartProcess("cat")):
             resin.send(p)
-    rss0 = status_kib(resin.pid, "VmRSS")
     t0 = resin.cpu_ns()
     start = time.monotonic()
     read, echoed, reply = [0], [0], [""]
@@ -1146,7 +1145,6 @@ def hostile_v0(opts: Options, stderr: Any, message: bytes, echo: int) -> dict[st
             "reply": reply[0],
             "echoed": echoed[0],
             "resin_cpu_s": round((resin.cpu_ns() - t0) / 1e9, 2),
-            "rss_before_mib": round(rss0 / 1024, 1),
             "peak_rss_mib": round(status_kib(resin.pid, "VmHWM") / 1024, 1),
             "seconds": round(time.monotonic() - start, 1),
         }
@@ -1242,7 +1240,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hostile", action="store_true", help="also the hostile single messages")
     parser.add_argument("--hostile-only", action="store_true")
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--hang-timeout", type=float, default=10.0,
+                        help="seconds without an answer that count as a hang")
     args = parser.parse_args(argv)
+    global HANG_TIMEOUT
+    HANG_TIMEOUT = args.hang_timeout
     opts = Options(seed=args.seed, frames=args.frames, v0_share=args.v0_share,
                    out_dir=args.out_dir, resin_dir=args.resin_dir)
     results: dict[str, Any] = {"seed": args.seed}
