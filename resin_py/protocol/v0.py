@@ -69,7 +69,7 @@ ResinMessage: TypeAlias = DataOut | ExitStatus | ErrorReport
 
 # --- resin side: decode what the client sends -------------------------------
 
-# Limits on decoding (docs/protocol.md §3.4). Only DataIn's buf may be long
+# Limits on decoding (docs/protocol.md §4.9). Only DataIn's buf may be long
 # (up to the message cap); everything else is read field by field, each
 # within its own limit, so that no message costs more memory than about its
 # own size nor more CPU than a linear pass.
