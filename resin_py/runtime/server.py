@@ -24,6 +24,7 @@ from resin_py.protocol.errors import ProtocolError, ZeroLengthPacket
 from resin_py.protocol.framing import PacketReader
 from resin_py.protocol.negotiate import Negotiator
 from resin_py.protocol.session import ChildRef, Session
+from resin_py.runtime import tree
 from resin_py.runtime.children import Child, Children, OutPipe
 from resin_py.runtime.fdio import F_SETPIPE_SZ, Buffer, Fds, OsFds
 from resin_py.runtime.loop import READ, EpollPoller, Loop, Poller
@@ -83,6 +84,10 @@ class Resin:
         self.reaper: Reaper | None = None
         self.closing = False
         self.shutdown_at = 0.0
+        # RESIN_TREE=<pid>.<start time>.<serial>: unique across resins and reboots
+        # of a pid, so a leftover of another resin is never taken for ours.
+        self.cookie_prefix = f"{os.getpid()}.{tree.start_time(os.getpid())}.".encode()
+        self.spawned = 0
 
     def _decided(self, session: Session) -> None:
         self.session = session
@@ -198,10 +203,9 @@ class Resin:
     def spawn(self, id: int, exe: bytes, args: tuple[bytes, ...], opts: SpawnOptions
               ) -> ChildRef:
         """Start a child; raise SpawnFailed with the reason if nothing runs."""
-        env: dict[bytes, bytes] | None = None  # None: resin's environment, not copied
+        env = {} if opts.clear_env else dict(os.environb)
         search = None
         if opts.clear_env or opts.env:
-            env = {} if opts.clear_env else dict(os.environb)
             for name, value in opts.env:
                 if value is None:
                     env.pop(name, None)
@@ -209,6 +213,9 @@ class Resin:
                     env[name] = value
             search = env.get(b"PATH")  # the child's PATH, else resin's
         path = resolve_executable(exe, search)
+        self.spawned += 1
+        cookie = self.cookie_prefix + str(self.spawned).encode()
+        env[tree.COOKIE_VAR] = cookie  # last: a client cannot remove or forge it
         argv = [opts.arg0 if opts.arg0 is not None else exe, *args]
         parent_fds: list[int] = []
         child_fds: list[int] = []
@@ -238,7 +245,7 @@ class Resin:
             for fd in child_fds:
                 os.close(fd)
         # Its exit comes as SIGCHLD (to the reaper), also if that happened already.
-        child = Child(id, pid, in_w, pipes)
+        child = Child(id, pid, in_w, pipes, cookie)
         self.children.add(child)
         return child
 
@@ -259,10 +266,18 @@ class Resin:
         if _own(child).reaped:  # the pid may already belong to someone else
             raise OSError(errno.ESRCH, "process has exited")
         try:
-            if group:
-                os.killpg(child.pid, signo)
-            else:
+            if not group:
                 os.kill(child.pid, signo)
+                return
+            try:
+                os.killpg(child.pid, signo)
+            except ProcessLookupError:
+                # The group is empty, but descendants that left it may live.
+                if not (self.reaper and self.reaper.signal_tree(_own(child), signo)):
+                    raise
+                return
+            if self.reaper is not None:
+                self.reaper.signal_tree(_own(child), signo)
         except (OverflowError, ValueError) as exc:
             raise OSError(errno.EINVAL, "invalid signal") from exc
 
@@ -295,6 +310,8 @@ class Resin:
             if not child.reaped:
                 with contextlib.suppress(OSError):
                     os.killpg(child.pid, signal.SIGKILL)
+        # What left the groups is killed with everything else resin owns
+        # (Reaper.kill_descendants), not tree by tree.
         self.children.shutdown()
 
 
