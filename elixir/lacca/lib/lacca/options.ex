@@ -312,13 +312,6 @@ defmodule Lacca.Options do
     end
   end
 
-  defp pos_integer!(opts, key) do
-    case opts[key] do
-      n when is_integer(n) and n > 0 -> n
-      other -> bad!(key, "a positive integer", other)
-    end
-  end
-
   defp non_neg_integer!(opts, key) do
     case opts[key] do
       n when is_integer(n) and n >= 0 -> n
