@@ -97,18 +97,30 @@ class Reaper:
         found.pop(child.pid, None)
         return found
 
-    def signal_tree(self, child: Child, signo: int) -> bool:
-        """Send `signo` to the descendants that left the child's process group
-        (the group itself gets killpg); with SIGKILL, to all of them, again
-        and again until no new one appears. Whether any was signalled."""
-        self._index = None  # a signal comes between wakeups: look afresh
-        if signo != signal.SIGKILL:
-            sent = False
-            for pid, started in self.tree_of(child).items():
-                if tree.pgid_of(pid) != child.pid:
-                    sent |= tree.send(pid, started, signo)
-            return sent
-        return self._kill_all(child)
+    def signal_group(self, child: Child, signo: int, *, fresh: bool = True) -> bool:
+        """Send `signo` to the child's process group and to the descendants
+        that left it; with SIGKILL, again until no new one appears. The tree
+        is walked *before* the group is signalled: a dying parent would leave
+        its escaped children unattributed (if they cleared their environment).
+        Whether anything got the signal."""
+        if fresh:
+            self._index = None  # between wakeups: look afresh
+        snapshot = self.tree_of(child)
+        sent = False
+        if not child.reaped or signo == signal.SIGKILL:
+            # A zombie leader still holds its pgid: no stranger can have it.
+            try:
+                os.killpg(child.pid, signo)
+                sent = True
+            except ProcessLookupError:
+                pass
+        for pid, started in snapshot.items():
+            if signo == signal.SIGKILL or tree.pgid_of(pid) != child.pid:
+                sent |= tree.send(pid, started, signo)
+        if signo == signal.SIGKILL:
+            self._index = None
+            sent |= self._kill_all(child)
+        return sent
 
     def _kill_all(self, child: Child) -> bool:
         killed: set[tuple[int, int]] = set()
@@ -161,12 +173,10 @@ class Reaper:
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(info.si_pid, 0)
                 continue
-            # Kill the rest of the group before reaping: the zombie leader keeps
-            # the pgid from being reused, so this cannot hit a stranger. Then
-            # every descendant that left the group.
-            with contextlib.suppress(OSError):
-                os.killpg(child.pid, signal.SIGKILL)
-            self._kill_all(child)
+            # Kill the rest of the group and every descendant that left it
+            # before reaping: the zombie leader keeps the pgid from being
+            # reused, so this cannot hit a stranger.
+            self.signal_group(child, signal.SIGKILL, fresh=False)
             try:
                 _, status = os.waitpid(child.pid, 0)
             except ChildProcessError:

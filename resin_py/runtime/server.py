@@ -88,6 +88,8 @@ class Resin:
         # of a pid, so a leftover of another resin is never taken for ours.
         self.cookie_prefix = f"{os.getpid()}.{tree.start_time(os.getpid())}.".encode()
         self.spawned = 0
+        self.sentinel = 0  # pid of the sentinel (runtime/sentinel.py), once started
+        self.use_sentinel = False  # serve() turns it on: only for a real resin process
 
     def _decided(self, session: Session) -> None:
         self.session = session
@@ -213,6 +215,8 @@ class Resin:
                     env[name] = value
             search = env.get(b"PATH")  # the child's PATH, else resin's
         path = resolve_executable(exe, search)
+        if self.use_sentinel and not self.sentinel:
+            self._start_sentinel()
         self.spawned += 1
         cookie = self.cookie_prefix + str(self.spawned).encode()
         env[tree.COOKIE_VAR] = cookie  # last: a client cannot remove or forge it
@@ -249,6 +253,15 @@ class Resin:
         self.children.add(child)
         return child
 
+    def _start_sentinel(self) -> None:
+        from resin_py.runtime import sentinel
+
+        try:
+            self.sentinel = sentinel.start(self.cookie_prefix)
+        except OSError as exc:
+            self.use_sentinel = False
+            log(f"no sentinel (descendants outlive a SIGKILLed resin): {exc}")
+
     def write_stdin(self, child: ChildRef, data: bytes) -> None:
         self.children.write_stdin(_own(child), data)
 
@@ -268,16 +281,10 @@ class Resin:
         try:
             if not group:
                 os.kill(child.pid, signo)
-                return
-            try:
+            elif self.reaper is None:
                 os.killpg(child.pid, signo)
-            except ProcessLookupError:
-                # The group is empty, but descendants that left it may live.
-                if not (self.reaper and self.reaper.signal_tree(_own(child), signo)):
-                    raise
-                return
-            if self.reaper is not None:
-                self.reaper.signal_tree(_own(child), signo)
+            elif not self.reaper.signal_group(_own(child), signo):
+                raise ProcessLookupError(errno.ESRCH, "no process in the group or its tree")
         except (OverflowError, ValueError) as exc:
             raise OSError(errno.EINVAL, "invalid signal") from exc
 
@@ -375,6 +382,7 @@ def serve(stdin_fd: int = 0, stdout_fd: int = 1) -> int:
         resin = Resin(stdin_fd, stdout_fd, fds=OsFds(), poller=poller, spawner=spawner,
                       devnull=devnull, stdin_pollable=stdin_pollable,
                       stdout_pollable=stdout_pollable)
+        resin.use_sentinel = True
         reaper = Reaper(wake, resin.children, resin.on_signal)
         resin.reaper = reaper
         poller.set_interest(wake.fileno(), READ, reaper.on_wakeup)

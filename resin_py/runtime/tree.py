@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 COOKIE_VAR = b"RESIN_TREE"
 
@@ -127,3 +127,41 @@ def send(pid: int, started: int, signo: int) -> bool:
         return False
     finally:
         os.close(fd)
+
+
+def holders(prefix: bytes) -> dict[int, int]:
+    """Every live process whose environment holds a RESIN_TREE value starting
+    with `prefix` (a whole /proc scan): pid -> start time."""
+    entry = COOKIE_VAR + b"=" + prefix
+    found: dict[int, int] = {}
+    me = os.getpid()
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as f:
+                environ = f.read()
+        except OSError:
+            continue
+        if environ.startswith(entry) or (b"\0" + entry) in environ:
+            started = start_time(int(name))
+            if started is not None:
+                found[int(name)] = started
+    return found
+
+
+def kill_holders(prefix: bytes, deadline: float, clock: Callable[[], float]) -> int:
+    """SIGKILL every holder of the cookie prefix and everything under them in
+    the live tree (which links descendants that cleared their environment),
+    again until no new one appears or `deadline` (on `clock`) passes; how
+    many were killed."""
+    killed: set[tuple[int, int]] = set()
+    while clock() < deadline:
+        found = subtree(holders(prefix))
+        fresh = [item for item in found.items() if item not in killed]
+        if not fresh:
+            break
+        for pid, started in fresh:
+            send(pid, started, signal.SIGKILL)
+            killed.add((pid, started))
+    return len(killed)
