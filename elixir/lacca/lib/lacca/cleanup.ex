@@ -49,8 +49,10 @@ defmodule Lacca.Cleanup do
     end
   end
 
+  @doc false
   # {pid, start time} of every live process whose environment holds the cookie.
-  defp holders(prefix) do
+  @spec holders(binary()) :: [{pos_integer(), non_neg_integer()}]
+  def holders(prefix) do
     for name <- proc_entries(),
         pid = parse_pid(name),
         pid != nil,
