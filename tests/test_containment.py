@@ -84,10 +84,12 @@ def test_stdin_eof_kills_everything_and_exits_fast(client: ResinClient) -> None:
 
 @both_spawners
 def test_orphans_are_reaped(client: ResinClient) -> None:
-    # The setsid'd sleep leaves the group; when its parent exits it is
-    # reparented to resin (the subreaper), which must reap it when it dies.
+    # The setsid'd sleep leaves the group and clears its environment (so
+    # nothing ties it to child 1 once its parent is gone: see runtime/tree.py);
+    # when its parent exits it is reparented to resin (the subreaper), which
+    # must reap it when it dies.
     spawn_pid(client, 1, "sh", "-c",
-              'setsid sh -c "echo \\$\\$; exec sleep 1000 >&- 2>&-" & read x; exit 0')
+              'setsid env -i sh -c "echo \\$\\$; exec sleep 1000 >&- 2>&-" & read x; exit 0')
     orphan = first_line_pid(client, 1)  # printed after setsid: it has left the group
     assert client.close_child_stdin(1) == OK  # now let the leader exit
     assert client.collect(1).exit == v1.Exit(1, "exit", 0)
@@ -95,6 +97,17 @@ def test_orphans_are_reaped(client: ResinClient) -> None:
     os.kill(orphan, signal.SIGKILL)
     wait_gone(orphan)  # gone from /proc: reaped, not a zombie
     assert client.run(2, "/bin/echo", ["ok"]).stdout == b"ok\n"
+
+
+def test_escaped_descendant_dies_with_its_leader(client: ResinClient) -> None:
+    # The same, keeping its environment: resin attributes it by its cookie
+    # and kills it when the leader exits, then reaps it.
+    spawn_pid(client, 1, "sh", "-c",
+              'setsid sh -c "echo \\$\\$; exec sleep 1000 >&- 2>&-" & read x; exit 0')
+    orphan = first_line_pid(client, 1)
+    assert client.close_child_stdin(1) == OK
+    assert client.collect(1).exit == v1.Exit(1, "exit", 0)
+    wait_gone(orphan)
 
 
 @both_spawners

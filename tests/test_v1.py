@@ -209,7 +209,10 @@ def test_option_env(client: ResinClient) -> None:
 @both_spawners
 def test_option_clear_env(client: ResinClient) -> None:
     r = client.run(1, "/usr/bin/env", clear_env=True, env={"ONLY": "this"})
-    assert r.stdout == b"ONLY=this\n"
+    # resin's cookie is always there (docs/protocol.md, "Containment").
+    only, cookie = r.stdout.splitlines()
+    assert only == b"ONLY=this"
+    assert cookie.startswith(f"RESIN_TREE={client.pid}.".encode())
 
 
 @both_spawners

@@ -100,13 +100,15 @@ class Child:
     """One spawned process (the leader of its own process group)."""
 
     __slots__ = (
-        "id", "pid", "pipes", "queue", "queued_bytes", "queued_writes", "reaped", "stdin_fd",
-        "stdin_handler", "stdin_state", "wait_status",
+        "cookie", "id", "pid", "pipes", "queue", "queued_bytes", "queued_writes", "reaped",
+        "stdin_fd", "stdin_handler", "stdin_state", "wait_status",
     )
 
-    def __init__(self, id: int, pid: int, stdin_fd: int, pipes: list[OutPipe]) -> None:
+    def __init__(self, id: int, pid: int, stdin_fd: int, pipes: list[OutPipe],
+                 cookie: bytes = b"") -> None:
         self.id = id
         self.pid = pid
+        self.cookie = cookie  # RESIN_TREE value of its descendants (runtime/tree.py)
         self.stdin_fd = stdin_fd  # -1: none (stdin is /dev/null)
         self.stdin_state = StdinState.OPEN if stdin_fd >= 0 else StdinState.CLOSED
         self.queue: deque[_Write | _Close] = deque()

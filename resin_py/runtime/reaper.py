@@ -14,7 +14,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from resin_py.runtime.children import Children
+from resin_py.runtime import tree
+from resin_py.runtime.children import Child, Children
 from resin_py.spawn import PR_SET_CHILD_SUBREAPER, prctl
 
 # Signals whose arrival the loop handles (the wakeup socket carries them).
@@ -54,6 +55,10 @@ class Reaper:
         self.wake = wake
         self.children = children
         self.on_signal = on_signal  # SIGTERM, SIGUSR1
+        # Cookies of children whose whole tree was sent SIGKILL: every later
+        # wakeup looks for stragglers (a process forked during the kill).
+        self.condemned: set[bytes] = set()
+        self._index: dict[bytes, list[int]] | None = None
 
     def on_wakeup(self) -> None:
         signals = self._drain_wake()
@@ -69,6 +74,82 @@ class Reaper:
                 signals += chunk
         return signals
 
+    def _adopted(self) -> dict[bytes, list[int]]:
+        """resin's own children that it did not spawn (adopted as subreaper),
+        by cookie. Read once per wakeup (a leader's exit, a signal), and again
+        after a kill: with thousands of children one read is a few hundred
+        microseconds, and thousands of exits can share one wakeup."""
+        if self._index is None:
+            ours = self.children.by_pid
+            index: dict[bytes, list[int]] = {}
+            for pid in tree.children_of(os.getpid()):
+                if pid not in ours:
+                    index.setdefault(tree.cookie_of(pid) or b"", []).append(pid)
+            self._index = index
+        return self._index
+
+    def tree_of(self, child: Child) -> dict[int, int]:
+        """The child's descendants, wherever they went: pid -> start time."""
+        roots = list(self._adopted().get(child.cookie, ()))
+        if not child.reaped:
+            roots.append(child.pid)
+        found = tree.subtree(roots)
+        found.pop(child.pid, None)
+        return found
+
+    def signal_group(self, child: Child, signo: int, *, fresh: bool = True) -> bool:
+        """Send `signo` to the child's process group and to the descendants
+        that left it; with SIGKILL, again until no new one appears. The tree
+        is walked *before* the group is signalled: a dying parent would leave
+        its escaped children unattributed (if they cleared their environment).
+        Whether anything got the signal."""
+        if fresh:
+            self._index = None  # between wakeups: look afresh
+        snapshot = self.tree_of(child)
+        sent = False
+        if not child.reaped or signo == signal.SIGKILL:
+            # A zombie leader still holds its pgid: no stranger can have it.
+            try:
+                os.killpg(child.pid, signo)
+                sent = True
+            except ProcessLookupError:
+                pass
+        for pid, started in snapshot.items():
+            if signo == signal.SIGKILL or tree.pgid_of(pid) != child.pid:
+                sent |= tree.send(pid, started, signo)
+        if signo == signal.SIGKILL:
+            self._index = None
+            sent |= self._kill_all(child)
+        return sent
+
+    def _kill_all(self, child: Child) -> bool:
+        killed: set[tuple[int, int]] = set()
+        while True:
+            fresh = [(pid, started) for pid, started in self.tree_of(child).items()
+                     if (pid, started) not in killed]
+            if not fresh:
+                if killed:
+                    # Stragglers (a process forked while its parent was being
+                    # killed) are looked for again at the next wakeups.
+                    self.condemned.add(child.cookie)
+                return bool(killed)
+            for pid, started in fresh:
+                tree.send(pid, started, signal.SIGKILL)
+                killed.add((pid, started))
+            self._index = None
+
+    def _chase_condemned(self) -> None:
+        """Kill what is left of condemned trees; forget a tree once it is gone."""
+        adopted = self._adopted()
+        for cookie in list(self.condemned):
+            roots = adopted.get(cookie)
+            if not roots:
+                self.condemned.discard(cookie)
+                continue
+            for pid, started in tree.subtree(roots).items():
+                tree.send(pid, started, signal.SIGKILL)
+            self._index = None
+
     def reap(self) -> None:
         """Handle every exited child: ours as exits, orphans just reaped.
 
@@ -77,6 +158,9 @@ class Reaper:
         it: O(children) per SIGCHLD wakeup, ~0.5 ms with 10,000 children
         here. Many exits at once share one wakeup.
         """
+        self._index = None
+        if self.condemned:
+            self._chase_condemned()
         while True:
             try:
                 info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
@@ -89,10 +173,10 @@ class Reaper:
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(info.si_pid, 0)
                 continue
-            # Kill the rest of the group before reaping: the zombie leader keeps
-            # the pgid from being reused, so this cannot hit a stranger.
-            with contextlib.suppress(OSError):
-                os.killpg(child.pid, signal.SIGKILL)
+            # Kill the rest of the group and every descendant that left it
+            # before reaping: the zombie leader keeps the pgid from being
+            # reused, so this cannot hit a stranger.
+            self.signal_group(child, signal.SIGKILL, fresh=False)
             try:
                 _, status = os.waitpid(child.pid, 0)
             except ChildProcessError:

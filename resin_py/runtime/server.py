@@ -24,6 +24,7 @@ from resin_py.protocol.errors import ProtocolError, ZeroLengthPacket
 from resin_py.protocol.framing import PacketReader
 from resin_py.protocol.negotiate import Negotiator
 from resin_py.protocol.session import ChildRef, Session
+from resin_py.runtime import tree
 from resin_py.runtime.children import Child, Children, OutPipe
 from resin_py.runtime.fdio import F_SETPIPE_SZ, Buffer, Fds, OsFds
 from resin_py.runtime.loop import READ, EpollPoller, Loop, Poller
@@ -83,6 +84,12 @@ class Resin:
         self.reaper: Reaper | None = None
         self.closing = False
         self.shutdown_at = 0.0
+        # RESIN_TREE=<pid>.<start time>.<serial>: unique across resins and reboots
+        # of a pid, so a leftover of another resin is never taken for ours.
+        self.cookie_prefix = f"{os.getpid()}.{tree.start_time(os.getpid())}.".encode()
+        self.spawned = 0
+        self.sentinel = 0  # pid of the sentinel (runtime/sentinel.py), once started
+        self.use_sentinel = False  # serve() turns it on: only for a real resin process
 
     def _decided(self, session: Session) -> None:
         self.session = session
@@ -198,10 +205,9 @@ class Resin:
     def spawn(self, id: int, exe: bytes, args: tuple[bytes, ...], opts: SpawnOptions
               ) -> ChildRef:
         """Start a child; raise SpawnFailed with the reason if nothing runs."""
-        env: dict[bytes, bytes] | None = None  # None: resin's environment, not copied
+        env = {} if opts.clear_env else dict(os.environb)
         search = None
         if opts.clear_env or opts.env:
-            env = {} if opts.clear_env else dict(os.environb)
             for name, value in opts.env:
                 if value is None:
                     env.pop(name, None)
@@ -209,6 +215,11 @@ class Resin:
                     env[name] = value
             search = env.get(b"PATH")  # the child's PATH, else resin's
         path = resolve_executable(exe, search)
+        if self.use_sentinel and not self.sentinel:
+            self._start_sentinel()
+        self.spawned += 1
+        cookie = self.cookie_prefix + str(self.spawned).encode()
+        env[tree.COOKIE_VAR] = cookie  # last: a client cannot remove or forge it
         argv = [opts.arg0 if opts.arg0 is not None else exe, *args]
         parent_fds: list[int] = []
         child_fds: list[int] = []
@@ -238,9 +249,18 @@ class Resin:
             for fd in child_fds:
                 os.close(fd)
         # Its exit comes as SIGCHLD (to the reaper), also if that happened already.
-        child = Child(id, pid, in_w, pipes)
+        child = Child(id, pid, in_w, pipes, cookie)
         self.children.add(child)
         return child
+
+    def _start_sentinel(self) -> None:
+        from resin_py.runtime import sentinel
+
+        try:
+            self.sentinel = sentinel.start(self.cookie_prefix)
+        except OSError as exc:
+            self.use_sentinel = False
+            log(f"no sentinel (descendants outlive a SIGKILLed resin): {exc}")
 
     def write_stdin(self, child: ChildRef, data: bytes) -> None:
         self.children.write_stdin(_own(child), data)
@@ -259,10 +279,12 @@ class Resin:
         if _own(child).reaped:  # the pid may already belong to someone else
             raise OSError(errno.ESRCH, "process has exited")
         try:
-            if group:
-                os.killpg(child.pid, signo)
-            else:
+            if not group:
                 os.kill(child.pid, signo)
+            elif self.reaper is None:
+                os.killpg(child.pid, signo)
+            elif not self.reaper.signal_group(_own(child), signo):
+                raise ProcessLookupError(errno.ESRCH, "no process in the group or its tree")
         except (OverflowError, ValueError) as exc:
             raise OSError(errno.EINVAL, "invalid signal") from exc
 
@@ -295,6 +317,8 @@ class Resin:
             if not child.reaped:
                 with contextlib.suppress(OSError):
                     os.killpg(child.pid, signal.SIGKILL)
+        # What left the groups is killed with everything else resin owns
+        # (Reaper.kill_descendants), not tree by tree.
         self.children.shutdown()
 
 
@@ -358,6 +382,7 @@ def serve(stdin_fd: int = 0, stdout_fd: int = 1) -> int:
         resin = Resin(stdin_fd, stdout_fd, fds=OsFds(), poller=poller, spawner=spawner,
                       devnull=devnull, stdin_pollable=stdin_pollable,
                       stdout_pollable=stdout_pollable)
+        resin.use_sentinel = True
         reaper = Reaper(wake, resin.children, resin.on_signal)
         resin.reaper = reaper
         poller.set_interest(wake.fileno(), READ, reaper.on_wakeup)

@@ -165,7 +165,9 @@ defmodule Lacca do
       unsets the variable. The process starts from resin's environment (the
       BEAM's environment when resin started), not from later
       `System.put_env/2` calls
-    * `:clear_env` - start from an empty environment (default `false`)
+    * `:clear_env` - start from an empty environment (default `false`).
+      Every process also gets `RESIN_TREE`, the cookie by which resin finds
+      its descendants (see "Stopping and cleanup" in the README)
     * `:arg0` - the program name the process sees as `argv[0]`
     * `:stdin` - `:pipe` (default) or `:null` (`/dev/null`)
     * `:daemon` - `:shared` (default: one resin serves many processes) or

@@ -137,9 +137,11 @@ defmodule Lacca.RunTest do
              )
   end
 
-  test ":clear_env" do
-    assert {:ok, %Result{stdout: "X=1\n"}} =
+  test ":clear_env (only resin's RESIN_TREE cookie is added)" do
+    assert {:ok, %Result{stdout: out}} =
              Lacca.run("/usr/bin/env", [], clear_env: true, env: [{"X", "1"}])
+
+    assert ["X=1", "RESIN_TREE=" <> _] = String.split(out, "\n", trim: true)
   end
 
   test ":arg0" do

@@ -24,7 +24,8 @@ defmodule Lacca.Daemon do
   # SIGKILLed. When resin dies the daemon stops with {:shutdown, ...}: the
   # receivers see the daemon's :DOWN (their "resin_down" outcome), the
   # supervisor starts a fresh (lazy) daemon, and the process groups resin knew
-  # about are SIGKILLed from here as a fallback for grandchildren.
+  # about, and every process carrying resin's cookie, are SIGKILLed from here
+  # as a fallback for grandchildren (Lacca.Cleanup).
   #
   # A dedicated daemon (`client: pid`) serves one client and stops when that
   # client dies or calls release/1.
@@ -192,7 +193,9 @@ defmodule Lacca.Daemon do
        procs: %{},
        # monitor_ref => id
        mrefs: %{},
-       client: client
+       client: client,
+       # RESIN_TREE prefix of this resin's descendants (Lacca.Cleanup)
+       cookie: nil
      }}
   end
 
@@ -392,7 +395,8 @@ defmodule Lacca.Daemon do
     with {:ok, resin} <- Lacca.Resin.find(),
          {:ok, port} <- open(resin),
          :ok <- handshake(port) do
-      {:ok, %{state | port: port}}
+      {:os_pid, os_pid} = Port.info(port, :os_pid)
+      {:ok, %{state | port: port, cookie: Lacca.Cleanup.cookie_prefix(os_pid)}}
     else
       {:error, reason} -> {:error, reason, state}
     end
@@ -455,14 +459,10 @@ defmodule Lacca.Daemon do
   end
 
   # resin is gone: its children died with it (PDEATHSIG), but their own
-  # children may not have. Kill every process group we know of.
+  # children may not have. Kill every process group we know of, and every
+  # process carrying this resin's cookie.
   defp kill_groups(state) do
-    groups = for {_, {_, _, _, os_pid}} <- state.procs, is_integer(os_pid), do: "-#{os_pid}"
-
-    if groups != [] do
-      :os.cmd(String.to_charlist("kill -9 #{Enum.join(groups, " ")} 2>/dev/null"))
-    end
-
-    :ok
+    groups = for {_, {_, _, _, os_pid}} <- state.procs, is_integer(os_pid), do: os_pid
+    Lacca.Cleanup.kill_all(state.cookie, groups)
   end
 end

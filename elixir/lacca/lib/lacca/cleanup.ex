@@ -1,0 +1,110 @@
+defmodule Lacca.Cleanup do
+  @moduledoc false
+  # The fallback for a resin that died without cleaning up (SIGKILL, OOM
+  # killer). Its children died with it (PR_SET_PDEATHSIG), but descendants
+  # that left their process group (setsid, double-forked daemons) did not.
+  # Every one of them carries resin's cookie in its environment,
+  # RESIN_TREE=<resin pid>.<resin start time>.<serial>, unless it cleared its
+  # environment: find them in /proc and SIGKILL them, again until no new one
+  # appears (they may fork while being killed). No shell is involved.
+
+  # How long to keep looking for processes that fork while being killed.
+  @deadline_ms 2_000
+
+  @doc false
+  # The cookie prefix of the resin with this OS pid (nil when it is gone).
+  @spec cookie_prefix(pos_integer()) :: binary() | nil
+  def cookie_prefix(os_pid) do
+    case start_time(os_pid) do
+      nil -> nil
+      start -> "RESIN_TREE=#{os_pid}.#{start}."
+    end
+  end
+
+  @doc false
+  # SIGKILL the process groups `groups` (leader pids) and every process
+  # carrying the cookie `prefix`, until none is left or the deadline passed.
+  @spec kill_all(binary() | nil, [pos_integer()]) :: :ok
+  def kill_all(prefix, groups) do
+    kill(Enum.map(groups, &"-#{&1}"))
+    if prefix, do: chase(prefix, MapSet.new(), deadline())
+    :ok
+  end
+
+  defp deadline, do: System.monotonic_time(:millisecond) + @deadline_ms
+
+  defp chase(prefix, killed, deadline) do
+    fresh = Enum.reject(holders(prefix), &MapSet.member?(killed, &1))
+
+    cond do
+      fresh == [] ->
+        :ok
+
+      System.monotonic_time(:millisecond) > deadline ->
+        :ok
+
+      true ->
+        kill(for {pid, _start} <- fresh, do: Integer.to_string(pid))
+        chase(prefix, MapSet.union(killed, MapSet.new(fresh)), deadline)
+    end
+  end
+
+  @doc false
+  # {pid, start time} of every live process whose environment holds the cookie.
+  @spec holders(binary()) :: [{pos_integer(), non_neg_integer()}]
+  def holders(prefix) do
+    for name <- proc_entries(),
+        pid = parse_pid(name),
+        pid != nil,
+        holds?(pid, prefix),
+        start = start_time(pid),
+        start != nil,
+        do: {pid, start}
+  end
+
+  defp proc_entries do
+    case File.ls("/proc") do
+      {:ok, names} -> names
+      {:error, _} -> []
+    end
+  end
+
+  defp parse_pid(name) do
+    case Integer.parse(name) do
+      {pid, ""} -> pid
+      _ -> nil
+    end
+  end
+
+  defp holds?(pid, prefix) do
+    case File.read("/proc/#{pid}/environ") do
+      {:ok, environ} ->
+        String.starts_with?(environ, prefix) or String.contains?(environ, <<0>> <> prefix)
+
+      {:error, _} ->
+        false
+    end
+  end
+
+  # Field 22 of /proc/<pid>/stat (clock ticks since boot), counted after the
+  # command name, which may itself hold spaces and parentheses.
+  defp start_time(pid) do
+    with {:ok, stat} <- File.read("/proc/#{pid}/stat"),
+         [_ | _] = matches <- :binary.matches(stat, ") "),
+         {pos, len} = List.last(matches),
+         rest = binary_part(stat, pos + len, byte_size(stat) - pos - len),
+         start when is_binary(start) <- Enum.at(String.split(rest, " "), 19) do
+      String.to_integer(start)
+    else
+      _ -> nil
+    end
+  end
+
+  defp kill([]), do: :ok
+
+  defp kill(targets) do
+    # kill(1) exits 1 when some target is gone already: expected, ignored.
+    System.cmd("kill", ["-KILL", "--" | targets], stderr_to_stdout: true)
+    :ok
+  end
+end

@@ -1,0 +1,114 @@
+defmodule Lacca.EscapeTest do
+  # Nothing escapes: descendants that left the process group (setsid, double
+  # forks, daemons that ignore TERM and HUP, fork loops) die with their OS
+  # process however it ends. Kills resins: not concurrently with the async
+  # modules.
+  use ExUnit.Case, async: false
+
+  import Lacca.OSHelpers
+
+  @moduletag :capture_log
+
+  # Prints one pid per escapee, then the leader waits. The env -i sleep has
+  # no cookie; its parent stays alive, so the live process tree links it.
+  # (One that clears its environment *and* whose parent has exited is not
+  # attributable without cgroups: see the README.)
+  @script ~S"""
+  sleep 1001 & echo $!
+  setsid sleep 1002 & echo $!
+  (setsid sh -c 'trap "" TERM HUP; echo $$; exec sleep 1003' &)
+  sh -c 'trap "" TERM; exec sleep 1004' & echo $!
+  setsid sh -c 'echo $$; while :; do sleep 1005; done' &
+  sh -c 'setsid env -i sh -c "echo \$\$; exec sleep 1006" & wait' &
+  exec sleep 1000
+  """
+  @kinds 6
+
+  defp start_escapees(opts \\ []) do
+    {:ok, pid} = Lacca.start("sh", ["-c", @script], opts)
+    pids = pid |> read_lines(@kinds) |> Enum.map(&String.to_integer/1)
+    all = [Lacca.os_pid(pid) | pids]
+    assert Enum.all?(all, &os_alive?/1)
+    {pid, all, cookie_of(Lacca.os_pid(pid))}
+  end
+
+  # The RESIN_TREE value of a process, cut to its resin's prefix.
+  defp cookie_of(os_pid) do
+    environ = File.read!("/proc/#{os_pid}/environ")
+
+    ["RESIN_TREE=" <> value] =
+      environ |> String.split(<<0>>) |> Enum.filter(&(&1 =~ ~r/^RESIN_TREE=/))
+
+    [resin, start, _serial] = String.split(value, ".")
+    "RESIN_TREE=#{resin}.#{start}."
+  end
+
+  defp assert_none_left(pids, prefix) do
+    assert wait_gone(pids) == []
+    # The fork loop's current sleep too: nothing with the cookie is left.
+    assert wait_until(fn -> Lacca.Cleanup.holders(prefix) == [] end)
+  end
+
+  test "Lacca.stop/1: TERM to the group and the escapees, then SIGKILL to what is left" do
+    {pid, pids, prefix} = start_escapees(kill_timeout: 200)
+    assert Lacca.stop(pid) == :ok
+    assert_none_left(pids, prefix)
+  end
+
+  test "Lacca.kill/1" do
+    {pid, pids, prefix} = start_escapees()
+    assert Lacca.kill(pid) == :ok
+    assert_none_left(pids, prefix)
+  end
+
+  test "the start_link owner killed" do
+    test = self()
+
+    owner =
+      spawn(fn ->
+        {:ok, pid} = Lacca.start_link("sh", ["-c", @script])
+        send(test, {:started, pid, read_lines(pid, @kinds)})
+        receive(do: (:never -> :ok))
+      end)
+
+    assert_receive {:started, pid, lines}, 5_000
+    pids = [Lacca.os_pid(pid) | Enum.map(lines, &String.to_integer/1)]
+    prefix = cookie_of(hd(pids))
+    Process.exit(owner, :kill)
+    assert_none_left(pids, prefix)
+  end
+
+  test "the run/3 caller killed" do
+    test = self()
+
+    caller =
+      spawn(fn ->
+        Lacca.run("sh", ["-c", @script], into: %Lacca.TestCollector{pid: test})
+      end)
+
+    lines = collect_lines(@kinds, "")
+    # The leader is not among them, but it carries the cookie like the rest.
+    pids = Enum.map(lines, &String.to_integer/1)
+    prefix = cookie_of(hd(pids))
+    Process.exit(caller, :kill)
+    assert_none_left(pids, prefix)
+  end
+
+  test "resin killed with SIGKILL while lacca runs" do
+    {pid, pids, prefix} = start_escapees(daemon: :dedicated)
+    %{daemon: daemon} = :sys.get_state(pid)
+    os_kill(Lacca.Daemon.resin_os_pid(daemon))
+    assert_none_left(pids, prefix)
+  end
+
+  defp collect_lines(n, acc) do
+    lines = String.split(acc, "\n", trim: true)
+
+    if length(lines) >= n and String.ends_with?(acc, "\n") do
+      lines
+    else
+      assert_receive {:collected, data}, 5_000
+      collect_lines(n, acc <> data)
+    end
+  end
+end

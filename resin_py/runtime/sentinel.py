@@ -1,0 +1,71 @@
+"""The sentinel: kills resin's descendants when resin dies without cleaning up.
+
+resin cleans up after itself when its stdin closes or it gets SIGTERM. When
+it is killed outright (SIGKILL, the OOM killer), its direct children die
+with it (PR_SET_PDEATHSIG), but descendants that left their process group
+do not. The sentinel is a process forked from resin before its first child:
+it waits on a pipe whose write end only resin holds. EOF means resin is gone
+(however it ended); the sentinel then SIGKILLs every process carrying
+resin's cookie (runtime/tree.py), again until no new one appears, and exits.
+When resin shuts down normally it kills the sentinel with the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+
+from resin_py.runtime import tree
+
+# How long the sentinel keeps looking for processes that fork while killed.
+SENTINEL_DEADLINE = 2.0
+
+
+def start(prefix: bytes) -> int:
+    """Fork the sentinel for the cookie `prefix`; its pid. Raises OSError."""
+    r, w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (runs in the sentinel, tested end to end)
+        try:
+            _watch(r, w, prefix)
+        except BaseException:
+            import traceback
+
+            with contextlib.suppress(BaseException):
+                traceback.print_exc()
+        finally:
+            os._exit(0)
+    os.close(r)
+    _keep.append(w)  # resin's end: open until resin dies
+    return pid
+
+
+_keep: list[int] = []
+
+
+def _watch(r: int, w: int, prefix: bytes) -> None:  # pragma: no cover
+    os.close(w)
+    # Nothing of resin's loop may run here: no signal handlers, no wakeup fd,
+    # none of its descriptors (holding resin's stdout open would hide resin's
+    # death from the BEAM).
+    signal.set_wakeup_fd(-1)
+    for signo in (signal.SIGCHLD, signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+        signal.signal(signo, signal.SIG_DFL)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(devnull, 1)
+    os.closerange(3, r)
+    os.closerange(r + 1, 1 << 16)
+    with contextlib.suppress(OSError):
+        os.setsid()  # not in the BEAM's group: a ^C there must not reach it
+    while True:
+        try:
+            if not os.read(r, 1):
+                break
+        except InterruptedError:
+            continue
+        except OSError:
+            break
+    tree.kill_holders(prefix, time.monotonic() + SENTINEL_DEADLINE, time.monotonic)

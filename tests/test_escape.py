@@ -1,0 +1,118 @@
+"""Nothing escapes: descendants that left the process group die with their
+child, however the child ends, against a real resin.
+
+The child starts every kind of escapee and prints their pids:
+
+- a grandchild in the group;
+- a `setsid` grandchild;
+- a double-fork daemon that ignores TERM and HUP;
+- a grandchild that ignores TERM;
+- a fork loop in its own session (it forks a new `sleep` whenever one dies);
+- a `setsid` grandchild that clears its environment (no cookie), under a
+  parent that stays alive (so the live process tree still links it).
+
+Not covered without cgroups, and so not tested here: a process that clears
+its environment *and* whose parent exited before resin looked (it is still
+killed when resin itself shuts down).
+
+Survivors are counted with a bounded /proc check (2 s), the promise.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+from conftest import exists, wait_until
+
+from resin_py.protocol import v1
+from resin_py.protocol.terms import OK
+from resin_py.runtime.tree import holders
+from resin_py.testing import ResinClient
+
+KINDS = 6
+SCRIPT = r"""
+sleep 1001 & echo $!
+setsid sleep 1002 & echo $!
+(setsid sh -c 'trap "" TERM HUP; echo $$; exec sleep 1003' &)
+sh -c 'trap "" TERM; exec sleep 1004' & echo $!
+setsid sh -c 'echo $$; while :; do sleep 1005; done' &
+sh -c 'setsid env -i sh -c "echo \$\$; exec sleep 1006" & wait' &
+read x
+"""
+
+
+def start_escapees(client: ResinClient) -> tuple[int, list[int]]:
+    spawned = client.spawn(1, "sh", ["-c", SCRIPT])
+    assert isinstance(spawned, v1.Spawned)
+    lines: list[bytes] = []
+    buf = b""
+    while len(lines) < KINDS:
+        frame = client.expect(lambda f: isinstance(f, v1.Stdout) and f.id == 1)
+        assert isinstance(frame, v1.Stdout)
+        buf += frame.data
+        *done, buf = buf.split(b"\n")
+        lines.extend(done)
+    pids = [int(line) for line in lines]
+    assert all(exists(pid) for pid in pids)
+    return spawned.os_pid, pids
+
+
+def cookie_prefix(client: ResinClient) -> bytes:
+    with open(f"/proc/{client.pid}/stat", "rb") as f:
+        stat = f.read()
+    start = stat[stat.rfind(b")") + 2:].split()[19]
+    return f"{client.pid}.".encode() + start + b"."
+
+
+def assert_none_left(pids: list[int], prefix: bytes) -> None:
+    wait_until(lambda: not any(exists(p) and _alive(p) for p in pids), 2.0,
+               "every escapee to die")
+    wait_until(lambda: not holders(prefix), 2.0, "no process with the cookie")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2:].split()[0] != b"Z"
+
+
+@pytest.mark.parametrize("action", ["stop", "kill", "leader_exits", "resin_eof",
+                                    "resin_sigkill"])
+def test_nothing_escapes(client: ResinClient, action: str) -> None:
+    prefix = cookie_prefix(client)
+    leader, pids = start_escapees(client)
+    assert len(holders(prefix)) >= KINDS  # the cookie is there (env -i one excepted)
+    if action == "stop":
+        assert client.signal(1, signal.SIGTERM, group=True) == OK
+    elif action == "kill":
+        assert client.signal(1, signal.SIGKILL, group=True) == OK
+    elif action == "leader_exits":
+        assert client.close_child_stdin(1) == OK  # `read x` ends, so does sh
+    elif action == "resin_eof":
+        client.close_stdin()
+    else:
+        os.kill(client.pid, signal.SIGKILL)  # the sentinel cleans up
+    if action in ("stop", "kill", "leader_exits"):
+        exit = client.expect(lambda f: isinstance(f, v1.Exit))
+        assert isinstance(exit, v1.Exit)
+    assert_none_left([leader, *pids], prefix)
+
+
+def test_stop_signal_reaches_escapees_first(client: ResinClient) -> None:
+    """A TERM to the group also reaches the escapees that honour it, while
+    the leader lives on (it traps TERM): stop is graceful for them too."""
+    script = "trap 'echo term' TERM; setsid sh -c 'echo $$; exec sleep 1002' & read x; read y"
+    spawned = client.spawn(1, "sh", ["-c", script])
+    assert isinstance(spawned, v1.Spawned)
+    frame = client.expect(lambda f: isinstance(f, v1.Stdout))
+    assert isinstance(frame, v1.Stdout)
+    escapee = int(frame.data.split()[0])
+    assert client.signal(1, signal.SIGTERM, group=True) == OK
+    wait_until(lambda: not _alive(escapee), 2.0, "the setsid sleep to get TERM")
+    assert _alive(spawned.os_pid)
+    assert client.signal(1, signal.SIGKILL, group=True) == OK
