@@ -42,13 +42,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import fcntl
 import hashlib
 import os
 import random
 import shutil
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 import traceback
@@ -97,13 +100,18 @@ def proc_stat(pid: int) -> Stat | None:
     return Stat(fields[0].decode(), int(fields[1]), int(fields[19]), comm)
 
 
-def children(pid: int) -> list[tuple[int, Stat]]:
+def children(pid: int, own: bool = True) -> list[tuple[int, Stat]]:
+    """The children of `pid`; without `own`, not those with pid's own command line
+    (resin's helpers, such as its sentinel, are forks of resin)."""
     found = []
     for name in os.listdir("/proc"):
         if name.isdigit():
             st = proc_stat(int(name))
             if st is not None and st.ppid == pid:
                 found.append((int(name), st))
+    if not own:
+        cmdline = read_text(f"/proc/{pid}/cmdline")
+        found = [(c, st) for c, st in found if read_text(f"/proc/{c}/cmdline") != cmdline]
     return found
 
 
@@ -120,6 +128,21 @@ def read_text(path: str) -> str:
             return f.read()
     except OSError as exc:
         return f"({exc.strerror})"
+
+
+def pipe_pending(pid: int, fd: str) -> str:
+    """Bytes waiting in a pipe that `pid` holds (FIONREAD on a reopened end)."""
+    try:
+        f = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return ""
+    try:
+        n = struct.unpack("i", fcntl.ioctl(f, termios.FIONREAD, b"\0\0\0\0"))[0]
+        return f" {n} B in the pipe"
+    except OSError:
+        return ""
+    finally:
+        os.close(f)
 
 
 def describe(pid: int, brief: bool = False) -> str:
@@ -146,7 +169,8 @@ def describe(pid: int, brief: bool = False) -> str:
             except OSError:
                 target = "?"
             pos = read_text(f"/proc/{pid}/fdinfo/{fd}").split("\n", 2)[:2]
-            fds.append(f"  {fd} -> {target}  ({' '.join(p.strip() for p in pos)})")
+            pending = pipe_pending(pid, fd) if target.startswith("pipe:") else ""
+            fds.append(f"  {fd} -> {target}{pending}  ({' '.join(p.strip() for p in pos)})")
     out.append(f"fds ({len(fds)}):\n" + "\n".join(fds))
     return "\n".join(out)
 
@@ -231,7 +255,8 @@ class Record:
         if st is not None:
             self.seen[pid] = st
 
-    def dump(self, resin_pid: int, why: str, stderr_log: Path | None) -> Path:
+    def dump(self, resin_pid: int, why: str, stderr_log: Path | None,
+             extra: Sequence[str] = ()) -> Path:
         """Write resin's state to the log dir, then SIGUSR1 (resin logs its loop state)."""
         with self.lock:
             self.hang_count += 1
@@ -242,6 +267,7 @@ class Record:
         kids = children(resin_pid)
         text.append(f"\n=== {len(kids)} children of resin {resin_pid}")
         text += [describe(pid, brief=True) for pid, _ in kids]
+        text += extra
         spy = py_spy()
         if spy:
             for extra in ([], ["--nonblocking"]):  # the second works on a stopped process
@@ -260,7 +286,13 @@ class Record:
         mark = stderr_log.stat().st_size if stderr_log and stderr_log.exists() else 0
         with contextlib.suppress(ProcessLookupError):
             os.kill(resin_pid, signal.SIGUSR1)
-        time.sleep(1.0)  # let resin write its loop state
+        # Give resin time to write its loop state: until its stderr stops growing (<= 5 s).
+        deadline, last, still = time.monotonic() + 5.0, mark, 0
+        while time.monotonic() < deadline and still < 5:
+            time.sleep(0.1)
+            size = stderr_log.stat().st_size if stderr_log and stderr_log.exists() else 0
+            still = still + 1 if size == last and size > mark else 0
+            last = size
         if stderr_log is not None and stderr_log.exists():
             with open(stderr_log, "rb") as f:
                 f.seek(mark)
@@ -282,7 +314,7 @@ def settle(rec: Record, part: str, resin_pid: int, fd_base: int | None, what: st
     at `fd_base`. Waits up to SETTLE seconds; returns the fd count."""
     deadline = time.monotonic() + SETTLE
     while True:
-        kids = children(resin_pid)
+        kids = children(resin_pid, own=False)
         fds = fd_count(resin_pid)
         if (not kids and (fd_base is None or fds == fd_base)) or time.monotonic() > deadline:
             break
@@ -454,7 +486,7 @@ class V0:
 
     def _note_children(self, c: ResinClient) -> int:
         """Remember resin's children (v0: the one); its pid, 0 if gone already."""
-        kids = children(c.pid)
+        kids = children(c.pid, own=False)
         for pid, _ in kids:
             self.rec.note_child(pid)
         return kids[0][0] if kids else 0
@@ -484,7 +516,8 @@ class V0:
                 return
 
     def _hang(self, c: ResinClient, part: str, job: Job, why: str) -> None:
-        kids = ", ".join(f"{pid} {st.comm} {st.state}" for pid, st in children(c.pid)) or "none"
+        kids = ", ".join(f"{pid} {st.comm} {st.state}"
+                         for pid, st in children(c.pid, own=False)) or "none"
         what = (f"{job.label}: {why}; {job.got}/{job.size} bytes out, exit "
                 f"{'seen' if job.exit else 'not seen'}, children: {kids}")
         path = self.rec.dump(c.pid, what, self.stderr_log)
@@ -740,6 +773,7 @@ def run_lacca(args: argparse.Namespace, rec: Record, part: str) -> None:
     assert proc.stdout is not None
     summary: dict[str, str] = {}
     killed: set[int] = set()
+    diag: list[str] = []  # the BEAM's view, printed just before a hang line
     last_line = [time.monotonic()]
     silent = max(60.0, 6 * args.stall)  # it prints progress every 5 s
 
@@ -763,18 +797,26 @@ def run_lacca(args: argparse.Namespace, rec: Record, part: str) -> None:
             if event == "progress":
                 print(f"  lacca: {kv['done']}/{kv['streams']} streams done, "
                       f"{int(kv['bytes']) / MiB:.0f} MiB echoed", flush=True)
+            elif event == "diag":
+                diag.append(rest)
             elif event == "hang":
                 resin = int(kv.get("resin", "0") or 0)
+                extra = ["\n=== the BEAM's view (stress_lacca.exs)", *diag,
+                         "\n=== the BEAM", describe(proc.pid)]
+                diag = []
                 if resin in killed:
                     continue  # reported (and killed) already
                 if resin and proc_stat(resin) is not None:
-                    path = rec.dump(resin, f"lacca {rest}", stderr_log)
+                    path = rec.dump(resin, f"lacca {rest}", stderr_log, extra)
                     rec.problem(part, "hangs", f"{rest}; dump {path}")
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(resin, signal.SIGKILL)
                     killed.add(resin)
                 else:
-                    rec.problem(part, "hangs", f"{rest} (resin unknown or gone: not killed)")
+                    path = rec.log_dir / f"hang-lacca-{time.monotonic_ns()}.txt"
+                    path.write_text("\n".join([f"=== {rest}", *extra]) + "\n")
+                    rec.problem(part, "hangs", f"{rest} (resin unknown or gone: not killed); "
+                                f"{path}")
             elif event in ("mismatches", "errors", "zombies", "leftovers", "fd_growth"):
                 rec.problem(part, event, rest)
             elif event == "summary":

@@ -67,6 +67,7 @@ defmodule Stress.Lacca do
         stall: (opts[:stall] || 10) * 1000,
         progress: progress,
         started: %{},
+        servers: %{},
         hung: %{},
         hung_resins: MapSet.new(),
         done: 0,
@@ -100,6 +101,7 @@ defmodule Stress.Lacca do
       {:ok, pid} ->
         os_pid = Lacca.os_pid(pid)
         send(parent, {:started, i, os_pid, ppid(os_pid), starttime(os_pid)})
+        send(parent, {:server, i, pid})
         me = self()
         spawn_link(fn -> send(me, {:written, write(pid, size, progress, i)}) end)
         acc = %{hash: :crypto.hash_init(:sha256), out: 0, stderr: 0, status: nil, written: nil}
@@ -187,6 +189,9 @@ defmodule Stress.Lacca do
       {:started, i, os_pid, resin, start} ->
         loop(%{s | started: Map.put(s.started, i, {os_pid, resin, start})})
 
+      {:server, i, pid} ->
+        loop(%{s | servers: Map.put(s.servers, i, pid)})
+
       {:result, i, r} ->
         loop(classify(s, i, r))
 
@@ -268,9 +273,11 @@ defmodule Stress.Lacca do
           {os_pid, resin, _} = Map.get(s.started, i, {nil, nil, nil})
           s = %{s | hung: Map.put(s.hung, i, t)}
 
-          if resin != nil and MapSet.member?(s.hung_resins, resin) do
+          if MapSet.member?(s.hung_resins, resin) do
             s
           else
+            diag(s, i)
+
             IO.puts(
               "hang stream=#{i} resin=#{resin || 0} cat=#{os_pid || 0} idle_ms=#{idle} " <>
                 "#{proc_state(os_pid)}"
@@ -283,6 +290,35 @@ defmodule Stress.Lacca do
           s
       end
     end)
+  end
+
+  # The BEAM's side of a hang, before the hang line: resin ports (queued
+  # bytes, owner), the port owners, the stalled stream's worker and server.
+  defp diag(s, i) do
+    info = fn pid ->
+      Process.info(pid, [
+        :registered_name,
+        :status,
+        :message_queue_len,
+        :current_stacktrace,
+        :reductions
+      ])
+    end
+
+    say = fn label, term -> IO.puts("diag #{label} #{inspect(term, limit: 40, width: 1000)}") end
+    say.("run_queue", :erlang.statistics(:run_queue))
+
+    for port <- Port.list(),
+        {:name, name} = Port.info(port, :name) || {:name, ""},
+        String.contains?(to_string(name), "resin") do
+      pinfo = Port.info(port) || []
+      say.("port", Keyword.take(pinfo, [:name, :os_pid, :connected, :input, :output]))
+      say.("port queue_size", :erlang.port_info(port, :queue_size))
+      if owner = pinfo[:connected], do: say.("port owner", info.(owner))
+    end
+
+    say.("stream #{i} worker", info.(s.pids[i]))
+    if server = s.servers[i], do: say.("stream #{i} server", info.(server))
   end
 
   defp give_up(s, i) do
@@ -346,31 +382,26 @@ defmodule Stress.Lacca do
 
   defp now, do: System.monotonic_time(:millisecond)
 
-  # resin daemons: descendants of the BEAM (through erl_child_setup) named resin.
+  # resin daemons: the BEAM's port programs (children of its erl_child_setup)
+  # named resin; not resin's own helpers (its sentinel), which are forks of it.
   defp resin_pids do
     beam = String.to_integer(System.pid())
 
     for pid <- all_pids(),
         String.contains?(read("/proc/#{pid}/cmdline"), "resin"),
-        descendant?(pid, beam, 3),
+        ppid(ppid(pid)) == beam,
         do: pid
   end
 
-  defp descendant?(_pid, _ancestor, 0), do: false
-
-  defp descendant?(pid, ancestor, depth) do
-    case ppid(pid) do
-      ^ancestor -> true
-      p when p in [nil, 0, 1] -> false
-      p -> descendant?(p, ancestor, depth - 1)
-    end
-  end
-
+  # Children of resin, but not its own helpers (forks of it: the same command line).
   defp children(parent) do
+    cmdline = read("/proc/#{parent}/cmdline")
+
     for pid <- all_pids(),
         f = stat_fields(pid),
         f != nil,
         String.to_integer(Enum.at(f, 1)) == parent,
+        read("/proc/#{pid}/cmdline") != cmdline,
         do: {pid, Enum.at(f, 0), comm(pid)}
   end
 
