@@ -114,25 +114,29 @@ class Reaper:
                 sent = True
             except ProcessLookupError:
                 pass
+        escaped = False
         for pid, started in snapshot.items():
             if signo == signal.SIGKILL or tree.pgid_of(pid) != child.pid:
-                sent |= tree.send(pid, started, signo)
+                escaped |= tree.send(pid, started, signo)
         if signo == signal.SIGKILL:
-            self._index = None
-            sent |= self._kill_all(child)
-        return sent
+            # Look again at the next wakeups (a group member may have forked
+            # an escapee between the walk and the kill); and now, until no
+            # new one appears, if the tree had any.
+            self.condemned.add(child.cookie)
+            if escaped:
+                self._index = None
+                self._kill_all(child, set(snapshot.items()))
+        return sent or escaped
 
-    def _kill_all(self, child: Child) -> bool:
-        killed: set[tuple[int, int]] = set()
+    def _kill_all(self, child: Child, killed: set[tuple[int, int]]) -> None:
+        """SIGKILL the child's tree until a walk finds nothing not yet killed
+        (SIGKILLed processes cannot fork: each walk only finds what was forked
+        before its parent got the signal)."""
         while True:
             fresh = [(pid, started) for pid, started in self.tree_of(child).items()
                      if (pid, started) not in killed]
             if not fresh:
-                if killed:
-                    # Stragglers (a process forked while its parent was being
-                    # killed) are looked for again at the next wakeups.
-                    self.condemned.add(child.cookie)
-                return bool(killed)
+                return
             for pid, started in fresh:
                 tree.send(pid, started, signal.SIGKILL)
                 killed.add((pid, started))

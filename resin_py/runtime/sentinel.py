@@ -6,8 +6,9 @@ with it (PR_SET_PDEATHSIG), but descendants that left their process group
 do not. The sentinel is a process forked from resin before its first child:
 it waits on a pipe whose write end only resin holds. EOF means resin is gone
 (however it ended); the sentinel then SIGKILLs every process carrying
-resin's cookie (runtime/tree.py), again until no new one appears, and exits.
-When resin shuts down normally it kills the sentinel with the rest.
+resin's cookie (runtime/tree.py) and what lives under them, again until no
+new one appears, and exits. After a normal shutdown that last sweep finds
+nothing.
 """
 
 from __future__ import annotations
@@ -18,28 +19,40 @@ import signal
 import time
 
 from resin_py.runtime import tree
+from resin_py.spawn import PR_SET_CHILD_SUBREAPER, prctl
 
 # How long the sentinel keeps looking for processes that fork while killed.
 SENTINEL_DEADLINE = 2.0
 
 
-def start(prefix: bytes) -> int:
-    """Fork the sentinel for the cookie `prefix`; its pid. Raises OSError."""
-    r, w = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover (runs in the sentinel, tested end to end)
-        try:
-            _watch(r, w, prefix)
-        except BaseException:
-            import traceback
+def start(prefix: bytes) -> None:
+    """Start the sentinel for the cookie `prefix` (raises OSError).
 
-            with contextlib.suppress(BaseException):
-                traceback.print_exc()
-        finally:
-            os._exit(0)
-    os.close(r)
+    Call it while resin has no child: the sentinel is double-forked with
+    resin's subreaper flag off for the moment, so it is not resin's child
+    (resin's own children are all its clients' processes, and its shutdown
+    kills all of them). It outlives resin by one last sweep.
+    """
+    r, w = os.pipe2(os.O_CLOEXEC)
+    prctl(PR_SET_CHILD_SUBREAPER, 0)
+    try:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover (runs in the forks, tested end to end)
+            try:
+                if os.fork() == 0:
+                    _watch(r, w, prefix)
+            except BaseException:
+                import traceback
+
+                with contextlib.suppress(BaseException):
+                    traceback.print_exc()
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+    finally:
+        prctl(PR_SET_CHILD_SUBREAPER, 1)
+        os.close(r)
     _keep.append(w)  # resin's end: open until resin dies
-    return pid
 
 
 _keep: list[int] = []

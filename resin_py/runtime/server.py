@@ -88,7 +88,7 @@ class Resin:
         # of a pid, so a leftover of another resin is never taken for ours.
         self.cookie_prefix = f"{os.getpid()}.{tree.start_time(os.getpid())}.".encode()
         self.spawned = 0
-        self.sentinel = 0  # pid of the sentinel (runtime/sentinel.py), once started
+        self.sentinel = False  # started (runtime/sentinel.py)
         self.use_sentinel = False  # serve() turns it on: only for a real resin process
 
     def _decided(self, session: Session) -> None:
@@ -257,7 +257,8 @@ class Resin:
         from resin_py.runtime import sentinel
 
         try:
-            self.sentinel = sentinel.start(self.cookie_prefix)
+            sentinel.start(self.cookie_prefix)
+            self.sentinel = True
         except OSError as exc:
             self.use_sentinel = False
             log(f"no sentinel (descendants outlive a SIGKILLed resin): {exc}")
