@@ -62,7 +62,11 @@ def test_death_by_signal(client: ResinClient) -> None:
 def test_spawned_reports_the_os_pid(client: ResinClient) -> None:
     spawned = client.spawn(1, "sleep", ["1000"])
     assert isinstance(spawned, v1.Spawned)
-    assert Path(f"/proc/{spawned.os_pid}/cmdline").read_bytes() == b"sleep\x001000\x00"
+    # vfork returns once exec has the new memory, a moment before the
+    # arguments are on its stack: wait for them.
+    cmdline = Path(f"/proc/{spawned.os_pid}/cmdline")
+    wait_until(lambda: cmdline.read_bytes() != b"", what="exec to finish")
+    assert cmdline.read_bytes() == b"sleep\x001000\x00"
     assert client.signal(1, signal.SIGKILL) == OK
     assert client.collect(1).exit == v1.Exit(1, "signal", 9)
     wait_gone(spawned.os_pid)

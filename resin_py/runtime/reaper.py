@@ -118,14 +118,15 @@ class Reaper:
         for pid, started in snapshot.items():
             if signo == signal.SIGKILL or tree.pgid_of(pid) != child.pid:
                 escaped |= tree.send(pid, started, signo)
-        if signo == signal.SIGKILL:
-            # Look again at the next wakeups (a group member may have forked
-            # an escapee between the walk and the kill); and now, until no
-            # new one appears, if the tree had any.
+        if signo == signal.SIGKILL and escaped:
+            # Until no new one appears, and again at the next wakeups (for
+            # one forked while its parent was being killed). A tree without
+            # escapees costs no more /proc reads: an escapee forked by a group
+            # member between the walk and the kill is the one narrow gap
+            # (docs/protocol.md, "Containment").
             self.condemned.add(child.cookie)
-            if escaped:
-                self._index = None
-                self._kill_all(child, set(snapshot.items()))
+            self._index = None
+            self._kill_all(child, set(snapshot.items()))
         return sent or escaped
 
     def _kill_all(self, child: Child, killed: set[tuple[int, int]]) -> None:
