@@ -91,6 +91,7 @@ struct child_args {
     pid_t parent;
     struct rlimit nofile;
     int maxfd; /* fallback bound for closing descriptors */
+    int cgroup_procs; /* the child's cgroup.procs, open for writing; -1: none */
     /* Written by the child, read by the parent once clone() has returned. */
     volatile int stage;
     volatile int err;
@@ -228,6 +229,10 @@ static int child_main(void *arg)
     if (getppid() != a->parent) /* resin died before the death signal was set */
         _exit(CHILD_FAILED);
     reset_signals();
+    /* Join its cgroup before anything else can fork. Writing a descriptor
+     * does not change the table, which may still be resin's. */
+    if (a->cgroup_procs >= 0 && write(a->cgroup_procs, "0", 1) != 1)
+        goto fail;
     if (a->shared) {
         if (private_stdio(a) < 0)
             goto fail;
@@ -343,10 +348,11 @@ static PyObject *spawn(PyObject *self, PyObject *args)
     PyObject *argv_obj, *envp_obj, *cwd_obj;
     int fd_in, fd_out, fd_err, parent;
     long long nofile_soft, nofile_hard;
+    int cgroup_procs = -1;
 
-    if (!PyArg_ParseTuple(args, "y#OOOiiiiLL:spawn", &path, &path_len, &argv_obj, &envp_obj,
+    if (!PyArg_ParseTuple(args, "y#OOOiiiiLL|i:spawn", &path, &path_len, &argv_obj, &envp_obj,
                           &cwd_obj, &fd_in, &fd_out, &fd_err, &parent, &nofile_soft,
-                          &nofile_hard))
+                          &nofile_hard, &cgroup_procs))
         return NULL;
     if ((size_t)path_len != strlen(path)) {
         PyErr_SetString(PyExc_ValueError, "embedded null byte in path");
@@ -399,6 +405,7 @@ static PyObject *spawn(PyObject *self, PyObject *args)
     a.fds[1] = fd_out;
     a.fds[2] = fd_err;
     a.parent = (pid_t)parent;
+    a.cgroup_procs = cgroup_procs;
     if (getrlimit(RLIMIT_NOFILE, &a.nofile) < 0) {
         PyErr_SetFromErrno(PyExc_OSError);
         goto done;

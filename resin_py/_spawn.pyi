@@ -16,5 +16,6 @@ def spawn(
     parent: int,
     nofile_soft: int,
     nofile_hard: int,
+    cgroup_procs: int = -1,
     /,
 ) -> tuple[int, int, int]: ...

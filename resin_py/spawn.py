@@ -64,6 +64,7 @@ class ChildSetup:
     stdin: int  # descriptors that become the child's 0, 1 and 2
     stdout: int
     stderr: int
+    cgroup_procs: int = -1  # the child's cgroup.procs (open for writing): joined before exec
 
 
 # --- PATH lookup ---------------------------------------------------------------
@@ -209,7 +210,7 @@ class CloneSpawner:
         envp = None if env is None else [k + b"=" + v for k, v in env.items()]
         pid, stage, code = self._spawn(
             setup.path, setup.argv, envp, setup.cwd, setup.stdin, setup.stdout, setup.stderr,
-            self._parent, *self._nofile,
+            self._parent, *self._nofile, setup.cgroup_procs,
         )
         if stage:
             raise _failed(setup, stage == self._stage_cwd, code)
@@ -265,6 +266,8 @@ class ForkSpawner:
             prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
             if os.getppid() != self._parent:  # resin died before prctl took effect
                 os._exit(_CHILD_FAILED)
+            if setup.cgroup_procs >= 0:  # before anything can fork
+                os.write(setup.cgroup_procs, b"0")
             _setup_stdio([setup.stdin, setup.stdout, setup.stderr])
             # Leak nothing resin inherited without CLOEXEC; keep the error pipe.
             os.closerange(3, err_w)

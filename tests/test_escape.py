@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from conftest import exists, wait_until
 
 from resin_py.protocol import v1
 from resin_py.protocol.terms import OK
+from resin_py.runtime.cgroups import v2_mount
 from resin_py.runtime.tree import holders
 from resin_py.testing import ResinClient
 
@@ -81,9 +84,34 @@ def _alive(pid: int) -> bool:
     return stat[stat.rfind(b")") + 2:].split()[0] != b"Z"
 
 
+def cgroups_usable() -> bool:
+    """Whether a resin here puts its children in cgroups (runtime/cgroups.py)."""
+    with ResinClient() as probe:
+        probe.hello()
+        out = probe.run(1, "cat", ["/proc/self/cgroup"]).stdout
+    return b"/resin-" in out
+
+
+CGROUPS = cgroups_usable()
+# Both containment modes where the machine has cgroups; RESIN_CGROUPS=0
+# forces the process-tree fallback.
+MODES = ["tree", pytest.param("cgroup", marks=pytest.mark.skipif(
+    not CGROUPS, reason="no usable cgroup v2 here"))]
+
+
+@pytest.fixture(params=MODES)
+def contained(request: pytest.FixtureRequest) -> Iterator[ResinClient]:
+    env = {**os.environ, "RESIN_CGROUPS": "1" if request.param == "cgroup" else "0"}
+    client = ResinClient(env=env)
+    assert client.hello() == 1
+    yield client
+    client.kill()
+
+
 @pytest.mark.parametrize("action", ["stop", "kill", "leader_exits", "resin_eof",
                                     "resin_sigkill"])
-def test_nothing_escapes(client: ResinClient, action: str) -> None:
+def test_nothing_escapes(contained: ResinClient, action: str) -> None:
+    client = contained
     prefix = cookie_prefix(client)
     leader, pids = start_escapees(client)
     assert len(holders(prefix)) >= KINDS  # the cookie is there (env -i one excepted)
@@ -101,6 +129,41 @@ def test_nothing_escapes(client: ResinClient, action: str) -> None:
         exit = client.expect(lambda f: isinstance(f, v1.Exit))
         assert isinstance(exit, v1.Exit)
     assert_none_left([leader, *pids], prefix)
+
+
+@pytest.mark.skipif(not CGROUPS, reason="needs cgroups: see the module docstring")
+@pytest.mark.parametrize("action", ["kill", "leader_exits", "resin_sigkill"])
+def test_cgroup_catches_what_nothing_else_can(action: str) -> None:
+    """A double-forked daemon that clears its environment has no cookie and
+    no living parent: only its cgroup ties it to the child."""
+    client = ResinClient()
+    try:
+        assert client.hello() == 1
+        script = r"""(setsid env -i sh -c 'echo $$; exec sleep 1007' &); read x"""
+        spawned = client.spawn(1, "sh", ["-c", script])
+        assert isinstance(spawned, v1.Spawned)
+        frame = client.expect(lambda f: isinstance(f, v1.Stdout))
+        assert isinstance(frame, v1.Stdout)
+        daemon = int(frame.data.split()[0])
+        cgroup = Path(f"/proc/{daemon}/cgroup").read_text()
+        assert f"/resin-{client.pid}/" in cgroup
+        if action == "kill":
+            assert client.signal(1, signal.SIGKILL, group=True) == OK
+        elif action == "leader_exits":
+            assert client.close_child_stdin(1) == OK
+        else:
+            os.kill(client.pid, signal.SIGKILL)
+        wait_until(lambda: not _alive(daemon), 2.0, "the daemon to die")
+        if action != "resin_sigkill":
+            assert isinstance(client.expect(lambda f: isinstance(f, v1.Exit)), v1.Exit)
+            client.close_stdin()
+            assert client.wait() == 0
+        # resin (or its sentinel) removes its cgroups once they are empty.
+        base = cgroup.strip().split("::")[1].rsplit("/", 1)[0]
+        wait_until(lambda: not Path(f"{v2_mount()}{base}").exists(), 2.0,
+                   "resin's cgroup directory to go")
+    finally:
+        client.kill()
 
 
 def test_stop_signal_reaches_escapees_first(client: ResinClient) -> None:

@@ -100,8 +100,8 @@ class Child:
     """One spawned process (the leader of its own process group)."""
 
     __slots__ = (
-        "cookie", "id", "pid", "pipes", "queue", "queued_bytes", "queued_writes", "reaped",
-        "stdin_fd", "stdin_handler", "stdin_state", "wait_status",
+        "cgroup", "cookie", "id", "pid", "pipes", "queue", "queued_bytes", "queued_writes",
+        "reaped", "stdin_fd", "stdin_handler", "stdin_state", "wait_status",
     )
 
     def __init__(self, id: int, pid: int, stdin_fd: int, pipes: list[OutPipe],
@@ -109,6 +109,7 @@ class Child:
         self.id = id
         self.pid = pid
         self.cookie = cookie  # RESIN_TREE value of its descendants (runtime/tree.py)
+        self.cgroup: str | None = None  # its cgroup (runtime/cgroups.py), if any
         self.stdin_fd = stdin_fd  # -1: none (stdin is /dev/null)
         self.stdin_state = StdinState.OPEN if stdin_fd >= 0 else StdinState.CLOSED
         self.queue: deque[_Write | _Close] = deque()

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from resin_py.runtime import tree
+from resin_py.runtime.cgroups import CGROUP_POLL, Cgroups
 from resin_py.runtime.children import Child, Children
 from resin_py.spawn import PR_SET_CHILD_SUBREAPER, prctl
 
@@ -59,6 +60,7 @@ class Reaper:
         # wakeup looks for stragglers (a process forked during the kill).
         self.condemned: set[bytes] = set()
         self._index: dict[bytes, list[int]] | None = None
+        self.cgroups: Cgroups | None = None  # a cgroup per child, where available
 
     def on_wakeup(self) -> None:
         signals = self._drain_wake()
@@ -103,6 +105,8 @@ class Reaper:
         is walked *before* the group is signalled: a dying parent would leave
         its escaped children unattributed (if they cleared their environment).
         Whether anything got the signal."""
+        if child.cgroup is not None:
+            return self._signal_cgroup(child, child.cgroup, signo)
         if fresh:
             self._index = None  # between wakeups: look afresh
         snapshot = self.tree_of(child)
@@ -128,6 +132,28 @@ class Reaper:
             self._index = None
             self._kill_all(child, set(snapshot.items()))
         return sent or escaped
+
+    @staticmethod
+    def _signal_cgroup(child: Child, cgroup: str, signo: int) -> bool:
+        """With a cgroup, its member list is the child's tree: SIGKILL goes to
+        all of it at once (cgroup.kill), another signal to the group and to
+        each member that left the group."""
+        sent = False
+        if not child.reaped or signo == signal.SIGKILL:
+            try:
+                os.killpg(child.pid, signo)
+                sent = True
+            except ProcessLookupError:
+                pass
+        if signo == signal.SIGKILL:
+            members = Cgroups.pids(cgroup)
+            return (Cgroups.kill(cgroup) and bool(members)) or sent
+        for pid in Cgroups.pids(cgroup):
+            if tree.pgid_of(pid) != child.pid:
+                started = tree.start_time(pid)
+                if started is not None:
+                    sent |= tree.send(pid, started, signo)
+        return sent
 
     def _kill_all(self, child: Child, killed: set[tuple[int, int]]) -> None:
         """SIGKILL the child's tree until a walk finds nothing not yet killed
@@ -166,6 +192,8 @@ class Reaper:
         self._index = None
         if self.condemned:
             self._chase_condemned()
+        if self.cgroups is not None and self.cgroups.pending:
+            self.cgroups.sweep()
         while True:
             try:
                 info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
@@ -186,6 +214,8 @@ class Reaper:
                 _, status = os.waitpid(child.pid, 0)
             except ChildProcessError:
                 status = 0
+            if child.cgroup is not None and self.cgroups is not None:
+                self.cgroups.release(child.cgroup)
             self.children.exited(child, status)
 
     def kill_descendants(self, deadline: float) -> None:
@@ -196,6 +226,9 @@ class Reaper:
             if not child.reaped:
                 with contextlib.suppress(OSError):
                     os.killpg(child.pid, signal.SIGKILL)
+        cgroups = self.cgroups
+        if cgroups is not None:
+            cgroups.kill_all()
         while True:
             while True:
                 try:
@@ -205,16 +238,20 @@ class Reaper:
                 if pid == 0:
                     break
             kids = child_pids()
-            if not kids or time.monotonic() >= deadline:
+            # Members of a cgroup leave it as they die, whoever reaps them.
+            emptied = cgroups is None or cgroups.remove()
+            if (not kids and emptied) or time.monotonic() >= deadline:
                 return
             for pid in kids:
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
             # Woken by SIGCHLD through the wakeup socket; no lost wakeups since
             # the byte stays in the socket until read.
+            # A cgroup empties without a signal to resin: look again soon.
+            wait = deadline - time.monotonic() if emptied else CGROUP_POLL
             with selectors.DefaultSelector() as sel:
                 sel.register(self.wake, selectors.EVENT_READ)
-                sel.select(max(0.0, deadline - time.monotonic()))
+                sel.select(max(0.0, min(wait, deadline - time.monotonic())))
             self._drain_wake()
 
 

@@ -5,7 +5,8 @@ it is killed outright (SIGKILL, the OOM killer), its direct children die
 with it (PR_SET_PDEATHSIG), but descendants that left their process group
 do not. The sentinel is a process forked from resin before its first child:
 it waits on a pipe whose write end only resin holds. EOF means resin is gone
-(however it ended); the sentinel then SIGKILLs every process carrying
+(however it ended); the sentinel then kills every child cgroup (where
+resin uses cgroups) and SIGKILLs every process carrying
 resin's cookie (runtime/tree.py) and what lives under them, again until no
 new one appears, and exits. After a normal shutdown that last sweep finds
 nothing.
@@ -19,13 +20,14 @@ import signal
 import time
 
 from resin_py.runtime import tree
+from resin_py.runtime.cgroups import CGROUP_POLL, Cgroups
 from resin_py.spawn import PR_SET_CHILD_SUBREAPER, prctl
 
 # How long the sentinel keeps looking for processes that fork while killed.
 SENTINEL_DEADLINE = 2.0
 
 
-def start(prefix: bytes) -> None:
+def start(prefix: bytes, cgroups: str | None) -> None:
     """Start the sentinel for the cookie `prefix` (raises OSError).
 
     Call it while resin has no child: the sentinel is double-forked with
@@ -40,7 +42,7 @@ def start(prefix: bytes) -> None:
         if pid == 0:  # pragma: no cover (runs in the forks, tested end to end)
             try:
                 if os.fork() == 0:
-                    _watch(r, w, prefix)
+                    _watch(r, w, prefix, cgroups)
             except BaseException:
                 import traceback
 
@@ -58,7 +60,7 @@ def start(prefix: bytes) -> None:
 _keep: list[int] = []
 
 
-def _watch(r: int, w: int, prefix: bytes) -> None:  # pragma: no cover
+def _watch(r: int, w: int, prefix: bytes, cgroups: str | None) -> None:  # pragma: no cover
     os.close(w)
     # Nothing of resin's loop may run here: no signal handlers, no wakeup fd,
     # none of its descriptors (holding resin's stdout open would hide resin's
@@ -81,4 +83,11 @@ def _watch(r: int, w: int, prefix: bytes) -> None:  # pragma: no cover
             continue
         except OSError:
             break
-    tree.kill_holders(prefix, time.monotonic() + SENTINEL_DEADLINE, time.monotonic)
+    deadline = time.monotonic() + SENTINEL_DEADLINE
+    group = None if cgroups is None else Cgroups(cgroups)
+    if group is not None:
+        group.kill_all()
+    tree.kill_holders(prefix, deadline, time.monotonic)
+    # Killed processes leave their cgroups as they die: remove them then.
+    while group is not None and not group.remove() and time.monotonic() < deadline:
+        time.sleep(CGROUP_POLL)

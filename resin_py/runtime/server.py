@@ -25,6 +25,7 @@ from resin_py.protocol.framing import PacketReader
 from resin_py.protocol.negotiate import Negotiator
 from resin_py.protocol.session import ChildRef, Session
 from resin_py.runtime import tree
+from resin_py.runtime.cgroups import Cgroups
 from resin_py.runtime.children import Child, Children, OutPipe
 from resin_py.runtime.fdio import F_SETPIPE_SZ, Buffer, Fds, OsFds
 from resin_py.runtime.loop import READ, EpollPoller, Loop, Poller
@@ -89,6 +90,7 @@ class Resin:
         self.cookie_prefix = f"{os.getpid()}.{tree.start_time(os.getpid())}.".encode()
         self.spawned = 0
         self.sentinel = False  # started (runtime/sentinel.py)
+        self.cgroups: Cgroups | None = None  # serve() sets it where cgroups can be used
         self.use_sentinel = False  # serve() turns it on: only for a real resin process
 
     def _decided(self, session: Session) -> None:
@@ -215,11 +217,21 @@ class Resin:
                     env[name] = value
             search = env.get(b"PATH")  # the child's PATH, else resin's
         path = resolve_executable(exe, search)
+        if self.cgroups is not None and not self.cgroups.usable():
+            log("cgroups unavailable: containment by the process tree")
+            self.cgroups = None
         if self.use_sentinel and not self.sentinel:
             self._start_sentinel()
         self.spawned += 1
         cookie = self.cookie_prefix + str(self.spawned).encode()
         env[tree.COOKIE_VAR] = cookie  # last: a client cannot remove or forge it
+        cgroup: str | None = None
+        cgroup_procs = -1
+        if self.cgroups is not None:
+            try:
+                cgroup, cgroup_procs = self.cgroups.create(self.spawned)
+            except OSError as exc:  # this child goes without: the tree still finds it
+                log(f"no cgroup for a child: {exc}")
         argv = [opts.arg0 if opts.arg0 is not None else exe, *args]
         parent_fds: list[int] = []
         child_fds: list[int] = []
@@ -240,16 +252,22 @@ class Resin:
                 err_w = out_w
             else:
                 err_w = self.devnull
-            pid = self.spawner.spawn(ChildSetup(path, argv, env, opts.cd, in_r, out_w, err_w))
+            pid = self.spawner.spawn(ChildSetup(path, argv, env, opts.cd, in_r, out_w, err_w,
+                                                cgroup_procs))
         except BaseException:
             for fd in parent_fds:
                 os.close(fd)
+            if cgroup is not None and self.cgroups is not None:
+                self.cgroups.release(cgroup)
             raise
         finally:
             for fd in child_fds:
                 os.close(fd)
+            if cgroup_procs >= 0:
+                os.close(cgroup_procs)
         # Its exit comes as SIGCHLD (to the reaper), also if that happened already.
         child = Child(id, pid, in_w, pipes, cookie)
+        child.cgroup = cgroup
         self.children.add(child)
         return child
 
@@ -257,7 +275,8 @@ class Resin:
         from resin_py.runtime import sentinel
 
         try:
-            sentinel.start(self.cookie_prefix)
+            sentinel.start(self.cookie_prefix,
+                           None if self.cgroups is None else self.cgroups.base)
             self.sentinel = True
         except OSError as exc:
             self.use_sentinel = False
@@ -299,10 +318,12 @@ class Resin:
 
     def describe(self) -> str:
         """The loop's state (resin prints it on SIGUSR1)."""
+        containment = "process tree" if self.cgroups is None else f"cgroup2 {self.cgroups.base}"
         return (f"closing={self.closing} outbox={self.outbox.size}B paused={self.outbox.paused} "
                 f"stdout_watched={self.poller.interest(self.outbox.fd)} "
                 f"stdin_watched={self.poller.interest(self.stdin_fd)} "
-                f"reader_buffered={self.reader.buffered} session={type(self.session).__name__}\n"
+                f"reader_buffered={self.reader.buffered} session={type(self.session).__name__} "
+                f"containment={containment}\n"
                 + self.children.describe())
 
     def begin_shutdown(self) -> None:
@@ -318,6 +339,8 @@ class Resin:
             if not child.reaped:
                 with contextlib.suppress(OSError):
                     os.killpg(child.pid, signal.SIGKILL)
+                if child.cgroup is not None:
+                    Cgroups.kill(child.cgroup)
         # What left the groups is killed with everything else resin owns
         # (Reaper.kill_descendants), not tree by tree.
         self.children.shutdown()
@@ -384,7 +407,9 @@ def serve(stdin_fd: int = 0, stdout_fd: int = 1) -> int:
                       devnull=devnull, stdin_pollable=stdin_pollable,
                       stdout_pollable=stdout_pollable)
         resin.use_sentinel = True
+        resin.cgroups = Cgroups.detect()
         reaper = Reaper(wake, resin.children, resin.on_signal)
+        reaper.cgroups = resin.cgroups
         resin.reaper = reaper
         poller.set_interest(wake.fileno(), READ, reaper.on_wakeup)
         return resin.run()

@@ -1,0 +1,166 @@
+"""A cgroup (v2) per child, where the machine allows it.
+
+With cgroups, "every descendant" needs no detective work: a child joins its
+own cgroup before exec (the spawner writes to its `cgroup.procs`), every
+process it forks is born there, and `cgroup.kill` SIGKILLs them all at
+once, including one that cleared its environment and lost its parent.
+
+resin looks at start for a cgroup v2 hierarchy where it may create a child
+of its own cgroup that has `cgroup.kill` (Linux 5.14), and creates
+`resin-<pid>/` there; each child gets `c<serial>/` under it, removed once
+empty after the child's exit. Without that (no cgroup2 mount, no permission,
+an older kernel), or with RESIN_CGROUPS=0 in resin's environment, resin
+falls back to the process tree (runtime/tree.py) without error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+
+# RESIN_CGROUPS=0 in resin's environment: never use cgroups.
+CGROUPS_ENV = "RESIN_CGROUPS"
+# How often to look whether killed cgroups have emptied (they empty without
+# a signal to resin) when waiting for that at shutdown.
+CGROUP_POLL = 0.005
+
+
+def v2_mount() -> str | None:
+    """Where the cgroup2 hierarchy is mounted (/proc/self/mountinfo)."""
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                if right.split(" ", 1)[0] == "cgroup2":
+                    return left.split()[4]
+    except OSError:
+        pass
+    return None
+
+
+def _own_v2_path() -> str | None:
+    """resin's own cgroup in the v2 hierarchy ("0::<path>" in /proc/self/cgroup)."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            for line in f:
+                if line.startswith("0::"):
+                    return line[3:].strip()
+    except OSError:
+        pass
+    return None
+
+
+class Cgroups:
+    """resin's cgroup directory and its children's."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base  # resin-<pid>/
+        self.pending: set[str] = set()  # cgroups of finished children, not yet empty
+        self._usable: bool | None = None  # not tried yet
+
+    @classmethod
+    def detect(cls) -> Cgroups | None:
+        """Where resin's cgroup directory would go; None where there is no
+        cgroup2 hierarchy (or RESIN_CGROUPS=0). Nothing is created yet: a
+        resin that never spawns (and is then killed) leaves nothing behind."""
+        if os.environ.get(CGROUPS_ENV) == "0":
+            return None
+        mount, own = v2_mount(), _own_v2_path()
+        if mount is None or own is None:
+            return None
+        return cls(os.path.join(mount, own.lstrip("/"), f"resin-{os.getpid()}"))
+
+    def usable(self) -> bool:
+        """Create resin's directory (once, before the first child) and tell
+        whether it can hold children's cgroups that can be killed."""
+        if self._usable is None:
+            try:
+                with contextlib.suppress(FileExistsError):  # a killed resin had this pid
+                    os.mkdir(self.base)
+                self._usable = os.path.exists(os.path.join(self.base, "cgroup.kill"))
+            except OSError:  # no permission, read-only mount
+                self._usable = False
+            if not self._usable:
+                with contextlib.suppress(OSError):
+                    os.rmdir(self.base)
+        return self._usable
+
+    def create(self, serial: int) -> tuple[str, int]:
+        """A cgroup for a new child: its path, and its cgroup.procs open for
+        writing (the spawner closes it). Raises OSError."""
+        path = os.path.join(self.base, f"c{serial}")
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path)
+        try:
+            fd = os.open(os.path.join(path, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
+            raise
+        return path, fd
+
+    @staticmethod
+    def kill(path: str) -> bool:
+        """SIGKILL every process in the cgroup (at once, by the kernel)."""
+        try:
+            fd = os.open(os.path.join(path, "cgroup.kill"), os.O_WRONLY | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            os.write(fd, b"1")
+            return True
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def pids(path: str) -> list[int]:
+        """The processes in the cgroup now."""
+        try:
+            with open(os.path.join(path, "cgroup.procs"), "rb") as f:
+                return [int(p) for p in f.read().split()]
+        except OSError:
+            return []
+
+    def release(self, path: str) -> None:
+        """The child's exit was reported: remove its cgroup once it is empty
+        (killed processes take a moment to leave it)."""
+        if not _rmdir(path):
+            self.pending.add(path)
+
+    def sweep(self) -> None:
+        """Remove the released cgroups that have emptied since."""
+        for path in list(self.pending):
+            if _rmdir(path):
+                self.pending.discard(path)
+
+    def kill_all(self) -> None:
+        """SIGKILL everything in every child cgroup (shutdown)."""
+        for path in self.children():
+            self.kill(path)
+
+    def children(self) -> list[str]:
+        try:
+            return [e.path for e in os.scandir(self.base) if e.is_dir()]
+        except OSError:
+            return []
+
+    def remove(self) -> bool:
+        """Remove every (empty) child cgroup and resin's own; whether all went."""
+        done = all([_rmdir(path) for path in self.children()])
+        return _rmdir(self.base) and done
+
+
+def _rmdir(path: str) -> bool:
+    """Remove a cgroup; False while processes are still in it."""
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        return True
+    except OSError as exc:
+        if exc.errno in (errno.EBUSY, errno.ENOTEMPTY):
+            return False
+        return False
+    return True
