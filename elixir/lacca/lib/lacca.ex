@@ -87,6 +87,16 @@ defmodule Lacca do
   found every spawn returns `{:error, {:resin_not_found, message}}` with a
   message that says how to install it.
 
+  ## Containment
+
+  resin finds every descendant of a process, also those that left its
+  process group: each OS process runs in a cgroup of its own where the
+  machine allows it (a cgroup v2 hierarchy resin may write to, Linux 5.14 or
+  later), and otherwise by the `RESIN_TREE` cookie in the environment and
+  the live process tree. `config :lacca, :cgroups, false` makes resin use
+  the process tree only. `info/0` tells which is in use. The README's
+  "Stopping and cleanup" says which mechanism covers which case.
+
   ## resin daemons
 
   One resin serves many OS processes. lacca runs a few shared resins (started
@@ -671,6 +681,29 @@ defmodule Lacca do
     case call(pid, :os_pid) do
       {:error, :noproc} -> nil
       os_pid -> os_pid
+    end
+  end
+
+  @typedoc "How resin contains the processes it starts (see \"Containment\")."
+  @type containment :: :cgroup2 | :process_tree
+
+  @doc """
+  What runs OS processes on this node: the resin executable and how it
+  contains the processes it starts (`:cgroup2`, or `:process_tree` where
+  cgroups cannot be used or `config :lacca, :cgroups, false`).
+
+  It finds out by starting one short process (`cat /proc/self/cgroup`).
+
+      iex> {:ok, %{containment: c}} = Lacca.info()
+      iex> c in [:cgroup2, :process_tree]
+      true
+  """
+  @spec info() :: {:ok, %{resin: String.t(), containment: containment()}} | {:error, term()}
+  def info do
+    with {:ok, resin} <- Lacca.Resin.find(),
+         {:ok, %Lacca.Result{stdout: cgroups}} <- run("cat", ["/proc/self/cgroup"]) do
+      containment = if cgroups =~ ~r{^0::.*/resin-\d+/c\d+$}m, do: :cgroup2, else: :process_tree
+      {:ok, %{resin: resin, containment: containment}}
     end
   end
 

@@ -111,4 +111,37 @@ defmodule Lacca.EscapeTest do
       collect_lines(n, acc <> data)
     end
   end
+
+  test "info/0 tells the containment in use; config :lacca, :cgroups, false forces the tree" do
+    assert {:ok, %{containment: mode, resin: resin}} = Lacca.info()
+    assert mode in [:cgroup2, :process_tree]
+    assert File.exists?(resin)
+
+    Application.put_env(:lacca, :cgroups, false)
+
+    try do
+      assert {:ok, %Lacca.Result{stdout: out}} =
+               Lacca.run("cat", ["/proc/self/cgroup"], daemon: :dedicated)
+
+      refute out =~ "/resin-"
+    after
+      Application.delete_env(:lacca, :cgroups)
+    end
+  end
+
+  test "with cgroups, even a daemon without cookie or parent goes" do
+    case Lacca.info() do
+      {:ok, %{containment: :cgroup2}} ->
+        script = ~S"(setsid env -i sh -c 'echo $$; exec sleep 1007' &); exec sleep 1000"
+        {:ok, pid} = Lacca.start("sh", ["-c", script])
+        [daemon] = pid |> read_lines(1) |> Enum.map(&String.to_integer/1)
+        assert os_alive?(daemon)
+        assert Lacca.kill(pid) == :ok
+        assert wait_gone([daemon]) == []
+
+      {:ok, %{containment: :process_tree}} ->
+        # Not attributable without cgroups (README, "Stopping and cleanup").
+        :ok
+    end
+  end
 end

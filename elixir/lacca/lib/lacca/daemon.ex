@@ -409,10 +409,18 @@ defmodule Lacca.Daemon do
        {:packet, 2},
        :exit_status,
        :use_stdio,
-       :hide
+       :hide,
+       {:env, resin_env()}
      ])}
   rescue
     e in ErlangError -> {:error, {:resin_failed, resin, e.original}}
+  end
+
+  # config :lacca, :cgroups, false: resin contains by the process tree only.
+  defp resin_env do
+    if Application.get_env(:lacca, :cgroups, true) == false,
+      do: [{~c"RESIN_CGROUPS", ~c"0"}],
+      else: []
   end
 
   defp handshake(port) do
