@@ -774,6 +774,7 @@ def run_lacca(args: argparse.Namespace, rec: Record, part: str) -> None:
         proc = subprocess.Popen(
             ["mix", "run", "bench/stress_lacca.exs", "--streams", str(args.streams),
              "--max-bytes", str(args.max_stream_bytes), "--stall", str(int(args.stall)),
+             "--stream-stall", str(int(args.stream_stall)),
              "--seed", str(args.seed)],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err, text=True,
             preexec_fn=pdeathsig)
@@ -987,6 +988,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
                     help="--rounds 20 --streams 100 (checks the harness)")
     ap.add_argument("--hogs", type=int, default=2)
     ap.add_argument("--stall", type=float, default=10.0, help="seconds without progress = hang")
+    ap.add_argument("--stream-stall", type=float, default=60.0,
+                    help="lacca: seconds one stream may go without progress while others move "
+                         "(a starved stream; the longest idle time is reported either way)")
     ap.add_argument("--no-lacca", action="store_true")
     ap.add_argument("--no-rounds", action="store_true")
     ap.add_argument("--no-producers", action="store_true")
