@@ -8,22 +8,29 @@ Starts CPU hogs (`yes >/dev/null`, two by default) and a *producers* process
 (this script with --producers: one v1 resin streaming `yes` and
 `head -c 256M /dev/urandom` as fast as they go, checking every byte), then:
 
-1. **Rounds** (--rounds, 500): each round runs 1 MiB transfers over v0 (a fresh
-   resin each, as lacca 0.2.3 uses it) and over v1 (one long-lived resin, the
-   three at once): `head -c N /dev/zero`, `head -c N /dev/urandom`, and `cat`
-   fed a random payload that is read back. Every --big-every rounds one 64 MiB
-   transfer follows, its kind rotating over the six (v0/v1 x zero/urandom/cat).
-   Byte counts are checked, and SHA-256 where the bytes are known (zero, cat).
+1. **Rounds** (--rounds, 500): each round runs six 1 MiB transfers at once,
+   three over v0 (a fresh resin each, as lacca 0.2.3 uses it; a few are
+   started ahead) and three over v1 (one long-lived resin):
+   `head -c N /dev/zero`, `head -c N /dev/urandom`, and `cat` fed a random
+   payload that is read back (v0: then KillProcess, as v0 cannot close stdin).
+   Alongside, a **64 MiB lane** runs the same transfers at 64 MiB one after the
+   other, rotating over the six kinds (v0/v1 x zero/urandom/cat), until the
+   rounds are over (each kind at least once; v1 in a long-lived resin of its
+   own). Byte counts are checked, and SHA-256 where the bytes are known
+   (zero, cat; `yes` in the producers).
 2. **lacca** (--streams, 1,000): `bench/stress_lacca.exs` under `mix run` runs
    that many concurrent `cat` echo streams (Lacca.start + write_stdin +
    close_stdin, output as messages) with random payloads of 0 B .. 4 MiB,
-   compared by SHA-256.
+   compared by SHA-256; the hogs and producers keep running.
 
 A transfer with no progress for --stall seconds (10) is a **hang**: resin's
-state is written to the log directory (/proc status, wchan, stack, fds, its
-children and their states, `py-spy dump` when installed), resin gets SIGUSR1
-(resin's stderr goes to a file in the log directory, and what it writes then
-is copied into the dump), then SIGKILL, and the run moves on.
+state is written to the log directory (/proc status, wchan, stack, fds with the
+bytes waiting in each pipe, its children and their states, `py-spy dump` when
+installed; for lacca also the BEAM's threads, its resin ports and the stalled
+stream's processes), resin gets SIGUSR1 (resin's stderr goes to a file in the
+log directory, and what it writes then is copied into the dump), then
+SIGKILL, and the run moves on. In lacca, the other streams of a killed resin
+end with :resin_down and count as collateral, not as failures.
 
 Also counted: **mismatches** (bytes lost, duplicated or reordered: wrong count
 or SHA-256), **errors** (wrong exit status, spawn errors, resin died, ...),
@@ -767,6 +774,7 @@ def run_lacca(args: argparse.Namespace, rec: Record, part: str) -> None:
         proc = subprocess.Popen(
             ["mix", "run", "bench/stress_lacca.exs", "--streams", str(args.streams),
              "--max-bytes", str(args.max_stream_bytes), "--stall", str(int(args.stall)),
+             "--stream-stall", str(int(args.stream_stall)),
              "--seed", str(args.seed)],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err, text=True,
             preexec_fn=pdeathsig)
@@ -980,6 +988,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
                     help="--rounds 20 --streams 100 (checks the harness)")
     ap.add_argument("--hogs", type=int, default=2)
     ap.add_argument("--stall", type=float, default=10.0, help="seconds without progress = hang")
+    ap.add_argument("--stream-stall", type=float, default=60.0,
+                    help="lacca: seconds one stream may go without progress while others move "
+                         "(a starved stream; the longest idle time is reported either way)")
     ap.add_argument("--no-lacca", action="store_true")
     ap.add_argument("--no-rounds", action="store_true")
     ap.add_argument("--no-producers", action="store_true")

@@ -26,7 +26,13 @@ defmodule Stress.Lacca do
   def main(argv) do
     {opts, _, _} =
       OptionParser.parse(argv,
-        strict: [streams: :integer, max_bytes: :integer, stall: :integer, seed: :integer]
+        strict: [
+          streams: :integer,
+          max_bytes: :integer,
+          stall: :integer,
+          stream_stall: :integer,
+          seed: :integer
+        ]
       )
 
     n = opts[:streams] || 1000
@@ -65,6 +71,8 @@ defmodule Stress.Lacca do
         workers: Map.new(workers, fn {ref, {i, _}} -> {ref, i} end),
         pids: Map.new(workers, fn {_, {i, pid}} -> {i, pid} end),
         stall: (opts[:stall] || 10) * 1000,
+        stream_stall: (opts[:stream_stall] || 60) * 1000,
+        max_idle: 0,
         progress: progress,
         started: %{},
         servers: %{},
@@ -86,7 +94,7 @@ defmodule Stress.Lacca do
         "hung_resins=#{MapSet.size(s.hung_resins)} " <>
         "collateral=#{s.collateral} " <>
         Enum.map_join(s.counts, " ", fn {k, v} -> "#{k}=#{v}" end) <>
-        " seconds=#{div(now() - t0, 1000)} fds=#{s.fds}"
+        " max_stream_idle_ms=#{s.max_idle} seconds=#{div(now() - t0, 1000)} fds=#{s.fds}"
     )
   end
 
@@ -256,20 +264,23 @@ defmodule Stress.Lacca do
     %{s | counts: Map.update!(s.counts, kind, &(&1 + 1))}
   end
 
-  # Streams without progress for the stall time: one hang report per resin;
-  # a stream still stuck three stall times later is given up (its worker
-  # killed: lacca then kills its cat).
+  # A hang: the whole round without progress for --stall s (no stream moved),
+  # or one stream without progress for --stream-stall s while others move (a
+  # starved stream). One hang report per resin; a stream still stuck three
+  # stall times later is given up (its worker killed: lacca then kills its
+  # cat). The longest idle time of any stream is reported as a fairness figure.
   defp stalls(s) do
     t = now()
+    idles = for {_ref, i} <- s.workers, do: {i, t - :atomics.get(s.progress, i + 1)}
+    round_idle = idles |> Enum.map(&elem(&1, 1)) |> Enum.min(fn -> 0 end)
+    s = %{s | max_idle: Enum.reduce(idles, s.max_idle, fn {_, idle}, m -> max(idle, m) end)}
 
-    Enum.reduce(s.workers, s, fn {_ref, i}, s ->
-      idle = t - :atomics.get(s.progress, i + 1)
-
+    Enum.reduce(idles, s, fn {i, idle}, s ->
       cond do
         Map.has_key?(s.hung, i) ->
           if t - s.hung[i] > 3 * s.stall, do: give_up(s, i), else: s
 
-        idle > s.stall ->
+        round_idle > s.stall or idle > s.stream_stall ->
           {os_pid, resin, _} = Map.get(s.started, i, {nil, nil, nil})
           s = %{s | hung: Map.put(s.hung, i, t)}
 
