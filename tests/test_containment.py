@@ -82,12 +82,15 @@ def test_stdin_eof_kills_everything_and_exits_fast(client: ResinClient) -> None:
         assert not exists(pid)
 
 
-@both_spawners
-def test_orphans_are_reaped(client: ResinClient) -> None:
+@pytest.mark.parametrize("spawner", SPAWNERS)
+def test_orphans_are_reaped(spawner: str) -> None:
     # The setsid'd sleep leaves the group and clears its environment (so
-    # nothing ties it to child 1 once its parent is gone: see runtime/tree.py);
-    # when its parent exits it is reparented to resin (the subreaper), which
-    # must reap it when it dies.
+    # nothing ties it to child 1 once its parent is gone: see runtime/tree.py;
+    # in the process-tree mode: a cgroup would tie it, test_escape.py); when
+    # its parent exits it is reparented to resin (the subreaper), which must
+    # reap it when it dies.
+    client = ResinClient(env={**(resin_env(spawner) or {}), "RESIN_CGROUPS": "0"})
+    assert client.hello() == 1
     spawn_pid(client, 1, "sh", "-c",
               'setsid env -i sh -c "echo \\$\\$; exec sleep 1000 >&- 2>&-" & read x; exit 0')
     orphan = first_line_pid(client, 1)  # printed after setsid: it has left the group
@@ -97,6 +100,7 @@ def test_orphans_are_reaped(client: ResinClient) -> None:
     os.kill(orphan, signal.SIGKILL)
     wait_gone(orphan)  # gone from /proc: reaped, not a zombie
     assert client.run(2, "/bin/echo", ["ok"]).stdout == b"ok\n"
+    client.kill()
 
 
 def test_escaped_descendant_dies_with_its_leader(client: ResinClient) -> None:

@@ -29,7 +29,7 @@ import pytest
 from conftest import exists, wait_until
 
 from resin_py.protocol import v1
-from resin_py.protocol.terms import OK
+from resin_py.protocol.terms import OK, Atom
 from resin_py.runtime.cgroups import v2_mount
 from resin_py.runtime.tree import holders
 from resin_py.testing import ResinClient
@@ -164,6 +164,31 @@ def test_cgroup_catches_what_nothing_else_can(action: str) -> None:
                    "resin's cgroup directory to go")
     finally:
         client.kill()
+
+
+def controller_available(name: str) -> bool:
+    mount = v2_mount()
+    if mount is None:
+        return False
+    return name in Path(mount, "cgroup.controllers").read_text().split()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_cgroup_limits_or_a_clear_error(mode: str) -> None:
+    env = {**os.environ, "RESIN_CGROUPS": "1" if mode == "cgroup" else "0"}
+    with ResinClient(env=env) as client:
+        assert client.hello() == 1
+        got = client.spawn(1, "cat", ["/proc/self/cgroup"], cgroup=(("pids.max", "7"),))
+        if mode == "tree":
+            assert got == v1.SpawnError(1, (Atom("cgroup"), Atom("enotsup")))
+        elif not controller_available("pids"):
+            assert got == v1.SpawnError(1, (Atom("cgroup"), Atom("enoent")))
+        else:  # pragma: no cover (a machine with the pids controller in v2)
+            assert isinstance(got, v1.Spawned)
+            path = client.collect(1).stdout.split(b"::")[1].strip().decode()
+            assert Path(f"{v2_mount()}{path}/pids.max").read_text().strip() == "7"
+        # Nothing was started, and resin serves on.
+        assert client.run(2, "echo", ["ok"]).stdout == b"ok\n"
 
 
 def test_stop_signal_reaches_escapees_first(client: ResinClient) -> None:

@@ -26,3 +26,6 @@ class SpawnOptions:
     stdin: StdinMode = "pipe"
     stderr: StderrMode = "capture"
     credit: int | None = None  # None: infinity
+    # cgroup interface files to write in the child's cgroup before it starts,
+    # as (file, content): ("memory.max", "1048576"), ("cpu.max", "50000 100000")
+    cgroup: tuple[tuple[str, str], ...] = ()

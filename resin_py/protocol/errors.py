@@ -92,8 +92,8 @@ class BadArgument(V1Error):
 class SpawnFailed(ResinError):
     """The OS refused to start a child: at which `stage` ("path": not found on
     PATH, "cwd": the working directory, "exec": execve or the setup before
-    it) and with which `errno`. Plain OS facts: each session maps them to its
-    own wire vocabulary."""
+    it, "cgroup": the cgroup limits asked for) and with which `errno`. Plain
+    OS facts: each session maps them to its own wire vocabulary."""
 
     def __init__(self, stage: SpawnStage, errno: int, message: str) -> None:
         super().__init__(message)
@@ -101,4 +101,4 @@ class SpawnFailed(ResinError):
         self.errno = errno
 
 
-SpawnStage = Literal["path", "cwd", "exec"]
+SpawnStage = Literal["path", "cwd", "exec", "cgroup"]

@@ -303,11 +303,42 @@ def _parse_spawn(id: int, exe: Term, args: Term, opts: Term) -> Spawn:
         stdin=option("stdin", _opt_stdin, "pipe"),
         stderr=option("stderr", _opt_stderr, "capture"),
         credit=option("credit", _opt_credit, None),
+        cgroup=option("cgroup", _opt_cgroup, ()),
     )
     return Spawn(id, exe, tuple(argv), options)
 
 
-_OPTION_KEYS = frozenset({"cd", "env", "clear_env", "arg0", "stdin", "stderr", "credit"})
+_OPTION_KEYS = frozenset(
+    {"cd", "env", "clear_env", "arg0", "stdin", "stderr", "credit", "cgroup"})
+# cgroup limits: the interface file each one writes, and how its value reads.
+CGROUP_LIMITS = {"memory_max": "memory.max", "pids_max": "pids.max", "cpu_max": "cpu.max"}
+
+
+def _opt_cgroup(value: Term) -> tuple[tuple[str, str], ...]:
+    """[{memory_max, Bytes}, {pids_max, N}, {cpu_max, {QuotaUs, PeriodUs}}] to
+    (file, content) pairs."""
+    if not isinstance(value, list):
+        raise _Invalid
+    limits: dict[str, str] = {}
+    for item in value:
+        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], Atom)
+                and item[0].name in CGROUP_LIMITS):
+            raise _Invalid
+        key, limit = item[0].name, item[1]
+        if key == "cpu_max":
+            if not (isinstance(limit, tuple) and len(limit) == 2):
+                raise _Invalid
+            quota, period = limit
+            if not (isinstance(quota, int) and isinstance(period, int)
+                    and 0 < quota < 2**63 and 0 < period < 2**63):
+                raise _Invalid
+            text = f"{quota} {period}"
+        elif isinstance(limit, int) and 0 < limit < 2**63:
+            text = str(limit)
+        else:
+            raise _Invalid
+        limits.setdefault(CGROUP_LIMITS[key], text)
+    return tuple(limits.items())
 
 
 def _opt_bin(value: Term) -> bytes | None:
@@ -473,6 +504,11 @@ def options_term(o: SpawnOptions) -> list[Term]:
         opts.append((Atom("stderr"), Atom(o.stderr)))
     if o.credit is not None:
         opts.append((Atom("credit"), o.credit))
+    if o.cgroup:
+        names = {file: key for key, file in CGROUP_LIMITS.items()}
+        opts.append((Atom("cgroup"), [
+            (Atom(names[file]), tuple(int(n) for n in text.split()) if " " in text else int(text))
+            for file, text in o.cgroup]))
     return opts
 
 

@@ -28,9 +28,10 @@ def errno_atom(code: int) -> Atom:
 
 
 def spawn_reason(exc: SpawnFailed) -> Term:
-    """The `spawn_error` reason: `Errno`, or `{cwd, Errno}` for the directory."""
-    if exc.stage == "cwd":
-        return (Atom("cwd"), errno_atom(exc.errno))
+    """The `spawn_error` reason: `Errno`, `{cwd, Errno}` for the directory,
+    `{cgroup, Errno}` for cgroup limits that cannot be applied."""
+    if exc.stage in ("cwd", "cgroup"):
+        return (Atom(exc.stage), errno_atom(exc.errno))
     return errno_atom(exc.errno)
 
 

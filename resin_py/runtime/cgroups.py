@@ -79,6 +79,11 @@ class Cgroups:
                 with contextlib.suppress(FileExistsError):  # a killed resin had this pid
                     os.mkdir(self.base)
                 self._usable = os.path.exists(os.path.join(self.base, "cgroup.kill"))
+                # Offer the children what controllers resin's cgroup has (for
+                # limits); none is needed for containment.
+                for controller in (b"+memory", b"+pids", b"+cpu"):
+                    with contextlib.suppress(OSError):
+                        _write(os.path.join(self.base, "cgroup.subtree_control"), controller)
             except OSError:  # no permission, read-only mount
                 self._usable = False
             if not self._usable:
@@ -86,13 +91,19 @@ class Cgroups:
                     os.rmdir(self.base)
         return self._usable
 
-    def create(self, serial: int) -> tuple[str, int]:
-        """A cgroup for a new child: its path, and its cgroup.procs open for
-        writing (the spawner closes it). Raises OSError."""
+    def create(self, serial: int, limits: tuple[tuple[str, str], ...] = ()) -> tuple[str, int]:
+        """A cgroup for a new child, with `limits` written to its interface
+        files: its path, and its cgroup.procs open for writing (the spawner
+        closes it). Raises OSError (LimitError for a limit)."""
         path = os.path.join(self.base, f"c{serial}")
         with contextlib.suppress(FileExistsError):
             os.mkdir(path)
         try:
+            for name, text in limits:
+                try:
+                    _write(os.path.join(path, name), text.encode())
+                except OSError as exc:  # ENOENT: the controller is not enabled here
+                    raise LimitError(exc.errno or errno.EINVAL, f"{name}: {exc}") from exc
             fd = os.open(os.path.join(path, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
         except OSError:
             with contextlib.suppress(OSError):
@@ -153,14 +164,34 @@ class Cgroups:
         return _rmdir(self.base) and done
 
 
+class LimitError(OSError):
+    """A cgroup limit could not be applied (its controller is not available)."""
+
+
+def _write(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
 def _rmdir(path: str) -> bool:
-    """Remove a cgroup; False while processes are still in it."""
+    """Remove a cgroup and the cgroups under it (a child may have run a resin
+    of its own, whose cgroups nest in the child's: killed with it, they are
+    left for us); False while processes are still in any of them."""
+    try:
+        subdirs = [e.path for e in os.scandir(path) if e.is_dir(follow_symlinks=False)]
+    except FileNotFoundError:
+        return True
+    except OSError:
+        subdirs = []
+    if not all([_rmdir(sub) for sub in subdirs]):
+        return False
     try:
         os.rmdir(path)
     except FileNotFoundError:
         return True
-    except OSError as exc:
-        if exc.errno in (errno.EBUSY, errno.ENOTEMPTY):
-            return False
-        return False
+    except OSError:
+        return False  # EBUSY: processes still in it
     return True

@@ -25,6 +25,9 @@ from resin_py.spawn import PR_SET_CHILD_SUBREAPER, prctl
 
 # How long the sentinel keeps looking for processes that fork while killed.
 SENTINEL_DEADLINE = 2.0
+# How long it waits for killed cgroups to empty so it can remove them (they
+# empty as their processes are torn down, which a loaded machine can delay).
+SENTINEL_CLEANUP = 30.0
 
 
 def start(prefix: bytes, cgroups: str | None) -> None:
@@ -89,5 +92,6 @@ def _watch(r: int, w: int, prefix: bytes, cgroups: str | None) -> None:  # pragm
         group.kill_all()
     tree.kill_holders(prefix, deadline, time.monotonic)
     # Killed processes leave their cgroups as they die: remove them then.
-    while group is not None and not group.remove() and time.monotonic() < deadline:
-        time.sleep(CGROUP_POLL)
+    cleanup = time.monotonic() + SENTINEL_CLEANUP
+    while group is not None and not group.remove() and time.monotonic() < cleanup:
+        time.sleep(CGROUP_POLL if time.monotonic() < deadline else 10 * CGROUP_POLL)

@@ -20,12 +20,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
 from resin_py.protocol.common import SpawnOptions, StreamKind
-from resin_py.protocol.errors import ProtocolError, ZeroLengthPacket
+from resin_py.protocol.errors import ProtocolError, SpawnFailed, ZeroLengthPacket
 from resin_py.protocol.framing import PacketReader
 from resin_py.protocol.negotiate import Negotiator
 from resin_py.protocol.session import ChildRef, Session
 from resin_py.runtime import tree
-from resin_py.runtime.cgroups import Cgroups
+from resin_py.runtime.cgroups import Cgroups, LimitError
 from resin_py.runtime.children import Child, Children, OutPipe
 from resin_py.runtime.fdio import F_SETPIPE_SZ, Buffer, Fds, OsFds
 from resin_py.runtime.loop import READ, EpollPoller, Loop, Poller
@@ -227,11 +227,17 @@ class Resin:
         env[tree.COOKIE_VAR] = cookie  # last: a client cannot remove or forge it
         cgroup: str | None = None
         cgroup_procs = -1
+        if opts.cgroup and self.cgroups is None:
+            raise SpawnFailed("cgroup", errno.ENOTSUP, "cgroup limits need cgroups")
         if self.cgroups is not None:
             try:
-                cgroup, cgroup_procs = self.cgroups.create(self.spawned)
-            except OSError as exc:  # this child goes without: the tree still finds it
-                log(f"no cgroup for a child: {exc}")
+                cgroup, cgroup_procs = self.cgroups.create(self.spawned, opts.cgroup)
+            except LimitError as exc:
+                raise SpawnFailed("cgroup", exc.errno or errno.EINVAL, str(exc)) from exc
+            except OSError as exc:
+                if opts.cgroup:
+                    raise SpawnFailed("cgroup", exc.errno or errno.EIO, str(exc)) from exc
+                log(f"no cgroup for a child: {exc}")  # the process tree still finds it
         argv = [opts.arg0 if opts.arg0 is not None else exe, *args]
         parent_fds: list[int] = []
         child_fds: list[int] = []
