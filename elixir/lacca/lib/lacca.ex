@@ -127,6 +127,7 @@ defmodule Lacca do
           :enoent
           | :eacces
           | {:cwd, atom()}
+          | {:cgroup, atom()}
           | {:resin_not_found, String.t()}
           | :resin_down
           | term()
@@ -139,6 +140,12 @@ defmodule Lacca do
           | {:arg0, String.t()}
           | {:stderr, :capture | :stdout | :discard}
           | {:stdin, :pipe | :null}
+          | {:cgroup,
+             [
+               {:memory_max, pos_integer()}
+               | {:pids_max, pos_integer()}
+               | {:cpu_max, {pos_integer(), pos_integer()}}
+             ]}
           | {:daemon, :shared | :dedicated}
           | {:kill_timeout, non_neg_integer()}
           | {:stop_signal, Signal.signal()}
@@ -180,6 +187,11 @@ defmodule Lacca do
       its descendants (see "Stopping and cleanup" in the README)
     * `:arg0` - the program name the process sees as `argv[0]`
     * `:stdin` - `:pipe` (default) or `:null` (`/dev/null`)
+    * `:cgroup` - limits for the process's cgroup (see "Containment"):
+      `memory_max: bytes`, `pids_max: n`, `cpu_max: {quota_us, period_us}`.
+      When they cannot be applied the spawn fails with `{:cgroup, reason}`:
+      `:enotsup` where resin does not use cgroups, `:enoent` where the
+      controller is not enabled in resin's cgroup hierarchy
     * `:daemon` - `:shared` (default: one resin serves many processes) or
       `:dedicated` (a resin of its own, for isolation)
     * `:kill_timeout` - milliseconds between the stop signal and SIGKILL when

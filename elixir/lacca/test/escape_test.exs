@@ -144,4 +144,31 @@ defmodule Lacca.EscapeTest do
         :ok
     end
   end
+
+  test "cgroup limits: applied, or a clear error; bad ones raise" do
+    result = Lacca.run("cat", ["/proc/self/cgroup"], cgroup: [pids_max: 64])
+
+    case {Lacca.info(), result} do
+      {{:ok, %{containment: :process_tree}}, _} ->
+        assert result == {:error, {:cgroup, :enotsup}}
+
+      {{:ok, %{containment: :cgroup2}}, {:error, {:cgroup, :enoent}}} ->
+        # The pids controller is not enabled in this cgroup hierarchy (as on
+        # this repository's machine, where it is bound to cgroup v1).
+        :ok
+
+      {{:ok, %{containment: :cgroup2}}, {:ok, %Lacca.Result{stdout: out}}} ->
+        [path] = Regex.run(~r{^0::(.*)$}m, out, capture: :all_but_first)
+        assert out =~ "/resin-"
+        assert is_binary(path)
+    end
+
+    assert_raise ArgumentError, ~r/invalid value for :cgroup option/, fn ->
+      Lacca.run("true", [], cgroup: [memory_max: 0])
+    end
+
+    assert_raise ArgumentError, ~r/invalid value for :cgroup option/, fn ->
+      Lacca.run("true", [], cgroup: [swap_max: 1])
+    end
+  end
 end

@@ -5,7 +5,7 @@ defmodule Lacca.Options do
 
   alias Lacca.Signal
 
-  @spawn_keys [:cd, :env, :clear_env, :arg0, :stderr, :stdin]
+  @spawn_keys [:cd, :env, :clear_env, :arg0, :stderr, :stdin, :cgroup]
   @common [daemon: :shared, kill_timeout: 5_000, stop_signal: :sigterm]
   @start_defaults [output: :buffer, owner: nil, active: true, max_buffer: 1_048_576]
   @run_defaults [input: nil, timeout: :infinity, into: ""]
@@ -269,8 +269,34 @@ defmodule Lacca.Options do
         _ -> [{:stdin, one_of!(opts, :stdin, [:pipe, :null])}]
       end
 
-    base ++ env ++ clear_env ++ arg0 ++ stderr ++ stdin
+    base ++ env ++ clear_env ++ arg0 ++ stderr ++ stdin ++ cgroup!(opts[:cgroup])
   end
+
+  # cgroup: [memory_max: bytes, pids_max: n, cpu_max: {quota_us, period_us}]
+  defp cgroup!(nil), do: []
+  defp cgroup!([]), do: []
+
+  defp cgroup!(limits) when is_list(limits) do
+    expected =
+      "a keyword list of memory_max, pids_max (positive integers) and cpu_max " <>
+        "({quota_us, period_us})"
+
+    checked =
+      Enum.map(limits, fn
+        {key, n} when key in [:memory_max, :pids_max] and is_integer(n) and n > 0 ->
+          {key, n}
+
+        {:cpu_max, {q, p}} when is_integer(q) and q > 0 and is_integer(p) and p > 0 ->
+          {:cpu_max, {q, p}}
+
+        _ ->
+          bad!(:cgroup, expected, limits)
+      end)
+
+    [{:cgroup, checked}]
+  end
+
+  defp cgroup!(other), do: bad!(:cgroup, "a keyword list", other)
 
   defp env!(env) when is_map(env), do: env!(Map.to_list(env))
 

@@ -72,7 +72,8 @@ defmodule Lacca.Protocol do
   # the atom table, so `binary_to_term(bin, [:safe])` can decode every event
   # resin sends (errno reasons included).
   @known_atoms ~w(spawned spawn_error reply exit signal error ok nil true false
-    no_process id_in_use badarg cwd zero_length_packet bad_frame bad_term
+    no_process id_in_use badarg cwd cgroup stdin_window_exceeded
+    zero_length_packet bad_frame bad_term
     unknown_request written epipe closed stdout stderr stdin credit
     eperm enoent esrch eintr eio enxio e2big enoexec ebadf echild eagain enomem
     eacces efault enotblk ebusy eexist exdev enodev enotdir eisdir einval enfile
