@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from resin_py.runtime import tree
-from resin_py.runtime.cgroups import CGROUP_POLL, Cgroups
+from resin_py.runtime.cgroups import Cgroups
 from resin_py.runtime.children import Child, Children
 from resin_py.spawn import PR_SET_CHILD_SUBREAPER, prctl
 
@@ -133,8 +133,7 @@ class Reaper:
             self._kill_all(child, set(snapshot.items()))
         return sent or escaped
 
-    @staticmethod
-    def _signal_cgroup(child: Child, cgroup: str, signo: int) -> bool:
+    def _signal_cgroup(self, child: Child, cgroup: str, signo: int) -> bool:
         """With a cgroup, its member list is the child's tree: SIGKILL goes to
         all of it at once (cgroup.kill), another signal to the group and to
         each member that left the group."""
@@ -146,8 +145,12 @@ class Reaper:
             except ProcessLookupError:
                 pass
         if signo == signal.SIGKILL:
-            members = Cgroups.pids(cgroup)
-            return (Cgroups.kill(cgroup) and bool(members)) or sent
+            if self.children.closing:
+                return sent  # shutdown kills every cgroup at once (Resin.begin_shutdown)
+            if sent:
+                Cgroups.kill(cgroup)
+                return True
+            return bool(Cgroups.pids(cgroup)) and Cgroups.kill(cgroup)
         for pid in Cgroups.pids(cgroup):
             if tree.pgid_of(pid) != child.pid:
                 started = tree.start_time(pid)
@@ -214,9 +217,10 @@ class Reaper:
                 _, status = os.waitpid(child.pid, 0)
             except ChildProcessError:
                 status = 0
-            if child.cgroup is not None and self.cgroups is not None:
+            self.children.exited(child, status)  # the exit report comes first
+            if (child.cgroup is not None and self.cgroups is not None
+                    and not self.children.closing):
                 self.cgroups.release(child.cgroup)
-            self.children.exited(child, status)
 
     def kill_descendants(self, deadline: float) -> None:
         """SIGKILL every group still alive and whatever else is our child
@@ -226,9 +230,6 @@ class Reaper:
             if not child.reaped:
                 with contextlib.suppress(OSError):
                     os.killpg(child.pid, signal.SIGKILL)
-        cgroups = self.cgroups
-        if cgroups is not None:
-            cgroups.kill_all()
         while True:
             while True:
                 try:
@@ -238,20 +239,16 @@ class Reaper:
                 if pid == 0:
                     break
             kids = child_pids()
-            # Members of a cgroup leave it as they die, whoever reaps them.
-            emptied = cgroups is None or cgroups.remove()
-            if (not kids and emptied) or time.monotonic() >= deadline:
+            if not kids or time.monotonic() >= deadline:
                 return
             for pid in kids:
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
             # Woken by SIGCHLD through the wakeup socket; no lost wakeups since
             # the byte stays in the socket until read.
-            # A cgroup empties without a signal to resin: look again soon.
-            wait = deadline - time.monotonic() if emptied else CGROUP_POLL
             with selectors.DefaultSelector() as sel:
                 sel.register(self.wake, selectors.EVENT_READ)
-                sel.select(max(0.0, min(wait, deadline - time.monotonic())))
+                sel.select(max(0.0, deadline - time.monotonic()))
             self._drain_wake()
 
 

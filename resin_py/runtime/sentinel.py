@@ -8,8 +8,10 @@ it waits on a pipe whose write end only resin holds. EOF means resin is gone
 (however it ended); the sentinel then kills every child cgroup (where
 resin uses cgroups) and SIGKILLs every process carrying
 resin's cookie (runtime/tree.py) and what lives under them, again until no
-new one appears, and exits. After a normal shutdown that last sweep finds
-nothing.
+new one appears, removes resin's cgroups, and exits. After a normal
+shutdown the sweep finds nothing to kill, and the sentinel only removes the
+cgroups (which resin leaves to it: it killed them, and removing them would
+delay its own exit).
 """
 
 from __future__ import annotations

@@ -345,8 +345,11 @@ class Resin:
             if not child.reaped:
                 with contextlib.suppress(OSError):
                     os.killpg(child.pid, signal.SIGKILL)
-                if child.cgroup is not None:
-                    Cgroups.kill(child.cgroup)
+        if self.cgroups is not None:
+            # Every cgroup at once. They are removed by the sentinel once
+            # resin has exited: rmdir costs ~0.1 ms each, which 10,000
+            # children would add to the 1-second exit.
+            self.cgroups.kill_all()
         # What left the groups is killed with everything else resin owns
         # (Reaper.kill_descendants), not tree by tree.
         self.children.shutdown()
