@@ -34,7 +34,10 @@ defmodule Lacca.Cleanup do
   defp deadline, do: System.monotonic_time(:millisecond) + @deadline_ms
 
   defp chase(prefix, killed, deadline) do
-    fresh = Enum.reject(holders(prefix), &MapSet.member?(killed, &1))
+    # The holders and everything under them in the live tree, walked before
+    # any is killed: a descendant that cleared its environment is found only
+    # through its living parent (resin's sentinel does the same).
+    fresh = prefix |> holders() |> subtree() |> Enum.reject(&MapSet.member?(killed, &1))
 
     cond do
       fresh == [] ->
@@ -60,6 +63,41 @@ defmodule Lacca.Cleanup do
         start = start_time(pid),
         start != nil,
         do: {pid, start}
+  end
+
+  # {pid, start time} of the given processes and all their descendants.
+  defp subtree(roots) do
+    walk(Enum.map(roots, &elem(&1, 0)), MapSet.new(), [])
+  end
+
+  defp walk([], _seen, acc), do: acc
+
+  defp walk([pid | rest], seen, acc) do
+    cond do
+      MapSet.member?(seen, pid) ->
+        walk(rest, seen, acc)
+
+      start = start_time(pid) ->
+        walk(children_of(pid) ++ rest, MapSet.put(seen, pid), [{pid, start} | acc])
+
+      true ->
+        walk(rest, MapSet.put(seen, pid), acc)
+    end
+  end
+
+  defp children_of(pid) do
+    case File.ls("/proc/#{pid}/task") do
+      {:ok, tids} ->
+        Enum.flat_map(tids, fn tid ->
+          case File.read("/proc/#{pid}/task/#{tid}/children") do
+            {:ok, text} -> text |> String.split() |> Enum.map(&String.to_integer/1)
+            {:error, _} -> []
+          end
+        end)
+
+      {:error, _} ->
+        []
+    end
   end
 
   defp proc_entries do
