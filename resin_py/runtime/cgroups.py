@@ -136,10 +136,18 @@ class Cgroups:
             return []
 
     def release(self, path: str) -> None:
-        """The child's exit was reported: remove its cgroup once it is empty
+        """The child's leader exited: remove its cgroup once it is empty
         (killed processes take a moment to leave it)."""
         if not _rmdir(path):
             self.pending.add(path)
+
+    def try_remove(self, path: str) -> bool:
+        """Remove the cgroup if it is empty; else keep it to be removed once
+        it is (see sweep). Whether it is gone."""
+        if _rmdir(path):
+            return True
+        self.pending.add(path)
+        return False
 
     def sweep(self) -> None:
         """Remove the released cgroups that have emptied since."""

@@ -84,32 +84,34 @@ class Reaper:
         if self._index is None:
             ours = self.children.by_pid
             index: dict[bytes, list[int]] = {}
-            for pid in tree.children_of(os.getpid()):
+            for pid in tree.own_children():
                 if pid not in ours:
                     index.setdefault(tree.cookie_of(pid) or b"", []).append(pid)
             self._index = index
         return self._index
 
-    def tree_of(self, child: Child) -> dict[int, int]:
-        """The child's descendants, wherever they went: pid -> start time."""
+    def tree_of(self, child: Child, *, leader_alive: bool = True) -> dict[int, int]:
+        """The child's descendants, wherever they went: pid -> start time.
+        (A leader that has exited has no children left: they were reparented
+        to resin when it exited, so only the adopted orphans are roots.)"""
         roots = list(self._adopted().get(child.cookie, ()))
-        if not child.reaped:
+        if leader_alive and not child.reaped:
             roots.append(child.pid)
         found = tree.subtree(roots)
         found.pop(child.pid, None)
         return found
 
-    def signal_group(self, child: Child, signo: int, *, fresh: bool = True) -> bool:
+    def signal_group(self, child: Child, signo: int, *, exited: bool = False) -> bool:
         """Send `signo` to the child's process group and to the descendants
         that left it; with SIGKILL, again until no new one appears. The tree
         is walked *before* the group is signalled: a dying parent would leave
         its escaped children unattributed (if they cleared their environment).
         Whether anything got the signal."""
         if child.cgroup is not None:
-            return self._signal_cgroup(child, child.cgroup, signo)
-        if fresh:
+            return self._signal_cgroup(child, child.cgroup, signo, exited)
+        if not exited:
             self._index = None  # between wakeups: look afresh
-        snapshot = self.tree_of(child)
+        snapshot = self.tree_of(child, leader_alive=not exited)
         sent = False
         if not child.reaped or signo == signal.SIGKILL:
             # A zombie leader still holds its pgid: no stranger can have it.
@@ -133,7 +135,7 @@ class Reaper:
             self._kill_all(child, set(snapshot.items()))
         return sent or escaped
 
-    def _signal_cgroup(self, child: Child, cgroup: str, signo: int) -> bool:
+    def _signal_cgroup(self, child: Child, cgroup: str, signo: int, exited: bool) -> bool:
         """With a cgroup, its member list is the child's tree: SIGKILL goes to
         all of it at once (cgroup.kill), another signal to the group and to
         each member that left the group."""
@@ -147,6 +149,8 @@ class Reaper:
         if signo == signal.SIGKILL:
             if self.children.closing:
                 return sent  # shutdown kills every cgroup at once (Resin.begin_shutdown)
+            if exited:
+                return sent  # the cgroup is dealt with after the exit report (reap)
             if sent:
                 Cgroups.kill(cgroup)
                 return True
@@ -212,15 +216,18 @@ class Reaper:
             # Kill the rest of the group and every descendant that left it
             # before reaping: the zombie leader keeps the pgid from being
             # reused, so this cannot hit a stranger.
-            self.signal_group(child, signal.SIGKILL, fresh=False)
+            self.signal_group(child, signal.SIGKILL, exited=True)
             try:
                 _, status = os.waitpid(child.pid, 0)
             except ChildProcessError:
                 status = 0
-            self.children.exited(child, status)  # the exit report comes first
-            if (child.cgroup is not None and self.cgroups is not None
-                    and not self.children.closing):
-                self.cgroups.release(child.cgroup)
+            self.children.exited(child, status)
+            # If its cgroup can be removed, nothing is left in it to kill: the
+            # common case costs one rmdir.
+            cgroup, cgroups = child.cgroup, self.cgroups
+            if (cgroup is not None and cgroups is not None and not self.children.closing
+                    and not cgroups.try_remove(cgroup)):
+                Cgroups.kill(cgroup)
 
     def kill_descendants(self, deadline: float) -> None:
         """SIGKILL every group still alive and whatever else is our child

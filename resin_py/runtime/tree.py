@@ -70,6 +70,16 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
+def own_children() -> list[int]:
+    """The live children of this (single-threaded) process: one read."""
+    me = os.getpid()
+    try:
+        with open(f"/proc/{me}/task/{me}/children", "rb") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return children_of(me)
+
+
 def has_cookie(pid: int, cookie: bytes) -> bool:
     """`pid`'s environment holds exactly this RESIN_TREE value."""
     try:
