@@ -16,15 +16,10 @@ if System.get_env("LACCA_CGROUPS") == "0", do: Application.put_env(:lacca, :cgro
 {:ok, _} = Application.ensure_all_started(:lacca)
 
 defmodule EscapeTable do
-  @script ~S"""
-  sleep 1001 & echo $!
-  setsid sleep 1002 & echo $!
-  (setsid sh -c 'trap "" TERM HUP; echo $$; exec sleep 1003' &)
-  sh -c 'trap "" TERM; exec sleep 1004' & echo $!
-  setsid sh -c 'echo $$; while :; do sleep 1005; done' &
-  sh -c 'setsid env -i sh -c "echo \$\$; exec sleep 1006" & wait' &
-  exec sleep 1000
-  """
+  # One pid printed per kind, then the leader waits for its stdin to close
+  # (shared with tests/test_escape.py).
+  @external_resource Path.expand("../tests/escapees.sh", __DIR__)
+  @script File.read!(@external_resource)
   @kinds 6
 
   def script, do: @script

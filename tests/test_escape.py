@@ -35,15 +35,8 @@ from resin_py.runtime.tree import holders
 from resin_py.testing import ResinClient
 
 KINDS = 6
-SCRIPT = r"""
-sleep 1001 & echo $!
-setsid sleep 1002 & echo $!
-(setsid sh -c 'trap "" TERM HUP; echo $$; exec sleep 1003' &)
-sh -c 'trap "" TERM; exec sleep 1004' & echo $!
-setsid sh -c 'echo $$; while :; do sleep 1005; done' &
-sh -c 'setsid env -i sh -c "echo \$\$; exec sleep 1006" & wait' &
-read x
-"""
+# The escapees (one pid printed per kind), shared with the ExUnit test and the bench.
+SCRIPT = (Path(__file__).parent / "escapees.sh").read_text()
 
 
 def start_escapees(client: ResinClient) -> tuple[int, list[int]]:

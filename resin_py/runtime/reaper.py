@@ -112,14 +112,7 @@ class Reaper:
         if not exited:
             self._index = None  # between wakeups: look afresh
         snapshot = self.tree_of(child, leader_alive=not exited)
-        sent = False
-        if not child.reaped or signo == signal.SIGKILL:
-            # A zombie leader still holds its pgid: no stranger can have it.
-            try:
-                os.killpg(child.pid, signo)
-                sent = True
-            except ProcessLookupError:
-                pass
+        sent = _signal_pgid(child, signo)
         escaped = False
         for pid, started in snapshot.items():
             if signo == signal.SIGKILL or tree.pgid_of(pid) != child.pid:
@@ -139,13 +132,7 @@ class Reaper:
         """With a cgroup, its member list is the child's tree: SIGKILL goes to
         all of it at once (cgroup.kill), another signal to the group and to
         each member that left the group."""
-        sent = False
-        if not child.reaped or signo == signal.SIGKILL:
-            try:
-                os.killpg(child.pid, signo)
-                sent = True
-            except ProcessLookupError:
-                pass
+        sent = _signal_pgid(child, signo)
         if signo == signal.SIGKILL:
             if self.children.closing:
                 return sent  # shutdown kills every cgroup at once (Resin.begin_shutdown)
@@ -257,6 +244,19 @@ class Reaper:
                 sel.register(self.wake, selectors.EVENT_READ)
                 sel.select(max(0.0, deadline - time.monotonic()))
             self._drain_wake()
+
+
+def _signal_pgid(child: Child, signo: int) -> bool:
+    """killpg the child's group; whether anyone was in it. SIGKILL also goes
+    to the group of a leader that has exited but is not reaped yet: a zombie
+    leader still holds its pgid, so no stranger can have it."""
+    if child.reaped and signo != signal.SIGKILL:
+        return False
+    try:
+        os.killpg(child.pid, signo)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def child_pids() -> list[int]:

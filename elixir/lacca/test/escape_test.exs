@@ -9,19 +9,13 @@ defmodule Lacca.EscapeTest do
 
   @moduletag :capture_log
 
-  # Prints one pid per escapee, then the leader waits. The env -i sleep has
-  # no cookie; its parent stays alive, so the live process tree links it.
-  # (One that clears its environment *and* whose parent has exited is not
+  # One pid printed per kind of escapee, then the leader waits for its stdin
+  # to close (shared with tests/test_escape.py). The env -i sleep has no
+  # cookie; its parent stays alive, so the live process tree links it. (One
+  # that clears its environment *and* whose parent has exited is not
   # attributable without cgroups: see the README.)
-  @script ~S"""
-  sleep 1001 & echo $!
-  setsid sleep 1002 & echo $!
-  (setsid sh -c 'trap "" TERM HUP; echo $$; exec sleep 1003' &)
-  sh -c 'trap "" TERM; exec sleep 1004' & echo $!
-  setsid sh -c 'echo $$; while :; do sleep 1005; done' &
-  sh -c 'setsid env -i sh -c "echo \$\$; exec sleep 1006" & wait' &
-  exec sleep 1000
-  """
+  @external_resource Path.expand("../../../tests/escapees.sh", __DIR__)
+  @script File.read!(@external_resource)
   @kinds 6
 
   defp start_escapees(opts \\ []) do
@@ -83,7 +77,9 @@ defmodule Lacca.EscapeTest do
 
     caller =
       spawn(fn ->
-        Lacca.run("sh", ["-c", @script], into: %Lacca.TestCollector{pid: test})
+        # run/3 gives the process /dev/null as stdin: the leader must not wait on it.
+        script = String.replace(@script, "read x", "exec sleep 1000")
+        Lacca.run("sh", ["-c", script], into: %Lacca.TestCollector{pid: test})
       end)
 
     lines = collect_lines(@kinds, "")
