@@ -58,20 +58,33 @@ defmodule EscapeTable do
   end
 
   # The processes of the run: printed pids and leaders still alive, plus
-  # every cookie holder of the resins.
+  # every process carrying a cookie of the resins (one pass over /proc).
   def count(pids, prefixes) do
-    holders = prefixes |> Enum.flat_map(&Lacca.Cleanup.holders/1) |> Enum.map(&elem(&1, 0))
+    holders =
+      for name <- File.ls!("/proc"),
+          {pid, ""} <- [Integer.parse(name)],
+          {:ok, environ} <- [File.read("/proc/#{pid}/environ")],
+          Enum.any?(
+            prefixes,
+            &(String.starts_with?(environ, &1) or
+                String.contains?(environ, <<0>> <> &1))
+          ),
+          alive?(pid),
+          do: pid
+
     (Enum.filter(pids, &alive?/1) ++ holders) |> Enum.uniq() |> length()
   end
 
-  def settle(pids, prefixes, deadline) do
+  # {left at 2 s, ms until none was left (nil: not within 10 s)}.
+  def settle(pids, prefixes, t0, at2 \\ nil) do
     c = count(pids, prefixes)
+    ms = System.monotonic_time(:millisecond) - t0
+    at2 = if at2 == nil and ms >= 2_000, do: c, else: at2
 
-    if c == 0 or System.monotonic_time(:millisecond) >= deadline do
-      c
-    else
-      Process.sleep(50)
-      settle(pids, prefixes, deadline)
+    cond do
+      c == 0 -> {at2 || 0, ms}
+      ms >= 10_000 -> {at2, nil}
+      true -> Process.sleep(20) && settle(pids, prefixes, t0, at2)
     end
   end
 
@@ -102,9 +115,8 @@ defmodule EscapeTable do
     before = count(pids, prefixes)
     t0 = System.monotonic_time(:millisecond)
     action.(servers)
-    left = settle(pids, prefixes, t0 + 2_000)
-    ms = System.monotonic_time(:millisecond) - t0
-    IO.puts("| #{name} | #{before} → #{left} | #{if left == 0, do: "#{ms} ms", else: "> 2 s"} |")
+    {left, ms} = settle(pids, prefixes, t0)
+    IO.puts("| #{name} | #{before} → #{left} | #{if ms, do: "#{ms} ms", else: "> 10 s"} |")
   end
 end
 
@@ -133,7 +145,7 @@ EscapeTable.row(
   end
 )
 
-EscapeTable.row("resin SIGKILL, lacca running", n, [daemon: :dedicated], fn servers ->
-  resins = for s <- servers, do: Lacca.Daemon.resin_os_pid(:sys.get_state(s).daemon)
+EscapeTable.row("resin SIGKILL (every shared resin), lacca running", n, [], fn _servers ->
+  resins = for name <- Lacca.Daemon.shared(), pid = Lacca.Daemon.resin_os_pid(name), do: pid
   System.cmd("kill", ["-KILL" | Enum.map(resins, &Integer.to_string/1)])
 end)
