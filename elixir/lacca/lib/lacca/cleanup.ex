@@ -26,8 +26,12 @@ defmodule Lacca.Cleanup do
   # carrying the cookie `prefix`, until none is left or the deadline passed.
   @spec kill_all(binary() | nil, [pos_integer()]) :: :ok
   def kill_all(prefix, groups) do
+    # The tree is walked before any group is killed: killing a parent first
+    # would orphan a child that cleared its environment out of reach.
+    snapshot = if prefix, do: prefix |> holders() |> subtree(), else: []
     kill(Enum.map(groups, &"-#{&1}"))
-    if prefix, do: chase(prefix, MapSet.new(), deadline())
+    kill(for {pid, _start} <- snapshot, do: Integer.to_string(pid))
+    if prefix, do: chase(prefix, MapSet.new(snapshot), deadline())
     :ok
   end
 
