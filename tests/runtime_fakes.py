@@ -240,13 +240,13 @@ class Rig:
             return f"{self.outbox.size} bytes queued for stdout, stdout not watched"
         if self.children.parked and not self.outbox.paused:
             return "pipes parked while resin's stdout is not backed up"
-        for child in self.children.by_pid.values():
+        for child in self.children.all():
             for pipe in child.pipes:
                 can = (not pipe.closed and not pipe.parked
                        and (pipe.credit is None or pipe.credit > 0))
                 if can and not self.poller.interest(pipe.fd) & READ:
                     return f"pipe {pipe.fd} of {child.id} could be read but is not watched"
-            if child.pid in self.children.held and not self.outbox.paused and not any(
+            if id(child) in self.children.held and not self.outbox.paused and not any(
                     self.fds.pipes[p.fd].data and p.credit == 0
                     for p in child.pipes if not p.closed):
                 return f"exit of {child.id} held with nothing holding it"

@@ -7,6 +7,7 @@ from runtime_fakes import STDOUT_FD, Rig, parse_output
 
 from resin_py.protocol.common import StreamKind
 from resin_py.protocol.session import StdinResult
+from resin_py.runtime.children import Child, OutPipe
 from resin_py.runtime.loop import WRITE
 from resin_py.runtime.outbox import Outbox
 
@@ -37,7 +38,7 @@ def held_exit_scenario(rig: Rig) -> None:
         rig.turn()
     assert rig.outbox.paused
     rig.children.exited(child, 0)  # reaped while paused: its exit is held
-    assert child.pid in rig.children.held
+    assert id(child) in rig.children.held
     # The client makes room for exactly the backlog: the flush writes it all,
     # drops below the low watermark, resumes, drains the held child, and the
     # stdout pipe is full again (EAGAIN) with the rest queued.
@@ -169,7 +170,7 @@ def test_shutdown_releases_exits_held_for_credit() -> None:
     rig.fds.pipes[child.pipes[0].fd].data += b"abcdef"
     rig.turn()
     rig.children.exited(child, 0)
-    assert child.pid in rig.children.held
+    assert id(child) in rig.children.held
     rig.children.shutdown()
     rig.turn()
     assert parse_output(bytes(rig.fds.stdout))[1] == [1]
@@ -235,3 +236,27 @@ def test_parked_pipes_resume_when_backlog_clears() -> None:
         assert rig.stalled() is None
     streams = parse_output(bytes(rig.fds.stdout))[0]
     assert streams == {(1, "o"): b"a" * 40, (2, "o"): b"b" * 40}
+
+
+def test_pid_reused_while_an_exit_is_held() -> None:
+    """A reaped child whose exit waits for credit no longer owns its pid: a
+    new child may get it, and both exits are reported."""
+    rig = Rig(high_water=10**6)
+    rig.fds.stdout_room = 10**6
+    a = rig.spawn(1, credit=2, stderr=False)
+    rig.fds.pipes[a.pipes[0].fd].data += b"abcdef"
+    rig.turn()
+    rig.children.exited(a, 0)  # held: 4 bytes wait for credit
+    b = Child(2, a.pid, rig.fds.new_pipe(),
+              [OutPipe(rig.fds.new_pipe(), StreamKind.STDOUT, None)])
+    rig.children.add(b)  # the kernel gave a's pid to b
+    assert rig.children.get(a.pid) is b and len(rig.children) == 2
+    rig.fds.pipes[b.pipes[0].fd].writer_closed = True
+    rig.children.exited(b, 0)
+    rig.turn()
+    assert parse_output(bytes(rig.fds.stdout))[1] == [2]
+    rig.children.grant_credit(a, StreamKind.STDOUT, 10)
+    rig.turn()
+    streams, exits, _ = parse_output(bytes(rig.fds.stdout))
+    assert exits == [2, 1] and streams[(1, "o")] == b"abcdef"
+    assert len(rig.children) == 0

@@ -120,7 +120,7 @@ class LoopModel(RuleBasedStateMachine):
     @rule(data=st.data(), amount=st.integers(1, 40), stream=st.sampled_from("oe"))
     def grant(self, data: st.DataObject, amount: int, stream: str) -> None:
         id = data.draw(st.sampled_from(sorted(self.children)))
-        if self.children[id].pid in self.rig.children.by_pid:
+        if not self.children[id].finished:
             self.rig.children.grant_credit(self.children[id], STREAMS[stream], amount)
 
     # --- stdin ---
@@ -130,7 +130,7 @@ class LoopModel(RuleBasedStateMachine):
     def write_stdin(self, data: st.DataObject, size: int) -> None:
         id = data.draw(st.sampled_from(sorted(self.children)))
         child = self.children[id]
-        if child.pid not in self.rig.children.by_pid:
+        if child.finished:
             return  # the session refuses writes for exited ids itself
         self.rig.children.write_stdin(child, b"i" * size)
         self.stdin_sent[id] += 1
@@ -140,7 +140,7 @@ class LoopModel(RuleBasedStateMachine):
     def close_stdin(self, data: st.DataObject) -> None:
         id = data.draw(st.sampled_from(sorted(self.children)))
         child = self.children[id]
-        if child.pid in self.rig.children.by_pid:
+        if not child.finished:
             self.rig.children.close_stdin(child, id)
             self.stdin_closed.add(id)
 
@@ -209,11 +209,11 @@ class LoopModel(RuleBasedStateMachine):
                 rig.children.exited(child, 0)
         for _ in range(200):
             rig.fds.stdout_room = 10**6
-            for child in list(rig.children.by_pid.values()):
+            for child in rig.children.all():
                 for kind in STREAMS.values():
                     rig.children.grant_credit(child, kind, 10**6)
             rig.turn()
-            if not rig.children.by_pid and not rig.outbox.size:
+            if not len(rig.children) and not rig.outbox.size:
                 break
         streams, exits = self._check_output()
         assert sorted(exits) == sorted(self.children), "an exit was never reported"

@@ -100,8 +100,8 @@ class Child:
     """One spawned process (the leader of its own process group)."""
 
     __slots__ = (
-        "cgroup", "cookie", "id", "pid", "pipes", "queue", "queued_bytes", "queued_writes",
-        "reaped", "stdin_fd", "stdin_handler", "stdin_state", "wait_status",
+        "cgroup", "cookie", "finished", "id", "pid", "pipes", "queue", "queued_bytes",
+        "queued_writes", "reaped", "stdin_fd", "stdin_handler", "stdin_state", "wait_status",
     )
 
     def __init__(self, id: int, pid: int, stdin_fd: int, pipes: list[OutPipe],
@@ -118,6 +118,7 @@ class Child:
         self.stdin_handler: Callable[[], None] = _nothing
         self.pipes = pipes
         self.reaped = False
+        self.finished = False  # its exit was reported
         self.wait_status = 0
 
     @property
@@ -139,7 +140,9 @@ class Child:
 
 
 class Children:
-    """Every child from spawn until its exit is reported, by pid."""
+    """Every child from spawn until its exit is reported: by pid until it is
+    reaped (its pid may then be reused by the next spawn), then, while its
+    exit waits for its output to be read, in `held`."""
 
     def __init__(self, fds: Fds, poller: Poller, outbox: Outbox, session: Session) -> None:
         self._fds = fds
@@ -147,7 +150,8 @@ class Children:
         self.outbox = outbox
         self.session = session  # replaced when the protocol is decided
         self.by_pid: dict[int, Child] = {}
-        # Exited children whose exit waits for output to be read (credit, backlog).
+        # Reaped children whose exit waits for output to be read (credit,
+        # backlog), by identity: their pids may belong to new children.
         self.held: dict[int, Child] = {}
         # Pipes found readable while resin's stdout was backed up.
         self.parked: list[tuple[Child, OutPipe]] = []
@@ -156,7 +160,11 @@ class Children:
         self.stdin_bytes = 0  # queued for all children's stdin, not yet written
 
     def __len__(self) -> int:
-        return len(self.by_pid)
+        return len(self.by_pid) + len(self.held)
+
+    def all(self) -> list[Child]:
+        """Every child whose exit is not reported yet."""
+        return [*self.by_pid.values(), *self.held.values()]
 
     def add(self, child: Child) -> None:
         self.by_pid[child.pid] = child
@@ -319,12 +327,14 @@ class Children:
         """The child was reaped: drain its pipes, then report its exit."""
         child.wait_status = wait_status
         child.reaped = True
+        if self.by_pid.get(child.pid) is child:
+            del self.by_pid[child.pid]
         self.drain(child)
 
     def drain(self, child: Child) -> None:
         """Read what is left in an exited child's pipes; report the exit once
         they are empty (or hold it until credit comes or the backlog clears)."""
-        if child.pid not in self.by_pid:
+        if child.finished:
             return
         for pipe in child.pipes:
             while not pipe.closed:
@@ -341,11 +351,13 @@ class Children:
         if all(p.closed for p in child.pipes):
             self._finish(child)
         else:
-            self.held[child.pid] = child
+            self.held[id(child)] = child
 
     def _finish(self, child: Child) -> None:
-        del self.by_pid[child.pid]
-        self.held.pop(child.pid, None)
+        child.finished = True
+        self.held.pop(id(child), None)
+        if self.by_pid.get(child.pid) is child:
+            del self.by_pid[child.pid]
         self._close_stdin_fd(child, StdinState.BROKEN)
         self._pump_stdin(child)  # answers what is still queued
         self.session.on_exit(child)
@@ -360,7 +372,7 @@ class Children:
         """The state of every child, for diagnostics (SIGUSR1)."""
         lines = [f"children={len(self.by_pid)} held={len(self.held)} parked={len(self.parked)} "
                  f"boosted={self.boosted} stdin_bytes={self.stdin_bytes} closing={self.closing}"]
-        lines += [f"  {child!r}" for child in self.by_pid.values()]
+        lines += [f"  {child!r}" for child in self.all()]
         return "\n".join(lines)
 
 

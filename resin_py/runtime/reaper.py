@@ -199,6 +199,8 @@ class Reaper:
             if child is None or child.reaped:
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(info.si_pid, 0)
+                # Its pid is free now: no cached root may name it any more.
+                self._index = None
                 continue
             # Kill the rest of the group and every descendant that left it
             # before reaping: the zombie leader keeps the pgid from being

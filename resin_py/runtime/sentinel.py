@@ -76,6 +76,8 @@ def _watch(r: int, w: int, prefix: bytes, cgroups: str | None) -> None:  # pragm
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
     os.dup2(devnull, 1)
+    os.dup2(devnull, 2)  # it may outlive resin: hold none of resin's pipes open
+    os.chdir("/")
     os.closerange(3, r)
     os.closerange(r + 1, 1 << 16)
     with contextlib.suppress(OSError):

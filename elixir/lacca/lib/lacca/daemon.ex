@@ -395,8 +395,14 @@ defmodule Lacca.Daemon do
     with {:ok, resin} <- Lacca.Resin.find(),
          {:ok, port} <- open(resin),
          :ok <- handshake(port) do
-      {:os_pid, os_pid} = Port.info(port, :os_pid)
-      {:ok, %{state | port: port, cookie: Lacca.Cleanup.cookie_prefix(os_pid)}}
+      # nil when resin died right after the handshake (its exit comes next).
+      cookie =
+        case Port.info(port, :os_pid) do
+          {:os_pid, os_pid} -> Lacca.Cleanup.cookie_prefix(os_pid)
+          nil -> nil
+        end
+
+      {:ok, %{state | port: port, cookie: cookie}}
     else
       {:error, reason} -> {:error, reason, state}
     end
