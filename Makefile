@@ -20,6 +20,8 @@ help:
 	@echo "make test   - set up and run all gates and tests (pytest, then ExUnit)"
 	@echo "make setup  - only the setup"
 	@echo "make bench  - benchmarks (not part of the tests)"
+	@echo "make stress - long stress run under CPU hogs (not part of the tests)"
+	@echo "make fuzz   - 1,000,000-frame fuzzing of both protocols (not part of the tests)"
 
 setup: elixir python compile
 
