@@ -115,16 +115,10 @@ class Cgroups:
     def kill(path: str) -> bool:
         """SIGKILL every process in the cgroup (at once, by the kernel)."""
         try:
-            fd = os.open(os.path.join(path, "cgroup.kill"), os.O_WRONLY | os.O_CLOEXEC)
+            _write(os.path.join(path, "cgroup.kill"), b"1")
         except OSError:
             return False
-        try:
-            os.write(fd, b"1")
-            return True
-        except OSError:
-            return False
-        finally:
-            os.close(fd)
+        return True
 
     @staticmethod
     def pids(path: str) -> list[int]:

@@ -234,7 +234,7 @@ class Reaper:
                     break
                 if pid == 0:
                     break
-            kids = child_pids()
+            kids = tree.own_children()
             if not kids or time.monotonic() >= deadline:
                 return
             for pid in kids:
@@ -259,25 +259,3 @@ def _signal_pgid(child: Child, signo: int) -> bool:
     except ProcessLookupError:
         return False
     return True
-
-
-def child_pids() -> list[int]:
-    """pids whose parent is this process."""
-    me = os.getpid()
-    try:
-        with open(f"/proc/{me}/task/{me}/children") as f:
-            return [int(p) for p in f.read().split()]
-    except FileNotFoundError:  # kernel without CONFIG_PROC_CHILDREN
-        pass
-    found = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat", "rb") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            fields = stat[stat.rfind(b")") + 2 :].split()
-            if len(fields) > 1 and int(fields[1]) == me:
-                found.append(int(name))
-    return found

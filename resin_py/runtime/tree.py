@@ -71,24 +71,21 @@ def children_of(pid: int) -> list[int]:
 
 
 def own_children() -> list[int]:
-    """The live children of this (single-threaded) process: one read."""
+    """The children of this (single-threaded) process: one read, or a scan
+    of /proc for a kernel without CONFIG_PROC_CHILDREN."""
     me = os.getpid()
     try:
         with open(f"/proc/{me}/task/{me}/children", "rb") as f:
             return [int(p) for p in f.read().split()]
-    except OSError:
-        return children_of(me)
-
-
-def has_cookie(pid: int, cookie: bytes) -> bool:
-    """`pid`'s environment holds exactly this RESIN_TREE value."""
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            environ = f.read()
-    except OSError:
-        return False
-    entry = COOKIE_VAR + b"=" + cookie + b"\0"
-    return environ.startswith(entry) or (b"\0" + entry) in environ
+    except FileNotFoundError:
+        pass
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            stat = _stat(int(name))
+            if stat is not None and int(stat[stat.rfind(b")") + 2:].split()[1]) == me:
+                found.append(int(name))
+    return found
 
 
 def cookie_of(pid: int) -> bytes | None:
