@@ -494,8 +494,27 @@ done:
     return result;
 }
 
+PyDoc_STRVAR(prctl_doc,
+"prctl(option, value) -> None\n\n"
+"prctl(2) with one argument (PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG, ...).\n"
+"Raises OSError on failure. (Here so that resin needs no ctypes at start-up.)");
+
+static PyObject *py_prctl(PyObject *self, PyObject *args)
+{
+    int option;
+    unsigned long value;
+
+    (void)self;
+    if (!PyArg_ParseTuple(args, "ik:prctl", &option, &value))
+        return NULL;
+    if (prctl(option, value, 0, 0, 0) < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"spawn", spawn, METH_VARARGS, spawn_doc},
+    {"prctl", py_prctl, METH_VARARGS, prctl_doc},
     {NULL, NULL, 0, NULL},
 };
 

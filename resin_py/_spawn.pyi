@@ -5,6 +5,7 @@ STAGE_SETUP: int
 STAGE_CWD: int
 STAGE_EXEC: int
 
+def prctl(option: int, value: int, /) -> None: ...
 def spawn(
     path: bytes,
     argv: Sequence[bytes],

@@ -16,21 +16,18 @@ Neither ever reaps behind resin's back, and both report precise errors
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import os
 import resource
-import signal
 import stat
 import struct
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
 
+from resin_py.lite import TYPE_CHECKING, Protocol, signal
 from resin_py.protocol.errors import SpawnFailed
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
     from types import ModuleType
 
 PR_SET_PDEATHSIG = 1
@@ -46,25 +43,55 @@ _CHILD_FAILED = 127
 # RESIN_SPAWNER=python forces the pure-Python spawner, =c requires the C one.
 SPAWNER_ENV = "RESIN_SPAWNER"
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
 
 def prctl(option: int, value: int) -> None:
-    if _libc.prctl(option, ctypes.c_ulong(value), 0, 0, 0) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+    """prctl(2) with one argument; OSError on failure."""
+    _prctl()(option, value)
 
 
-@dataclass(frozen=True, slots=True)
+def _prctl() -> Callable[[int, int], None]:
+    """The C extension's prctl; ctypes (~3 ms to import) only without it."""
+    global _prctl_impl
+    if _prctl_impl is None:
+        ext = _load_extension()
+        _prctl_impl = ext.prctl if ext is not None else _ctypes_prctl()
+    return _prctl_impl
+
+
+_prctl_impl: Callable[[int, int], None] | None = None
+
+
+def _ctypes_prctl() -> Callable[[int, int], None]:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def prctl(option: int, value: int) -> None:
+        if libc.prctl(option, ctypes.c_ulong(value), 0, 0, 0) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+
+    return prctl
+
+
 class ChildSetup:
-    path: bytes  # executable, already resolved on PATH
-    argv: list[bytes]
-    env: Mapping[bytes, bytes] | None  # None: resin's own environment, unchanged
-    cwd: bytes | None
-    stdin: int  # descriptors that become the child's 0, 1 and 2
-    stdout: int
-    stderr: int
-    cgroup_procs: int = -1  # the child's cgroup.procs (open for writing): joined before exec
+    """What a spawner needs to start one child (a plain class: no dataclasses
+    import on resin's start-up path)."""
+
+    __slots__ = ("argv", "cgroup_procs", "cwd", "env", "path", "stderr", "stdin", "stdout")
+
+    def __init__(self, path: bytes, argv: list[bytes], env: Mapping[bytes, bytes] | None,
+                 cwd: bytes | None, stdin: int, stdout: int, stderr: int,
+                 cgroup_procs: int = -1) -> None:
+        self.path = path  # executable, already resolved on PATH
+        self.argv = argv
+        self.env = env  # None: resin's own environment, unchanged
+        self.cwd = cwd
+        self.stdin = stdin  # descriptors that become the child's 0, 1 and 2
+        self.stdout = stdout
+        self.stderr = stderr
+        # The child's cgroup.procs (open for writing): joined before exec.
+        self.cgroup_procs = cgroup_procs
 
 
 # --- PATH lookup ---------------------------------------------------------------
@@ -223,6 +250,7 @@ class ForkSpawner:
     def __init__(self, nofile: tuple[int, int]) -> None:
         self._parent = os.getpid()
         self._nofile = nofile
+        _prctl()  # resolved before any fork: the child only calls it
         _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         # Upper bound for closerange (RLIM_INFINITY does not fit an int).
         self._maxfd = hard if 0 < hard < 2**31 else 2**31 - 1

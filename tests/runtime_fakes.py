@@ -12,14 +12,18 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from resin_py.protocol.common import StreamKind
 from resin_py.protocol.errors import ProtocolError
 from resin_py.protocol.session import ChildRef, StdinResult
 from resin_py.runtime.children import Child, Children, OutPipe
 from resin_py.runtime.fdio import Buffer
-from resin_py.runtime.loop import READ, WRITE, Handler, Loop
+from resin_py.runtime.loop import READ, WRITE, Loop
 from resin_py.runtime.outbox import Outbox
+
+if TYPE_CHECKING:
+    from resin_py.runtime.loop import Handler
 
 STDOUT_FD = 1
 PIPE_CAPACITY = 64

@@ -19,18 +19,20 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import deque
-from collections.abc import Callable
-from enum import Enum
-from typing import TYPE_CHECKING
 
+from resin_py.lite import TYPE_CHECKING, Enum
 from resin_py.protocol.common import StreamKind
-from resin_py.protocol.session import Session, StdinResult
-from resin_py.runtime.fdio import Fds
-from resin_py.runtime.loop import READ, WRITE, Poller
-from resin_py.runtime.outbox import Outbox
+from resin_py.protocol.session import StdinResult
+from resin_py.runtime.loop import READ, WRITE
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from resin_py.protocol.session import Session
     from resin_py.protocol.terms import Term
+    from resin_py.runtime.fdio import Fds
+    from resin_py.runtime.loop import Poller
+    from resin_py.runtime.outbox import Outbox
 
 # Capacity asked for a child's output pipe (F_SETPIPE_SZ), and so the size
 # of one read of it (split into frames by the v1 session): fewer syscalls
@@ -50,7 +52,8 @@ READS_PER_WAKEUP = 4
 
 
 class Read(Enum):
-    """The outcome of one attempt to read a child's pipe."""
+    """The outcome of one attempt to read a child's pipe (a `lite` enum:
+    members are their plain values at run time)."""
 
     FULL = "full"  # got as many bytes as asked: more may be waiting
     SOME = "some"  # got fewer bytes than asked
@@ -63,6 +66,9 @@ class StdinState(Enum):
     OPEN = "open"
     CLOSED = "closed"  # closed by request, or /dev/null
     BROKEN = "broken"  # the child closed its end (EPIPE), or exited
+
+
+_STREAM_NAMES = {StreamKind.STDOUT: "stdout", StreamKind.STDERR: "stderr"}
 
 
 class OutPipe:
@@ -133,10 +139,10 @@ class Child:
 
     def __repr__(self) -> str:
         pipes = ", ".join(
-            f"{p.kind.name.lower()}(fd={p.fd}, credit={p.credit}, closed={p.closed}, "
+            f"{_STREAM_NAMES.get(p.kind, p.kind)}(fd={p.fd}, credit={p.credit}, closed={p.closed}, "
             f"parked={p.parked})" for p in self.pipes)
         return (f"Child(id={self.id}, pid={self.pid}, reaped={self.reaped}, "
-                f"stdin={self.stdin_state.value}, queued={self.queued_writes}, {pipes})")
+                f"stdin={self.stdin_state}, queued={self.queued_writes}, {pipes})")
 
 
 class Children:

@@ -10,8 +10,11 @@ import fcntl
 import os
 import sys
 import termios
-from collections.abc import Sequence
-from typing import Protocol
+
+from resin_py.lite import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ, which Python 3.11 does not export
 

@@ -7,10 +7,13 @@ handler)` with the events wanted now (0: none, the descriptor is forgotten).
 from __future__ import annotations
 
 import select
-from collections.abc import Callable
-from typing import Protocol
 
-Handler = Callable[[], None]
+from resin_py.lite import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    Handler = Callable[[], None]
 
 READ = select.EPOLLIN
 WRITE = select.EPOLLOUT
@@ -91,3 +94,12 @@ class Loop:
         """Wait at most `timeout` seconds (None: until something is ready)."""
         for handler in self.poller.poll(timeout):
             handler()
+
+
+def wait_for(fd: int, events: int, timeout: float) -> None:
+    """Block until `fd` is ready for `events` (READ or WRITE: poll(2) uses the
+    same bits as epoll) or `timeout` seconds have passed. Only for shutdown,
+    outside the loop."""
+    poller = select.poll()
+    poller.register(fd, events)
+    poller.poll(max(0.0, timeout) * 1000)

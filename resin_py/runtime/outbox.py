@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import errno
 from collections import deque
-from collections.abc import Callable
 from itertools import islice
 
-from resin_py.runtime.fdio import Buffer, Fds
-from resin_py.runtime.loop import WRITE, Poller
+from resin_py.lite import TYPE_CHECKING
+from resin_py.runtime.loop import WRITE
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from resin_py.runtime.fdio import Buffer, Fds
+    from resin_py.runtime.loop import Poller
 
 # Above this many bytes waiting for resin's stdout, stop reading children's
 # pipes and resin's own stdin: the children block, the BEAM's port turns

@@ -1,4 +1,4 @@
-"""Exits: SIGCHLD wakes the loop (through the signal wakeup socket), `waitid`
+"""Exits: SIGCHLD wakes the loop (through the signal wakeup pipe), `waitid`
 finds who exited. resin is a subreaper, so orphaned descendants of its
 children come to it too: those are reaped, and killed at shutdown.
 """
@@ -7,51 +7,48 @@ from __future__ import annotations
 
 import contextlib
 import os
-import selectors
-import signal
-import socket
 import time
-from collections.abc import Callable
-from typing import Any
 
+from resin_py.lite import TYPE_CHECKING, signal
 from resin_py.runtime import tree
 from resin_py.runtime.cgroups import Cgroups
-from resin_py.runtime.children import Child, Children
+from resin_py.runtime.loop import READ, wait_for
 from resin_py.spawn import PR_SET_CHILD_SUBREAPER, prctl
 
-# Signals whose arrival the loop handles (the wakeup socket carries them).
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import FrameType
+
+    from resin_py.runtime.children import Child, Children
+
+# Signals whose arrival the loop handles (the wakeup pipe carries them).
 WAKE_SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGUSR1)
 
 
-def install_wakeup() -> socket.socket:
-    """Route SIGCHLD, SIGTERM and SIGUSR1 to a socket the loop watches; unblock
+def install_wakeup() -> int:
+    """Route SIGCHLD, SIGTERM and SIGUSR1 to a pipe the loop watches (its read
+    end is returned); unblock
     every signal (a parent may start resin with some blocked, which would
     disable its SIGTERM shutdown and its exits); become a subreaper."""
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
     with contextlib.suppress(OSError):
         prctl(PR_SET_CHILD_SUBREAPER, 1)
-    wake_r, wake_w = socket.socketpair()
-    wake_r.setblocking(False)
-    wake_w.setblocking(False)
-    signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+    wake_r, wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     # Python handlers are needed for the wakeup fd to see the signals; the
     # work happens in the loop.
     for signo in WAKE_SIGNALS:
         signal.signal(signo, _ignore_signal)
         signal.siginterrupt(signo, False)
-    _keep.append(wake_w)  # must outlive the loop: the C handler writes to it
-    return wake_r
+    return wake_r  # wake_w stays open: the C handler writes to it until exit
 
 
-_keep: list[socket.socket] = []
-
-
-def _ignore_signal(_signo: int, _frame: Any) -> None:
-    """The wakeup socket carries the signal to the loop; nothing to do here."""
+def _ignore_signal(_signo: int, _frame: FrameType | None) -> None:
+    """The wakeup pipe carries the signal to the loop; nothing to do here."""
 
 
 class Reaper:
-    def __init__(self, wake: socket.socket, children: Children,
+    def __init__(self, wake: int, children: Children,
                  on_signal: Callable[[int], None]) -> None:
         self.wake = wake
         self.children = children
@@ -71,9 +68,11 @@ class Reaper:
 
     def _drain_wake(self) -> bytes:
         signals = b""
-        with contextlib.suppress(BlockingIOError):
-            while chunk := self.wake.recv(4096):
+        try:
+            while chunk := os.read(self.wake, 4096):
                 signals += chunk
+        except BlockingIOError:
+            pass
         return signals
 
     def _adopted(self) -> dict[bytes, list[int]]:
@@ -240,11 +239,9 @@ class Reaper:
             for pid in kids:
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
-            # Woken by SIGCHLD through the wakeup socket; no lost wakeups since
-            # the byte stays in the socket until read.
-            with selectors.DefaultSelector() as sel:
-                sel.register(self.wake, selectors.EVENT_READ)
-                sel.select(max(0.0, deadline - time.monotonic()))
+            # Woken by SIGCHLD through the wakeup pipe; no lost wakeups since
+            # the byte stays in the pipe until read.
+            wait_for(self.wake, READ, deadline - time.monotonic())
             self._drain_wake()
 
 

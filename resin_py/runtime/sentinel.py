@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import time
 
+from resin_py.lite import signal
 from resin_py.runtime import tree
 from resin_py.runtime.cgroups import CGROUP_POLL, Cgroups
 from resin_py.spawn import PR_SET_CHILD_SUBREAPER, prctl

@@ -12,29 +12,35 @@ import errno
 import fcntl
 import os
 import resource
-import selectors
-import signal
 import sys
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
 
-from resin_py.protocol.common import SpawnOptions, StreamKind
+from resin_py.lite import TYPE_CHECKING, signal
+from resin_py.protocol.common import StreamKind
 from resin_py.protocol.errors import ProtocolError, SpawnFailed, ZeroLengthPacket
 from resin_py.protocol.framing import PacketReader
 from resin_py.protocol.negotiate import Negotiator
-from resin_py.protocol.session import ChildRef, Session
 from resin_py.runtime import tree
 from resin_py.runtime.cgroups import Cgroups, LimitError
 from resin_py.runtime.children import Child, Children, OutPipe
-from resin_py.runtime.fdio import F_SETPIPE_SZ, Buffer, Fds, OsFds
-from resin_py.runtime.loop import READ, EpollPoller, Loop, Poller
+from resin_py.runtime.fdio import F_SETPIPE_SZ, OsFds
+from resin_py.runtime.loop import READ, WRITE, EpollPoller, Loop, wait_for
 from resin_py.runtime.outbox import Outbox, is_disconnect
 from resin_py.runtime.reaper import Reaper, install_wakeup
-from resin_py.spawn import ChildSetup, Spawner, make_spawner, resolve_executable
+from resin_py.spawn import ChildSetup, make_spawner, resolve_executable
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import TypeVar
+
+    from resin_py.protocol.common import SpawnOptions
+    from resin_py.protocol.session import ChildRef, Session
     from resin_py.protocol.terms import Term
+    from resin_py.runtime.fdio import Buffer, Fds
+    from resin_py.runtime.loop import Poller
+    from resin_py.spawn import Spawner
+
+    _A = TypeVar("_A")
 
 # One read of resin's stdin: several full packets per system call.
 STDIN_READ_SIZE = 256 * 1024
@@ -50,8 +56,6 @@ SHUTDOWN_FLUSH = 0.95
 # stdin for it alone (while not reading, under backpressure) still tells
 # that the client is gone.
 HANGUP = 0x010  # EPOLLHUP
-
-_A = TypeVar("_A")
 
 
 def log(msg: str) -> None:
@@ -195,9 +199,7 @@ class Resin:
         while outbox.size and time.monotonic() < deadline:
             outbox.flush()
             if outbox.size and not outbox.blocking:
-                with selectors.DefaultSelector() as sel:
-                    sel.register(outbox.fd, selectors.EVENT_WRITE)
-                    sel.select(max(0.0, deadline - time.monotonic()))
+                wait_for(outbox.fd, WRITE, deadline - time.monotonic())
 
     # --- Core: what the sessions call ------------------------------------------------
 
@@ -420,7 +422,7 @@ def serve(stdin_fd: int = 0, stdout_fd: int = 1) -> int:
         reaper = Reaper(wake, resin.children, resin.on_signal)
         reaper.cgroups = resin.cgroups
         resin.reaper = reaper
-        poller.set_interest(wake.fileno(), READ, reaper.on_wakeup)
+        poller.set_interest(wake, READ, reaper.on_wakeup)
         return resin.run()
     finally:
         for fd, flags in saved:

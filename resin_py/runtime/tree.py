@@ -23,8 +23,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-from collections.abc import Callable, Iterable
+
+from resin_py.lite import TYPE_CHECKING, signal
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
 
 COOKIE_VAR = b"RESIN_TREE"
 
