@@ -11,7 +11,10 @@ PYTHON ?= python3
 VENV   := .venv
 VPY    := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-export LACCA_RESIN ?= $(CURDIR)/$(VENV)/bin/resin
+# The fast launcher (`resin launcher`: python -IS, byte-compiled), which lacca
+# finds by itself in a checkout; the tests name it explicitly.
+RESIND := $(VENV)/bin/resind
+export LACCA_RESIN ?= $(CURDIR)/$(RESIND)
 
 .PHONY: help setup elixir python compile demo test test-python test-elixir lint bench fuzz stress clean
 
@@ -40,7 +43,10 @@ elixir:
 	fi
 
 # The venv holds resin (editable) and the Python test tools.
-python: $(STAMP)
+python: $(STAMP) $(RESIND)
+
+$(RESIND): $(STAMP) resin_py/launcher.py
+	$(VENV)/bin/resin launcher $@
 
 $(STAMP): pyproject.toml setup.py resin_py/_spawn.c
 	@if ! $(PYTHON) -m venv --help >/dev/null 2>&1 || ! $(PYTHON) -c 'import ensurepip' >/dev/null 2>&1; then \

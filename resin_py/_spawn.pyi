@@ -17,6 +17,7 @@ def spawn(
     parent: int,
     nofile_soft: int,
     nofile_hard: int,
-    cgroup_procs: int = -1,
+    cgroup_dir: int = -1,
+    cgroup_clone: bool = False,
     /,
 ) -> tuple[int, int, int]: ...

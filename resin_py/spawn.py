@@ -78,11 +78,12 @@ class ChildSetup:
     """What a spawner needs to start one child (a plain class: no dataclasses
     import on resin's start-up path)."""
 
-    __slots__ = ("argv", "cgroup_procs", "cwd", "env", "path", "stderr", "stdin", "stdout")
+    __slots__ = ("argv", "cgroup", "cgroup_clone", "cwd", "env", "path", "stderr", "stdin",
+                 "stdout")
 
     def __init__(self, path: bytes, argv: list[bytes], env: Mapping[bytes, bytes] | None,
                  cwd: bytes | None, stdin: int, stdout: int, stderr: int,
-                 cgroup_procs: int = -1) -> None:
+                 cgroup: int = -1, cgroup_clone: bool = False) -> None:
         self.path = path  # executable, already resolved on PATH
         self.argv = argv
         self.env = env  # None: resin's own environment, unchanged
@@ -90,8 +91,11 @@ class ChildSetup:
         self.stdin = stdin  # descriptors that become the child's 0, 1 and 2
         self.stdout = stdout
         self.stderr = stderr
-        # The child's cgroup.procs (open for writing): joined before exec.
-        self.cgroup_procs = cgroup_procs
+        # The directory of the child's cgroup (open), -1: none. The child is
+        # created in it (cgroup_clone, where the spawner can), or joins it
+        # before anything else.
+        self.cgroup = cgroup
+        self.cgroup_clone = cgroup_clone
 
 
 # --- PATH lookup ---------------------------------------------------------------
@@ -237,7 +241,7 @@ class CloneSpawner:
         envp = None if env is None else [k + b"=" + v for k, v in env.items()]
         pid, stage, code = self._spawn(
             setup.path, setup.argv, envp, setup.cwd, setup.stdin, setup.stdout, setup.stderr,
-            self._parent, *self._nofile, setup.cgroup_procs,
+            self._parent, *self._nofile, setup.cgroup, setup.cgroup_clone,
         )
         if stage:
             raise _failed(setup, stage == self._stage_cwd, code)
@@ -263,11 +267,21 @@ class ForkSpawner:
 
     def spawn(self, setup: ChildSetup) -> int:
         """Fork and exec; return the pid, or raise SpawnFailed with the reason."""
+        procs = -1
+        if setup.cgroup >= 0:
+            procs = os.open("cgroup.procs", os.O_WRONLY | os.O_CLOEXEC, dir_fd=setup.cgroup)
+        try:
+            return self._fork(setup, procs)
+        finally:
+            if procs >= 0:
+                os.close(procs)
+
+    def _fork(self, setup: ChildSetup, procs: int) -> int:
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         try:
             pid = os.fork()
             if pid == 0:  # pragma: no cover (runs in the child)
-                self._child(setup, err_w)
+                self._child(setup, err_w, procs)
             os.close(err_w)
             err_w = -1
             report = b""
@@ -283,7 +297,7 @@ class ForkSpawner:
         stage, code = _ERR.unpack(report.ljust(_ERR.size, b"\0"))
         raise _failed(setup, stage == _STAGE_CWD, code)
 
-    def _child(self, setup: ChildSetup, err_w: int) -> None:  # pragma: no cover
+    def _child(self, setup: ChildSetup, err_w: int, procs: int) -> None:  # pragma: no cover
         stage = _STAGE_SETUP
         try:
             signal.set_wakeup_fd(-1)
@@ -294,8 +308,8 @@ class ForkSpawner:
             prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
             if os.getppid() != self._parent:  # resin died before prctl took effect
                 os._exit(_CHILD_FAILED)
-            if setup.cgroup_procs >= 0:  # before anything can fork
-                os.write(setup.cgroup_procs, b"0")
+            if procs >= 0:  # before anything can fork
+                os.write(procs, b"0")
             _setup_stdio([setup.stdin, setup.stdout, setup.stderr])
             # Leak nothing resin inherited without CLOEXEC; keep the error pipe.
             os.closerange(3, err_w)

@@ -260,3 +260,11 @@ def test_pid_reused_while_an_exit_is_held() -> None:
     streams, exits, _ = parse_output(bytes(rig.fds.stdout))
     assert exits == [2, 1] and streams[(1, "o")] == b"abcdef"
     assert len(rig.children) == 0
+
+
+def test_children_in_a_row_join_their_cgroup_a_lone_one_is_created_in_it() -> None:
+    from resin_py.runtime.server import CGROUP_BURST, cgroup_clone
+
+    assert cgroup_clone(100.0, -1.0)  # the first child of a resin
+    assert not cgroup_clone(100.0 + CGROUP_BURST / 2, 100.0)  # a burst: migrations are warm
+    assert cgroup_clone(100.0 + 2 * CGROUP_BURST, 100.0)  # after a pause: maybe cold

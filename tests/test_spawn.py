@@ -225,3 +225,55 @@ def test_stdio_sources_below_3_are_not_clobbered(kind: str, copy_fds: str) -> No
         # ls's own directory fd is 3: nothing else leaked.
         assert (out.read(), err.read()) == (b"out:hi\n0 1 2 3 out:ho\n0 1 2 3 ",
                                             b"err:hi\nerr:ho\n")
+
+
+def _cgroup2_dir() -> str | None:
+    from resin_py.runtime.cgroups import Cgroups
+
+    cgroups = Cgroups.detect()
+    return cgroups.base if cgroups is not None and cgroups.usable() else None
+
+
+@pytest.mark.parametrize("clone", [True, False])
+def test_child_starts_in_its_cgroup(kind: str, clone: bool) -> None:
+    """A child with a cgroup is in it before it runs anything: created there
+    (cgroup_clone: clone3 CLONE_INTO_CGROUP, C spawner), or moved there first
+    (the Python spawner always). Nothing but its stdio is inherited, and
+    failures report the same."""
+    program = textwrap.dedent("""
+        import os, sys
+        from resin_py.runtime.cgroups import Cgroups
+        from resin_py.spawn import ChildSetup, make_spawner
+        from resin_py.protocol.errors import SpawnFailed
+        cgroups = Cgroups.detect()
+        if cgroups is None or not cgroups.usable():
+            print("no cgroups"); sys.exit(0)
+        spawner = make_spawner((1024, 1024), sys.argv[1])
+        r, w = os.pipe2(os.O_CLOEXEC)
+        for serial, exe in ((1, b"/bin/sh"), (2, b"/no/such/program"), (3, b"/bin/sh")):
+            path, fd = cgroups.create(serial)
+            script = b"echo $(grep ^0:: /proc/self/cgroup) $(ls /proc/self/fd)"
+            try:
+                pid = spawner.spawn(ChildSetup(exe, [b"sh", b"-c", script], None, None,
+                                               0, w, w, fd, sys.argv[2] == "clone"))
+            except SpawnFailed as exc:
+                print(f"failed {exc.stage} {exc.errno}", flush=True)
+                continue
+            finally:
+                os.close(fd)
+            os.waitpid(pid, 0)
+            print(os.read(r, 4096).decode().strip(), "|", path, flush=True)
+            os.rmdir(path)
+        cgroups.remove()
+    """)
+    out = subprocess.run([sys.executable, "-c", program, kind, "clone" if clone else "join"],
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    if out.strip() == "no cgroups":
+        pytest.skip("no usable cgroup2 hierarchy")
+    first, failed, third = out.strip().splitlines()
+    assert failed == f"failed exec {errno.ENOENT}"
+    for line in (first, third):
+        shown, path = line.split(" | ")
+        cgroup, *fds = shown.split()
+        assert cgroup.startswith("0::/") and path.endswith(cgroup[3:]), line
+        assert fds == ["0", "1", "2", "3"], line

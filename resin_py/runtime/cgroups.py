@@ -93,8 +93,9 @@ class Cgroups:
 
     def create(self, serial: int, limits: tuple[tuple[str, str], ...] = ()) -> tuple[str, int]:
         """A cgroup for a new child, with `limits` written to its interface
-        files: its path, and its cgroup.procs open for writing (the spawner
-        closes it). Raises OSError (LimitError for a limit)."""
+        files: its path, and the directory open (for the spawner, which
+        creates the child in it; the caller closes it). Raises OSError
+        (LimitError for a limit)."""
         path = os.path.join(self.base, f"c{serial}")
         with contextlib.suppress(FileExistsError):
             os.mkdir(path)
@@ -104,7 +105,7 @@ class Cgroups:
                     _write(os.path.join(path, name), text.encode())
                 except OSError as exc:  # ENOENT: the controller is not enabled here
                     raise LimitError(exc.errno or errno.EINVAL, f"{name}: {exc}") from exc
-            fd = os.open(os.path.join(path, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
             with contextlib.suppress(OSError):
                 os.rmdir(path)

@@ -6,9 +6,12 @@ defmodule Lacca.Resin do
 
     1. the application environment: `config :lacca, :resin, "/path/to/resin"`
     2. the environment variable `LACCA_RESIN`
-    3. the resin that this repository's setup installed (`make setup` creates
-       `<lacca repository>/.venv/bin/resin`); the path is computed when lacca is
-       compiled, so a project using `{:lacca, path: "/path/to/repo"}` finds it
+    3. the resin that this repository's setup installed: `make setup` creates
+       `<lacca repository>/.venv/bin/resind`, a launcher that starts resin in
+       about half the time of the `resin` console script beside it (see
+       `resin launcher --help`), which is used when the launcher is missing;
+       the paths are computed when lacca is compiled, so a project using
+       `{:lacca, path: "/path/to/repo"}` finds them
     4. `resin` on the `PATH`
 
   When 1 or 2 is set it must name an executable file: lacca never falls back
@@ -17,11 +20,17 @@ defmodule Lacca.Resin do
 
   # elixir/lacca/lib/lacca -> repository root
   @repo_root Path.expand("../../../..", __DIR__)
+  @repo_launcher Path.join(@repo_root, ".venv/bin/resind")
   @repo_resin Path.join(@repo_root, ".venv/bin/resin")
 
-  @doc "The resin path of the repository lacca was compiled from (it may not exist)."
+  @doc """
+  The resin path of the repository lacca was compiled from: its fast launcher
+  when it exists, else its console script (which may not exist either).
+  """
   @spec repo_resin() :: Path.t()
-  def repo_resin, do: @repo_resin
+  def repo_resin do
+    if executable?(@repo_launcher), do: @repo_launcher, else: @repo_resin
+  end
 
   @doc """
   Returns the path of the resin executable to use.
@@ -38,8 +47,8 @@ defmodule Lacca.Resin do
       (env = System.get_env("LACCA_RESIN")) not in [nil, ""] ->
         check(env, "the environment variable LACCA_RESIN")
 
-      executable?(@repo_resin) ->
-        {:ok, @repo_resin}
+      executable?(repo_resin()) ->
+        {:ok, repo_resin()}
 
       path = System.find_executable("resin") ->
         {:ok, path}
