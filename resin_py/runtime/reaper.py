@@ -25,14 +25,18 @@ if TYPE_CHECKING:
 WAKE_SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGUSR1)
 
 
-def install_wakeup() -> int:
-    """Route SIGCHLD, SIGTERM and SIGUSR1 to a pipe the loop watches (its read
-    end is returned); unblock
-    every signal (a parent may start resin with some blocked, which would
-    disable its SIGTERM shutdown and its exits); become a subreaper."""
-    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+def become_subreaper() -> None:
+    """Orphaned descendants of resin's children become resin's children (and
+    are reaped, and killed at shutdown) instead of init's."""
     with contextlib.suppress(OSError):
         prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def install_wakeup() -> int:
+    """Route SIGCHLD, SIGTERM and SIGUSR1 to a pipe the loop watches (its read
+    end is returned); unblock every signal (a parent may start resin with
+    some blocked, which would disable its SIGTERM shutdown and its exits)."""
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
     wake_r, wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
     signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     # Python handlers are needed for the wakeup fd to see the signals; the

@@ -23,7 +23,6 @@ import time
 from resin_py.lite import signal
 from resin_py.runtime import tree
 from resin_py.runtime.cgroups import CGROUP_POLL, Cgroups
-from resin_py.spawn import PR_SET_CHILD_SUBREAPER, prctl
 
 # How long the sentinel keeps looking for processes that fork while killed.
 SENTINEL_DEADLINE = 2.0
@@ -32,16 +31,19 @@ SENTINEL_DEADLINE = 2.0
 SENTINEL_CLEANUP = 30.0
 
 
-def start(prefix: bytes, cgroups: str | None) -> None:
-    """Start the sentinel for the cookie `prefix` (raises OSError).
+def start(prefix: bytes, cgroups: str | None) -> int:
+    """Start the sentinel for the cookie `prefix` (raises OSError); return
+    the pid of the intermediate process, which exits at once.
 
-    Call it while resin has no child: the sentinel is double-forked with
-    resin's subreaper flag off for the moment, so it is not resin's child
-    (resin's own children are all its clients' processes, and its shutdown
-    kills all of them). It outlives resin by one last sweep.
+    Call it while resin has no child and is not a subreaper, and keep it so
+    until the intermediate has exited (`settle`): the sentinel is
+    double-forked, so it is not resin's child (resin's own children are all
+    its clients' processes, and its shutdown kills all of them). It outlives
+    resin by one last sweep. resin starts it when it starts, and settles it
+    before its first spawn: the forks overlap with resin's start-up (a
+    Python fork costs milliseconds here).
     """
     r, w = os.pipe2(os.O_CLOEXEC)
-    prctl(PR_SET_CHILD_SUBREAPER, 0)
     try:
         pid = os.fork()
         if pid == 0:  # pragma: no cover (runs in the forks, tested end to end)
@@ -55,11 +57,18 @@ def start(prefix: bytes, cgroups: str | None) -> None:
                     traceback.print_exc()
             finally:
                 os._exit(0)
-        os.waitpid(pid, 0)
     finally:
-        prctl(PR_SET_CHILD_SUBREAPER, 1)
         os.close(r)
     _keep.append(w)  # resin's end: open until resin dies
+    return pid
+
+
+def settle(pid: int) -> None:
+    """Wait until the intermediate process has exited (the sentinel is then
+    init's child, or a subreaper's above resin); resin may become a
+    subreaper after this."""
+    with contextlib.suppress(ChildProcessError):  # reaped already by the reaper
+        os.waitpid(pid, 0)
 
 
 _keep: list[int] = []

@@ -26,7 +26,7 @@ from resin_py.runtime.children import Child, Children, OutPipe
 from resin_py.runtime.fdio import F_SETPIPE_SZ, OsFds
 from resin_py.runtime.loop import READ, WRITE, EpollPoller, Loop, wait_for
 from resin_py.runtime.outbox import Outbox, is_disconnect
-from resin_py.runtime.reaper import Reaper, install_wakeup
+from resin_py.runtime.reaper import Reaper, become_subreaper, install_wakeup
 from resin_py.spawn import ChildSetup, make_spawner, resolve_executable
 
 if TYPE_CHECKING:
@@ -102,9 +102,11 @@ class Resin:
         self.cookie_prefix = f"{os.getpid()}.{tree.start_time(os.getpid())}.".encode()
         self.spawned = 0
         self.last_cgroup_spawn = -1.0  # time.monotonic() of the last child given a cgroup
-        self.sentinel = False  # started (runtime/sentinel.py)
         self.cgroups: Cgroups | None = None  # serve() sets it where cgroups can be used
-        self.use_sentinel = False  # serve() turns it on: only for a real resin process
+        # serve() starts the sentinel (runtime/sentinel.py) and has resin
+        # become a subreaper before its first spawn: only a real resin process.
+        self.sentinel_pending: int | None = None  # pid of its intermediate process
+        self.subreaper_pending = False
 
     def _decided(self, session: Session) -> None:
         self.session = session
@@ -231,8 +233,8 @@ class Resin:
         if self.cgroups is not None and not self.cgroups.usable():
             log("cgroups unavailable: containment by the process tree")
             self.cgroups = None
-        if self.use_sentinel and not self.sentinel:
-            self._start_sentinel()
+        if self.subreaper_pending:
+            self._before_first_spawn()
         self.spawned += 1
         cookie = self.cookie_prefix + str(self.spawned).encode()
         env[tree.COOKIE_VAR] = cookie  # last: a client cannot remove or forge it
@@ -295,16 +297,25 @@ class Resin:
         last, self.last_cgroup_spawn = self.last_cgroup_spawn, now
         return cgroup_clone(now, last)
 
-    def _start_sentinel(self) -> None:
+    def start_sentinel(self) -> None:
+        """Start the sentinel (while resin has no child and is no subreaper);
+        it is settled before the first spawn."""
         from resin_py.runtime import sentinel
 
         try:
-            sentinel.start(self.cookie_prefix,
-                           None if self.cgroups is None else self.cgroups.base)
-            self.sentinel = True
+            self.sentinel_pending = sentinel.start(
+                self.cookie_prefix, None if self.cgroups is None else self.cgroups.base)
         except OSError as exc:
-            self.use_sentinel = False
             log(f"no sentinel (descendants outlive a SIGKILLed resin): {exc}")
+
+    def _before_first_spawn(self) -> None:
+        if self.sentinel_pending is not None:
+            from resin_py.runtime import sentinel
+
+            sentinel.settle(self.sentinel_pending)
+            self.sentinel_pending = None
+        become_subreaper()
+        self.subreaper_pending = False
 
     def write_stdin(self, child: ChildRef, data: bytes) -> None:
         self.children.write_stdin(_own(child), data)
@@ -439,8 +450,9 @@ def serve(stdin_fd: int = 0, stdout_fd: int = 1) -> int:
         resin = Resin(stdin_fd, stdout_fd, fds=OsFds(), poller=poller, spawner=spawner,
                       devnull=devnull, stdin_pollable=stdin_pollable,
                       stdout_pollable=stdout_pollable)
-        resin.use_sentinel = True
         resin.cgroups = Cgroups.detect()
+        resin.start_sentinel()  # its forks overlap with reading the first packet
+        resin.subreaper_pending = True
         reaper = Reaper(wake, resin.children, resin.on_signal)
         reaper.cgroups = resin.cgroups
         resin.reaper = reaper
