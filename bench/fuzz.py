@@ -198,7 +198,7 @@ class Resin:
         """Close resin's stdin; its exit status (None: it had to be killed)."""
         with contextlib.suppress(Died, Hung):
             self.drain_out()
-        self.client.close_stdin()
+        self.client.close_resin_stdin()
         try:
             deadline = time.monotonic() + HANG_TIMEOUT
             while self.client.proc.poll() is None and time.monotonic() < deadline:

@@ -99,7 +99,7 @@ def run(n: int, opts: list[tuple[Atom, Atom]], eof: bool) -> dict[str, object]:
     hwm_kib = proc_field(client.pid, "VmHWM")
     start = time.perf_counter()
     if eof:
-        client.close_stdin()
+        client.close_resin_stdin()
         client.proc.wait()  # no timeout: a blocking waitpid, not a polling loop
     else:
         for i in range(n):  # ids that failed to spawn are answered no_process

@@ -1,5 +1,27 @@
-"""Compatibility name for `resin_py.testing` (the test and benchmark client)."""
+"""Another name for `resin_py.testing`: `ResinClient`, the Python client for resin."""
 
-from resin_py.testing import ClientTimeout, ResinClient, ResinClosed, RunResult
+from resin_py.testing import (
+    DEFAULT_COMMAND,
+    DEFAULT_TIMEOUT,
+    ClientTimeout,
+    Protocol,
+    ProtocolMisuse,
+    ResinClient,
+    ResinClosed,
+    RunOpts,
+    RunResult,
+    SpawnOpts,
+)
 
-__all__ = ["ClientTimeout", "ResinClient", "ResinClosed", "RunResult"]
+__all__ = [
+    "DEFAULT_COMMAND",
+    "DEFAULT_TIMEOUT",
+    "ClientTimeout",
+    "Protocol",
+    "ProtocolMisuse",
+    "ResinClient",
+    "ResinClosed",
+    "RunOpts",
+    "RunResult",
+    "SpawnOpts",
+]

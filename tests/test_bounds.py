@@ -117,7 +117,7 @@ def test_v0_datain_backlog_stops_reading_stdin(resin: ResinClient) -> None:
     assert written >= V0_STDIN_BACKLOG
     assert rss(resin.pid) - before < 32 * 1024 * 1024
     # Not reading, resin still sees its client go away: it exits and kills the child.
-    resin.close_stdin()
+    resin.close_resin_stdin()
     assert resin.wait() == 0
     wait_gone(child)
 

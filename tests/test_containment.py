@@ -66,7 +66,7 @@ def test_stdin_eof_kills_everything_and_exits_fast(client: ResinClient) -> None:
     spawn_pid(client, 9, "sh", "-c", "setsid sleep 1000 & echo $!; sleep 1000")
     escaped = first_line_pid(client, 9)
     started = time.monotonic()
-    client.close_stdin()
+    client.close_resin_stdin()
     assert client.wait(timeout=1) == 0
     assert time.monotonic() - started < 1
     exits = []
@@ -169,7 +169,7 @@ def test_v0_stdin_eof_kills_grandchildren(resin: ResinClient) -> None:
     msg = resin.v0_recv()
     assert isinstance(msg, v0.DataOut)
     grandchild = int(msg.data)
-    resin.close_stdin()
+    resin.close_resin_stdin()
     assert resin.v0_recv() == v0.ExitStatus(None)
     assert resin.wait(timeout=1) == 0
     assert not exists(grandchild)
@@ -272,7 +272,7 @@ def test_thousand_sleeping_children(client: ResinClient) -> None:
     assert len(children_of(client.pid)) == n
     assert fd_count(client.pid) == baseline + 2 * n
     started = time.monotonic()
-    client.close_stdin()
+    client.close_resin_stdin()
     assert client.wait(timeout=1) == 0
     assert time.monotonic() - started < 1
     wait_until(lambda: not any(exists(pid) for pid in pids), what="every child to vanish")

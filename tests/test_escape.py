@@ -115,7 +115,7 @@ def test_nothing_escapes(contained: ResinClient, action: str) -> None:
     elif action == "leader_exits":
         assert client.close_child_stdin(1) == OK  # `read x` ends, so does sh
     elif action == "resin_eof":
-        client.close_stdin()
+        client.close_resin_stdin()
     else:
         os.kill(client.pid, signal.SIGKILL)  # the sentinel cleans up
     if action in ("stop", "kill", "leader_exits"):
@@ -149,7 +149,7 @@ def test_cgroup_catches_what_nothing_else_can(action: str) -> None:
         wait_until(lambda: not _alive(daemon), 2.0, "the daemon to die")
         if action != "resin_sigkill":
             assert isinstance(client.expect(lambda f: isinstance(f, v1.Exit)), v1.Exit)
-            client.close_stdin()
+            client.close_resin_stdin()
             assert client.wait() == 0
         # resin (or its sentinel) removes its cgroups once they are empty.
         base = cgroup.strip().split("::")[1].rsplit("/", 1)[0]

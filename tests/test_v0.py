@@ -175,7 +175,7 @@ def test_stdin_eof_kills_child_and_exits(resin: ResinClient) -> None:
     start(resin, "sleep", "1000")
     child = the_child(resin)
     started = time.monotonic()
-    resin.close_stdin()
+    resin.close_resin_stdin()
     assert resin.v0_recv() == v0.ExitStatus(None)
     assert resin.wait(timeout=1) == 0
     assert time.monotonic() - started < 1
