@@ -39,6 +39,9 @@ HEADER = """\
 # - v1 decoded form: an Erlang term without spaces (parse it with
 #   erl_scan:string/1 + erl_parse:parse_term/1). Binaries of printable ASCII
 #   are written <<"text">>, others <<1,2,3>>.
+# - v0 sessions: the vectors named session_<group>_* of one group, in file
+#   order, are a live session: send each c2r to a fresh resin once it has
+#   answered exactly the r2c vectors before it (tests/test_vectors.py).
 # - v1 c2r CONTROL hex was produced by the BEAM (OTP {otp}) with
 #   :erlang.term_to_binary/1. OTP 26 and later encode atoms with tag 119
 #   instead of 100, so the bytes differ there but decode to the same term.
@@ -144,9 +147,62 @@ def v0_c2r(name: str, msg: v0.ClientMessage | str, **kw: Any) -> str:
     return f"v0 c2r {name} | {','.join(p.hex() for p in payloads)} | {json_form(value)}"
 
 
+def v0_c2r_value(name: str, value: Any) -> str:
+    """A client message resin refuses (not one encode_client_message makes)."""
+    payloads = v0.chunk_payload(msgpack.packb(value))
+    return f"v0 c2r {name} | {','.join(p.hex() for p in payloads)} | {json_form(value)}"
+
+
 def v0_r2c(name: str, msg: v0.ResinMessage) -> str:
     payload = v0.encode_resin_message(msg)
     return f"v0 r2c {name} | {payload.hex()} | {json_form(msgpack.unpackb(payload))}"
+
+
+# resin 0.3.x's ErrorReport texts (docs/protocol.md §3.3).
+PREFIX = "resin daemon error: "
+DECODE = PREFIX + "fail serializing payload: "
+UNKNOWN_VARIANT = (DECODE + 'Syntax("unknown variant `Bogus`, expected one of `StartProcess`, '
+                   '`KillProcess`, `DataOut`, `DataIn`, `ExitStatus`, `ErrorReport`")')
+ENOENT = (PREFIX + 'internal io error: Os { code: 2, kind: NotFound, '
+          'message: "No such file or directory" }')
+BURST = 5000  # bytes: four DataOut of 1,024 and one of 904
+
+
+def v0_sessions() -> list[str]:
+    """Live sessions: send the c2r vectors of one `session_<group>_` group to a
+    fresh resin in file order; before each c2r, and at the end, resin has
+    answered exactly the r2c vectors before it."""
+    echo = v0.StartProcess("/bin/echo", ("hi",))
+    burst = [v0_r2c(f"session_burst_out_{i + 1}", v0.DataOut("Stdout", bytes(size)))
+             for i, size in enumerate([v0.V0_MAX_DATA] * 4 + [BURST - 4 * v0.V0_MAX_DATA])]
+    return [
+        "# StartProcess without args starts nothing (resin 0.3.x's error), and",
+        "# resin serves on.",
+        v0_c2r_value("session_noargs_start", {"StartProcess": {"exec": "/bin/echo"}}),
+        v0_r2c("session_noargs_error",
+               v0.ErrorReport(DECODE + 'Syntax("missing field `args`")')),
+        v0_c2r("session_noargs_retry", echo),
+        v0_r2c("session_noargs_out", v0.DataOut("Stdout", b"hi\n")),
+        v0_r2c("session_noargs_exit", v0.ExitStatus(0)),
+        "# A non-string in args: refused the same way.",
+        v0_c2r_value("session_badarg_start", {"StartProcess": {"exec": "/bin/echo", "args": [1]}}),
+        v0_r2c("session_badarg_error", v0.ErrorReport(
+            DECODE + 'Syntax("invalid type: integer `1`, expected a string")')),
+        "# An unknown message.",
+        v0_c2r_value("session_bogus_start", {"Bogus": None}),
+        v0_r2c("session_bogus_error", v0.ErrorReport(UNKNOWN_VARIANT)),
+        "# A first packet longer than 2 bytes whose flags byte is 0x00 is v0.",
+        v0_c2r("session_flagszero_start", echo, flags=0x00),
+        v0_r2c("session_flagszero_out", v0.DataOut("Stdout", b"hi\n")),
+        v0_r2c("session_flagszero_exit", v0.ExitStatus(0)),
+        f"# A burst of {BURST:,} bytes: one DataOut per 1,024 bytes, as resin 0.3.x read them.",
+        v0_c2r("session_burst_start", v0.StartProcess("head", ("-c", str(BURST), "/dev/zero"))),
+        *burst,
+        v0_r2c("session_burst_exit", v0.ExitStatus(0)),
+        "# A program that cannot be started: resin 0.3.x's io error; nothing runs.",
+        v0_c2r("session_enoent_start", v0.StartProcess("/nonexistent/resin-vector", ())),
+        v0_r2c("session_enoent_error", v0.ErrorReport(ENOENT)),
+    ]
 
 
 def beam_encode(texts: list[str]) -> tuple[str, list[str]]:
@@ -168,8 +224,9 @@ def main() -> int:
     lines = [HEADER.replace("{otp}", otp), "", "# --- v0, client -> resin"]
     lines += [
         v0_c2r("session_echo_start", v0.StartProcess("/bin/echo", ("hi",))),
+        v0_c2r("session_cat_start", v0.StartProcess("cat", ())),
         v0_c2r("start_process", v0.StartProcess("sh", ("-c", "echo $0 ü", "x"))),
-        v0_c2r("start_process_no_args", v0.StartProcess("true")),
+        v0_c2r("start_process_empty_args", v0.StartProcess("true")),
         v0_c2r("data_in_ints", v0.DataIn(b"hi\n\x80\xff")),
         v0_c2r("data_in_bin", v0.DataIn(b"hi\n\x80\xff"), data_as_bin=True),
         v0_c2r("data_in_chunked", v0.DataIn(bytes(range(40))), chunk_size=16),
@@ -179,13 +236,17 @@ def main() -> int:
         "# --- v0, resin -> client",
         v0_r2c("session_echo_out", v0.DataOut("Stdout", b"hi\n")),
         v0_r2c("session_echo_exit", v0.ExitStatus(0)),
+        v0_r2c("data_out_cat_echo", v0.DataOut("Stdout", b"hi\n\x80\xff")),
         v0_r2c("data_out_stderr", v0.DataOut("Stderr", b"oops\n")),
         v0_r2c("data_out_high_bytes", v0.DataOut("Stdout", b"a\x7f\x80\xff")),
         v0_r2c("data_out_16_bytes", v0.DataOut("Stdout", b"0123456789abcdef")),
         v0_r2c("exit_status_3", v0.ExitStatus(3)),
         v0_r2c("exit_status_200", v0.ExitStatus(200)),
         v0_r2c("exit_status_signal", v0.ExitStatus(None)),
-        v0_r2c("error_report", v0.ErrorReport("DataIn before StartProcess")),
+        v0_r2c("error_report", v0.ErrorReport(PREFIX + "DataIn before StartProcess")),
+        "",
+        "# --- v0 sessions",
+        *v0_sessions(),
         "",
         "# --- v1, client -> resin",
     ]

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import copy
 import itertools
+import pickle
 import struct
+import subprocess
+import sys
 import zlib
+from collections.abc import Callable
+from pathlib import Path
 
 import erlang
 import msgpack
@@ -14,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from resin_py.protocol import etf, v0, v1
+from resin_py.protocol.common import SpawnOptions, StreamKind
 from resin_py.protocol.errors import (
     BadTerm,
     MessageTooLarge,
@@ -24,6 +32,7 @@ from resin_py.protocol.errors import (
 )
 from resin_py.protocol.etf import decode_term, encode_term
 from resin_py.protocol.framing import MAX_PACKET, PacketReader, encode_packet
+from resin_py.protocol.session import StdinResult
 from resin_py.protocol.terms import NIL, Atom, Opaque, format_term
 
 # --- framing -------------------------------------------------------------------
@@ -156,6 +165,111 @@ def test_v0_decoder_only_raises_protocol_errors(packets: list[bytes]) -> None:
 def test_v0_client_side_decoder_only_raises_protocol_errors(data: bytes) -> None:
     with contextlib.suppress(V0Error):
         v0.decode_resin_message(data)
+
+
+@given(st.none() | st.integers(min_value=-(2**63), max_value=2**64 - 1))
+def test_exit_status_is_encoded_as_msgpack_does(code: int | None) -> None:
+    # rmp-serde and msgpack both take the smallest int form (negatives too).
+    assert v0.encode_exit_status(code) == msgpack.packb({"ExitStatus": {"code": code}})
+
+
+@given(st.text(max_size=300), st.integers(0, 70000))
+def test_error_report_is_encoded_as_msgpack_does(msg: str, pad: int) -> None:
+    msg += "x" * pad  # every str form: fixstr, str8, str16, str32
+    assert v0.encode_error_report(msg) == msgpack.packb({"ErrorReport": {"msg": msg}})
+
+
+def test_resin_encoders_at_their_size_classes() -> None:
+    for n in (0, 15, 16, 31, 32, 255, 256, 65535, 65536, 70000):
+        data = bytes(i % 256 for i in range(n))
+        assert b"".join(v0.data_out_parts("Stdout", data)) == msgpack.packb(
+            {"DataOut": {"ty": "Stdout", "buf": list(data)}})
+        assert v0.encode_error_report("é" * n) == msgpack.packb({"ErrorReport": {"msg": "é" * n}})
+    for code in (0, 127, 128, 255, 256, 65535, 65536, -1, -32, -33, -128, -129, -32768,
+                 -32769, -(2**31), -(2**31) - 1):
+        assert v0.encode_exit_status(code) == msgpack.packb({"ExitStatus": {"code": code}})
+
+
+@given(st.dictionaries(st.sampled_from(["exec", "args", "x"]),
+                       st.none() | st.integers(-300, 300) | st.text(max_size=5)
+                       | st.lists(st.text(max_size=3) | st.integers(0, 3), max_size=3)),
+       st.sampled_from(["StartProcess", "DataIn", "KillProcess", "Bogus"]))
+def test_resin_and_client_side_parsers_agree(body: dict[str, object], tag: str) -> None:
+    value = {tag: body if tag != "DataIn" else {"buf": body.get("args", [])}}
+
+    def outcome(parse: Callable[[], v0.ClientMessage]) -> object:
+        try:
+            return parse()
+        except V0Error:
+            return V0Error
+
+    assert outcome(lambda: v0.decode_client_message(msgpack.packb(value))) == outcome(
+        lambda: v0.parse_client_value(value))
+
+
+def test_rust_float_display() -> None:
+    f = v0._rust_float
+    assert [f(1.5), f(1.0), f(-2.0), f(1e20), f(1e-7), f(1.25e-5), f(float("nan")),
+            f(float("-inf"))] == ["1.5", "1.0", "-2.0", "100000000000000000000.0",
+                                  "0.0000001", "0.0000125", "NaN", "-inf"]
+    assert v0.rust_debug_str('a"b\\c\n\x01é') == '"a\\"b\\\\c\\n\\u{1}é"'
+
+
+# --- the start-up stand-ins (protocol/common.py) -------------------------------
+
+
+def test_record_behaves_as_a_frozen_dataclass() -> None:
+    msg = v0.StartProcess("ls", ("-l",))
+    assert msg == v0.StartProcess(exec="ls", args=("-l",)) and msg != v0.StartProcess("ls")
+    assert hash(msg) == hash(v0.StartProcess("ls", ("-l",)))
+    assert repr(msg) == "StartProcess(exec='ls', args=('-l',))"
+    assert v0.StartProcess("ls").args == () and v0.KillProcess() == v0.KillProcess()
+    assert v0.DataIn(b"x") != v0.DataOut("Stdout", b"x") and msg != ("ls", ("-l",))
+    with pytest.raises(AttributeError):
+        msg.exec = "rm"  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        msg.other = 1  # type: ignore[attr-defined]
+    for bad in (lambda: v0.StartProcess(), lambda: v0.StartProcess("a", (), "b"),  # type: ignore
+                lambda: v0.StartProcess("a", exec="b"), lambda: v0.DataIn(buf=b"")):  # type: ignore
+        with pytest.raises(TypeError):
+            bad()
+    options = SpawnOptions(cd=b"/tmp", credit=5)
+    assert (options.cd, options.env, options.stdin, options.credit) == (b"/tmp", (), "pipe", 5)
+    assert copy.copy(options) == options == pickle.loads(pickle.dumps(options))
+
+
+def test_lite_enums_behave_as_enums() -> None:
+    assert StreamKind(1) is StreamKind.STDOUT and StreamKind(2) is StreamKind.STDERR
+    assert list(StreamKind) == [StreamKind.STDOUT, StreamKind.STDERR] == [1, 2]
+    assert StreamKind.STDERR.name == "STDERR" and StreamKind.STDERR.value == 2
+    assert f"{StreamKind.STDOUT}" == "1" and {StreamKind.STDOUT: "x"}[1] == "x"
+    with pytest.raises(ValueError):
+        StreamKind(3)
+    assert StdinResult("broken") is StdinResult.BROKEN and StdinResult.BROKEN.name == "BROKEN"
+    assert StdinResult.BROKEN != StdinResult.CLOSED and StdinResult.BROKEN != "broken"
+    assert pickle.loads(pickle.dumps(StreamKind.STDERR)) is StreamKind.STDERR
+
+
+# Modules a v0 session loads, and what they must not import (start-up time).
+V0_MODULES = ["resin_py.protocol", "resin_py.protocol.framing", "resin_py.protocol.errors",
+              "resin_py.protocol.common", "resin_py.protocol.session",
+              "resin_py.protocol.negotiate", "resin_py.protocol.v0",
+              "resin_py.protocol.v0_session"]
+FORBIDDEN = {"typing", "dataclasses", "enum", "inspect", "re", "reprlib", "msgpack", "ctypes",
+             "erlang", "collections", "resin_py.protocol.etf", "resin_py.protocol.v1",
+             "resin_py.protocol.v1_session", "resin_py.protocol.terms"}
+
+
+def test_v0_session_modules_import_nothing_slow() -> None:
+    root = str(Path(__file__).resolve().parent.parent)
+    script = (f"import sys; sys.path.insert(0, {root!r}); before = set(sys.modules); "
+              f"import {', '.join(V0_MODULES)}; print(sorted(set(sys.modules) - before))")
+    out = subprocess.run([sys.executable, "-IS", "-c", script], capture_output=True, text=True,
+                         check=True).stdout
+    loaded = set(ast.literal_eval(out))
+    assert not loaded & FORBIDDEN, loaded & FORBIDDEN
+    assert {m for m in loaded if not m.startswith("resin_py")} <= {
+        "__future__", "_struct", "struct", "errno"}, loaded
 
 
 # --- terms ---------------------------------------------------------------------

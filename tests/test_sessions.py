@@ -4,11 +4,13 @@ without a subprocess. The same rules run end to end in test_v0.py/test_v1.py."""
 from __future__ import annotations
 
 import errno
+import os
 from dataclasses import dataclass, field
 
+import msgpack
 import pytest
 
-from resin_py.protocol import v0, v1
+from resin_py.protocol import v0, v0_session, v1
 from resin_py.protocol.common import SpawnOptions, StreamKind
 from resin_py.protocol.errors import SpawnFailed, ZeroLengthPacket
 from resin_py.protocol.framing import PacketReader
@@ -19,6 +21,10 @@ from resin_py.protocol.v0_session import V0Session
 from resin_py.protocol.v1_session import V1Session
 
 ERROR = Atom("error")
+PREFIX = "resin daemon error: "
+DECODE = PREFIX + "fail serializing payload: "
+ENOENT_TEXT = (PREFIX + 'internal io error: Os { code: 2, kind: NotFound, '
+               'message: "No such file or directory" }')
 
 
 @dataclass
@@ -137,16 +143,28 @@ def test_anything_else_decides_v0_and_is_served_as_v0() -> None:
     assert core.calls == [("spawn", 0, b"echo", (b"hi",))]
 
 
-def test_malformed_handshake_leaves_the_mode_undecided() -> None:
-    core, decided = negotiate(b"\x00\x01\x02")
-    assert decided == []
-    assert core.messages() == [v0.ErrorReport("malformed handshake")]
+def test_only_exactly_two_bytes_00_vv_is_a_handshake() -> None:
+    # resin 0.3.x ignored the flags' type bits: a longer first packet whose
+    # flags byte is 0x00 is a v0 chunk, decoded and served.
+    first = v0.encode_client_message(v0.StartProcess("echo", ("hi",)), flags=0)[0]
+    assert first[0] == 0
+    core, decided = negotiate(first)
+    assert [type(s) for s in decided] == [V0Session]
+    assert core.calls == [("spawn", 0, b"echo", (b"hi",))]
+    core, decided = negotiate(b"\x00" + msgpack.packb("KillProcess"))
+    assert [type(s) for s in decided] == [V0Session]
+    assert core.messages() == [v0.ErrorReport(f"{PREFIX}KillProcess before StartProcess")]
+    core, decided = negotiate(b"\x00\x01\x02")  # v0, and not msgpack
+    assert [type(s) for s in decided] == [V0Session]
+    [report] = core.messages()
+    assert isinstance(report, v0.ErrorReport)
+    assert report.msg.startswith(f"{PREFIX}fail serializing payload: ")
 
 
 def test_framing_error_before_the_mode_is_answered_in_v0() -> None:
     core = FakeCore()
     Negotiator(core, lambda s: None).on_framing_error(ZeroLengthPacket())
-    assert core.messages() == [v0.ErrorReport("zero-length packet")]
+    assert core.messages() == [v0.ErrorReport(f"{PREFIX}zero-length packet")]
 
 
 # --- v1 ----------------------------------------------------------------------------
@@ -286,12 +304,13 @@ def test_v0_state_machine() -> None:
     session = V0Session(core)
     v0_send(session, v0.DataIn(b"x"))
     v0_send(session, v0.KillProcess())
-    assert core.messages() == [v0.ErrorReport("DataIn before StartProcess"),
-                               v0.ErrorReport("KillProcess before StartProcess")]
+    assert core.messages() == [v0.ErrorReport(f"{PREFIX}DataIn before StartProcess"),
+                               v0.ErrorReport(f"{PREFIX}KillProcess before StartProcess")]
     v0_send(session, v0.StartProcess("cat", ("-u",)))
     assert core.calls == [("spawn", 0, b"cat", (b"-u",))]
     v0_send(session, v0.StartProcess("cat", ()))
-    assert core.messages() == [v0.ErrorReport("StartProcess: a process was already started")]
+    assert core.messages() == [
+        v0.ErrorReport(f"{PREFIX}StartProcess: a process was already started")]
     v0_send(session, v0.DataIn(b"hello"))
     assert core.calls[-1] == ("write", 0, b"hello")
     v0_send(session, v0.KillProcess())
@@ -302,8 +321,8 @@ def test_v0_state_machine() -> None:
     assert core.messages() == [v0.DataOut("Stdout", b"out"), v0.ExitStatus(0)]
     v0_send(session, v0.DataIn(b"late"))
     v0_send(session, v0.KillProcess())
-    assert core.messages() == [v0.ErrorReport("DataIn: the process has exited"),
-                               v0.ErrorReport("KillProcess: the process has exited")]
+    assert core.messages() == [v0.ErrorReport(f"{PREFIX}DataIn: the process has exited"),
+                               v0.ErrorReport(f"{PREFIX}KillProcess: the process has exited")]
 
 
 def test_v0_kill_of_a_reaped_child_says_it_exited() -> None:
@@ -312,16 +331,37 @@ def test_v0_kill_of_a_reaped_child_says_it_exited() -> None:
     v0_send(session, v0.StartProcess("cat", ()))
     core.signal_error = OSError(errno.ESRCH, "gone")
     v0_send(session, v0.KillProcess())
-    assert core.messages() == [v0.ErrorReport("KillProcess: the process has exited")]
+    assert core.messages() == [v0.ErrorReport(f"{PREFIX}KillProcess: the process has exited")]
 
 
-def test_v0_spawn_failure_is_an_error_report() -> None:
+@pytest.mark.parametrize(("error", "text"), [
+    (SpawnFailed("path", errno.ENOENT, "nope: not found on PATH"), ENOENT_TEXT),
+    (SpawnFailed("exec", errno.EACCES, "x"), PREFIX + "internal io error: Os { code: 13, "
+     'kind: PermissionDenied, message: "Permission denied" }'),
+    (SpawnFailed("exec", errno.ENOEXEC, "x"), PREFIX + "internal io error: Os { code: 8, "
+     'kind: Uncategorized, message: "Exec format error" }'),
+    (OSError(errno.EMFILE, "too many"), PREFIX + "internal io error: Os { code: 24, "
+     'kind: Uncategorized, message: "Too many open files" }'),
+    (OSError("no errno"), PREFIX + "StartProcess: no errno"),
+])
+def test_v0_spawn_failure_is_an_error_report_as_resin_03(error: Exception, text: str) -> None:
     core = FakeCore()
-    core.spawn_error = SpawnFailed("path", errno.ENOENT, "nope: not found on PATH")
+    core.spawn_error = error
     session = V0Session(core)
     v0_send(session, v0.StartProcess("nope", ()))
-    assert core.messages() == [v0.ErrorReport("StartProcess: nope: not found on PATH")]
+    assert core.messages() == [v0.ErrorReport(text)]
     assert session.child is None
+    core.spawn_error = None  # nothing runs: another StartProcess may follow
+    v0_send(session, v0.StartProcess("cat", ()))
+    assert session.child is not None and core.messages() == []
+
+
+def test_v0_empty_exec_fails_like_execvp() -> None:
+    core = FakeCore()
+    session = V0Session(core)
+    v0_send(session, v0.StartProcess("", ("x",)))
+    assert core.messages() == [v0.ErrorReport(ENOENT_TEXT)]
+    assert core.calls == []
 
 
 def test_v0_broken_stdin_is_reported_until_the_exit() -> None:
@@ -331,7 +371,8 @@ def test_v0_broken_stdin_is_reported_until_the_exit() -> None:
     assert session.child is not None
     session.on_stdin_result(session.child, StdinResult.WRITTEN)
     session.on_stdin_result(session.child, StdinResult.BROKEN)
-    assert core.messages() == [v0.ErrorReport("DataIn: the process closed its stdin (broken pipe)")]
+    assert core.messages() == [
+        v0.ErrorReport(f"{PREFIX}DataIn: the process closed its stdin (broken pipe)")]
     session.on_exit(session.child)
     session.on_stdin_result(session.child, StdinResult.BROKEN)
     assert core.messages() == [v0.ExitStatus(0)]
@@ -345,3 +386,95 @@ def test_v0_malformed_message_is_reported_and_served_on() -> None:
     assert len(msgs) == 1 and isinstance(msgs[0], v0.ErrorReport)
     v0_send(session, v0.StartProcess("cat", ()))
     assert core.calls == [("spawn", 0, b"cat", ())]
+
+
+def v0_raw(session: V0Session, value: object) -> None:
+    session.on_packet(b"\x02" + msgpack.packb(value))
+
+
+def syntax(text: str) -> v0.ErrorReport:
+    return v0.ErrorReport(DECODE + "Syntax(" + v0.rust_debug_str(text) + ")")
+
+
+UNKNOWN = ", expected one of `StartProcess`, `KillProcess`, `DataOut`, `DataIn`, " \
+    "`ExitStatus`, `ErrorReport`"
+
+
+@pytest.mark.parametrize(("value", "report"), [
+    ({"StartProcess": {"exec": "true"}}, syntax("missing field `args`")),
+    ({"StartProcess": {"args": []}}, syntax("missing field `exec`")),
+    ({"StartProcess": {}}, syntax("missing field `exec`")),
+    ({"StartProcess": {"exec": "x", "args": [1]}},
+     syntax("invalid type: integer `1`, expected a string")),
+    ({"StartProcess": {"exec": "x", "args": ["a", None]}},
+     syntax("invalid type: unit value, expected a string")),
+    ({"StartProcess": {"exec": "x", "args": [True]}},
+     syntax("invalid type: boolean `true`, expected a string")),
+    ({"StartProcess": {"exec": "x", "args": [-200]}},
+     syntax("invalid type: integer `-200`, expected a string")),
+    ({"StartProcess": {"exec": "x", "args": [1.5]}},
+     syntax("invalid type: floating point `1.5`, expected a string")),
+    ({"StartProcess": {"exec": "x", "args": [[]]}},
+     syntax("invalid type: sequence, expected a string")),
+    ({"StartProcess": {"exec": "x", "args": "-l"}},
+     syntax('invalid type: string "-l", expected a sequence')),
+    ({"StartProcess": {"exec": 5, "args": []}},
+     syntax("invalid type: integer `5`, expected a string")),
+    ({"StartProcess": {"exec": b"ls", "args": []}},
+     syntax("invalid type: byte array, expected a string")),
+    ({"DataIn": {}}, syntax("missing field `buf`")),
+    ({"Bogus": None}, syntax("unknown variant `Bogus`" + UNKNOWN)),
+    ("Bogus", syntax("unknown variant `Bogus`" + UNKNOWN)),
+    ({'a"b': None}, syntax('unknown variant `a"b`' + UNKNOWN)),
+])
+def test_v0_decode_errors_read_as_resin_03(value: object, report: v0.ErrorReport) -> None:
+    core = FakeCore()
+    session = V0Session(core)
+    v0_raw(session, value)
+    assert core.messages() == [report]
+    assert core.calls == []  # nothing started
+
+
+@pytest.mark.parametrize("payload", [
+    b"\x02\xc1",
+    b"\x02\x81\xacStartProcess\xc1",
+    b"\x02\x81\xacStartProcess\x82\xa4exec\xc1\xa4args\x90",
+    b"\x02\x81\xacStartProcess\x82\xa4exec\xa1x\xa4args\x91\xc1",
+    b"\x02\x81\xabKillProcess\xc1",
+    b"\x02\x81\xa6DataIn\x81\xa3buf\xc1",
+])
+def test_v0_reserved_marker_is_a_type_mismatch(payload: bytes) -> None:
+    core = FakeCore()
+    V0Session(core).on_packet(payload)
+    assert core.messages() == [v0.ErrorReport(DECODE + "TypeMismatch(Reserved)")]
+
+
+def test_v0_flags_type_bits_are_ignored() -> None:
+    for flags in (0x00, 0x01, 0x02, 0x0F, 0x7F):
+        core = FakeCore()
+        session = V0Session(core)
+        for packet in v0.encode_client_message(v0.DataIn(bytes(100)), flags=flags, chunk_size=30):
+            session.on_packet(packet)
+        v0_send(session, v0.StartProcess("cat", ()))
+        assert core.messages() == [v0.ErrorReport(f"{PREFIX}DataIn before StartProcess")]
+        assert core.calls == [("spawn", 0, b"cat", ())]
+
+
+def test_v0_output_is_one_data_out_per_kib() -> None:
+    assert V0Session.read_limit == v0.V0_MAX_DATA == 1024
+    core = FakeCore()
+    session = V0Session(core)
+    v0_send(session, v0.StartProcess("cat", ()))
+    assert session.child is not None
+    data = bytes(range(256)) * 19 + b"\xff" * 136  # 5,000 bytes
+    session.on_output(session.child, StreamKind.STDOUT, data)
+    msgs = core.messages()
+    assert [len(m.data) for m in msgs if isinstance(m, v0.DataOut)] == [1024] * 4 + [904]
+    assert b"".join(m.data for m in msgs if isinstance(m, v0.DataOut)) == data
+
+
+def test_v0_os_error_texts_are_the_c_librarys() -> None:
+    for code, (_, message) in v0_session._OS_ERRORS.items():
+        assert message == os.strerror(code)
+    assert v0_session.rust_io_error(errno.EL3HLT, "Level 3 halted") == (
+        f'Os {{ code: {errno.EL3HLT}, kind: Uncategorized, message: "Level 3 halted" }}')

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 import msgpack
 import pytest
@@ -12,6 +13,7 @@ from conftest import children_of, exists, wait_gone, wait_until
 
 from resin_py.protocol import v0
 from resin_py.protocol.framing import encode_packet
+from resin_py.protocol.v0_session import DECODE_ERROR, ERROR_PREFIX
 from resin_py.testing import ResinClient
 
 
@@ -69,14 +71,84 @@ def test_kill_process(resin: ResinClient, bare: bool) -> None:
     wait_gone(child)
 
 
+def io_error(code: int, kind: str, message: str) -> v0.ErrorReport:
+    return v0.ErrorReport(f"{ERROR_PREFIX}internal io error: Os {{ code: {code}, "
+                          f'kind: {kind}, message: "{message}" }}')
+
+
+def decode_error(text: str) -> v0.ErrorReport:
+    return v0.ErrorReport(ERROR_PREFIX + DECODE_ERROR + text)
+
+
+ENOENT = io_error(2, "NotFound", "No such file or directory")
+
+
 def test_nonexistent_executable_then_keeps_serving(resin: ResinClient) -> None:
+    # resin 0.3.x's text: Rust's Debug of the io::Error.
     start(resin, "/nonexistent/program")
-    msg = resin.v0_recv()
-    assert isinstance(msg, v0.ErrorReport) and "No such file" in msg.msg
+    assert resin.v0_recv() == ENOENT
     start(resin, "no-such-program-on-path")
-    assert isinstance(resin.v0_recv(), v0.ErrorReport)
-    start(resin, "/bin/echo", "ok")
+    assert resin.v0_recv() == ENOENT
+    start(resin, "")
+    assert resin.v0_recv() == ENOENT
+    start(resin, "/bin/echo", "ok")  # one process per session: none was started
     assert resin.v0_collect()[:3] == (b"ok\n", b"", v0.ExitStatus(0))
+
+
+def test_exec_permission_denied(resin: ResinClient, tmp_path: Path) -> None:
+    script = tmp_path / "not-executable"
+    script.write_text("#!/bin/sh\necho no\n")
+    script.chmod(0o644)
+    start(resin, str(script))
+    assert resin.v0_recv() == io_error(13, "PermissionDenied", "Permission denied")
+
+
+def test_start_process_without_args_starts_nothing(resin: ResinClient) -> None:
+    # resin 0.3.x refused it (serde: a missing field); resin_py used to start
+    # the program with no arguments.
+    resin.send_packet(b"\x02" + msgpack.packb({"StartProcess": {"exec": "sleep"}}))
+    assert resin.v0_recv() == decode_error('Syntax("missing field `args`")')
+    resin.send_packet(b"\x02" + msgpack.packb({"StartProcess": {"exec": "sleep", "args": [1]}}))
+    assert resin.v0_recv() == decode_error(
+        'Syntax("invalid type: integer `1`, expected a string")')
+    # One process per session: a second StartProcess would be refused.
+    start(resin, "/bin/echo", "started")
+    assert resin.v0_collect()[:3] == (b"started\n", b"", v0.ExitStatus(0))
+
+
+def test_decode_errors_read_as_resin_03(resin: ResinClient) -> None:
+    resin.send_packet(b"\x02" + msgpack.packb({"Bogus": None}))
+    assert resin.v0_recv() == decode_error(
+        'Syntax("unknown variant `Bogus`, expected one of `StartProcess`, `KillProcess`, '
+        '`DataOut`, `DataIn`, `ExitStatus`, `ErrorReport`")')
+    resin.send_packet(b"\x02\xc1")
+    assert resin.v0_recv() == decode_error("TypeMismatch(Reserved)")
+    resin.v0_send(v0.KillProcess())
+    assert resin.v0_recv() == v0.ErrorReport(ERROR_PREFIX + "KillProcess before StartProcess")
+
+
+@pytest.mark.parametrize("flags", [0x00, 0x01, 0x0F])
+def test_flags_type_bits_are_ignored_even_in_the_first_packet(
+        resin: ResinClient, flags: int) -> None:
+    # Only a first packet of exactly `00 vv` is a v1 handshake.
+    resin.v0_send(v0.StartProcess("cat", ()), flags=flags)
+    resin.v0_send(v0.DataIn(b"x" * 100), flags=flags, chunk_size=30)
+    assert resin.v0_recv() == v0.DataOut("Stdout", b"x" * 100)
+
+
+def test_burst_is_sent_1024_bytes_per_data_out(resin: ResinClient) -> None:
+    start(resin, "head", "-c", "5000", "/dev/zero")
+    out, _, status, msgs = resin.v0_collect()
+    assert (out, status) == (bytes(5000), v0.ExitStatus(0))
+    assert [len(m.data) for m in msgs if isinstance(m, v0.DataOut)] == [1024] * 4 + [904]
+
+
+def test_large_output_never_exceeds_1024_bytes_per_data_out(resin: ResinClient) -> None:
+    start(resin, "sh", "-c", "head -c 300000 /dev/urandom | od -An -v -tx1 | head -c 250000")
+    out, _, status, msgs = resin.v0_collect()
+    assert (len(out), status) == (250000, v0.ExitStatus(0))
+    sizes = [len(m.data) for m in msgs if isinstance(m, v0.DataOut)]
+    assert max(sizes) == 1024 and len(sizes) >= 245
 
 
 @pytest.mark.parametrize(
@@ -146,7 +218,7 @@ def test_one_mib_round_trip_chunked(resin: ResinClient) -> None:
     resin.v0_send(v0.DataIn(data))
     out, _, status, msgs = resin.v0_collect()
     assert (out == data, status.code) == (True, 0)
-    assert all(len(m.data) <= v0.V0_MAX_DATA for m in msgs if isinstance(m, v0.DataOut))
+    assert all(len(m.data) <= 1024 for m in msgs if isinstance(m, v0.DataOut))
     assert time.monotonic() - started < 5
 
 

@@ -7,9 +7,11 @@ into an error message on the wire and keeps serving.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+TYPE_CHECKING = False  # no `typing` at run time (see protocol/common.py)
 
 if TYPE_CHECKING:
+    from typing import Literal, TypeAlias
+
     from resin_py.protocol.terms import Term
 
 
@@ -101,4 +103,4 @@ class SpawnFailed(ResinError):
         self.errno = errno
 
 
-SpawnStage = Literal["path", "cwd", "exec", "cgroup"]
+SpawnStage: TypeAlias = "Literal['path', 'cwd', 'exec', 'cgroup']"

@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
-
-from resin_py.protocol.common import StreamKind
 from resin_py.protocol.errors import ProtocolError
-from resin_py.protocol.session import ChildRef, Core, Session, StdinResult
 from resin_py.protocol.v0_session import V0Session, send_v0_error
 
+TYPE_CHECKING = False  # no `typing` at run time (see protocol/common.py)
+
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from resin_py.protocol.common import StreamKind
+    from resin_py.protocol.session import ChildRef, Core, Session, StdinResult
     from resin_py.protocol.terms import Term
 
 
 class Negotiator:
     """The session before the mode is known: the first packet decides.
 
-    A handshake (exactly `00 vv`) starts v1; anything else is v0, and is
-    handled as v0's first packet. `on_decided` receives the new session,
-    which the runtime then calls directly.
+    A handshake (exactly the two bytes `00 vv`) starts v1; anything else is
+    v0, and is handled as v0's first packet: a longer packet whose flags byte
+    is 0x00 too (resin 0.3.x ignored the flags' type bits). `on_decided`
+    receives the new session, which the runtime then calls directly.
     """
 
     read_limit: int = 0
@@ -37,10 +39,6 @@ class Negotiator:
             session = V1Session(self.core)
             self.on_decided(session)
             session.hello(payload[1])
-            return
-        if payload[0] == 0:
-            # Starts like a handshake but is not one: the mode stays undecided.
-            send_v0_error(self.core, "malformed handshake")
             return
         v0_session = V0Session(self.core)
         self.on_decided(v0_session)

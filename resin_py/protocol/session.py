@@ -8,14 +8,19 @@ runtime's callbacks into bytes handed to `Core.send`. The runtime implements
 
 from __future__ import annotations
 
-from enum import Enum
-from typing import TYPE_CHECKING, Protocol
-
-from resin_py.protocol.common import SpawnOptions, StreamKind
-from resin_py.protocol.errors import ProtocolError
+TYPE_CHECKING = False  # no `typing`, no `enum` at run time (see protocol/common.py)
 
 if TYPE_CHECKING:
+    from enum import Enum
+    from typing import Protocol
+
+    from resin_py.protocol.common import SpawnOptions, StreamKind
+    from resin_py.protocol.errors import ProtocolError
     from resin_py.protocol.terms import Term
+else:
+    from resin_py.protocol.common import LiteEnum as Enum
+
+    Protocol = object  # at run time the protocols below are plain base classes
 
 
 class StdinResult(Enum):

@@ -6,65 +6,116 @@ Resin to client: one msgpack value per packet, keys in rmp-serde's field order.
 
 from __future__ import annotations
 
-import reprlib
 import struct
-from dataclasses import dataclass
-from typing import Any, Literal, TypeAlias
 
-import msgpack
-
+from resin_py.protocol.common import Record
 from resin_py.protocol.errors import MessageTooLarge, V0Error
 from resin_py.protocol.framing import MAX_PACKET
 
-# Data bytes per DataOut: an int array may take 2 bytes per data byte, and the
-# whole message must fit in one 65,535-byte packet.
-V0_MAX_DATA = 32000
+# Start-up diet (see protocol/common.py): no `typing`, `dataclasses`, `reprlib`
+# nor `msgpack` at import time. resin reads and writes lacca 0.2.3's forms by
+# hand; msgpack is imported only on rare paths (skipping an ignored container,
+# an int form lacca never sends) and by the client-side helpers.
+TYPE_CHECKING = False
+
+if TYPE_CHECKING:
+    from typing import Any, Literal, TypeAlias
+
+# Data bytes per DataOut: resin 0.3.x read its child's pipes 1 KiB at a time
+# and sent each read as one DataOut, so a burst of 5,000 bytes is five of them
+# (1024 * 4 + 904). The v0 session reads no more than this at once.
+V0_MAX_DATA = 1024
 # Cap on a reassembled chunked message, so a client cannot make resin buffer
 # without bound.
 V0_MAX_MESSAGE = 64 * 1024 * 1024
 # Chunk payload size lacca 0.2.3 uses (a packet also holds the flags byte).
 V0_MAX_CHUNK = 65532
-# flags bit 7: more chunks follow. Bits 0-3 are a type lacca sets to 0x02.
+# flags bit 7: more chunks follow. Bits 0-3 are a type lacca sets to 0x02;
+# resin ignores every bit but 0x80, as resin 0.3.x did.
 FLAG_MORE = 0x80
 DEFAULT_FLAGS = 0x02
 
-Stream: TypeAlias = Literal["Stdout", "Stderr"]
+Stream: TypeAlias = "Literal['Stdout', 'Stderr']"
 
 
-@dataclass(frozen=True)
-class StartProcess:
+class StartProcess(Record):
     exec: str
     args: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class DataIn:
+class DataIn(Record):
     data: bytes
 
 
-@dataclass(frozen=True)
-class KillProcess:
+class KillProcess(Record):
     pass
 
 
-@dataclass(frozen=True)
-class DataOut:
+class DataOut(Record):
     stream: Stream
     data: bytes
 
 
-@dataclass(frozen=True)
-class ExitStatus:
+class ExitStatus(Record):
     code: int | None
 
 
-@dataclass(frozen=True)
-class ErrorReport:
+class ErrorReport(Record):
     msg: str
 
 
-ClientMessage: TypeAlias = StartProcess | DataIn | KillProcess
-ResinMessage: TypeAlias = DataOut | ExitStatus | ErrorReport
+ClientMessage: TypeAlias = "StartProcess | DataIn | KillProcess"
+ResinMessage: TypeAlias = "DataOut | ExitStatus | ErrorReport"
+
+
+# --- error texts ------------------------------------------------------------------
+#
+# resin 0.3.x answered a message it could not decode with
+# `resin daemon error: fail serializing payload: <rmp-serde error, Debug>`;
+# the v0 session adds that prefix to every V0Error the decoder raises. Where
+# the decoder knows the text rmp-serde gave, it uses it; elsewhere its own.
+
+# The variants of resin 0.3.x's message enum, in its order (serde lists them
+# when it meets an unknown one).
+_VARIANTS = "`StartProcess`, `KillProcess`, `DataOut`, `DataIn`, `ExitStatus`, `ErrorReport`"
+# rmp-serde's error for the never-used marker 0xc1.
+RESERVED = "TypeMismatch(Reserved)"
+# Longest value rendered in an error text (docs/protocol.md §4.9).
+_TEXT_CUT = 80
+
+
+def rust_debug_str(text: str) -> str:
+    """`text` as Rust's `{:?}` prints a str (quoted, escaped)."""
+    out = []
+    for ch in text:
+        if ch in _RUST_ESCAPES:
+            out.append(_RUST_ESCAPES[ch])
+        elif ch < " " or "\x7f" <= ch < "\xa0":
+            out.append(f"\\u{{{ord(ch):x}}}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+_RUST_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t",
+                 "\0": "\\0"}
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= _TEXT_CUT else text[:_TEXT_CUT - 3] + "..."
+
+
+def syntax_error(text: str) -> V0Error:
+    """serde's custom error, as rmp-serde wraps it: `Syntax("...")`."""
+    return V0Error(f"Syntax({rust_debug_str(text)})")
+
+
+def _missing_field(name: str) -> V0Error:
+    return syntax_error(f"missing field `{name}`")
+
+
+def _unknown_variant(tag: str) -> V0Error:
+    return syntax_error(f"unknown variant `{_cut(tag)}`, expected one of {_VARIANTS}")
 
 
 # --- resin side: decode what the client sends -------------------------------
@@ -139,16 +190,18 @@ def _message(r: _Reader) -> ClientMessage:
     if n is None:
         length = r.str_header()
         if length is None:
-            raise V0Error(f"unknown message: {r.describe()}")
+            raise r.reserved() or V0Error(f"unknown message: {r.describe()}")
         text = r.text(length, "message")
         if text == "KillProcess":
             return KillProcess()
-        raise V0Error(f"unknown message: {_short(text)}")
+        if text in _VARIANTS_SET:
+            raise V0Error(f"unknown message: {_short_str(text)}")
+        raise _unknown_variant(text)
     if n != 1:
         raise V0Error(f"unknown message: a map of {n} entries")
     length = r.str_header()
     if length is None:
-        raise V0Error(f"unknown message: a map keyed by {r.describe()}")
+        raise r.reserved() or V0Error(f"unknown message: a map keyed by {r.describe()}")
     tag = r.text(length, "message tag")
     if tag == "KillProcess":
         r.skip()
@@ -157,13 +210,19 @@ def _message(r: _Reader) -> ClientMessage:
         return _data_in(r)
     if tag == "StartProcess":
         return _start_process(r)
-    raise V0Error(f"unknown message: {_short(tag)}")
+    if tag in _VARIANTS_SET:  # DataOut, ExitStatus, ErrorReport: resin's own
+        raise V0Error(f"unknown message: {_short_str(tag)}")
+    raise _unknown_variant(tag)
+
+
+_VARIANTS_SET = frozenset(("StartProcess", "KillProcess", "DataOut", "DataIn", "ExitStatus",
+                           "ErrorReport"))
 
 
 def _data_in(r: _Reader) -> DataIn:
     n = r.map_header()
     if n is None:
-        raise V0Error(_BAD_BUF)
+        raise r.reserved() or V0Error(_BAD_BUF)
     data: bytes | None = None
     for _ in range(n):
         if r.key() == "buf":
@@ -171,40 +230,47 @@ def _data_in(r: _Reader) -> DataIn:
         else:
             r.skip()
     if data is None:
-        raise V0Error(_BAD_BUF)
+        raise _missing_field("buf")
     return DataIn(data)
 
 
 def _start_process(r: _Reader) -> StartProcess:
     n = r.map_header()
     if n is None:
-        raise V0Error("StartProcess: body must be a map")
+        raise r.reserved() or V0Error("StartProcess: body must be a map")
     exe: str | None = None
-    args: list[str] = []
+    args: list[str] | None = None
     for _ in range(n):
         key = r.key()
         if key == "exec":
             length = r.str_header()
-            exe = None if length is None else r.text(length, "StartProcess: exec")
-            if not exe or "\0" in exe:
-                raise V0Error("StartProcess: exec must be a non-empty string")
+            if length is None:
+                raise r.type_error("a string")
+            exe = r.text(length, "StartProcess: exec")
+            if "\0" in exe:
+                raise V0Error("StartProcess: exec contains a NUL byte")
         elif key == "args":
             count = r.array_header()
             if count is None:
-                raise V0Error("StartProcess: args must be an array of strings")
+                raise r.type_error("a sequence")
             if count > V0_MAX_ARGS:
                 raise V0Error(f"StartProcess: {count} args (at most {V0_MAX_ARGS})")
             args = []
             for _ in range(count):
                 length = r.str_header()
-                arg = None if length is None else r.text(length, "StartProcess: an arg")
-                if arg is None or "\0" in arg:
-                    raise V0Error("StartProcess: args must be an array of strings")
+                if length is None:
+                    raise r.type_error("a string")
+                arg = r.text(length, "StartProcess: an arg")
+                if "\0" in arg:
+                    raise V0Error("StartProcess: an arg contains a NUL byte")
                 args.append(arg)
         else:
             r.skip()
+    # Like serde's derived code: the first missing field in declaration order.
     if exe is None:
-        raise V0Error("StartProcess: exec must be a non-empty string")
+        raise _missing_field("exec")
+    if args is None:
+        raise _missing_field("args")
     return StartProcess(exe, tuple(args))
 
 
@@ -213,6 +279,13 @@ _U32 = struct.Struct(">I")
 # Size of the length field after a str / bin / ext header byte.
 _STR_LEN = {0xD9: 1, 0xDA: 2, 0xDB: 4}
 _BIN_LEN = {0xC4: 1, 0xC5: 2, 0xC6: 4}
+# Scalars skip() passes over itself: marker -> bytes after it.
+_SCALAR_SIZE = {0xC0: 0, 0xC2: 0, 0xC3: 0, 0xCA: 4, 0xCB: 8, 0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8,
+                0xD0: 1, 0xD1: 2, 0xD2: 4, 0xD3: 8, **{b: 0 for b in range(0x80)},
+                **{b: 0 for b in range(0xE0, 0x100)}}
+# Int markers and their struct format (any msgpack int form).
+_INT_FORMS = {0xCC: ">B", 0xCD: ">H", 0xCE: ">I", 0xCF: ">Q",
+              0xD0: ">b", 0xD1: ">h", 0xD2: ">i", 0xD3: ">q"}
 
 
 class _Reader:
@@ -277,8 +350,32 @@ class _Reader:
         return None
 
     def skip(self) -> None:
-        """Pass over one value resin ignores, within V0_MAX_IGNORED bytes per message.
-        msgpack checks it (valid UTF-8, ...) and finds its end."""
+        """Pass over one value resin ignores, within V0_MAX_IGNORED bytes per
+        message. Scalars are read here; msgpack checks a container (valid
+        UTF-8, keys, ...) and finds its end."""
+        data, pos = self.data, self.pos
+        b = data[pos]
+        size = _SCALAR_SIZE.get(b)
+        if size is None:
+            if b == 0xC1:
+                raise V0Error(RESERVED)
+            length = self.str_header()
+            if length is None or 1 + length > V0_MAX_IGNORED - self.ignored:
+                self.pos = pos
+                self._skip_msgpack()
+                return
+            self.text(length, "an ignored value")  # checks its UTF-8
+        elif pos + 1 + size > len(data):
+            raise IndexError("truncated value")
+        else:
+            self.pos = pos + 1 + size
+        self.ignored += self.pos - pos
+        if self.ignored > V0_MAX_IGNORED:
+            raise V0Error(f"ignored keys and values exceed {V0_MAX_IGNORED} bytes")
+
+    def _skip_msgpack(self) -> None:
+        import msgpack  # rare: only lacca 0.2.3 never sends such a value
+
         budget = V0_MAX_IGNORED - self.ignored
         window = bytes(self.data[self.pos:self.pos + budget])
         try:
@@ -305,11 +402,56 @@ class _Reader:
             return bytes(memoryview(self.data)[start:self.pos])
         count = self.array_header()
         if count is None:
-            raise V0Error(_BAD_BUF)
+            raise self.reserved() or V0Error(_BAD_BUF)
         if count > len(self.data) - self.pos:  # each element takes at least one byte
             raise IndexError("truncated array")
         data, self.pos = _int_array(self.data, self.pos, count)
         return data
+
+    def reserved(self) -> V0Error | None:
+        """rmp-serde's error if the value at pos has the never-used marker 0xc1."""
+        return V0Error(RESERVED) if self.data[self.pos] == 0xC1 else None
+
+    def type_error(self, expected: str) -> V0Error:
+        """serde's `invalid type` error for the value at pos where `expected`
+        was wanted (our own text for the forms whose rendering is not known)."""
+        reserved = self.reserved()
+        if reserved:
+            return reserved
+        unexpected = self.unexpected()
+        if unexpected is None:
+            return V0Error(f"invalid type: {self.describe()}, expected {expected}")
+        return syntax_error(f"invalid type: {unexpected}, expected {expected}")
+
+    def unexpected(self) -> str | None:
+        """The value at pos as serde's `Unexpected` displays it, None for an ext."""
+        data, pos = self.data, self.pos
+        b = data[pos]
+        if b <= 0x7F or b >= 0xE0:
+            return f"integer `{b if b <= 0x7F else b - 256}`"
+        if b in _INT_FORMS:
+            fmt = _INT_FORMS[b]
+            (value,) = struct.unpack_from(fmt, data, pos + 1)
+            return f"integer `{value}`"
+        if b == 0xC0:
+            return "unit value"
+        if b in (0xC2, 0xC3):
+            return f"boolean `{'true' if b == 0xC3 else 'false'}`"
+        if b in (0xCA, 0xCB):
+            (number,) = struct.unpack_from(">f" if b == 0xCA else ">d", data, pos + 1)
+            return f"floating point `{_rust_float(number)}`"
+        length = self.str_header()
+        if length is not None:
+            start = self.pos
+            text = bytes(data[start:start + min(length, 4 * _TEXT_CUT)]).decode(errors="replace")
+            return f"string {rust_debug_str(_cut(text))}"
+        if b in _BIN_LEN:
+            return "byte array"
+        if 0x90 <= b <= 0x9F or b in (0xDC, 0xDD):
+            return "sequence"
+        if 0x80 <= b <= 0x8F or b in (0xDE, 0xDF):
+            return "map"
+        return None
 
     def describe(self) -> str:
         """What the value at pos is, without decoding it (for error texts)."""
@@ -323,6 +465,29 @@ class _Reader:
             return "an integer"
         return {0xC0: "nil", 0xC2: "false", 0xC3: "true", 0xCA: "a float",
                 0xCB: "a float"}.get(b, f"a value of type {b:#04x}")
+
+
+def _rust_float(number: float) -> str:
+    """A float as serde displays it in errors: Rust's `{}` (no exponent), with
+    a decimal point."""
+    if number != number:
+        return "NaN"
+    if number in (float("inf"), float("-inf")):
+        return "inf" if number > 0 else "-inf"
+    text = repr(number)
+    if "e" in text:  # Rust never writes an exponent: expand it
+        mantissa, exp = text.split("e")
+        sign = "-" if mantissa.startswith("-") else ""
+        digits = mantissa.lstrip("-")
+        whole, _, frac = digits.partition(".")
+        digits, point = whole + frac, len(whole) + int(exp)
+        if point <= 0:
+            text = f"{sign}0.{'0' * -point}{digits}"
+        elif point >= len(digits):
+            text = f"{sign}{digits}{'0' * (point - len(digits))}"
+        else:
+            text = f"{sign}{digits[:point]}.{digits[point:]}"
+    return text if "." in text else text + ".0"
 
 
 # DataIn int arrays. lacca 0.2.3 writes each byte as a positive fixint (00..7f)
@@ -381,6 +546,8 @@ def _uint8_block(mv: memoryview, pos: int, left: int) -> tuple[bytes, int] | Non
 def _any_ints(mv: memoryview, pos: int, left: int) -> tuple[bytes, int]:
     """Up to `left` elements in the _BLOCK bytes at pos, each any msgpack int
     form of a value 0..255: (values, bytes used)."""
+    import msgpack  # rare: lacca 0.2.3 writes only fixints and `cc xx`
+
     block = bytes(mv[pos:pos + max(_BLOCK, 9)])  # an int takes up to 9 bytes
     # No containers, strings or exts: an element must be an int.
     unpacker = msgpack.Unpacker(max_buffer_size=max(len(block), 1), max_str_len=0, max_bin_len=0,
@@ -402,9 +569,35 @@ def _any_ints(mv: memoryview, pos: int, left: int) -> tuple[bytes, int]:
     return bytes(out), used
 
 
+def _short_str(text: str) -> str:
+    """repr(text), cut in the middle as reprlib cuts it (at most 80 characters)."""
+    s = repr(text[:_TEXT_CUT])
+    if len(s) > _TEXT_CUT:
+        i = (_TEXT_CUT - 3) // 2
+        j = _TEXT_CUT - 3 - i
+        s = repr(text[:i] + text[len(text) - j:])
+        s = s[:i] + "..." + s[len(s) - j:]
+    return s
+
+
+def _short(value: Any) -> str:
+    """A short repr that never renders more than a few elements of anything
+    (client-side helpers only: reprlib is not loaded for resin itself)."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxstring = r.maxother = _TEXT_CUT
+    return r.repr(value)
+
+
+# --- client side and tools: generic msgpack --------------------------------------
+
+
 def unpack(data: bytes) -> Any:
     """Decode exactly one msgpack value (of at most one packet: resin's
     messages, or a client message in tools and tests)."""
+    import msgpack
+
     try:
         return msgpack.unpackb(data, raw=False, strict_map_key=True)
     # msgpack raises ExtraData, FormatError, StackError, UnicodeDecodeError,
@@ -417,7 +610,7 @@ def parse_client_value(value: Any) -> ClientMessage:
     """Map a decoded msgpack value to a client message (key order does not matter).
 
     For tools and tests; resin itself reads the bytes with `decode_client_message`,
-    which gives the same messages within its limits."""
+    which accepts and refuses the same messages within its limits."""
     if value == "KillProcess":
         return KillProcess()
     if not isinstance(value, dict) or len(value) != 1:
@@ -426,7 +619,11 @@ def parse_client_value(value: Any) -> ClientMessage:
     if tag == "KillProcess":
         return KillProcess()
     if tag == "DataIn":
-        buf = body.get("buf") if isinstance(body, dict) else None
+        if not isinstance(body, dict):
+            raise V0Error(_BAD_BUF)
+        if "buf" not in body:
+            raise _missing_field("buf")
+        buf = body["buf"]
         if isinstance(buf, bytes):
             return DataIn(buf)
         if isinstance(buf, list):
@@ -434,13 +631,17 @@ def parse_client_value(value: Any) -> ClientMessage:
                 return DataIn(bytes(buf))
             except (TypeError, ValueError):
                 pass
-        raise V0Error("DataIn: buf must be an array of ints 0..255 or a bin")
+        raise V0Error(_BAD_BUF)
     if tag == "StartProcess":
         if not isinstance(body, dict):
             raise V0Error("StartProcess: body must be a map")
-        exe, args = body.get("exec"), body.get("args", [])
-        if not isinstance(exe, str) or not exe or "\0" in exe:
-            raise V0Error("StartProcess: exec must be a non-empty string")
+        if "exec" not in body:
+            raise _missing_field("exec")
+        if "args" not in body:
+            raise _missing_field("args")
+        exe, args = body["exec"], body["args"]
+        if not isinstance(exe, str) or "\0" in exe:
+            raise V0Error("StartProcess: exec must be a string without NUL")
         if not isinstance(args, list) or not all(
             isinstance(a, str) and "\0" not in a for a in args
         ):
@@ -449,29 +650,58 @@ def parse_client_value(value: Any) -> ClientMessage:
     raise V0Error(f"unknown message: {_short(tag)}")
 
 
-_REPR = reprlib.Repr()
-_REPR.maxstring = _REPR.maxother = 80
-
-
-def _short(value: Any) -> str:
-    """A short repr that never renders more than a few elements of anything."""
-    return _REPR.repr(value)
-
-
 # --- resin side: encode what resin sends -------------------------------------
+#
+# By hand, in rmp-serde's forms (what msgpack.packb gives too): maps with keys
+# in field order, the smallest int form, str8 for 32..255 bytes.
 
-_DATA_OUT_PREFIX: dict[str, bytes] = {
-    s: msgpack.packb({"DataOut": {"ty": s, "buf": []}})[:-1]  # without the empty array
-    for s in ("Stdout", "Stderr")
+_DATA_OUT_PREFIX = {  # {"DataOut": {"ty": s, "buf": ...}} up to the array
+    s: b"\x81\xa7DataOut\x82\xa2ty\xa6" + s.encode() + b"\xa3buf" for s in ("Stdout", "Stderr")
 }
+_EXIT_STATUS_PREFIX = b"\x81\xaaExitStatus\x81\xa4code"
+_ERROR_REPORT_PREFIX = b"\x81\xabErrorReport\x81\xa3msg"
+# Each byte of a DataOut buf as an int: positive fixint, or `cc xx`.
+_UINT8 = [bytes((b,)) if b < 0x80 else bytes((0xCC, b)) for b in range(256)]
 
 
 def _array_header(n: int) -> bytes:
     if n < 16:
         return bytes((0x90 | n,))
     if n < 0x10000:
-        return b"\xdc" + struct.pack(">H", n)
-    return b"\xdd" + struct.pack(">I", n)
+        return b"\xdc" + _U16.pack(n)
+    return b"\xdd" + _U32.pack(n)
+
+
+def _int(n: int) -> bytes:
+    """An int in msgpack's smallest form (as rmp's write_sint / write_uint)."""
+    if n >= 0:
+        if n < 0x80:
+            return bytes((n,))
+        for marker, fmt, limit in ((0xCC, ">B", 0x100), (0xCD, ">H", 0x10000),
+                                   (0xCE, ">I", 0x100000000), (0xCF, ">Q", 1 << 64)):
+            if n < limit:
+                return bytes((marker,)) + struct.pack(fmt, n)
+    elif n >= -32:
+        return bytes((n + 256,))
+    else:
+        for marker, fmt, limit in ((0xD0, ">b", -0x80), (0xD1, ">h", -0x8000),
+                                   (0xD2, ">i", -0x80000000), (0xD3, ">q", -(1 << 63))):
+            if n >= limit:
+                return bytes((marker,)) + struct.pack(fmt, n)
+    raise V0Error(f"integer {n} does not fit in msgpack")
+
+
+def _str(text: str) -> bytes:
+    """A msgpack str (fixstr, str8, str16 or str32)."""
+    raw = text.encode("utf-8", "replace")
+    n = len(raw)
+    if n < 32:
+        return bytes((0xA0 | n,)) + raw
+    if n < 0x100:
+        return bytes((0xD9, n)) + raw
+    if n < 0x10000:
+        return b"\xda" + _U16.pack(n) + raw
+    return b"\xdb" + _U32.pack(n) + raw
 
 
 def data_out_parts(stream: Stream, data: bytes) -> tuple[bytes, bytes]:
@@ -480,9 +710,18 @@ def data_out_parts(stream: Stream, data: bytes) -> tuple[bytes, bytes]:
     buf is an array of ints, each byte a positive fixint or `cc xx`; for ASCII
     data that is the array header followed by the data bytes themselves.
     """
+    head = _DATA_OUT_PREFIX[stream] + _array_header(len(data))
     if data.isascii():
-        return _DATA_OUT_PREFIX[stream] + _array_header(len(data)), data
-    return _DATA_OUT_PREFIX[stream], msgpack.packb(list(data))
+        return head, data
+    return head, b"".join(map(_UINT8.__getitem__, data))
+
+
+def encode_exit_status(code: int | None) -> bytes:
+    return _EXIT_STATUS_PREFIX + (b"\xc0" if code is None else _int(code))
+
+
+def encode_error_report(msg: str) -> bytes:
+    return _ERROR_REPORT_PREFIX + _str(msg)
 
 
 def encode_resin_message(msg: ResinMessage) -> bytes:
@@ -491,12 +730,12 @@ def encode_resin_message(msg: ResinMessage) -> bytes:
         head, tail = data_out_parts(msg.stream, msg.data)
         payload = head + tail
     elif isinstance(msg, ExitStatus):
-        payload = msgpack.packb({"ExitStatus": {"code": msg.code}})
+        payload = encode_exit_status(msg.code)
     else:
-        payload = msgpack.packb({"ErrorReport": {"msg": msg.msg}})
+        payload = encode_error_report(msg.msg)
     if len(payload) > MAX_PACKET:
         raise V0Error(f"message of {len(payload)} bytes does not fit in a packet")
-    return bytes(payload)
+    return payload
 
 
 # --- client side (tests, tools) ----------------------------------------------
@@ -510,6 +749,8 @@ def encode_client_message(
     data_as_bin: bool = False,
 ) -> list[bytes]:
     """Packet payloads for a client message, chunked as lacca 0.2.3 does."""
+    import msgpack
+
     value: Any
     if isinstance(msg, StartProcess):
         value = {"StartProcess": {"exec": msg.exec, "args": list(msg.args)}}
@@ -540,7 +781,10 @@ def decode_resin_message(payload: bytes) -> ResinMessage:
             if tag == "DataOut" and body.get("ty") in ("Stdout", "Stderr"):
                 buf = body.get("buf")
                 if isinstance(buf, list):
-                    return DataOut(body["ty"], bytes(buf))
+                    try:
+                        return DataOut(body["ty"], bytes(buf))
+                    except (TypeError, ValueError):
+                        pass
             if tag == "ExitStatus" and "code" in body:
                 code = body["code"]
                 if code is None or isinstance(code, int):

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import errno
-from typing import TYPE_CHECKING
 
 from resin_py.protocol import v0
 from resin_py.protocol.common import SpawnOptions, StreamKind
 from resin_py.protocol.errors import ProtocolError, SpawnFailed
 from resin_py.protocol.framing import packet_header
-from resin_py.protocol.session import ChildRef, Core, StdinResult
+from resin_py.protocol.session import StdinResult
+
+TYPE_CHECKING = False  # no `typing` at run time (see protocol/common.py)
 
 if TYPE_CHECKING:
+    from resin_py.protocol.session import ChildRef, Core
     from resin_py.protocol.terms import Term
 
 _V0_STREAM: dict[StreamKind, v0.Stream] = {
@@ -28,6 +30,51 @@ SIGKILL = 9  # the same number on every Linux architecture
 # V0_MAX_MESSAGE).
 V0_STDIN_BACKLOG = 1024 * 1024
 
+# Every ErrorReport starts like resin 0.3.x's: `resin daemon error: <error>`,
+# where a message it could not decode was `fail serializing payload: <rmp-serde
+# error>` and a child it could not start `internal io error: <io::Error>`.
+ERROR_PREFIX = "resin daemon error: "
+DECODE_ERROR = "fail serializing payload: "
+# Longest ErrorReport text (resin's own texts are far shorter).
+_MAX_ERROR_TEXT = 4096
+
+# The errnos a spawn may meet: std::io::ErrorKind's name (as Rust's Debug
+# prints it; "Uncategorized" for the others) and glibc's strerror text (a
+# table: the sans-IO core imports no `os`).
+_OS_ERRORS = {
+    errno.ENOENT: ("NotFound", "No such file or directory"),
+    errno.EACCES: ("PermissionDenied", "Permission denied"),
+    errno.EPERM: ("PermissionDenied", "Operation not permitted"),
+    errno.ENOTDIR: ("NotADirectory", "Not a directory"),
+    errno.EISDIR: ("IsADirectory", "Is a directory"),
+    errno.ELOOP: ("FilesystemLoop", "Too many levels of symbolic links"),
+    errno.ENAMETOOLONG: ("InvalidFilename", "File name too long"),
+    errno.E2BIG: ("ArgumentListTooLong", "Argument list too long"),
+    errno.ETXTBSY: ("ExecutableFileBusy", "Text file busy"),
+    errno.ENOMEM: ("OutOfMemory", "Cannot allocate memory"),
+    errno.EAGAIN: ("WouldBlock", "Resource temporarily unavailable"),
+    errno.EINVAL: ("InvalidInput", "Invalid argument"),
+    errno.EINTR: ("Interrupted", "Interrupted system call"),
+    errno.EBUSY: ("ResourceBusy", "Device or resource busy"),
+    errno.EROFS: ("ReadOnlyFilesystem", "Read-only file system"),
+    errno.ENOSPC: ("StorageFull", "No space left on device"),
+    errno.ENOSYS: ("Unsupported", "Function not implemented"),
+    errno.ENOEXEC: ("Uncategorized", "Exec format error"),
+    errno.EMFILE: ("Uncategorized", "Too many open files"),
+    errno.ENFILE: ("Uncategorized", "Too many open files in system"),
+    errno.EIO: ("Uncategorized", "Input/output error"),
+    errno.EFAULT: ("Uncategorized", "Bad address"),
+    errno.ELIBBAD: ("Uncategorized", "Accessing a corrupted shared library"),
+}
+
+
+def rust_io_error(code: int, strerror: str | None = None) -> str:
+    """An OS error as Rust's `{:?}` of `io::Error` prints it (resin 0.3.x's
+    text for a child it could not start). `strerror`: the C library's text,
+    for an errno the table does not know."""
+    kind, message = _OS_ERRORS.get(code, ("Uncategorized", strerror or f"Unknown error {code}"))
+    return f"Os {{ code: {code}, kind: {kind}, message: {v0.rust_debug_str(message)} }}"
+
 
 def _fsencode(text: str) -> bytes:
     """As os.fsencode on Linux (UTF-8, undecodable bytes kept as surrogates)."""
@@ -37,6 +84,7 @@ def _fsencode(text: str) -> bytes:
 class V0Session:
     """The legacy protocol: one child, msgpack messages."""
 
+    # resin 0.3.x read a child's pipes 1 KiB at a time, one DataOut per read.
     read_limit = v0.V0_MAX_DATA
     stdin_backlog: int | None = V0_STDIN_BACKLOG
 
@@ -53,7 +101,7 @@ class V0Session:
         try:
             msg = self.decoder.feed_packet(payload)
         except ProtocolError as exc:
-            self.report(str(exc))
+            self.report(DECODE_ERROR + str(exc))
             return
         if msg is None:
             return
@@ -81,12 +129,19 @@ class V0Session:
         if self.child is not None:
             self.report("StartProcess: a process was already started")
             return
+        if not msg.exec:  # execvp("") fails so, as resin 0.3.x's spawn did
+            self.report("internal io error: " + rust_io_error(errno.ENOENT))
+            return
         try:
             self.child = self.core.spawn(
                 0, _fsencode(msg.exec), tuple(_fsencode(a) for a in msg.args), _V0_OPTIONS
             )
         except (SpawnFailed, OSError) as exc:  # OSError: out of descriptors, fork failed
-            self.report(f"StartProcess: {exc}")
+            if exc.errno:
+                strerror = exc.strerror if isinstance(exc, OSError) else None
+                self.report("internal io error: " + rust_io_error(exc.errno, strerror))
+            else:
+                self.report(f"StartProcess: {exc}")
 
     def on_framing_error(self, exc: ProtocolError) -> None:
         self.report(str(exc))
@@ -95,8 +150,13 @@ class V0Session:
         self.report(f"internal error: {type(exc).__name__}: {exc}"[:1000])
 
     def on_output(self, child: ChildRef, kind: StreamKind, data: bytes) -> None:
-        head, tail = v0.data_out_parts(_V0_STREAM[kind], data)
-        self.core.send(packet_header(len(head) + len(tail)), head, tail)
+        # One DataOut per read of at most read_limit bytes; a longer piece (a
+        # runtime that read more) is split as 0.3.x's reads would have split it.
+        stream = _V0_STREAM[kind]
+        step = v0.V0_MAX_DATA
+        for start in range(0, len(data), step):
+            head, tail = v0.data_out_parts(stream, data[start:start + step])
+            self.core.send(packet_header(len(head) + len(tail)), head, tail)
 
     def on_stdin_result(self, child: ChildRef, result: StdinResult) -> None:
         if result is StdinResult.BROKEN and not self.exited:
@@ -107,14 +167,12 @@ class V0Session:
 
     def on_exit(self, child: ChildRef) -> None:
         self.exited = True
-        send_v0(self.core, v0.ExitStatus(child.exit_code))
-
-
-def send_v0(core: Core, msg: v0.ResinMessage) -> None:
-    payload = v0.encode_resin_message(msg)
-    core.send(packet_header(len(payload)), payload)
+        payload = v0.encode_exit_status(child.exit_code)
+        self.core.send(packet_header(len(payload)), payload)
 
 
 def send_v0_error(core: Core, text: str) -> None:
-    """An ErrorReport: also how errors are answered before the mode is decided."""
-    send_v0(core, v0.ErrorReport(text))
+    """An ErrorReport, `resin daemon error: ` + text: also how errors are
+    answered before the mode is decided."""
+    payload = v0.encode_error_report((ERROR_PREFIX + text)[:_MAX_ERROR_TEXT])
+    core.send(packet_header(len(payload)), payload)
