@@ -461,7 +461,7 @@ def test_v0_flags_type_bits_are_ignored() -> None:
 
 
 def test_v0_output_is_one_data_out_per_kib() -> None:
-    assert V0Session.read_limit == v0.V0_MAX_DATA == 1024
+    assert v0.V0_MAX_DATA == 1024 and V0Session.read_limit % v0.V0_MAX_DATA == 0
     core = FakeCore()
     session = V0Session(core)
     v0_send(session, v0.StartProcess("cat", ()))
@@ -478,3 +478,14 @@ def test_v0_os_error_texts_are_the_c_librarys() -> None:
         assert message == os.strerror(code)
     assert v0_session.rust_io_error(errno.EL3HLT, "Level 3 halted") == (
         f'Os {{ code: {errno.EL3HLT}, kind: Uncategorized, message: "Level 3 halted" }}')
+
+
+def test_v0_reads_are_cut_as_1_kib_reads_would_have_cut_them() -> None:
+    core = FakeCore()
+    session = V0Session(core)
+    v0_send(session, v0.StartProcess("cat", ()))
+    assert session.child is not None
+    for size in (1, 1023, 1024, 1025, 3000, session.read_limit):
+        session.on_output(session.child, StreamKind.STDERR, b"e" * size)
+        sizes = [len(m.data) for m in core.messages() if isinstance(m, v0.DataOut)]
+        assert sizes == [1024] * (size // 1024) + ([size % 1024] if size % 1024 else [])

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 # Data bytes per DataOut: resin 0.3.x read its child's pipes 1 KiB at a time
 # and sent each read as one DataOut, so a burst of 5,000 bytes is five of them
-# (1024 * 4 + 904). The v0 session reads no more than this at once.
+# (1024 * 4 + 904). The v0 session cuts its reads so (v0_session.V0_READ_LIMIT).
 V0_MAX_DATA = 1024
 # Cap on a reassembled chunked message, so a client cannot make resin buffer
 # without bound.

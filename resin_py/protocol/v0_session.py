@@ -30,6 +30,13 @@ SIGKILL = 9  # the same number on every Linux architecture
 # V0_MAX_MESSAGE).
 V0_STDIN_BACKLOG = 1024 * 1024
 
+# resin 0.3.x read a child's pipes 1 KiB at a time and sent each read as one
+# DataOut. resin reads up to 32 KiB at once and splits what it read into
+# DataOuts of 1 KiB (and a last one of the rest): the same packets as 1 KiB
+# reads of the same bytes, at about twice the throughput of 1 KiB reads. It
+# must be a multiple of V0_MAX_DATA.
+V0_READ_LIMIT = 32 * v0.V0_MAX_DATA
+
 # Every ErrorReport starts like resin 0.3.x's: `resin daemon error: <error>`,
 # where a message it could not decode was `fail serializing payload: <rmp-serde
 # error>` and a child it could not start `internal io error: <io::Error>`.
@@ -84,8 +91,7 @@ def _fsencode(text: str) -> bytes:
 class V0Session:
     """The legacy protocol: one child, msgpack messages."""
 
-    # resin 0.3.x read a child's pipes 1 KiB at a time, one DataOut per read.
-    read_limit = v0.V0_MAX_DATA
+    read_limit = V0_READ_LIMIT
     stdin_backlog: int | None = V0_STDIN_BACKLOG
 
     def __init__(self, core: Core) -> None:
@@ -150,8 +156,7 @@ class V0Session:
         self.report(f"internal error: {type(exc).__name__}: {exc}"[:1000])
 
     def on_output(self, child: ChildRef, kind: StreamKind, data: bytes) -> None:
-        # One DataOut per read of at most read_limit bytes; a longer piece (a
-        # runtime that read more) is split as 0.3.x's reads would have split it.
+        # DataOuts of V0_MAX_DATA bytes, as 0.3.x's 1 KiB reads would have cut them.
         stream = _V0_STREAM[kind]
         step = v0.V0_MAX_DATA
         for start in range(0, len(data), step):
