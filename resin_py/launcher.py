@@ -59,7 +59,9 @@ def launcher_text(python: str, path: list[str]) -> str:
         "# -IS: isolated mode, no site module: start-up without scanning\n"
         "# site-packages. Write it again after moving or reinstalling resin.\n"
         "import sys\n"
-        f"sys.path[:0] = {path!r}\n"
+        # After the standard library's directories: its modules are found
+        # without looking through resin's first.
+        f"sys.path += {path!r}\n"
         "from resin_py.cli import main\n"
         "sys.exit(main())\n"
     )

@@ -15,9 +15,10 @@ falls back to the process tree (runtime/tree.py) without error.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
+
+from resin_py.lite import suppress
 
 # RESIN_CGROUPS=0 in resin's environment: never use cgroups.
 CGROUPS_ENV = "RESIN_CGROUPS"
@@ -76,18 +77,18 @@ class Cgroups:
         whether it can hold children's cgroups that can be killed."""
         if self._usable is None:
             try:
-                with contextlib.suppress(FileExistsError):  # a killed resin had this pid
+                with suppress(FileExistsError):  # a killed resin had this pid
                     os.mkdir(self.base)
                 self._usable = os.path.exists(os.path.join(self.base, "cgroup.kill"))
                 # Offer the children what controllers resin's cgroup has (for
                 # limits); none is needed for containment.
                 for controller in (b"+memory", b"+pids", b"+cpu"):
-                    with contextlib.suppress(OSError):
+                    with suppress(OSError):
                         _write(os.path.join(self.base, "cgroup.subtree_control"), controller)
             except OSError:  # no permission, read-only mount
                 self._usable = False
             if not self._usable:
-                with contextlib.suppress(OSError):
+                with suppress(OSError):
                     os.rmdir(self.base)
         return self._usable
 
@@ -97,7 +98,7 @@ class Cgroups:
         creates the child in it; the caller closes it). Raises OSError
         (LimitError for a limit)."""
         path = os.path.join(self.base, f"c{serial}")
-        with contextlib.suppress(FileExistsError):
+        with suppress(FileExistsError):
             os.mkdir(path)
         try:
             for name, text in limits:
@@ -107,7 +108,7 @@ class Cgroups:
                     raise LimitError(exc.errno or errno.EINVAL, f"{name}: {exc}") from exc
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
-            with contextlib.suppress(OSError):
+            with suppress(OSError):
                 os.rmdir(path)
             raise
         return path, fd

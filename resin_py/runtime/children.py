@@ -16,23 +16,24 @@ Rules kept here (and checked by tests/test_runtime*.py):
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections import deque
 
-from resin_py.lite import TYPE_CHECKING, Enum
+from resin_py.lite import TYPE_CHECKING, deque, suppress
 from resin_py.protocol.common import StreamKind
 from resin_py.protocol.session import StdinResult
 from resin_py.runtime.loop import READ, WRITE
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from enum import Enum
 
     from resin_py.protocol.session import Session
     from resin_py.protocol.terms import Term
     from resin_py.runtime.fdio import Fds
     from resin_py.runtime.loop import Poller
     from resin_py.runtime.outbox import Outbox
+else:
+    from resin_py.protocol.common import LiteEnum as Enum
 
 # Capacity asked for a child's output pipe (F_SETPIPE_SZ), and so the size
 # of one read of it (split into frames by the v1 session): fewer syscalls
@@ -52,8 +53,7 @@ READS_PER_WAKEUP = 4
 
 
 class Read(Enum):
-    """The outcome of one attempt to read a child's pipe (a `lite` enum:
-    members are their plain values at run time)."""
+    """The outcome of one attempt to read a child's pipe."""
 
     FULL = "full"  # got as many bytes as asked: more may be waiting
     SOME = "some"  # got fewer bytes than asked
@@ -66,9 +66,6 @@ class StdinState(Enum):
     OPEN = "open"
     CLOSED = "closed"  # closed by request, or /dev/null
     BROKEN = "broken"  # the child closed its end (EPIPE), or exited
-
-
-_STREAM_NAMES = {StreamKind.STDOUT: "stdout", StreamKind.STDERR: "stderr"}
 
 
 class OutPipe:
@@ -139,10 +136,10 @@ class Child:
 
     def __repr__(self) -> str:
         pipes = ", ".join(
-            f"{_STREAM_NAMES.get(p.kind, p.kind)}(fd={p.fd}, credit={p.credit}, closed={p.closed}, "
+            f"{p.kind.name.lower()}(fd={p.fd}, credit={p.credit}, closed={p.closed}, "
             f"parked={p.parked})" for p in self.pipes)
         return (f"Child(id={self.id}, pid={self.pid}, reaped={self.reaped}, "
-                f"stdin={self.stdin_state}, queued={self.queued_writes}, {pipes})")
+                f"stdin={self.stdin_state.value}, queued={self.queued_writes}, {pipes})")
 
 
 class Children:
@@ -237,7 +234,7 @@ class Children:
         """Enlarge a pipe that just filled a whole read (see CHILD_PIPE_SIZE)."""
         pipe.boosted = True
         self.boosted += 1
-        with contextlib.suppress(OSError):
+        with suppress(OSError):
             pipe.read_size = self._fds.set_pipe_size(pipe.fd, CHILD_PIPE_SIZE)
 
     def _close_pipe(self, pipe: OutPipe) -> None:

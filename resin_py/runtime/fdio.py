@@ -9,7 +9,6 @@ from __future__ import annotations
 import fcntl
 import os
 import sys
-import termios
 
 from resin_py.lite import TYPE_CHECKING, Protocol
 
@@ -50,6 +49,8 @@ class OsFds:
 
     @staticmethod
     def pipe_empty(fd: int) -> bool:
+        import termios  # when a child exits: not on the start-up path
+
         buf = bytearray(4)
         try:
             fcntl.ioctl(fd, termios.FIONREAD, buf)

@@ -9,10 +9,9 @@ interest in stdout. The loop calls `flush` before every wait.
 from __future__ import annotations
 
 import errno
-from collections import deque
 from itertools import islice
 
-from resin_py.lite import TYPE_CHECKING
+from resin_py.lite import TYPE_CHECKING, deque
 from resin_py.runtime.loop import WRITE
 
 if TYPE_CHECKING:

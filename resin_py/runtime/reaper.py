@@ -5,11 +5,10 @@ children come to it too: those are reaped, and killed at shutdown.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 
-from resin_py.lite import TYPE_CHECKING, signal
+from resin_py.lite import TYPE_CHECKING, signal, suppress
 from resin_py.runtime import tree
 from resin_py.runtime.cgroups import Cgroups
 from resin_py.runtime.loop import READ, wait_for
@@ -28,7 +27,7 @@ WAKE_SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGUSR1)
 def become_subreaper() -> None:
     """Orphaned descendants of resin's children become resin's children (and
     are reaped, and killed at shutdown) instead of init's."""
-    with contextlib.suppress(OSError):
+    with suppress(OSError):
         prctl(PR_SET_CHILD_SUBREAPER, 1)
 
 
@@ -200,7 +199,7 @@ class Reaper:
                 return
             child = self.children.get(info.si_pid)
             if child is None or child.reaped:
-                with contextlib.suppress(ChildProcessError):
+                with suppress(ChildProcessError):
                     os.waitpid(info.si_pid, 0)
                 # Its pid is free now: no cached root may name it any more.
                 self._index = None
@@ -227,7 +226,7 @@ class Reaper:
         reap, repeat until none remain or the deadline passes."""
         for child in self.children.by_pid.values():
             if not child.reaped:
-                with contextlib.suppress(OSError):
+                with suppress(OSError):
                     os.killpg(child.pid, signal.SIGKILL)
         while True:
             while True:
@@ -241,7 +240,7 @@ class Reaper:
             if not kids or time.monotonic() >= deadline:
                 return
             for pid in kids:
-                with contextlib.suppress(OSError):
+                with suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
             # Woken by SIGCHLD through the wakeup pipe; no lost wakeups since
             # the byte stays in the pipe until read.

@@ -16,11 +16,10 @@ delay its own exit).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 
-from resin_py.lite import signal
+from resin_py.lite import signal, suppress
 from resin_py.runtime import tree
 from resin_py.runtime.cgroups import CGROUP_POLL, Cgroups
 
@@ -53,7 +52,7 @@ def start(prefix: bytes, cgroups: str | None) -> int:
             except BaseException:
                 import traceback
 
-                with contextlib.suppress(BaseException):
+                with suppress(BaseException):
                     traceback.print_exc()
             finally:
                 os._exit(0)
@@ -67,7 +66,7 @@ def settle(pid: int) -> None:
     """Wait until the intermediate process has exited (the sentinel is then
     init's child, or a subreaper's above resin); resin may become a
     subreaper after this."""
-    with contextlib.suppress(ChildProcessError):  # reaped already by the reaper
+    with suppress(ChildProcessError):  # reaped already by the reaper
         os.waitpid(pid, 0)
 
 
@@ -89,7 +88,7 @@ def _watch(r: int, w: int, prefix: bytes, cgroups: str | None) -> None:  # pragm
     os.chdir("/")
     os.closerange(3, r)
     os.closerange(r + 1, 1 << 16)
-    with contextlib.suppress(OSError):
+    with suppress(OSError):
         os.setsid()  # not in the BEAM's group: a ^C there must not reach it
     while True:
         try:

@@ -7,7 +7,6 @@ takes its parts ready-made, so that tests can build one over fakes.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import os
@@ -15,7 +14,7 @@ import resource
 import sys
 import time
 
-from resin_py.lite import TYPE_CHECKING, signal
+from resin_py.lite import TYPE_CHECKING, signal, suppress
 from resin_py.protocol.common import StreamKind
 from resin_py.protocol.errors import ProtocolError, SpawnFailed, ZeroLengthPacket
 from resin_py.protocol.framing import PacketReader
@@ -68,7 +67,7 @@ CGROUP_BURST = 0.005
 
 def log(msg: str) -> None:
     """Diagnostics go to stderr: stdout carries the protocol."""
-    with contextlib.suppress(OSError):
+    with suppress(OSError):
         sys.stderr.write(f"resin[{os.getpid()}]: {msg}\n")
         sys.stderr.flush()
 
@@ -372,7 +371,7 @@ class Resin:
             self.poller.set_interest(self.stdin_fd, 0, self._on_stdin)
         for child in list(self.children.by_pid.values()):
             if not child.reaped:
-                with contextlib.suppress(OSError):
+                with suppress(OSError):
                     os.killpg(child.pid, signal.SIGKILL)
         if self.cgroups is not None:
             # Every cgroup at once. They are removed by the sentinel once
@@ -437,7 +436,7 @@ def serve(stdin_fd: int = 0, stdout_fd: int = 1) -> int:
     devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
     spawner = make_spawner(nofile)
     poller = EpollPoller()
-    with contextlib.suppress(OSError):  # not a pipe, or above pipe-max-size
+    with suppress(OSError):  # not a pipe, or above pipe-max-size
         fcntl.fcntl(stdout_fd, F_SETPIPE_SZ, RESIN_STDOUT_PIPE_SIZE)
     saved = [(fd, fcntl.fcntl(fd, fcntl.F_GETFL)) for fd in (stdin_fd, stdout_fd)]
     for fd, flags in saved:
@@ -460,7 +459,7 @@ def serve(stdin_fd: int = 0, stdout_fd: int = 1) -> int:
         return resin.run()
     finally:
         for fd, flags in saved:
-            with contextlib.suppress(OSError):
+            with suppress(OSError):
                 fcntl.fcntl(fd, fcntl.F_SETFL, flags)
 
 
@@ -484,6 +483,6 @@ def main() -> int:
     teardown (freeing every object of thousands of children) would only delay
     the exit that the protocol promises within a second."""
     status = serve()
-    with contextlib.suppress(OSError, ValueError):
+    with suppress(OSError, ValueError):
         sys.stderr.flush()
     os._exit(status)

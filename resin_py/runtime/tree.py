@@ -21,10 +21,9 @@ recycled pid never receives a signal meant for the process that had it.
 
 from __future__ import annotations
 
-import contextlib
 import os
 
-from resin_py.lite import TYPE_CHECKING, signal
+from resin_py.lite import TYPE_CHECKING, signal, suppress
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -131,7 +130,7 @@ def send(pid: int, started: int, signo: int) -> bool:
     try:
         if start_time(pid) != started:  # the pid now names another process
             return False
-        with contextlib.suppress(OSError):
+        with suppress(OSError):
             signal.pidfd_send_signal(fd, signo)
             return True
         return False
