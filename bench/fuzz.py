@@ -1021,7 +1021,7 @@ class V0Run:
             elif isinstance(msg, v0.ErrorReport):
                 counts["errors"] += 1
                 stats.events["v0:ErrorReport"] += 1
-                if msg.msg.startswith("internal error"):
+                if msg.msg.startswith("resin daemon error: internal error"):
                     stats.internal_errors += 1
             else:
                 counts["exits"] += 1
