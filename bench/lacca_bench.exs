@@ -3,9 +3,10 @@
 #   mix run bench/lacca_bench.exs [bench ...]
 #
 # Prints one JSON object per line on stdout (bench/run.py turns them into the
-# table, bench/results.json and docs/bench.png). Benchmarks: spawn, throughput,
-# roundtrip, concurrency, slow_consumer. Timings are in microseconds unless a
-# line says otherwise. Not part of the test suite: nothing here is asserted.
+# table, bench/results.json and docs/bench.png). Benchmarks: spawn, first_call,
+# throughput, roundtrip, concurrency, slow_consumer. Timings are in
+# microseconds unless a line says otherwise. Not part of the test suite:
+# nothing here is asserted.
 
 defmodule Bench.JSON do
   def encode(map) when is_map(map) do
@@ -70,6 +71,19 @@ defmodule Bench do
       samples: dedicated,
       baseline: "System.cmd"
     })
+  end
+
+  # -- first_call ----------------------------------------------------------
+
+  # The first 5 calls in fresh VMs, prestart on and off, against System.cmd
+  # (bench/lacca_first_call.exs, which prints its own table on stderr).
+  def first_call do
+    elixir = System.find_executable("elixir")
+    script = Path.join(__DIR__, "lacca_first_call.exs")
+    ebin = Application.app_dir(:lacca, "ebin")
+    {out, 0} = System.cmd(elixir, ["-pa", ebin, script, "--json"])
+
+    for line <- String.split(out, "\n"), String.starts_with?(line, "{"), do: IO.puts(line)
   end
 
   # -- throughput ----------------------------------------------------------
@@ -398,7 +412,7 @@ defmodule Bench do
 end
 
 Code.ensure_loaded!(Lacca)
-all = ~w(spawn throughput roundtrip concurrency slow_consumer)
+all = ~w(spawn first_call throughput roundtrip concurrency slow_consumer)
 selected = if System.argv() == [], do: all, else: System.argv()
 
 for name <- selected do

@@ -99,11 +99,20 @@ defmodule Lacca do
 
   ## resin daemons
 
-  One resin serves many OS processes. lacca runs a few shared resins (started
-  on first use, restarted when one dies; processes are spread over them
-  round robin): `config :lacca, :shared_daemons, n` sets how many (default:
-  the number of schedulers, at most 4). `daemon: :dedicated` gives a process
-  a resin of its own, for isolation.
+  One resin serves many OS processes. lacca runs a few shared resins
+  (processes are spread over them round robin): `config :lacca,
+  :shared_daemons, n` sets how many (default: the number of schedulers, at
+  most 4). `daemon: :dedicated` gives a process a resin of its own, for
+  isolation.
+
+  The shared resins start in the background when the `:lacca` application
+  starts, so that the first `run/3` does not pay for starting one (a Python
+  start, 50-100 ms); the application's start does not wait for them, and
+  a spawn that comes before its resin is up waits for it.
+  `config :lacca, :prestart, false` starts each shared resin on its first
+  use instead. A prestart that fails (no resin found, ...) is not an error:
+  the first spawn tries again and returns the reason, as without prestart. A
+  shared resin that dies is replaced on the next spawn.
 
   When a resin dies, the processes it served are killed (with their process
   groups), their awaiters get `{:error, :resin_down}`, owners in

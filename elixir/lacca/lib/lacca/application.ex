@@ -4,13 +4,13 @@ defmodule Lacca.Application do
 
   @impl true
   def start(_type, _args) do
-    shared =
-      for name <- Lacca.Daemon.init_pool(Lacca.Daemon.pool_size()) do
-        {Lacca.Daemon, name: name}
-      end
+    prestart? = Lacca.Daemon.prestart?()
+    names = Lacca.Daemon.init_pool(Lacca.Daemon.pool_size())
 
-    # The shared resin daemons: lazy (each resin starts on its first spawn)
-    # and restarted when their resin dies.
+    # The shared resin daemons, restarted when their resin dies. A restarted
+    # daemon starts its resin on its first spawn (lazily).
+    shared = for name <- names, do: {Lacca.Daemon, name: name}
+
     children =
       shared ++
         [
@@ -23,11 +23,22 @@ defmodule Lacca.Application do
         ]
 
     # Each death of resin restarts the daemon; allow a burst of them.
-    Supervisor.start_link(children,
-      strategy: :one_for_one,
-      name: Lacca.Supervisor,
-      max_restarts: 50,
-      max_seconds: 5
-    )
+    result =
+      Supervisor.start_link(children,
+        strategy: :one_for_one,
+        name: Lacca.Supervisor,
+        max_restarts: 50,
+        max_seconds: 5
+      )
+
+    # config :lacca, :prestart (default true): each shared daemon starts its
+    # resin now, in the background, so the first spawn does not pay for a
+    # resin start. Casts: the application's start returns at once, and spawns
+    # sent from now on queue up behind the prestart.
+    with {:ok, _} <- result, true <- prestart? do
+      Enum.each(names, &Lacca.Daemon.prestart/1)
+    end
+
+    result
   end
 end

@@ -1,8 +1,9 @@
 defmodule Lacca.Daemon do
   @moduledoc false
-  # Owns one resin port (v1). Opened lazily on the first spawn, handshake
-  # included. Routes every frame about process `id` to the process that
-  # registered `id` (its "receiver"):
+  # Owns one resin port (v1). Opened on the first spawn, handshake included,
+  # or, for the shared daemons, right after the application started
+  # (prestart/1, config :lacca, :prestart). Routes every frame about process
+  # `id` to the process that registered `id` (its "receiver"):
   #
   #   * raw frames (STDOUT, STDERR, STDIN_ACK) as {:"$lacca", port, payload},
   #     the payload untouched (the receiver matches it with a binary pattern);
@@ -81,6 +82,21 @@ defmodule Lacca.Daemon do
   def shared do
     {names, _} = :persistent_term.get({__MODULE__, :pool})
     Tuple.to_list(names)
+  end
+
+  @doc false
+  # Whether the shared daemons start their resin when :lacca starts:
+  # config :lacca, :prestart (default true).
+  @spec prestart?() :: boolean()
+  def prestart? do
+    case Application.get_env(:lacca, :prestart, true) do
+      prestart when is_boolean(prestart) ->
+        prestart
+
+      other ->
+        raise ArgumentError,
+              "config :lacca, :prestart must be true or false, got: #{inspect(other)}"
+    end
   end
 
   # -- API ---------------------------------------------------------------
@@ -165,11 +181,24 @@ defmodule Lacca.Daemon do
   end
 
   @doc false
+  # Starts resin now rather than on the first spawn, in the daemon's own
+  # process (loading lacca's modules meanwhile): the cast returns at once.
+  # Spawn requests that arrive meanwhile wait in the daemon's mailbox and are
+  # served once resin is up. A failed start is not an error here: the daemon
+  # stays lazy, and the next spawn tries again and returns the reason
+  # ({:resin_not_found, message}, ...). Only the application's start sends
+  # this, not a restart: a resin that dies at once costs one restart, not a
+  # loop.
+  @spec prestart(GenServer.server()) :: :ok
+  def prestart(daemon), do: GenServer.cast(daemon, :prestart)
+
+  @doc false
   @spec release(GenServer.server()) :: :ok
   def release(daemon), do: GenServer.cast(daemon, :release)
 
   @doc false
-  # The OS pid of resin, or nil when no resin runs (yet).
+  # The OS pid of resin, or nil when no resin runs (yet). Answered after a
+  # prestart/1 in progress, so it also waits until a prestarted resin is up.
   @spec resin_os_pid(GenServer.server()) :: pos_integer() | nil
   def resin_os_pid(daemon \\ __MODULE__), do: GenServer.call(daemon, :resin_os_pid)
 
@@ -242,6 +271,17 @@ defmodule Lacca.Daemon do
   end
 
   @impl true
+  def handle_cast(:prestart, state) do
+    case ensure_port(state, &preload/0) do
+      {:ok, state} ->
+        {:noreply, state}
+
+      {:error, reason, state} ->
+        Logger.debug("lacca: resin not prestarted: #{inspect(reason)}")
+        {:noreply, state}
+    end
+  end
+
   def handle_cast(:release, state) do
     close_port(state)
     {:stop, :normal, %{state | port: nil, procs: %{}}}
@@ -389,12 +429,15 @@ defmodule Lacca.Daemon do
 
   # -- port ----------------------------------------------------------------
 
-  defp ensure_port(%{port: port} = state) when port != nil, do: {:ok, state}
+  # `meanwhile` runs while resin starts (before its handshake reply is read).
+  defp ensure_port(state, meanwhile \\ fn -> :ok end)
 
-  defp ensure_port(state) do
+  defp ensure_port(%{port: port} = state, _meanwhile) when port != nil, do: {:ok, state}
+
+  defp ensure_port(state, meanwhile) do
     with {:ok, resin} <- Lacca.Resin.find(),
          {:ok, port} <- open(resin),
-         :ok <- handshake(port) do
+         :ok <- handshake(port, meanwhile) do
       # nil when resin died right after the handshake (its exit comes next).
       cookie =
         case Port.info(port, :os_pid) do
@@ -429,8 +472,9 @@ defmodule Lacca.Daemon do
       else: []
   end
 
-  defp handshake(port) do
+  defp handshake(port, meanwhile) do
     Port.command(port, Protocol.hello())
+    meanwhile.()
 
     receive do
       {^port, {:data, <<0x01, 1>>}} ->
@@ -450,6 +494,16 @@ defmodule Lacca.Daemon do
       @handshake_timeout ->
         close_port(%{port: port})
         {:error, :resin_handshake_timeout}
+    end
+  end
+
+  # Where modules are loaded on first use (mix run, iex, tests; not in a
+  # release), that costs a first run/3 about 10 ms: a prestart loads lacca's
+  # while resin starts.
+  defp preload do
+    case :application.get_key(:lacca, :modules) do
+      {:ok, modules} -> :code.ensure_modules_loaded(modules)
+      :undefined -> :ok
     end
   end
 
