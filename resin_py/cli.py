@@ -65,8 +65,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         "launcher", help="write a launcher that starts resin fast (python -IS)",
         description=(
             "Write an executable script at PATH that starts resin in Python's isolated "
-            "mode without the site module, and byte-compile resin_py: about 10 ms less "
-            "per start than the resin console script. Use it as the resin of lacca, or "
+            "mode without the site module, and byte-compile resin_py: faster to start "
+            "than the resin console script. Use it as the resin of lacca, or "
             "as lacca 0.2.3's priv/resin/resind."
         ),
     )

@@ -8,7 +8,7 @@ defmodule Lacca.Resin do
     2. the environment variable `LACCA_RESIN`
     3. the resin that this repository's setup installed: `make setup` creates
        `<lacca repository>/.venv/bin/resind`, a launcher that starts resin in
-       about half the time of the `resin` console script beside it (see
+       less time than the `resin` console script beside it (see
        `resin launcher --help`), which is used when the launcher is missing;
        the paths are computed when lacca is compiled, so a project using
        `{:lacca, path: "/path/to/repo"}` finds them
