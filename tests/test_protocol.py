@@ -272,6 +272,80 @@ def test_v0_session_modules_import_nothing_slow() -> None:
         "__future__", "_struct", "struct", "errno"}, loaded
 
 
+# What a v1 session adds to those, and what it must not import either.
+V1_MODULES = ["resin_py.protocol.terms", "resin_py.protocol.etf", "resin_py.protocol.v1",
+              "resin_py.protocol.v1_session"]
+V1_FORBIDDEN = {"typing", "dataclasses", "enum", "inspect", "re", "reprlib", "collections",
+                "contextlib", "functools", "msgpack", "erlang", "ctypes"}
+
+
+def test_v1_session_modules_import_nothing_slow() -> None:
+    root = str(Path(__file__).resolve().parent.parent)
+    script = (f"import sys; sys.path.insert(0, {root!r}); import {', '.join(V0_MODULES)}; "
+              f"before = set(sys.modules); import {', '.join(V1_MODULES)}; "
+              "print(sorted(set(sys.modules) - before))")
+    out = subprocess.run([sys.executable, "-IS", "-c", script], capture_output=True, text=True,
+                         check=True).stdout
+    loaded = set(ast.literal_eval(out))
+    assert not loaded & V1_FORBIDDEN, loaded & V1_FORBIDDEN
+    assert loaded == set(V1_MODULES), loaded  # nothing but themselves
+
+
+def test_v1_frames_behave_as_frozen_dataclasses() -> None:
+    # Records (protocol/common.py) now; the hot ones with their own __init__.
+    for frame, again, text in [
+        (v1.Stdout(1, b"x"), v1.Stdout(id=1, data=b"x"), "Stdout(id=1, data=b'x')"),
+        (v1.StdinAck(2, v1.AckStatus.EPIPE), v1.StdinAck(2, status=v1.AckStatus.EPIPE),
+         "StdinAck(id=2, status=<AckStatus.EPIPE: 1>)"),
+        (v1.Credit(3, StreamKind.STDERR, 9), v1.Credit(3, StreamKind.STDERR, amount=9),
+         "Credit(id=3, stream=<StreamKind.STDERR: 2>, amount=9)"),
+        (v1.Spawn(4, b"ls"), v1.Spawn(4, exec=b"ls", args=()),
+         "Spawn(id=4, exec=b'ls', args=(), options=SpawnOptions(cd=None, env=(), "
+         "clear_env=False, arg0=None, stdin='pipe', stderr='capture', credit=None, "
+         "cgroup=()))"),
+        (v1.Reply(5, Opaque(b"r"), Atom("ok")), v1.Reply(5, Opaque(b"r"), result=Atom("ok")),
+         "Reply(id=5, ref=Opaque(raw=b'r'), result=Atom('ok'))"),
+    ]:
+        assert frame == again and hash(frame) == hash(again) and repr(frame) == text
+        assert copy.copy(frame) == frame == pickle.loads(pickle.dumps(frame))
+        with pytest.raises(AttributeError):
+            frame.id = 0
+    assert v1.Stdout(1, b"x") != v1.Stderr(1, b"x") and v1.Stdout(1, b"x") != (1, b"x")
+    assert v1.Stdin(1, b"") != v1.Stdin(2, b"")
+    with pytest.raises(TypeError):
+        v1.Stdout(1)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        v1.Reply(1, NIL)  # type: ignore[call-arg]
+    match v1.Exit(7, "signal", 9):
+        case v1.Exit(id, "signal", signo):
+            assert (id, signo) == (7, 9)
+        case _:
+            raise AssertionError("no match")
+    assert v1.Exit(7, "signal", 9).signal == 9 and v1.Exit(7, "exit", 0).code == 0
+    assert isinstance(v1.Stdout(1, b""), v1.Stdout | v1.Stderr)
+    # AckStatus is an IntEnum at heart: members are ints
+    assert v1.AckStatus(1) is v1.AckStatus.EPIPE and v1.AckStatus.CLOSED.name == "CLOSED"
+    assert isinstance(v1.AckStatus.EPIPE, int) and f"{v1.AckStatus.EPIPE}" == "1"
+    assert [*v1.AckStatus] == [0, 1, 2, 3]
+    with pytest.raises(ValueError):
+        v1.AckStatus(4)
+
+
+def test_atoms_compare_by_name() -> None:
+    a = Atom("ok")
+    assert a == Atom("ok") == decode_term(b"\x83w\x02ok") and hash(a) == hash(Atom("ok"))
+    assert a != Atom("error") and a != "ok" and Atom("ok") in {a: 1}
+    assert repr(a) == "Atom('ok')" and a.name == "ok" and Atom(name="x").name == "x"
+    assert pickle.loads(pickle.dumps(a)) == a and copy.deepcopy((a,)) == (a,)
+    with pytest.raises(AttributeError):
+        a.name = "x"  # type: ignore[misc]
+    match (a, Opaque(b"\x6a")):
+        case (Atom("ok"), Opaque(raw)):
+            assert raw == b"j"
+        case _:
+            raise AssertionError("no match")
+
+
 # --- terms ---------------------------------------------------------------------
 
 atoms = st.from_regex(r"[a-z][a-z_]{0,10}", fullmatch=True).map(Atom)

@@ -128,3 +128,31 @@ def test_launcher_reports_an_unwritable_path(tmp_path: Path) -> None:
         capture_output=True, text=True)
     assert proc.returncode == 1
     assert "cannot write" in proc.stderr and "No such file or directory" in proc.stderr
+
+
+def test_v1_session_imports_nothing_heavy() -> None:
+    # A whole v1 session (handshake, spawns with output, stdin, stderr and
+    # exits, a request, an error event) loads the v1 modules and nothing else
+    # of V0_FORBIDDEN: no typing, dataclasses, enum, ... and never erlang-py.
+    from resin_py.protocol import v1
+
+    code = _SERVE_AND_LIST.format(path=search_path())
+    with ResinClient([sys.executable, "-IS", "-c", code], stderr=subprocess.PIPE) as resin:
+        resin.hello()
+        assert resin.run(1, "/bin/echo", ["hi"]).stdout == b"hi\n"
+        result = resin.run(2, "/bin/sh", ["-c", "cat; echo done >&2"], stdin=b"x\n")
+        assert (result.stdout, result.stderr) == (b"x\n", b"done\n")
+        assert isinstance(resin.signal(3, 15), tuple)  # {error, no_process}
+        resin.send_packet(b"\x10\x83\x6a")  # CONTROL with [] : an error event
+        assert isinstance(resin.recv(), v1.ErrorEvent)
+        assert resin.close() == 0
+        assert resin.proc.stderr is not None
+        stderr = resin.proc.stderr.read().decode()
+    line = [ln for ln in stderr.splitlines() if ln.startswith("MODULES ")]
+    assert line, stderr
+    loaded = set(line[-1].split()[1:])
+    v1_modules = {"resin_py.protocol.v1_session", "resin_py.protocol.v1",
+                  "resin_py.protocol.etf", "resin_py.protocol.terms"}
+    assert v1_modules <= loaded
+    assert loaded & (V0_FORBIDDEN - v1_modules) == set()
+    assert "erlang" not in loaded

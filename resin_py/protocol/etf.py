@@ -15,12 +15,17 @@ encoding (without the 131 version byte), validated and echoed byte for byte.
 
 from __future__ import annotations
 
-import math
 import struct
-from typing import Any
 
 from resin_py.protocol.errors import BadTerm
-from resin_py.protocol.terms import FALSE, TRUE, Atom, Opaque, Term
+from resin_py.protocol.terms import FALSE, TRUE, Atom, Opaque
+
+TYPE_CHECKING = False  # no `typing` at run time (see protocol/common.py)
+
+if TYPE_CHECKING:
+    from typing import Any
+
+    from resin_py.protocol.terms import Term
 
 # Compressed terms (tag 80) are refused, at any depth: a 64 KiB packet could
 # inflate to gigabytes (nested compression) and lacca never compresses.
@@ -104,8 +109,8 @@ _LATIN1_ATOMS: dict[bytes, Atom] = {}
 _ATOM_CACHE_MAX = 4096
 
 
-# Atom(text) without the frozen dataclass's __init__ (half the cost: an
-# attacker may send 10,000 names that are not cached).
+# Atom(text) without calling Atom's __init__ (an attacker may send 10,000
+# names that are not cached).
 _new = object.__new__
 _set_name = Atom.__dict__["name"].__set__
 
@@ -191,7 +196,7 @@ def _decode(data: bytes, i: int, depth: int, left: list[int]) -> tuple[Term, int
         return (-value if sign else value), end
     if tag == 70:  # NEW_FLOAT
         value = _F64.unpack_from(data, i)[0]
-        if not math.isfinite(value):
+        if value - value != 0.0:  # inf or nan (math.isfinite without math's .so)
             raise BadTerm("float that is not finite")
         return value, i + 8
     return _decode_opaque(data, i - 1, depth, left)
@@ -293,7 +298,7 @@ def _decode_opaque(data: bytes, start: int, depth: int, left: list[int]
         if len(text) < 31:
             raise _truncated()
         value = float(text.partition(b"\0")[0])
-        if not math.isfinite(value):
+        if value - value != 0.0:  # inf or nan (math.isfinite without math's .so)
             raise BadTerm("float that is not finite")
         return value, i + 31
     if tag == 116:  # MAP: arity, then keys and values

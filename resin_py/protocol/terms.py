@@ -14,20 +14,40 @@ format.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TypeAlias
+from resin_py.protocol.common import Record
+
+TYPE_CHECKING = False  # no `typing`, no `dataclasses` at run time (see protocol/common.py)
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
 
 
-@dataclass(frozen=True, slots=True)
-class Atom:
+class Atom(Record):
+    """An atom. Interned by name where it counts (the ETF decoder's cache)."""
+
     name: str
+
+    # Hand-written rather than Record's generic ones: atoms are built and
+    # compared on every request.
+    def __init__(self, name: str) -> None:
+        _set_name(self, name)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Atom) and other.__class__ is self.__class__:
+            return self.name == other.name
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.name)
 
     def __repr__(self) -> str:
         return f"Atom({self.name!r})"
 
 
-@dataclass(frozen=True)
-class Opaque:
+_set_name = Atom.__dict__["name"].__set__
+
+
+class Opaque(Record):
     """A term resin does not interpret and echoes untouched (e.g. a reference):
     its encoding (without the version byte), as the client sent it."""
 

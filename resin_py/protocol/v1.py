@@ -7,14 +7,10 @@ for resin, `encode_client_frame` / `decode_resin_frame` for clients.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
-from dataclasses import dataclass
-from enum import IntEnum
-from typing import Literal, TypeAlias, TypeVar
 
 __all__ = ["SpawnOptions", "StreamKind"]  # re-exported: part of this module's API
 
-from resin_py.protocol.common import SpawnOptions, StderrMode, StdinMode, StreamKind
+from resin_py.protocol.common import Record, SpawnOptions, StreamKind
 from resin_py.protocol.errors import (
     BadArgument,
     BadFrame,
@@ -34,7 +30,25 @@ from resin_py.protocol.etf import (
     encoded_size,
 )
 from resin_py.protocol.framing import MAX_PACKET
-from resin_py.protocol.terms import FALSE, INFINITY, NIL, TRUE, Atom, Opaque, Term
+from resin_py.protocol.terms import FALSE, INFINITY, NIL, TRUE, Atom, Opaque
+
+# Start-up diet (see protocol/common.py): a v1 session imports no `typing`,
+# `dataclasses` or `enum` at run time. Frames are Records (mypy sees frozen
+# dataclasses); the ones built per data chunk (Stdin, Stdout, Stderr,
+# StdinAck, Credit) have a hand-written __init__, faster than a dataclass's.
+TYPE_CHECKING = False
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from enum import IntEnum
+    from typing import Literal, TypeAlias, TypeVar
+
+    from resin_py.protocol.common import StderrMode, StdinMode
+    from resin_py.protocol.terms import Term
+
+    _T = TypeVar("_T")
+else:
+    from resin_py.protocol.common import LiteIntEnum as IntEnum
 
 VERSION = 1
 
@@ -74,47 +88,52 @@ class AckStatus(IntEnum):
 
 # --- client -> resin ---------------------------------------------------------
 
+_set = object.__setattr__  # what a frozen dataclass's __init__ calls
+
 _NO_OPTIONS = SpawnOptions()
 
 
-@dataclass(frozen=True)
-class Hello:
+class Hello(Record):
     version: int
 
 
-@dataclass(frozen=True)
-class Spawn:
+class Spawn(Record):
     id: int
     exec: bytes
     args: tuple[bytes, ...] = ()
     options: SpawnOptions = _NO_OPTIONS
 
 
-@dataclass(frozen=True)
-class Signal:
+class Signal(Record):
     id: int
     ref: Term
     signo: int
     group: bool
 
 
-@dataclass(frozen=True)
-class CloseStdin:
+class CloseStdin(Record):
     id: int
     ref: Term
 
 
-@dataclass(frozen=True)
-class Stdin:
+class Stdin(Record):
     id: int
     data: bytes
 
+    def __init__(self, id: int, data: bytes) -> None:
+        _set(self, "id", id)
+        _set(self, "data", data)
 
-@dataclass(frozen=True)
-class Credit:
+
+class Credit(Record):
     id: int
     stream: StreamKind
     amount: int
+
+    def __init__(self, id: int, stream: StreamKind, amount: int) -> None:
+        _set(self, "id", id)
+        _set(self, "stream", stream)
+        _set(self, "amount", amount)
 
 
 Request: TypeAlias = Spawn | Signal | CloseStdin
@@ -124,32 +143,27 @@ ClientFrame: TypeAlias = Hello | Request | Stdin | Credit
 # --- resin -> client ---------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class HelloReply:
+class HelloReply(Record):
     version: int
 
 
-@dataclass(frozen=True)
-class Spawned:
+class Spawned(Record):
     id: int
     os_pid: int
 
 
-@dataclass(frozen=True)
-class SpawnError:
+class SpawnError(Record):
     id: int
     reason: Term
 
 
-@dataclass(frozen=True)
-class Reply:
+class Reply(Record):
     id: int
     ref: Term
     result: Term  # ok | {error, Reason}
 
 
-@dataclass(frozen=True)
-class Exit:
+class Exit(Record):
     id: int
     kind: Literal["exit", "signal"]
     value: int  # exit code, or signal number
@@ -163,28 +177,36 @@ class Exit:
         return self.value if self.kind == "signal" else None
 
 
-@dataclass(frozen=True)
-class ErrorEvent:
+class ErrorEvent(Record):
     id: int | None
     reason: Term
 
 
-@dataclass(frozen=True)
-class Stdout:
+class Stdout(Record):
     id: int
     data: bytes
 
+    def __init__(self, id: int, data: bytes) -> None:
+        _set(self, "id", id)
+        _set(self, "data", data)
 
-@dataclass(frozen=True)
-class Stderr:
+
+class Stderr(Record):
     id: int
     data: bytes
 
+    def __init__(self, id: int, data: bytes) -> None:
+        _set(self, "id", id)
+        _set(self, "data", data)
 
-@dataclass(frozen=True)
-class StdinAck:
+
+class StdinAck(Record):
     id: int
     status: AckStatus
+
+    def __init__(self, id: int, status: AckStatus) -> None:
+        _set(self, "id", id)
+        _set(self, "status", status)
 
 
 Event: TypeAlias = Spawned | SpawnError | Reply | Exit | ErrorEvent
@@ -263,9 +285,6 @@ def _check_ref(request: str, id: int, ref: Term) -> Term:
 
 class _Invalid(Exception):
     """An option value of the wrong shape (becomes {badarg, Key})."""
-
-
-_T = TypeVar("_T")
 
 
 def _parse_spawn(id: int, exe: Term, args: Term, opts: Term) -> Spawn:
