@@ -47,7 +47,6 @@ class V1Session:
     def __init__(self, core: Core) -> None:
         self.core = core
         self.procs: dict[int, ChildRef] = {}
-        self._heap_tuned = False
 
     def hello(self, _version: int) -> None:
         # Whatever version was asked for, resin answers with the one it speaks.
@@ -113,19 +112,6 @@ class V1Session:
             self.core.grant_credit(child, stream, amount)
 
     def _spawn(self, req: v1.Spawn) -> None:
-        if not self._heap_tuned:
-            # Every STDIN frame allocates and frees a few 64 KiB buffers (the
-            # packet, its data). In a small heap glibc hands such memory back
-            # to the OS at once (free space at the top above M_TRIM_THRESHOLD,
-            # 128 KiB) and page-faults it in again for the next frame: ~20
-            # faults a frame, twice resin's CPU per byte written. Freeing one
-            # 1 MiB block (mmap'ed) raises glibc's dynamic thresholds to 1 MiB
-            # / 2 MiB for good (os.read of a child's enlarged pipe does the
-            # same, so output never showed it). Here rather than at the
-            # handshake: it costs ~60 us. (The start-up diet made the heap
-            # small enough for this to show.)
-            self._heap_tuned = True
-            bytes(1 << 20)
         if req.id in self.procs:
             self.send(v1.SpawnError(req.id, Atom("id_in_use")))
             return
