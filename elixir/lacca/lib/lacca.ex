@@ -293,13 +293,14 @@ defmodule Lacca do
       `stdin: :pipe`, an empty pipe)
     * `:lines` - `false` (default): elements are chunks as the process
       wrote them (up to 65,530 bytes each). `true`: elements are lines, each
-      ending with `"\\n"` (also across chunk boundaries); a last line
+      ending with a newline (also across chunk boundaries); a last line
       without newline is yielded as it is when the process exits. A positive
       integer `max` also yields lines, but none longer than `max` bytes
       (newline included): a longer line comes in pieces of exactly `max`
       bytes, the last piece ending with its newline. With `true` a line is
       gathered whole in memory however long it is; an integer bounds that
-    * `:stderr` - `:discard` (default), `:stdout` (merged into stdout), or
+    * `:stderr` - `:discard` (default: not in the stream, but its last 4 KiB
+      are kept for `Lacca.ExitError`), `:stdout` (merged into stdout), or
       `:capture`: elements are then tagged, `{:stdout, data}` and
       `{:stderr, data}` (lines are split per stream)
     * `:max_buffer` - bytes of output read ahead of the consumer, per stream
@@ -332,8 +333,11 @@ defmodule Lacca do
   there is no process server.
 
   When the output is consumed and the process did not exit with status 0,
-  the stream raises `Lacca.ExitError` (with the `:status`, such as `{:exit,
-  1}` or `{:signal, :sigkill}`); `stream/3` yields the status instead. It
+  the stream raises `Lacca.ExitError` with the `:status` (such as `{:exit,
+  1}` or `{:signal, :sigkill}`) and the last 4 KiB of stderr, which the
+  message shows (kept also with the default `stderr: :discard`; only the
+  tail is kept, so memory stays bounded); `stream/3` yields the status
+  instead. It
   raises `Lacca.Error` when the process cannot be started (`:enoent`, ...)
   or resin dies.
 
@@ -364,6 +368,10 @@ defmodule Lacca do
 
       iex> Lacca.stream!("sh", ["-c", "echo partial; exit 3"]) |> Enum.to_list()
       ** (Lacca.ExitError) "sh" exited with status 3
+
+      iex> Lacca.stream!("ls", ["/nonexistent"], env: %{"LC_ALL" => "C"}) |> Enum.to_list()
+      ** (Lacca.ExitError) "ls" exited with status 2, stderr:
+      ls: cannot access '/nonexistent': No such file or directory
   """
   @spec stream!(String.t(), [String.t()], [stream_option()]) :: Enumerable.t()
   def stream!(cmd, args, opts \\ []), do: build_stream(cmd, args, opts, true)

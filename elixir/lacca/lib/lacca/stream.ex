@@ -32,6 +32,8 @@ defmodule Lacca.Stream do
 
   @max_data 65_530
   @stdin_window 4
+  # stderr's tail, kept for Lacca.ExitError (stream!/3).
+  @stderr_tail 4096
 
   @spec build(binary(), [binary()], String.t(), map(), boolean()) :: Enumerable.t()
   def build(exec, args, cmd, spec, bang?) do
@@ -59,7 +61,21 @@ defmodule Lacca.Stream do
 
     writer = if spec.input not in [nil, []], do: start_writer(spec.input)
 
-    case spawn_process(daemon, exec, args, spec, writer) do
+    # stderr: :discard (the default) still reads stderr, for its tail: the
+    # output is not emitted, only the last @stderr_tail bytes are kept.
+    {spawn_opts, stderr_mode} =
+      case List.keyfind(spec.spawn, :stderr, 0) do
+        {:stderr, :discard} ->
+          {List.keyreplace(spec.spawn, :stderr, 0, {:stderr, :capture}), :tail}
+
+        {:stderr, :stdout} ->
+          {spec.spawn, :merged}
+
+        _ ->
+          {spec.spawn, :emit}
+      end
+
+    case spawn_process(daemon, exec, args, %{spec | spawn: spawn_opts}, writer) do
       {:ok, dpid, port, id} ->
         dmref = Process.monitor(dpid)
 
@@ -82,6 +98,8 @@ defmodule Lacca.Stream do
               args: args,
               bang?: bang?,
               tagged: spec.tagged,
+              stderr_mode: stderr_mode,
+              stderr_tail: "",
               lines: spec.lines && {Lines.new(spec.lines), Lines.new(spec.lines)},
               threshold: max(div(spec.window, 4), 1),
               ungranted_out: 0,
@@ -132,7 +150,8 @@ defmodule Lacca.Stream do
       {:"$lacca", ^port, <<0x22, ^id::32, data::binary>>} ->
         ungranted = st.ungranted_err + byte_size(data)
         ungranted = Protocol.regrant(port, id, :stderr, ungranted, st.threshold)
-        output(:stderr, data, %{st | ungranted_err: ungranted})
+        st = %{st | ungranted_err: ungranted, stderr_tail: tail(st.stderr_tail, data)}
+        if st.stderr_mode == :tail, do: {[], st}, else: output(:stderr, data, st)
 
       {:"$lacca_event", ^port, {:exit, ^id, status}} ->
         Process.demonitor(dmref, [:flush])
@@ -161,10 +180,31 @@ defmodule Lacca.Stream do
   defp next(%{status: :resin_down} = st),
     do: raise(Lacca.Error, command: st.cmd, reason: :resin_down)
 
-  defp next(%{bang?: true, status: status} = st),
-    do: raise(Lacca.ExitError, command: st.cmd, args: st.args, status: lacca_status(status))
+  defp next(%{bang?: true, status: status} = st) do
+    raise Lacca.ExitError,
+      command: st.cmd,
+      args: st.args,
+      status: lacca_status(status),
+      stderr: if(st.stderr_mode != :merged, do: st.stderr_tail)
+  end
 
   defp next(%{status: status} = st), do: {[{:exit, lacca_status(status)}], %{st | status: :done}}
+
+  # The last @stderr_tail bytes of stderr, copied so that the frame they
+  # come from can be freed: bounded memory whatever the process writes.
+  defp tail(_tail, data) when byte_size(data) >= @stderr_tail,
+    do: :binary.copy(binary_part(data, byte_size(data) - @stderr_tail, @stderr_tail))
+
+  defp tail(tail, data) do
+    size = byte_size(tail) + byte_size(data)
+
+    if size <= @stderr_tail do
+      tail <> data
+    else
+      drop = size - @stderr_tail
+      :binary.copy(binary_part(tail, drop, byte_size(tail) - drop)) <> data
+    end
+  end
 
   defp output(stream, data, %{lines: nil} = st), do: {[tag(st, stream, data)], st}
 
