@@ -446,9 +446,42 @@ defmodule Lacca do
 
   ## Lifetime of the server
 
-  In `:buffer` mode the server stays after the OS process exited, so that its
-  output and status can still be read; `stop/1` ends it. In `:messages` mode
-  it ends right after the final `{:exit, status}` message.
+  The server follows its OS process: it ends once the OS process has exited
+  and its output has been handed over.
+
+    * `:messages` mode: right after the final `{:exit, status}` message
+    * `:buffer` mode: once the output was read to its end, that is when,
+      after the exit, `read_stdout/2` or `read_stderr/2` returns `{:ok, ""}`
+      with nothing left in either buffer (also a read that was waiting when
+      the process exited). Until then the output, `await/2` and `status/1`
+      can still be read. A server started by `child_spec/1` (under a
+      supervisor, which reads nothing) ends at the exit at once: its unread
+      output is dropped
+    * `stop/2` ends the server as soon as the OS process is gone, whatever
+      is left unread
+
+  Its exit reason tells how the OS process ended:
+
+  | the OS process | the server's exit reason |
+  |---|---|
+  | exited with status 0 | `:normal` |
+  | exited with status `n` > 0 | `{:exit_status, n}` |
+  | was killed by a signal | `{:signal, name}` (such as `{:signal, :sigkill}`) |
+  | was killed because resin died | `:resin_down` |
+  | was stopped with `stop/2` | `:normal` |
+
+  So a supervisor's `:transient` restarts a process that failed or was
+  killed (also with `kill -9` from outside, or with its resin) and
+  `:permanent` restarts it always, `:temporary` never. A monitor's `:DOWN` message carries the same
+  reason. Any reason other than `:normal` is an abnormal exit in OTP's
+  terms: it is logged as a crash report (by the server and by its
+  supervisor), and it kills a process linked to the server (the caller of
+  `start_link/3`) unless that process traps exits.
+
+  Once the server is gone: `await/2`, `write_stdin/3`, `close_stdin/1`,
+  `signal/3`, `read_stdout/2` and `read_stderr/2` return `{:error, :noproc}`,
+  `stop/2` and `kill/1` return `:ok`, `alive?/1` returns `false`,
+  `status/1` and `os_pid/1` return `nil`.
   """
   @spec start(String.t(), [String.t()], [start_option()]) ::
           {:ok, server()} | {:error, spawn_error()}
@@ -459,6 +492,12 @@ defmodule Lacca do
 
   When the caller exits, the server stops the OS process (gracefully, as
   `stop/1` does) and exits too, and the whole process group goes with it.
+
+  The link works both ways: when the OS process exits with a status other
+  than 0 or is killed by a signal, the server exits with `{:exit_status, n}`
+  or `{:signal, name}` (see "Lifetime of the server" in `start/3`), and so
+  does the caller, unless it traps exits (then it receives `{:EXIT, pid,
+  reason}`). Use `start/3` and a monitor to watch a process without that.
 
   ## Options
 
@@ -481,13 +520,23 @@ defmodule Lacca do
     * `:cmd` - the command (required)
     * `:args` - its arguments (default `[]`)
     * `:id`, `:restart`, `:shutdown` - as in `Supervisor.child_spec/2`
-      (`:shutdown` defaults to `:kill_timeout` plus 2 seconds)
-    * any option of `start/3`
+      (`:restart` defaults to `:permanent`, `:shutdown` to `:kill_timeout`
+      plus 2 seconds)
+    * any option of `start/3`. `output: :messages` needs an `:owner`: the
+      supervisor would get the messages otherwise (an `ArgumentError`)
+
+  The server ends when its OS process ends, with an exit reason that tells
+  how (see "Lifetime of the server" in `start/3`): `:normal` for status 0,
+  `{:exit_status, n}` or `{:signal, name}` otherwise. So `restart:
+  :transient` restarts a process that failed or was killed, `:permanent`
+  restarts it whenever it ends, `:temporary` never. The supervisor reads no
+  output: unread buffered output is dropped when the process exits.
 
   ## Examples
 
-      children = [{Lacca, cmd: "redis-server", args: ["--port", "7777"], output: :messages}]
-      Supervisor.start_link(children, strategy: :one_for_one)
+      children = [{Lacca, cmd: "sh", args: ["-c", "sleep 1; exit 3"], restart: :transient}]
+      {:ok, sup} = Supervisor.start_link(children, strategy: :one_for_one)
+      # restarted after each exit 3, until the supervisor's max_restarts
   """
   @spec child_spec(keyword()) :: Supervisor.child_spec()
   def child_spec(opts) when is_list(opts) do
@@ -499,13 +548,30 @@ defmodule Lacca do
     Options.command!(cmd, args)
     start = Options.start!(opts)
 
+    if start.output == :messages and start.owner == nil do
+      raise ArgumentError,
+            "Lacca.child_spec/1 with output: :messages needs an :owner (a pid): " <>
+              "the supervisor would receive the messages"
+    end
+
     %{
       id: Keyword.get(spec_opts, :id, Lacca),
-      start: {Lacca, :start_link, [cmd, args, opts]},
+      start: {Lacca, :start_supervised, [cmd, args, opts]},
       restart: Keyword.get(spec_opts, :restart, :permanent),
       shutdown: Keyword.get(spec_opts, :shutdown, start.kill_timeout + 2_000),
-      type: :worker
+      type: :worker,
+      modules: [Lacca]
     }
+  end
+
+  @doc false
+  # The start function of child_spec/1: start_link/3 for a supervisor, which
+  # reads no output (the server ends at once when its OS process exits).
+  @spec start_supervised(String.t(), [String.t()], [start_option()]) ::
+          {:ok, server()} | {:error, spawn_error()}
+  def start_supervised(cmd, args, opts) do
+    {exec, args} = Options.command!(cmd, args)
+    Lacca.Process.start(exec, args, Map.put(Options.start!(opts), :supervised, true), true)
   end
 
   # -- reading ----------------------------------------------------------------
@@ -745,6 +811,13 @@ defmodule Lacca do
       {:error, :noproc}
 
     :exit, {{:shutdown, _}, {GenServer, :call, _}} ->
+      {:error, :noproc}
+
+    # The server ended during the call, with the OS process.
+    :exit, {{tag, _}, {GenServer, :call, _}} when tag in [:exit_status, :signal] ->
+      {:error, :noproc}
+
+    :exit, {:resin_down, {GenServer, :call, _}} ->
       {:error, :noproc}
   end
 

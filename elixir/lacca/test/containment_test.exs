@@ -71,7 +71,9 @@ defmodule Lacca.ContainmentTest do
     test = self()
 
     {:ok, buffered} = Lacca.start("sh", ["-c", @script])
-    {:ok, messages} = Lacca.start_link("sh", ["-c", @script], output: :messages)
+    # start/3: the server exits with :resin_down, which would take a linked
+    # test process with it.
+    {:ok, messages} = Lacca.start("sh", ["-c", @script], output: :messages)
 
     runner =
       Task.async(fn ->
@@ -121,7 +123,8 @@ defmodule Lacca.ContainmentTest do
 
   test "a dedicated resin dying only affects its own process" do
     {:ok, shared} = Lacca.start_link("sleep", ["1000"])
-    {:ok, dedicated} = Lacca.start_link("sleep", ["1000"], daemon: :dedicated, output: :messages)
+    # start/3: the server exits with :resin_down (see above).
+    {:ok, dedicated} = Lacca.start("sleep", ["1000"], daemon: :dedicated, output: :messages)
     %{daemon: daemon} = :sys.get_state(dedicated)
     os_kill(Lacca.Daemon.resin_os_pid(daemon))
     assert_receive {:lacca, ^dedicated, {:error, :resin_down}}, 5_000
@@ -203,7 +206,9 @@ defmodule Lacca.ContainmentTest do
     receive(do: (:never -> :ok))
     """
 
-    {:ok, beam} = Lacca.start_link("elixir", ["-pa", ebin, "-e", script], output: :messages)
+    # start/3: the server exits with {:signal, :sigkill}, which would take a
+    # linked test process with it.
+    {:ok, beam} = Lacca.start("elixir", ["-pa", ebin, "-e", script], output: :messages)
 
     [beam_pid | lines] = receive_lines(beam, 4, "")
     beam_pid = String.to_integer(beam_pid)

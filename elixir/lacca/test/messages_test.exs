@@ -9,7 +9,10 @@ defmodule Lacca.MessagesTest do
     assert_receive {:lacca, ^pid, {:stderr, "err\n"}}, 5_000
     assert_receive {:lacca, ^pid, {:exit, {:exit, 2}}}, 5_000
     # (:noproc when the server ended before it was monitored)
-    assert_receive {:DOWN, ^ref, :process, ^pid, reason} when reason in [:normal, :noproc]
+    assert_receive {:DOWN, ^ref, :process, ^pid, reason}
+                   when reason in [{:exit_status, 2}, :noproc],
+                   5_000
+
     refute_received {:lacca, ^pid, _}
     assert Lacca.await(pid) == {:error, :noproc}
     refute Lacca.alive?(pid)

@@ -14,7 +14,8 @@ defmodule Lacca.ProcessTest do
   end
 
   test "legacy API: read_stderr, status, alive?" do
-    {:ok, pid} = Lacca.start_link("sh", ["-c", "echo oops >&2; read x; exit 4"])
+    # start/3: at the end the server exits with {:exit_status, 4}.
+    {:ok, pid} = Lacca.start("sh", ["-c", "echo oops >&2; read x; exit 4"])
     assert Lacca.read_stderr(pid) == {:ok, "oops\n"}
     assert Lacca.alive?(pid)
     assert Lacca.status(pid) == nil

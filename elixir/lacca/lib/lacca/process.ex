@@ -86,6 +86,9 @@ defmodule Lacca.Process do
       owner: owner,
       owner_mref: owner_mref,
       mode: spec.output,
+      # false when nobody can read the buffered output (a supervised child:
+      # its starter is a supervisor): the server then ends at the exit
+      readable: not Map.get(spec, :supervised, false),
       kill_timeout: spec.kill_timeout,
       stop_signal: spec.stop_signal,
       window: spec.max_buffer,
@@ -247,6 +250,9 @@ defmodule Lacca.Process do
     result = if s.status == :resin_down, do: {:error, :resin_down}, else: {:ok, s.status}
     Enum.each(s.awaiters, fn {ref, from} -> reply_parked(s, ref, from, result) end)
 
+    # Parked readers get the end of the stream: somebody read to the end.
+    eof_read = s.readers.stdout != [] or s.readers.stderr != []
+
     for stream <- [:stdout, :stderr], {ref, from} <- s.readers[stream] do
       reply_parked(s, ref, from, {:ok, ""})
     end
@@ -285,18 +291,34 @@ defmodule Lacca.Process do
       s.mode == :messages ->
         deliver(%{s | exit_pending: true})
 
+      not s.readable or (eof_read and drained?(s)) ->
+        {:stop, exit_reason(s), s}
+
       true ->
         {:noreply, s}
     end
   end
+
+  # The server's exit reason once the OS process is over (see "Lifetime of
+  # the server" in Lacca.start/3): what :transient and :permanent act on.
+  defp exit_reason(%{status: {:exit, 0}}), do: :normal
+  defp exit_reason(%{status: {:exit, code}}), do: {:exit_status, code}
+  defp exit_reason(%{status: {:signal, name}}), do: {:signal, name}
+  defp exit_reason(%{status: :resin_down}), do: :resin_down
+
+  defp drained?(%{buf: %{stdout: {_, 0}, stderr: {_, 0}}}), do: true
+  defp drained?(_s), do: false
 
   # -- calls -------------------------------------------------------------------
 
   @impl true
   def handle_call({:read, stream, timeout}, from, %{mode: :buffer} = s) do
     case s.buf[stream] do
+      # The end of the output, read after the exit: handed over.
       {_, 0} when s.status != nil ->
-        {:reply, {:ok, ""}, s}
+        if drained?(s),
+          do: {:stop, exit_reason(s), {:ok, ""}, s},
+          else: {:reply, {:ok, ""}, s}
 
       {_, 0} ->
         ref = make_ref()
@@ -517,7 +539,7 @@ defmodule Lacca.Process do
   defp maybe_end(%{exit_pending: true} = s) do
     if :queue.is_empty(s.pending) do
       notify_end(s)
-      {:stop, :normal, s}
+      {:stop, exit_reason(s), s}
     else
       {:noreply, s}
     end
