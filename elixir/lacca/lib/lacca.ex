@@ -122,8 +122,13 @@ defmodule Lacca do
 
   alias Lacca.{Options, Signal}
 
-  @typedoc "A process server started by `start/3` or `start_link/3`."
-  @type server :: pid()
+  @typedoc """
+  A process server started by `start/3`, `start_link/3` or `child_spec/1`:
+  its pid, or its `:name` in any `t:GenServer.server/0` form (an atom,
+  `{:global, term}`, `{:via, module, term}`, `{atom, node}`). Every function
+  that takes a server takes either.
+  """
+  @type server :: GenServer.server()
 
   @typedoc """
   How an OS process ended: `{:exit, code}`, or `{:signal, name}` with a name
@@ -166,6 +171,10 @@ defmodule Lacca do
           | {:owner, pid()}
           | {:active, active()}
           | {:max_buffer, pos_integer()}
+          | {:name, GenServer.name()}
+          | {:log_output, Logger.level() | nil}
+          | {:log_prefix, String.t()}
+          | {:log_stderr, boolean()}
 
   @typedoc "Options of `run/3` and `shell/2`."
   @type run_option ::
@@ -441,6 +450,25 @@ defmodule Lacca do
       MiB, at least 1024: a smaller window would cost a credit round trip
       for every few bytes): the credit resin gets for the process (see "Flow
       control" in the module documentation)
+    * `:name` - registers the server under a name, in any `GenServer` form
+      (an atom, `{:global, term}`, `{:via, module, term}`); every function
+      that takes the server's pid also takes the name. A name in use makes
+      the start return `{:error, {:already_started, pid}}`
+    * `:log_output` - a Logger level (`:info`, `:debug`, ...): stdout goes
+      to the `Logger` line by line instead of the buffer or the owner, like
+      `MuonTrap.Daemon`'s option of the same name (default `nil`: not
+      logged). Each message is a line without its newline, prefixed with
+      `:log_prefix`, with the metadata `os_pid`, `cmd` and `lacca_stream`
+      (`:stdout` or `:stderr`). A line longer than 4,096 bytes is logged in
+      pieces of 4,096 bytes, so a process that never writes a newline holds
+      at most that much in the server; an unfinished last line is logged at
+      the exit. Output is logged as fast as it comes (it is not held back by
+      flow control)
+    * `:log_prefix` - the prefix of each logged line (default: the command
+      and `": "`, such as `"redis-server: "`)
+    * `:log_stderr` - `true` logs stderr too, at the same level (default
+      `false`: stderr is buffered or sent as without `:log_output`); needs
+      `stderr: :capture`
   #{@stderr_option_doc}
   #{@spawn_options_doc}
 
@@ -454,9 +482,11 @@ defmodule Lacca do
       after the exit, `read_stdout/2` or `read_stderr/2` returns `{:ok, ""}`
       with nothing left in either buffer (also a read that was waiting when
       the process exited). Until then the output, `await/2` and `status/1`
-      can still be read. A server started by `child_spec/1` (under a
-      supervisor, which reads nothing) ends at the exit at once: its unread
-      output is dropped
+      can still be read. When nobody can read the output, the server ends
+      at the exit at once: a server started by `child_spec/1` (under a
+      supervisor, which reads nothing: its unread output is dropped), and
+      one with nothing buffered (`log_output:` with `log_stderr: true`, or
+      with stderr not captured)
     * `stop/2` ends the server as soon as the OS process is gone, whatever
       is left unread
 
@@ -484,7 +514,7 @@ defmodule Lacca do
   `status/1` and `os_pid/1` return `nil`.
   """
   @spec start(String.t(), [String.t()], [start_option()]) ::
-          {:ok, server()} | {:error, spawn_error()}
+          {:ok, pid()} | {:error, spawn_error()}
   def start(cmd, args, opts \\ []), do: do_start(cmd, args, opts, false)
 
   @doc """
@@ -504,7 +534,7 @@ defmodule Lacca do
   The options of `start/3`.
   """
   @spec start_link(String.t(), [String.t()], [start_option()]) ::
-          {:ok, server()} | {:error, spawn_error()}
+          {:ok, pid()} | {:error, spawn_error()}
   def start_link(cmd, args, opts \\ []), do: do_start(cmd, args, opts, true)
 
   defp do_start(cmd, args, opts, link?) do
@@ -530,13 +560,27 @@ defmodule Lacca do
   `{:exit_status, n}` or `{:signal, name}` otherwise. So `restart:
   :transient` restarts a process that failed or was killed, `:permanent`
   restarts it whenever it ends, `:temporary` never. The supervisor reads no
-  output: unread buffered output is dropped when the process exits.
+  output: unread buffered output is dropped when the process exits; use
+  `:log_output` to keep it, and `:name` to reach the server.
 
   ## Examples
 
       children = [{Lacca, cmd: "sh", args: ["-c", "sleep 1; exit 3"], restart: :transient}]
       {:ok, sup} = Supervisor.start_link(children, strategy: :one_for_one)
       # restarted after each exit 3, until the supervisor's max_restarts
+
+      children = [
+        {Lacca,
+         cmd: "sh",
+         args: ["-c", "echo ready; exec sleep 1000"],
+         name: MyApp.Sleeper,
+         log_output: :info,
+         log_stderr: true}
+      ]
+
+      {:ok, sup} = Supervisor.start_link(children, strategy: :one_for_one)
+      # logs "sh: ready" with metadata os_pid: ..., cmd: "sh"
+      Lacca.os_pid(MyApp.Sleeper)
   """
   @spec child_spec(keyword()) :: Supervisor.child_spec()
   def child_spec(opts) when is_list(opts) do
@@ -568,7 +612,7 @@ defmodule Lacca do
   # The start function of child_spec/1: start_link/3 for a supervisor, which
   # reads no output (the server ends at once when its OS process exits).
   @spec start_supervised(String.t(), [String.t()], [start_option()]) ::
-          {:ok, server()} | {:error, spawn_error()}
+          {:ok, pid()} | {:error, spawn_error()}
   def start_supervised(cmd, args, opts) do
     {exec, args} = Options.command!(cmd, args)
     Lacca.Process.start(exec, args, Map.put(Options.start!(opts), :supervised, true), true)
@@ -648,12 +692,25 @@ defmodule Lacca do
   Returns `{:error, :epipe}` when the process closed its stdin, `{:error,
   :closed}` after `close_stdin/1` (or with `stdin: :null`), `{:error,
   :exited}` when the process is gone.
+
+  `timeout` (milliseconds, default `:infinity`) bounds the wait: when the
+  process has not taken all of `data` in time, `{:error, :timeout}` is
+  returned and the rest of `data` is dropped, except the frames already
+  handed to resin (at most four of 65,530 bytes, the first of `data` not
+  yet written): those are still written, in order, when the process reads
+  its stdin. So after a timeout the process may get a prefix of `data`,
+  never a piece from its middle; later writes come after that prefix.
   """
-  @spec write_stdin(server(), iodata()) ::
-          :ok | {:error, :epipe | :closed | :exited | :resin_down | :noproc}
-  def write_stdin(pid, data) do
+  @spec write_stdin(server(), iodata(), timeout()) ::
+          :ok | {:error, :epipe | :closed | :exited | :resin_down | :timeout | :noproc}
+  def write_stdin(pid, data, timeout \\ :infinity) do
+    check_timeout!(timeout)
+    iodata!(data)
+    call(pid, {:write, data, timeout})
+  end
+
+  defp iodata!(data) do
     IO.iodata_length(data)
-    call(pid, {:write, data})
   rescue
     ArgumentError -> raise ArgumentError, "expected data to be iodata, got: #{inspect(data)}"
   end

@@ -7,7 +7,8 @@ defmodule Lacca.Options do
 
   @spawn_keys [:cd, :env, :clear_env, :arg0, :stderr, :stdin, :cgroup]
   @common [daemon: :shared, kill_timeout: 5_000, stop_signal: :sigterm]
-  @start_defaults [output: :buffer, owner: nil, active: true, max_buffer: 1_048_576]
+  @start_defaults [output: :buffer, owner: nil, active: true, max_buffer: 1_048_576] ++
+                    [name: nil, log_output: nil, log_prefix: nil, log_stderr: false]
   @run_defaults [input: nil, timeout: :infinity, into: ""]
 
   @default_window 1_048_576
@@ -76,6 +77,51 @@ defmodule Lacca.Options do
       active: active,
       max_buffer: window!(opts)
     })
+    |> Map.merge(name!(opts[:name]))
+    |> Map.merge(log!(opts))
+  end
+
+  # :name of start/start_link/child_spec: any GenServer name form.
+  defp name!(nil), do: %{name: nil}
+  defp name!(name) when is_atom(name) and name not in [true, false], do: %{name: name}
+  defp name!({:global, _} = name), do: %{name: name}
+  defp name!({:via, mod, _} = name) when is_atom(mod), do: %{name: name}
+
+  defp name!(other),
+    do: bad!(:name, "an atom, {:global, term} or {:via, module, term}", other)
+
+  @log_levels [:emergency, :alert, :critical, :error, :warning, :notice, :info, :debug]
+
+  # :log_output, :log_prefix, :log_stderr of start/start_link/child_spec.
+  defp log!(opts) do
+    level = opts[:log_output]
+
+    unless level == nil or level in @log_levels do
+      bad!(:log_output, Enum.map_join(@log_levels, ", ", &inspect/1), level, "nil or one of ")
+    end
+
+    prefix = opts[:log_prefix]
+
+    unless prefix == nil or is_binary(prefix) do
+      bad!(:log_prefix, "a binary", prefix)
+    end
+
+    log_stderr = opts[:log_stderr]
+    unless is_boolean(log_stderr), do: bad!(:log_stderr, "a boolean", log_stderr)
+
+    cond do
+      level == nil and (prefix != nil or log_stderr) ->
+        raise ArgumentError, "the :log_prefix and :log_stderr options need :log_output"
+
+      log_stderr and opts[:stderr] in [:stdout, :discard] ->
+        raise ArgumentError,
+              "log_stderr: true needs stderr: :capture, got: stderr: #{inspect(opts[:stderr])}"
+
+      true ->
+        :ok
+    end
+
+    %{log_output: level, log_prefix: prefix, log_stderr: log_stderr}
   end
 
   @doc false

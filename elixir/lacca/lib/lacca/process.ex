@@ -13,9 +13,15 @@ defmodule Lacca.Process do
 
   use GenServer
 
+  require Logger
+
   alias Lacca.{Daemon, Protocol}
 
   @max_data 65_530
+  # log_output: the longest line logged in one message; a longer line is
+  # logged in pieces of this size (Lacca.Lines), so a child that never
+  # writes a newline costs at most this much memory here.
+  @log_line_max 4_096
   @stdin_window 4
   @sigkill 9
   # Credit that lets resin drain a killed process's pipes (see unthrottle/1).
@@ -35,7 +41,12 @@ defmodule Lacca.Process do
   end
 
   @spec start_link(tuple()) :: GenServer.on_start()
-  def start_link(arg), do: GenServer.start_link(__MODULE__, arg)
+  def start_link({_exec, _args, spec, _starter, _tag, _link} = arg) do
+    case Map.get(spec, :name) do
+      nil -> GenServer.start_link(__MODULE__, arg)
+      name -> GenServer.start_link(__MODULE__, arg, name: name)
+    end
+  end
 
   # Runs in the caller: starts the server under Lacca.ProcessSupervisor and
   # waits until resin reported the spawn (or its failure).
@@ -78,6 +89,8 @@ defmodule Lacca.Process do
     owner_mref =
       if spec.owner != nil or spec.output == :messages, do: Process.monitor(owner), else: nil
 
+    {log, readable} = log_setup(spec)
+
     state = %{
       phase: :spawning,
       starter: starter,
@@ -88,7 +101,12 @@ defmodule Lacca.Process do
       mode: spec.output,
       # false when nobody can read the buffered output (a supervised child:
       # its starter is a supervisor): the server then ends at the exit
-      readable: not Map.get(spec, :supervised, false),
+      readable: readable,
+      # log_output: %{stream => Lacca.Lines state} for the streams logged
+      log: log,
+      log_level: Map.get(spec, :log_output),
+      log_prefix: Map.get(spec, :log_prefix) || exec <> ": ",
+      log_meta: [cmd: exec],
       kill_timeout: spec.kill_timeout,
       stop_signal: spec.stop_signal,
       window: spec.max_buffer,
@@ -126,6 +144,29 @@ defmodule Lacca.Process do
     }
 
     {:ok, state, {:continue, {:spawn, exec, args, spec}}}
+  end
+
+  # Which streams go to the Logger, and whether anybody can read the output
+  # left in the buffers after the exit.
+  defp log_setup(spec) do
+    stderr =
+      case List.keyfind(spec.spawn, :stderr, 0) do
+        {:stderr, mode} -> mode
+        nil -> :capture
+      end
+
+    logged =
+      case Map.get(spec, :log_output) do
+        nil -> []
+        _ -> if Map.get(spec, :log_stderr, false), do: [:stdout, :stderr], else: [:stdout]
+      end
+
+    log = Map.new(logged, &{&1, Lacca.Lines.new(@log_line_max)})
+
+    buffered =
+      Enum.reject([:stdout | if(stderr == :capture, do: [:stderr], else: [])], &(&1 in logged))
+
+    {log, buffered != [] and not Map.get(spec, :supervised, false)}
   end
 
   @impl true
@@ -188,7 +229,7 @@ defmodule Lacca.Process do
   defp event({:spawned, _id, os_pid}, %{phase: :spawning} = s) do
     if s.link, do: Process.link(s.starter)
     send(s.starter, {s.tag, :ok})
-    {:noreply, %{s | phase: :running, os_pid: os_pid}}
+    {:noreply, %{s | phase: :running, os_pid: os_pid, log_meta: [{:os_pid, os_pid} | s.log_meta]}}
   end
 
   defp event({:spawn_error, _id, reason}, s) do
@@ -247,6 +288,7 @@ defmodule Lacca.Process do
   # The OS process is over (or resin is gone): answer everybody.
   defp finish(s) do
     cancel_kill_timer(s)
+    s = flush_log(s)
     result = if s.status == :resin_down, do: {:error, :resin_down}, else: {:ok, s.status}
     Enum.each(s.awaiters, fn {ref, from} -> reply_parked(s, ref, from, result) end)
 
@@ -333,7 +375,9 @@ defmodule Lacca.Process do
 
   def handle_call({:read, _stream, _timeout}, _from, s), do: {:reply, {:error, :not_buffer}, s}
 
-  def handle_call({:write, data}, from, s) do
+  def handle_call({:write, data}, from, s), do: handle_call({:write, data, :infinity}, from, s)
+
+  def handle_call({:write, data, timeout}, from, s) do
     cond do
       s.stdin != :open ->
         {:reply, {:error, :closed}, s}
@@ -346,7 +390,16 @@ defmodule Lacca.Process do
         chunks = chunk(data)
         q = Enum.reduce(chunks, s.stdin_q, &:queue.in({:frame, ref, &1}, &2))
         write = %{from: from, remaining: length(chunks), error: nil}
-        {:noreply, pump(%{s | stdin_q: q, writes: Map.put(s.writes, ref, write)})}
+
+        s =
+          park_timer(
+            %{s | stdin_q: q, writes: Map.put(s.writes, ref, write)},
+            ref,
+            timeout,
+            :write
+          )
+
+        {:noreply, pump(s)}
     end
   end
 
@@ -470,6 +523,13 @@ defmodule Lacca.Process do
 
   # -- output ----------------------------------------------------------------
 
+  # log_output: whole lines (or pieces of @log_line_max bytes) to the Logger.
+  defp output(stream, data, %{log: log} = s) when is_map_key(log, stream) do
+    {lines, lines_state} = Lacca.Lines.feed(log[stream], data)
+    Enum.each(lines, &log_line(s, stream, &1))
+    consumed(%{s | log: %{log | stream => lines_state}}, stream, byte_size(data))
+  end
+
   # Stopping a :buffer process: nobody will read the rest of the output (the
   # server ends with the process): it is dropped, and so consumed. An owner
   # still gets its messages.
@@ -590,6 +650,26 @@ defmodule Lacca.Process do
     s
   end
 
+  defp flush_log(s) do
+    log =
+      Map.new(s.log, fn {stream, lines} ->
+        Enum.each(Lacca.Lines.flush(lines), &log_line(s, stream, &1))
+        {stream, Lacca.Lines.new(@log_line_max)}
+      end)
+
+    %{s | log: log}
+  end
+
+  defp log_line(s, stream, line) do
+    line =
+      case :binary.last(line) do
+        ?\n -> binary_part(line, 0, byte_size(line) - 1)
+        _ -> line
+      end
+
+    Logger.bare_log(s.log_level, [s.log_prefix | line], [{:lacca_stream, stream} | s.log_meta])
+  end
+
   # -- stdin -------------------------------------------------------------------
 
   defp chunk(data) do
@@ -639,8 +719,8 @@ defmodule Lacca.Process do
             error = w.error || ack_error(status)
 
             if w.remaining == 1 do
-              GenServer.reply(w.from, if(error, do: {:error, error}, else: :ok))
-              %{s | writes: Map.delete(s.writes, ref)}
+              reply_parked(s, ref, w.from, if(error, do: {:error, error}, else: :ok))
+              %{s | writes: Map.delete(s.writes, ref), timers: Map.delete(s.timers, ref)}
             else
               %{
                 s
@@ -715,6 +795,14 @@ defmodule Lacca.Process do
         {[{^ref, from}], awaiters} = Enum.split_with(s.awaiters, &(elem(&1, 0) == ref))
         GenServer.reply(from, {:error, :timeout})
         %{s | timers: timers, awaiters: awaiters}
+
+      # write_stdin/3 timed out: the frames not yet sent are dropped; those
+      # in flight (resin has them) are still written.
+      {{_, :write}, timers} ->
+        {w, writes} = Map.pop(s.writes, ref)
+        GenServer.reply(w.from, {:error, :timeout})
+        q = :queue.filter(fn item -> not match?({:frame, ^ref, _}, item) end, s.stdin_q)
+        %{s | timers: timers, writes: writes, stdin_q: q}
 
       {{_, {:read, stream}}, timers} ->
         {[{^ref, from}], rest} = Enum.split_with(s.readers[stream], &(elem(&1, 0) == ref))
