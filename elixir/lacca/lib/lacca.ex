@@ -136,15 +136,88 @@ defmodule Lacca do
   """
   @type status :: {:exit, 0..255} | {:signal, Signal.name() | pos_integer()}
 
-  @typedoc "Why a spawn failed: `:enoent`, `:eacces`, `{:cwd, :enoent}`, ... (resin's reasons)."
+  @typedoc """
+  Why a spawn failed: a closed set, the same for `run/3`, `shell/2`,
+  `start/3`, `start_link/3` and (as `Lacca.Error`'s `:reason`) `stream!/3`.
+
+    * an `t:errno/0`: the OS refused to start the program (`execve`, the
+      pipes, `fork`): `:enoent` (no such program), `:eacces` (not
+      executable), `:enoexec`, `:e2big` (arguments and environment too
+      big), `:emfile` / `:enfile` (out of file descriptors), `:eagain`
+      (out of processes), ...
+    * `{:cwd, errno}`: the `:cd` directory cannot be entered (`:enoent`,
+      `:eacces`, `:enotdir`, ...)
+    * `{:cgroup, errno}`: the `:cgroup` limits cannot be applied
+      (`:enotsup` without cgroups, `:enoent` for a controller that is not
+      enabled, ...)
+    * `{:resin_not_found, message}`: no resin executable (see
+      `Lacca.Resin`); the message says how to install one
+    * `{:resin_failed, failure}`: resin was found but did not start (see
+      `t:resin_failure/0`)
+    * `:resin_down`: resin died before it answered
+
+  Before the error reaches the caller, a spawn that a shared resin refused
+  for lack of resources (`:emfile`, `:eagain`) is tried once on each other
+  shared resin: the error means that they all refused it.
+  """
   @type spawn_error ::
+          errno()
+          | {:cwd, errno()}
+          | {:cgroup, errno()}
+          | {:resin_not_found, String.t()}
+          | {:resin_failed, resin_failure()}
+          | :resin_down
+
+  @typedoc """
+  The errno a spawn can fail with (the lowercase C name). An errno outside
+  this list (none is known) is reported as `:eio`.
+  """
+  @type errno ::
           :enoent
           | :eacces
-          | {:cwd, atom()}
-          | {:cgroup, atom()}
-          | {:resin_not_found, String.t()}
-          | :resin_down
-          | term()
+          | :eperm
+          | :enoexec
+          | :e2big
+          | :etxtbsy
+          | :eisdir
+          | :enotdir
+          | :eloop
+          | :enametoolong
+          | :elibbad
+          | :einval
+          | :eio
+          | :enomem
+          | :emfile
+          | :enfile
+          | :eagain
+          | :enosys
+          | :enotsup
+          | :ebusy
+          | :enospc
+          | :erange
+
+  @typedoc """
+  Why resin did not start, in `{:resin_failed, failure}`:
+
+    * `{:open, posix}`: the resin executable could not be started
+      (`:eacces`, `:enoent`, `:emfile`, ...)
+    * `{:exit_status, n}`: resin exited with status `n` before its handshake
+    * `:exited`: resin exited before it read the handshake (its status is
+      lost: writing the handshake failed with EPIPE)
+    * `:handshake_timeout`: resin did not answer the handshake in 15 s
+    * `{:protocol_version, v}`: resin speaks another protocol version
+    * `{:bad_handshake, data}`: resin answered something else (not a resin?)
+    * `:protocol_error`: resin refused a spawn with a reason lacca does not
+      know (a bug in resin or lacca)
+  """
+  @type resin_failure ::
+          {:open, :file.posix()}
+          | {:exit_status, non_neg_integer()}
+          | :exited
+          | :handshake_timeout
+          | {:protocol_version, 0..255}
+          | {:bad_handshake, binary()}
+          | :protocol_error
 
   @typedoc "Options accepted by `run/3`, `start/3` and friends to set up the process."
   @type spawn_option ::
@@ -232,8 +305,10 @@ defmodule Lacca do
   `PATH`. Use `shell/2` to run a shell command line.
 
   Returns `{:ok, %Lacca.Result{}}` whenever the process ran, whatever its
-  exit status, and `{:error, reason}` when it could not run (`:enoent`,
-  `:eacces`, `{:cwd, :enoent}`, `{:resin_not_found, message}`, `:resin_down`).
+  exit status, and `{:error, reason}` when it could not run: one of
+  `t:spawn_error/0` (`:enoent`, `:eacces`, `{:cwd, :enoent}`, `:emfile`,
+  `{:resin_not_found, message}`, `{:resin_failed, failure}`, ...), or
+  `:resin_down` when resin died while the process ran.
 
   The process runs under the calling process: if the caller dies, the
   process (and its process group) is killed.

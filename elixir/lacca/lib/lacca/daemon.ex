@@ -120,7 +120,15 @@ defmodule Lacca.Daemon do
   @doc false
   # Registers `receiver` (and `acker`, which gets the STDIN_ACK frames) for a
   # fresh id and sends the spawn request with `window` bytes of initial
-  # credit per stream. Returns {:ok, daemon_pid, port, id} or {:error, reason}.
+  # credit per stream. Returns {:ok, daemon_pid, port, id} or {:error, reason},
+  # once resin answered the spawn: its `spawned` or `spawn_error` event is
+  # then in the receiver's mailbox (sent before the reply, by the daemon, so
+  # in order with the frames that follow).
+  #
+  # A shared daemon whose resin refused the spawn for lack of resources
+  # (:emfile, :eagain: out of descriptors or processes) does not forward the
+  # error: the spawn is tried on the next shared daemon, once on each, and
+  # only the last one's answer reaches the receiver.
   @spec spawn(
           GenServer.server(),
           binary(),
@@ -133,7 +141,25 @@ defmodule Lacca.Daemon do
           {:ok, pid(), port(), Lacca.Protocol.id()} | {:error, term()}
   def spawn(daemon, exec, args, spawn_opts, window, receiver, acker \\ nil) do
     request = {:spawn, exec, args, spawn_opts, window, receiver, acker || receiver}
+    spawn_on(daemon, request, if(is_atom(daemon), do: other_shared(daemon), else: []))
+  end
 
+  # The shared daemons after `daemon`, in round robin order.
+  defp other_shared(daemon) do
+    {before, [^daemon | rest]} = Enum.split_while(shared(), &(&1 != daemon))
+    rest ++ before
+  rescue
+    MatchError -> []
+  end
+
+  defp spawn_on(daemon, request, others) do
+    case call_spawn(daemon, {:spawn_wait, request, others != []}) do
+      {:refused, _reason} -> spawn_on(hd(others), request, tl(others))
+      other -> other
+    end
+  end
+
+  defp call_spawn(daemon, request) do
     result =
       case safe_call(daemon, request) do
         {:error, :noproc} when is_atom(daemon) ->
@@ -224,11 +250,24 @@ defmodule Lacca.Daemon do
        mrefs: %{},
        client: client,
        # RESIN_TREE prefix of this resin's descendants (Lacca.Cleanup)
-       cookie: nil
+       cookie: nil,
+       # id => {from, reply, retry?}: spawn_wait calls awaiting resin's answer
+       waiting: %{}
      }}
   end
 
   @impl true
+  # A spawn answered once resin answered it (see spawn/7).
+  def handle_call({:spawn_wait, request, retry?}, from, state) do
+    case handle_call(request, from, state) do
+      {:reply, {:ok, _, _, id} = ok, state} ->
+        {:noreply, %{state | waiting: Map.put(state.waiting, id, {from, ok, retry?})}}
+
+      other ->
+        other
+    end
+  end
+
   def handle_call({:spawn, exec, args, opts, window, receiver, acker}, _from, state) do
     case ensure_port(state) do
       {:ok, state} ->
@@ -315,7 +354,7 @@ defmodule Lacca.Daemon do
   def handle_info({port, {:data, <<0x20, etf::binary>>}}, %{port: port} = state) do
     case Protocol.decode_term(etf) do
       {:ok, event} ->
-        {:noreply, event(event, state)}
+        {:noreply, answer_waiting(event, state)}
 
       {:error, _} ->
         Logger.warning("lacca: resin sent an undecodable event: #{inspect(etf, limit: 50)}")
@@ -375,6 +414,30 @@ defmodule Lacca.Daemon do
 
   # -- events --------------------------------------------------------------
 
+  @refused [:emfile, :eagain]
+
+  # resin answered a spawn_wait: reply, after the event went to the
+  # receiver; or, for a resource refusal that another shared resin may
+  # accept, reply {:refused, reason} and drop the event (and the id).
+  defp answer_waiting({tag, id, reason} = ev, %{waiting: waiting} = state)
+       when tag in [:spawned, :spawn_error] and is_map_key(waiting, id) do
+    {{from, ok, retry?}, waiting} = Map.pop(waiting, id)
+    state = %{state | waiting: waiting}
+
+    if tag == :spawn_error and retry? and reason in @refused do
+      procs = Map.update!(state.procs, id, &put_elem(&1, 0, nil))
+      state = event(ev, %{state | procs: procs})
+      GenServer.reply(from, {:refused, reason})
+      state
+    else
+      state = event(ev, state)
+      GenServer.reply(from, ok)
+      state
+    end
+  end
+
+  defp answer_waiting(event, state), do: event(event, state)
+
   defp event({:spawned, id, os_pid} = ev, state) do
     case state.procs do
       %{^id => {receiver, acker, mref, _}} ->
@@ -392,7 +455,7 @@ defmodule Lacca.Daemon do
         state
 
       {{receiver, _, mref, _}, procs} ->
-        forward(receiver, ev, state)
+        forward(receiver, spawn_reason(ev), state)
         if mref, do: Process.demonitor(mref, [:flush])
         %{state | procs: procs, mrefs: Map.delete(state.mrefs, mref)}
     end
@@ -423,6 +486,12 @@ defmodule Lacca.Daemon do
     Logger.warning("lacca: unexpected event from resin: #{inspect(other)}")
     state
   end
+
+  # A spawn_error's reason as one of t:Lacca.spawn_error/0.
+  defp spawn_reason({:spawn_error, id, reason}),
+    do: {:spawn_error, id, Lacca.Error.spawn_reason(reason)}
+
+  defp spawn_reason(event), do: event
 
   defp forward(nil, _event, _state), do: :ok
   defp forward(receiver, event, state), do: send(receiver, {:"$lacca_event", state.port, event})
@@ -462,7 +531,9 @@ defmodule Lacca.Daemon do
        {:env, resin_env()}
      ])}
   rescue
-    e in ErlangError -> {:error, {:resin_failed, resin, e.original}}
+    e in ErlangError ->
+      reason = if is_atom(e.original), do: e.original, else: :einval
+      {:error, {:resin_failed, {:open, reason}}}
   end
 
   # config :lacca, :cgroups, false: resin contains by the process tree only.
@@ -482,11 +553,11 @@ defmodule Lacca.Daemon do
 
       {^port, {:data, <<0x01, v>>}} ->
         close_port(%{port: port})
-        {:error, {:resin_protocol_version, v}}
+        {:error, {:resin_failed, {:protocol_version, v}}}
 
       {^port, {:data, other}} ->
         close_port(%{port: port})
-        {:error, {:resin_bad_handshake, other}}
+        {:error, {:resin_failed, {:bad_handshake, other}}}
 
       {^port, {:exit_status, status}} ->
         {:error, {:resin_failed, {:exit_status, status}}}
@@ -494,12 +565,12 @@ defmodule Lacca.Daemon do
       # A resin that exits before reading the hello can make the write fail
       # (EPIPE): the port then closes without an exit status (1 start in 100
       # under load, measured).
-      {:EXIT, ^port, reason} ->
-        {:error, {:resin_failed, reason}}
+      {:EXIT, ^port, _reason} ->
+        {:error, {:resin_failed, :exited}}
     after
       @handshake_timeout ->
         close_port(%{port: port})
-        {:error, :resin_handshake_timeout}
+        {:error, {:resin_failed, :handshake_timeout}}
     end
   end
 
