@@ -10,6 +10,11 @@ The launcher is a Python script whose first line runs this interpreter in
 isolated mode without `site` (`-IS`: no user site, no PYTHON* variables, no
 `.pth` files), with the directories resin needs put on `sys.path` by hand.
 Writing it also byte-compiles resin_py, so no start compiles anything.
+
+`python -m resin_py.launcher --bundle DIR` (lacca's `mix compile` runs it for
+its priv/resin) writes a relocatable bundle instead: resin_py and msgpack
+copied into DIR and byte-compiled, with a `/bin/sh` launcher `DIR/resind`
+that finds them relative to itself, so that a `mix release` carries resin.
 """
 
 from __future__ import annotations
@@ -85,3 +90,146 @@ def write_launcher(dest: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise LauncherError(f"cannot write {dest}: {exc.strerror}") from exc
+
+
+# --- a relocatable bundle (lacca's priv/resin, for `mix release`) ----------------
+
+# The bundle's entry script: puts its own directory (resin_py and msgpack
+# copied beside it) on sys.path. `__file__` of a script is absolute, and no
+# `os` import is needed.
+_BUNDLE_ENTRY = """\
+# resin's entry in a bundle written by resin_py.launcher (resin_py {version}).
+import sys
+sys.path.append(__file__.rpartition("/")[0])
+from resin_py.cli import main
+sys.exit(main())
+"""
+
+# The bundle's launcher: a /bin/sh script (dash: ~1 ms), so that it can fall
+# back from the interpreter that built the bundle to one found on the PATH
+# with the same minor version (the C extension and the .pyc files are built
+# for it). Paths are relative to the launcher, which may move (a release).
+_BUNDLE_LAUNCHER = """\
+#!/bin/sh
+# resin launcher, written by resin_py.launcher (resin_py {version}) for lacca's
+# priv/resin: runs the resin bundled beside it with python{minor} in isolated
+# mode without site (-IS). It may be moved with its directory.
+case $0 in */*) d=${{0%/*}} ;; *) d=. ;; esac
+p={python}
+[ -x "$p" ] || p=python{minor}
+exec "$p" -IS "$d/{lib}/resind.py" "$@"
+"""
+
+_BUNDLE_SKIP = ("__pycache__", "*.pyc", "*.tmp*", "*.egg-info")
+
+
+def _bundle_lib_of(launcher: str) -> str | None:
+    """The lib directory an existing bundle launcher runs, if any."""
+    try:
+        with open(launcher) as f:
+            text = f.read()
+    except OSError:
+        return None
+    marker = '"$d/'
+    start = text.find(marker)
+    if start < 0:
+        return None
+    start += len(marker)
+    end = text.find("/", start)
+    return text[start:end] if end > start else None
+
+
+def write_bundle(dest: str) -> str:
+    """Copy resin_py and msgpack (if installed) into `dest/lib-<hash>`, compile
+    them, write the launcher `dest/resind` and return its path.
+
+    erlang-py is left out: resin only uses it for tools and tests. A bundle
+    built anew goes beside the previous one and the launcher is replaced
+    atomically, so a resin starting meanwhile runs either; older ones go.
+    """
+    import compileall
+    import hashlib
+    import importlib.util
+    import py_compile
+    import shlex
+    import shutil
+
+    import resin_py
+
+    minor = f"{sys.version_info.major}.{sys.version_info.minor}"
+    python = os.path.realpath(sys.executable)
+    sources = [os.path.dirname(resin_py.__file__)]
+    spec = importlib.util.find_spec("msgpack")
+    if spec is not None and spec.origin is not None and spec.submodule_search_locations:
+        sources.append(os.path.dirname(spec.origin))
+
+    os.makedirs(dest, exist_ok=True)
+    tmp = os.path.join(dest, f"tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        for src in sources:
+            shutil.copytree(src, os.path.join(tmp, os.path.basename(src)),
+                            ignore=shutil.ignore_patterns(*_BUNDLE_SKIP))
+        with open(os.path.join(tmp, "resind.py"), "w") as f:
+            f.write(_BUNDLE_ENTRY.format(version=resin_py.__version__))
+        digest = hashlib.sha256(python.encode())
+        for root, dirs, files in os.walk(tmp):
+            dirs.sort()
+            for name in sorted(files):
+                path = os.path.join(root, name)
+                digest.update(os.path.relpath(path, tmp).encode() + b"\0")
+                with open(path, "rb") as data:
+                    digest.update(data.read())
+        # Unchecked hashes: the .pyc files stay valid when a release copy
+        # changes the sources' mtimes, and nothing is compiled at start.
+        if not compileall.compile_dir(tmp, quiet=1, workers=1,
+                                      invalidation_mode=py_compile.PycInvalidationMode
+                                      .UNCHECKED_HASH):
+            raise LauncherError(f"cannot byte-compile the bundle in {tmp}")
+        lib = f"lib-{digest.hexdigest()[:12]}"
+        final = os.path.join(dest, lib)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not os.path.isdir(final):
+                raise
+            shutil.rmtree(tmp)  # the same bundle is there already
+        launcher = os.path.join(dest, "resind")
+        previous = _bundle_lib_of(launcher)
+        text = _BUNDLE_LAUNCHER.format(version=resin_py.__version__, minor=minor,
+                                       python=shlex.quote(python), lib=lib)
+        tmp_launcher = f"{launcher}.tmp{os.getpid()}"
+        with open(tmp_launcher, "w") as out:
+            out.write(text)
+        os.chmod(tmp_launcher, 0o755)
+        os.replace(tmp_launcher, launcher)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise LauncherError(f"cannot write the bundle in {dest}: {exc}") from exc
+    import time
+
+    for name in os.listdir(dest):
+        path = os.path.join(dest, name)
+        if name.startswith("tmp"):  # another writer's, unless it is stale
+            with contextlib.suppress(OSError):
+                if os.stat(path).st_mtime < time.time() - 600:
+                    shutil.rmtree(path, ignore_errors=True)
+        elif name.startswith("lib-") and name not in (lib, previous):
+            shutil.rmtree(path, ignore_errors=True)
+    return launcher
+
+
+def _main(argv: list[str]) -> int:
+    if len(argv) != 2 or argv[0] != "--bundle":
+        print("usage: python -m resin_py.launcher --bundle DIR", file=sys.stderr)
+        return 2
+    try:
+        print(write_bundle(argv[1]))
+    except LauncherError as exc:
+        print(f"resin bundle: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -3,7 +3,8 @@ defmodule Lacca.DependencyTest do
 
   # Builds a throwaway project outside the repository that depends on lacca
   # by path, with its own MIX_HOME and build, and without LACCA_RESIN: lacca
-  # must find the resin of the repository's .venv by itself.
+  # must find a resin by itself (the one compiling bundled into its priv/resin,
+  # else the repository's .venv).
   @moduletag :external
   @moduletag timeout: 180_000
 

@@ -6,13 +6,17 @@ defmodule Lacca.Resin do
 
     1. the application environment: `config :lacca, :resin, "/path/to/resin"`
     2. the environment variable `LACCA_RESIN`
-    3. the resin that this repository's setup installed: `make setup` creates
+    3. the resin bundled into lacca's own `priv/resin/resind`: compiling lacca
+       copies resin_py (byte-compiled) and msgpack there with a launcher
+       (`Mix.Tasks.Compile.Resin`), so a release built with `mix release`
+       carries it and needs only a `python3` of the same minor version
+    4. the resin that this repository's setup installed: `make setup` creates
        `<lacca repository>/.venv/bin/resind`, a launcher that starts resin in
        less time than the `resin` console script beside it (see
        `resin launcher --help`), which is used when the launcher is missing;
        the paths are computed when lacca is compiled, so a project using
        `{:lacca, path: "/path/to/repo"}` finds them
-    4. `resin` on the `PATH`
+    5. `resin` on the `PATH`
 
   When 1 or 2 is set it must name an executable file: lacca never falls back
   silently from an explicit setting.
@@ -33,6 +37,19 @@ defmodule Lacca.Resin do
   end
 
   @doc """
+  The path of the launcher bundled into lacca's `priv/resin` (which may not
+  exist: the bundle is skipped when compiling found no Python), or `nil` when
+  the `:lacca` application's directory is unknown.
+  """
+  @spec priv_resin() :: Path.t() | nil
+  def priv_resin do
+    case :code.priv_dir(:lacca) do
+      {:error, _} -> nil
+      dir -> Path.join(to_string(dir), "resin/resind")
+    end
+  end
+
+  @doc """
   Returns the path of the resin executable to use.
 
   Returns `{:error, {:resin_not_found, message}}` where `message` explains how
@@ -46,6 +63,9 @@ defmodule Lacca.Resin do
 
       (env = System.get_env("LACCA_RESIN")) not in [nil, ""] ->
         check(env, "the environment variable LACCA_RESIN")
+
+      (priv = priv_resin()) && executable?(priv) ->
+        {:ok, priv}
 
       executable?(repo_resin()) ->
         {:ok, repo_resin()}
@@ -78,7 +98,8 @@ defmodule Lacca.Resin do
 
   defp not_found_message do
     "lacca could not find the resin executable: LACCA_RESIN and config :lacca, :resin " <>
-      "are not set, #{@repo_resin} does not exist and there is no resin on the PATH. " <>
+      "are not set, there is no resin bundled in #{priv_resin() || "lacca's priv/resin"}, " <>
+      "#{@repo_resin} does not exist and there is no resin on the PATH. " <>
       install_hint()
   end
 
