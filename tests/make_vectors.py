@@ -61,6 +61,14 @@ V1_CONTROL = [
     ("signal_pid", "{signal,1,42,15,false}"),
     ("signal_group", "{signal,1,{ref,7},9,true}"),
     ("close_stdin", "{close_stdin,1,43}"),
+    # A spawn in parts (docs/protocol.md §4.3.1): two parts of args, one
+    # piece (the start of the next item) and one of env, then the spawn.
+    ("spawn_part_args", '{spawn_part,5,args,[<<"-c">>,<<"echo $# $1">>]}'),
+    ("spawn_part_args_more", '{spawn_part,5,args,[<<"sh">>,<<"a1">>]}'),
+    ("spawn_part_piece", '{spawn_part,5,piece,<<"long ">>}'),
+    ("spawn_part_env", '{spawn_part,5,env,[{<<"LONG">>,<<"value">>},{<<"HOME">>,nil}]}'),
+    ("spawn_parts_final", '{spawn,5,<<"sh">>,[<<"a2">>],[{credit,65536},{parts,4}]}'),
+    ("spawn_cancel", "{spawn_cancel,5}"),
 ]
 
 V1_C2R_RAW: list[tuple[str, v1.ClientFrame]] = [
@@ -104,6 +112,11 @@ V1_R2C: list[tuple[str, v1.ResinFrame]] = [
     ("stdin_ack_epipe", v1.StdinAck(1, v1.AckStatus.EPIPE)),
     ("stdin_ack_closed", v1.StdinAck(1, v1.AckStatus.CLOSED)),
     ("stdin_ack_no_process", v1.StdinAck(7, v1.AckStatus.NO_PROCESS)),
+    ("spawn_error_e2big", v1.SpawnError(5, Atom("e2big"))),
+    ("spawn_error_enomem", v1.SpawnError(5, Atom("enomem"))),
+    ("spawn_error_badarg_parts", v1.SpawnError(5, (Atom("badarg"), Atom("parts")))),
+    ("error_too_many_pending_spawns",
+     v1.ErrorEvent(5, (Atom("too_many_pending_spawns"), v1.MAX_PENDING_SPAWNS))),
 ]
 
 

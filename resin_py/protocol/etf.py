@@ -40,7 +40,8 @@ MAX_BIG_BYTES = 255
 # list and map (a charlist counts as one). This bounds the cost of decoding,
 # checking and echoing a frame (~1 us a term). A spawn runs out of packet
 # first unless its args average under 3 bytes (an arg takes 5 bytes + its
-# length: 64 KiB hold 5,000 args of 8 bytes).
+# length: 64 KiB hold 5,000 args of 8 bytes). Larger spawns come in
+# spawn_part frames, each within these limits (docs/protocol.md §4.3.1).
 MAX_TERMS = 8192
 # Of those, non-empty tuples, lists, maps and charlists, which cost a call or
 # an allocation more than a leaf. lacca's spawn has one per env entry.

@@ -73,6 +73,25 @@ MAX_REF_BYTES = 4096
 # An unknown request is echoed in the error event only up to this size.
 MAX_ECHO_BYTES = 60000
 
+# Spawn requests in parts (docs/protocol.md §4.3.1): what resin keeps of
+# `spawn_part` frames until their final `spawn`. Sizes count the way execve
+# does: each string with its NUL plus an 8-byte pointer (an env entry
+# `Name=Value`).
+# Linux never accepts more than 6 MiB of arguments and environment (3/4 of
+# _STK_LIM = 8 MiB, whatever RLIMIT_STACK says; ARG_MAX is a quarter of
+# RLIMIT_STACK below that, 2 MiB with the usual 8 MiB stack), so a request
+# above this could only fail in execve with E2BIG: resin answers `e2big`
+# without forking and without keeping the rest.
+MAX_SPAWN_BYTES = 6 * 1024 * 1024
+# All assemblies together (a client may build several at once): resin's
+# memory for them stays within a few times this (~42 bytes of Python
+# objects for a 1-byte argument counted as 10). Beyond it a part fails its
+# spawn with `enomem`.
+MAX_PENDING_BYTES = 16 * 1024 * 1024
+# Ids with an assembly open (failed ones included, until their final spawn
+# or cancel). lacca assembles one spawn at a time per resin.
+MAX_PENDING_SPAWNS = 64
+
 _ID = struct.Struct(">I")
 _DATA_HEAD = struct.Struct(">BI")
 _CREDIT = struct.Struct(">BIBI")
@@ -102,6 +121,25 @@ class Spawn(Record):
     exec: bytes
     args: tuple[bytes, ...] = ()
     options: SpawnOptions = _NO_OPTIONS
+    parts: int = 0  # the `parts` option: spawn_part frames sent before this one
+
+
+class SpawnPart(Record):
+    """`{spawn_part, Id, args, Args}`, `{spawn_part, Id, env, Env}` or
+    `{spawn_part, Id, piece, Bin}`: items of a spawn sent in parts (one of
+    `args`, `env` and `piece` is given). A piece is the start of the next
+    argument or env value that is too long for one packet."""
+
+    id: int
+    args: tuple[bytes, ...] = ()
+    env: tuple[tuple[bytes, bytes | None], ...] = ()
+    piece: bytes | None = None
+
+
+class SpawnCancel(Record):
+    """`{spawn_cancel, Id}`: drop what was assembled for Id (no reply)."""
+
+    id: int
 
 
 class Signal(Record):
@@ -136,7 +174,7 @@ class Credit(Record):
         _set(self, "amount", amount)
 
 
-Request: TypeAlias = Spawn | Signal | CloseStdin
+Request: TypeAlias = Spawn | SpawnPart | SpawnCancel | Signal | CloseStdin
 ClientFrame: TypeAlias = Hello | Request | Stdin | Credit
 
 
@@ -264,6 +302,19 @@ def parse_request(term: Term) -> Request:
         raise UnknownRequest(term)
     if tag == "spawn" and len(term) == 5:
         return _parse_spawn(id, term[2], term[3], term[4])
+    if tag == "spawn_part" and len(term) == 4 and term[2] in (_ARGS, _ENV, _PIECE):
+        if term[2] == _PIECE:
+            if not (isinstance(term[3], bytes) and term[3] and b"\0" not in term[3]):
+                raise BadArgument("spawn_part", id, _PIECE)
+            return SpawnPart(id, piece=term[3])
+        if term[2] == _ARGS:
+            return SpawnPart(id, _parse_args("spawn_part", id, term[3]))
+        try:
+            return SpawnPart(id, env=_opt_env(term[3]))
+        except _Invalid:
+            raise BadArgument("spawn_part", id, _ENV) from None
+    if tag == "spawn_cancel" and len(term) == 2:
+        return SpawnCancel(id)
     if tag == "signal" and len(term) == 5:
         ref = _check_ref("signal", id, term[2])
         signo, group = term[3], term[4]
@@ -287,17 +338,26 @@ class _Invalid(Exception):
     """An option value of the wrong shape (becomes {badarg, Key})."""
 
 
+_ARGS = Atom("args")
+_ENV = Atom("env")
+_PIECE = Atom("piece")
+
+
+def _parse_args(request: str, id: int, args: Term) -> tuple[bytes, ...]:
+    for arg in args if isinstance(args, list) else [None]:
+        if not (isinstance(arg, bytes) and b"\0" not in arg):
+            raise BadArgument(request, id, _ARGS)
+    assert isinstance(args, list)
+    return tuple(args)  # type: ignore[arg-type]  # checked: every item is bytes
+
+
 def _parse_spawn(id: int, exe: Term, args: Term, opts: Term) -> Spawn:
     def bad(what: Term) -> BadArgument:
         return BadArgument("spawn", id, what)
 
     if not (isinstance(exe, bytes) and exe and b"\0" not in exe):
         raise bad(Atom("exec"))
-    argv: list[bytes] = []
-    for arg in args if isinstance(args, list) else [None]:
-        if not (isinstance(arg, bytes) and b"\0" not in arg):
-            raise bad(Atom("args"))
-        argv.append(arg)
+    argv = _parse_args("spawn", id, args)
     given: dict[str, Term] = {}
     for opt in opts if isinstance(opts, list) else [None]:
         if not (isinstance(opt, tuple) and len(opt) == 2 and isinstance(opt[0], Atom)):
@@ -324,11 +384,11 @@ def _parse_spawn(id: int, exe: Term, args: Term, opts: Term) -> Spawn:
         credit=option("credit", _opt_credit, None),
         cgroup=option("cgroup", _opt_cgroup, ()),
     )
-    return Spawn(id, exe, tuple(argv), options)
+    return Spawn(id, exe, argv, options, option("parts", _opt_parts, 0))
 
 
 _OPTION_KEYS = frozenset(
-    {"cd", "env", "clear_env", "arg0", "stdin", "stderr", "credit", "cgroup"})
+    {"cd", "env", "clear_env", "arg0", "stdin", "stderr", "credit", "cgroup", "parts"})
 # cgroup limits: the interface file each one writes, and how its value reads.
 CGROUP_LIMITS = {"memory_max": "memory.max", "pids_max": "pids.max", "cpu_max": "cpu.max"}
 
@@ -389,6 +449,12 @@ def _opt_env(value: Term) -> tuple[tuple[bytes, bytes | None], ...]:
         else:
             raise _Invalid
     return tuple(env)
+
+
+def _opt_parts(value: Term) -> int:
+    if isinstance(value, int) and 0 < value <= MAX_ID:
+        return value
+    raise _Invalid
 
 
 def _opt_stdin(value: Term) -> StdinMode:
@@ -483,7 +549,7 @@ def error_event(exc: ProtocolError) -> Event:
     if isinstance(exc, BadArgument):
         assert exc.id is not None
         reason = (Atom("badarg"), exc.what)
-        if exc.request == "spawn":
+        if exc.request in ("spawn", "spawn_part"):
             return SpawnError(exc.id, reason)
         if exc.ref is not None:
             return Reply(exc.id, exc.ref, (Atom("error"), reason))
@@ -533,7 +599,19 @@ def options_term(o: SpawnOptions) -> list[Term]:
 
 def request_term(req: Request) -> Term:
     if isinstance(req, Spawn):
-        return (Atom("spawn"), req.id, req.exec, list(req.args), options_term(req.options))
+        opts = options_term(req.options)
+        if req.parts:
+            opts.append((Atom("parts"), req.parts))
+        return (Atom("spawn"), req.id, req.exec, list(req.args), opts)
+    if isinstance(req, SpawnPart):
+        if req.piece is not None:
+            return (Atom("spawn_part"), req.id, _PIECE, req.piece)
+        if req.env:
+            return (Atom("spawn_part"), req.id, _ENV,
+                    [(k, NIL if v is None else v) for k, v in req.env])
+        return (Atom("spawn_part"), req.id, _ARGS, list(req.args))
+    if isinstance(req, SpawnCancel):
+        return (Atom("spawn_cancel"), req.id)
     if isinstance(req, Signal):
         return (Atom("signal"), req.id, req.ref, req.signo, TRUE if req.group else FALSE)
     return (Atom("close_stdin"), req.id, req.ref)

@@ -7,7 +7,7 @@ import errno
 
 from resin_py.protocol import v1
 from resin_py.protocol.common import StreamKind
-from resin_py.protocol.errors import ProtocolError, SpawnFailed
+from resin_py.protocol.errors import BadArgument, ProtocolError, SpawnFailed
 from resin_py.protocol.framing import MAX_PACKET, packet_header
 from resin_py.protocol.session import ChildRef, Core, StdinResult
 from resin_py.protocol.terms import OK, Atom, Term
@@ -20,6 +20,26 @@ _ACK: dict[StdinResult, AckStatus] = {
 }
 # The error event for a STDIN frame beyond STDIN_WINDOW unanswered ones.
 WINDOW_EXCEEDED = (Atom("stdin_window_exceeded"), v1.STDIN_WINDOW)
+
+
+# The error event for a spawn_part that would open one assembly too many.
+TOO_MANY_PENDING = (Atom("too_many_pending_spawns"), v1.MAX_PENDING_SPAWNS)
+_BADARG_PARTS = (Atom("badarg"), Atom("parts"))
+
+
+class _Assembly:
+    """A spawn being sent in parts (docs/protocol.md §4.3.1): what its
+    spawn_part frames carried, or why it already failed."""
+
+    __slots__ = ("args", "env", "failed", "parts", "pieces", "size")
+
+    def __init__(self) -> None:
+        self.parts = 0  # spawn_part frames received, failed ones included
+        self.size = 0  # bytes counted against the limits (as execve counts)
+        self.args: list[bytes] = []
+        self.env: list[tuple[bytes, bytes | None]] = []
+        self.pieces: list[bytes] = []  # the start of the next argument or value
+        self.failed: Term | None = None  # the spawn_error reason once failed
 
 
 def errno_atom(code: int) -> Atom:
@@ -47,6 +67,9 @@ class V1Session:
     def __init__(self, core: Core) -> None:
         self.core = core
         self.procs: dict[int, ChildRef] = {}
+        # Spawns being sent in parts, and their bytes together.
+        self.pending: dict[int, _Assembly] = {}
+        self.pending_bytes = 0
 
     def hello(self, _version: int) -> None:
         # Whatever version was asked for, resin answers with the one it speaks.
@@ -75,6 +98,14 @@ class V1Session:
             return
         try:
             frame = v1.decode_client_frame(payload)
+        except BadArgument as exc:
+            if exc.request == "spawn_part" and exc.id is not None:
+                self._bad_part(exc.id, (Atom("badarg"), exc.what))
+                return
+            if exc.request == "spawn" and exc.id is not None:
+                self._drop_assembly(exc.id)  # answered now: nothing may wait for it
+            self.send(v1.error_event(exc))
+            return
         except ProtocolError as exc:
             self.send(v1.error_event(exc))
             return
@@ -84,6 +115,10 @@ class V1Session:
             self._credit(frame.id, frame.stream, frame.amount)
         elif isinstance(frame, v1.Spawn):
             self._spawn(frame)
+        elif isinstance(frame, v1.SpawnPart):
+            self._spawn_part(frame)
+        elif isinstance(frame, v1.SpawnCancel):
+            self._drop_assembly(frame.id)
         elif isinstance(frame, v1.Signal):
             self._signal(frame)
         elif isinstance(frame, v1.CloseStdin):
@@ -111,7 +146,95 @@ class V1Session:
         if child is not None:  # an unknown id may just have exited
             self.core.grant_credit(child, stream, amount)
 
+    # -- spawns in parts: every problem is answered once, by the spawn_error
+    # of the final spawn; until then the assembly stays (failed, without its
+    # items) so that later parts cannot start a new, truncated one.
+
+    def _spawn_part(self, part: v1.SpawnPart) -> None:
+        asm = self._assembly(part.id)
+        if asm is None or asm.failed is not None:
+            return
+        # As execve counts: a string, its NUL and a pointer.
+        size = sum(map(len, part.args)) + 9 * len(part.args)
+        if part.piece is not None:
+            size += len(part.piece)
+        for name, value in part.env:
+            size += len(name) + (0 if value is None else len(value)) + 10
+        if asm.size + size > v1.MAX_SPAWN_BYTES:
+            self._fail(asm, Atom("e2big"))
+        elif self.pending_bytes + size > v1.MAX_PENDING_BYTES:
+            self._fail(asm, Atom("enomem"))
+        else:
+            asm.size += size
+            self.pending_bytes += size
+            if part.piece is not None:
+                asm.pieces.append(part.piece)
+                return
+            args, env = part.args, part.env
+            if asm.pieces:  # they start the first item of this part
+                start = b"".join(asm.pieces)
+                asm.pieces = []
+                if args:
+                    args = (start + args[0], *args[1:])
+                elif env and env[0][1] is not None:
+                    env = ((env[0][0], start + env[0][1]), *env[1:])
+                else:  # an empty part, or a piece of a variable to unset
+                    self._fail(asm, _BADARG_PARTS)
+                    return
+            asm.args.extend(args)
+            asm.env.extend(env)
+
+    def _bad_part(self, id: int, reason: Term) -> None:
+        """A malformed spawn_part: its spawn fails with `reason`."""
+        asm = self._assembly(id)
+        if asm is not None:
+            self._fail(asm, reason)
+
+    def _assembly(self, id: int) -> _Assembly | None:
+        """The assembly a spawn_part for `id` adds to, counted; None when
+        resin cannot open one more (the client is told at once)."""
+        asm = self.pending.get(id)
+        if asm is None:
+            if len(self.pending) >= v1.MAX_PENDING_SPAWNS:
+                # Nothing kept: the final spawn's `parts` count will not match.
+                self.send(v1.ErrorEvent(id, TOO_MANY_PENDING))
+                return None
+            asm = self.pending[id] = _Assembly()
+            if id in self.procs:
+                asm.failed = Atom("id_in_use")
+        asm.parts += 1
+        return asm
+
+    def _fail(self, asm: _Assembly, reason: Term) -> None:
+        """Its spawn will fail with `reason` (the first one wins); its items go."""
+        if asm.failed is None:
+            asm.failed = reason
+        self.pending_bytes -= asm.size
+        asm.size = 0
+        asm.args = []
+        asm.env = []
+        asm.pieces = []
+
+    def _drop_assembly(self, id: int) -> _Assembly | None:
+        asm = self.pending.pop(id, None)
+        if asm is not None:
+            self.pending_bytes -= asm.size
+        return asm
+
     def _spawn(self, req: v1.Spawn) -> None:
+        asm = self._drop_assembly(req.id) if self.pending else None
+        if asm is not None or req.parts:
+            if asm is not None and asm.failed is not None:
+                self.send(v1.SpawnError(req.id, asm.failed))
+                return
+            if asm is None or asm.parts != req.parts or asm.pieces:
+                self.send(v1.SpawnError(req.id, _BADARG_PARTS))
+                return
+            opts = req.options
+            req = v1.Spawn(req.id, req.exec, (*asm.args, *req.args), v1.SpawnOptions(
+                opts.cd, (*asm.env, *opts.env), opts.clear_env, opts.arg0, opts.stdin,
+                opts.stderr, opts.credit, opts.cgroup))
+            del asm
         if req.id in self.procs:
             self.send(v1.SpawnError(req.id, Atom("id_in_use")))
             return

@@ -273,15 +273,16 @@ defmodule Lacca.Daemon do
       {:ok, state} ->
         {id, state} = next_id(state)
         credit = if window == :infinity, do: [], else: [{:credit, window}]
-        request = Protocol.control({:spawn, id, exec, args, opts ++ credit})
+        # A request above one packet goes in parts (docs/protocol.md 4.3.1),
+        # so execve decides what is too big (E2BIG); only a variable name
+        # longer than a packet cannot be sent at all (E2BIG here).
+        frames = Protocol.spawn_frames(id, exec, args, opts ++ credit)
 
         cond do
-          # One packet carries at most 65,535 bytes: larger argument lists
-          # and environments cannot be sent (E2BIG, as execve would say).
-          IO.iodata_length(request) > Protocol.max_packet() ->
-            {:reply, {:error, :e2big}, state}
+          frames == {:error, :e2big} ->
+            {:reply, frames, state}
 
-          Protocol.command(state.port, request) ->
+          Enum.all?(elem(frames, 1), &Protocol.command(state.port, &1)) ->
             mref = Process.monitor(receiver)
 
             state = %{

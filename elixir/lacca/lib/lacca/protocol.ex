@@ -72,7 +72,8 @@ defmodule Lacca.Protocol do
   # the atom table, so `binary_to_term(bin, [:safe])` can decode every event
   # resin sends (errno reasons included).
   @known_atoms ~w(spawned spawn_error reply exit signal error ok nil true false
-    no_process id_in_use badarg cwd cgroup stdin_window_exceeded
+    no_process id_in_use badarg cwd cgroup stdin_window_exceeded parts piece
+    too_many_pending_spawns
     zero_length_packet bad_frame bad_term
     unknown_request written epipe closed stdout stderr stdin credit
     eperm enoent esrch eintr eio enxio e2big enoexec ebadf echild eagain enomem
@@ -180,6 +181,117 @@ defmodule Lacca.Protocol do
   @doc false
   @spec control(tuple()) :: iodata()
   def control(term), do: [@t_control | :erlang.term_to_binary(term)]
+
+  # Spawns in parts (docs/protocol.md 4.3.1). Items per spawn_part frame:
+  # resin decodes at most 8,192 terms and 4,096 containers per frame (an env
+  # entry is a tuple), and a frame is one packet: the items get the packet
+  # minus room for the frame around them (type, version, tuple, tag, id,
+  # kind, list header and tail: under 64 bytes whatever the atom encoding).
+  @part_args 8_000
+  @part_env 2_000
+  @part_bytes @max_packet - 64
+
+  @doc """
+  The CONTROL frames of `{:spawn, id, exec, args, opts}`: that one frame when
+  it fits a packet, else `spawn_part` frames carrying the arguments and the
+  `:env` option (an argument or value longer than a packet goes in `piece`s
+  first), then the spawn with `{:parts, n}`. `{:error, :e2big}` only when a
+  variable name, or what is left of the request, does not fit a packet.
+
+      iex> {:ok, [_one]} = Lacca.Protocol.spawn_frames(1, "true", ["a"], [])
+      iex> {:ok, frames} = Lacca.Protocol.spawn_frames(1, "true", List.duplicate("a", 20_000), [])
+      iex> length(frames)
+      4
+  """
+  @spec spawn_frames(id(), binary(), [binary()], list()) :: {:ok, [iodata()]} | {:error, :e2big}
+  def spawn_frames(id, exec, args, opts) do
+    request = control({:spawn, id, exec, args, opts})
+
+    if IO.iodata_length(request) <= @max_packet do
+      {:ok, [request]}
+    else
+      # As resin reads proplists, the first :env wins; the others go.
+      env = Keyword.get(opts, :env, [])
+      opts = Enum.reject(opts, &match?({:env, _}, &1))
+
+      with {:ok, arg_parts} <- parts(id, :args, args, @part_args),
+           {:ok, env_parts} <- parts(id, :env, env, @part_env) do
+        parts = Enum.map(arg_parts ++ env_parts, &control/1)
+        final = control({:spawn, id, exec, [], opts ++ [{:parts, length(parts)}]})
+
+        if IO.iodata_length(final) <= @max_packet,
+          do: {:ok, parts ++ [final]},
+          else: {:error, :e2big}
+      end
+    end
+  end
+
+  # The spawn_part terms for `items` of `kind` (:args or :env), in order:
+  # groups of at most `max` items and @part_bytes encoded bytes, and before
+  # a long item, its start as pieces.
+  defp parts(id, kind, items, max) do
+    items
+    |> Enum.reduce_while({[], [], 0, 0}, fn item, {acc, group, n, bytes} ->
+      case split(kind, item) do
+        :e2big ->
+          {:halt, :e2big}
+
+        {[], item, s} when n < max and bytes + s <= @part_bytes ->
+          {:cont, {acc, [item | group], n + 1, bytes + s}}
+
+        {pieces, item, s} ->
+          acc =
+            Enum.reduce(
+              pieces,
+              close(acc, id, kind, group),
+              &[{:spawn_part, id, :piece, &1} | &2]
+            )
+
+          {:cont, {acc, [item], 1, s}}
+      end
+    end)
+    |> case do
+      :e2big -> {:error, :e2big}
+      {acc, group, _, _} -> {:ok, Enum.reverse(close(acc, id, kind, group))}
+    end
+  end
+
+  defp close(acc, _id, _kind, []), do: acc
+  defp close(acc, id, kind, group), do: [{:spawn_part, id, kind, Enum.reverse(group)} | acc]
+
+  # An item as {pieces of its start, what goes in a part, its encoded size}.
+  defp split(:args, arg) do
+    {pieces, last} = cut(arg, @part_bytes - 5)
+    {pieces, last, byte_size(last) + 5}
+  end
+
+  defp split(:env, {name, value}) do
+    room = @part_bytes - 12 - byte_size(name)
+
+    cond do
+      room < 1 ->
+        :e2big
+
+      value == nil ->
+        {[], {name, nil}, byte_size(name) + 12}
+
+      true ->
+        with {pieces, last} <- cut(value, room),
+             do: {pieces, {name, last}, byte_size(name) + byte_size(last) + 12}
+    end
+  end
+
+  # `bin` as pieces of at most @part_bytes and a last part of at most `room`.
+  defp cut(bin, room) when byte_size(bin) <= room, do: {[], bin}
+
+  defp cut(bin, room) do
+    head = byte_size(bin) - room
+
+    pieces =
+      for at <- 0..(head - 1)//@part_bytes, do: binary_part(bin, at, min(@part_bytes, head - at))
+
+    {pieces, binary_part(bin, head, room)}
+  end
 
   @doc false
   # Writes one frame to resin's port. Any process may write to the port (it
