@@ -11,7 +11,12 @@ SHELL := /bin/bash
 # PGO/LTO, it starts ~3 ms sooner than a shared-library build such as
 # pyenv's (no relocation of libpython at every start), and resin starts
 # with every port (docs/performance.md, "Start-up").
-PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo python3)
+# It must be >= 3.11 and have venv (ensurepip); else `python3` on the PATH.
+ifndef PYTHON
+PYTHON := $(shell for p in /usr/bin/python3 python3; do \
+  if $$p -c 'import sys, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then \
+    echo $$p; exit; fi; done; echo python3)
+endif
 VENV   := .venv
 VPY    := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
@@ -20,7 +25,7 @@ STAMP  := $(VENV)/.installed
 RESIND := $(VENV)/bin/resind
 export LACCA_RESIN ?= $(CURDIR)/$(RESIND)
 
-.PHONY: help setup elixir python compile demo test test-python test-elixir lint bench fuzz stress clean
+.PHONY: help setup elixir python compile demo test test-python test-elixir lint dialyzer bench fuzz stress clean
 
 help:
 	@echo "make demo   - set up (Erlang/Elixir via apt, Python venv) and run the demo"
@@ -68,7 +73,7 @@ $(STAMP): pyproject.toml setup.py resin_py/_spawn.c
 	  fi; \
 	fi
 	@echo ">> creating $(VENV) with resin_py and the dev tools ($(PYTHON))"
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv --clear $(VENV)  # --clear: never mix two interpreters' files
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -e '.[dev]' --config-settings editable_mode=compat
 	@touch $(STAMP)
@@ -84,6 +89,20 @@ lint: setup
 	$(VENV)/bin/mypy --strict resin_py
 	mix format --check-formatted
 	MIX_ENV=test mix compile --force --warnings-as-errors
+
+# Dialyzer over lacca (tools/dialyzer.exs); Debian's erlang-dialyzer is
+# installed like Elixir. The PLT is built once into _build/dialyzer.
+dialyzer: elixir
+	@if ! command -v dialyzer >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq erlang-dialyzer >/dev/null; \
+	  else \
+	    echo "Dialyzer is missing. Install it as root:  apt-get install erlang-dialyzer"; exit 1; \
+	  fi; \
+	fi
+	mix compile
+	elixir -pa "$$(erl -noshell -eval 'io:format("~s", [code:lib_dir(dialyzer, ebin)]), halt().')" \
+	  tools/dialyzer.exs _build/dev/lib/lacca/ebin
 
 test-python: setup
 	$(VENV)/bin/pytest -q

@@ -4,7 +4,8 @@
  * The pure-Python spawner (resin_py/spawn.py) forks a copy of the whole
  * interpreter and runs Python in the child; that costs about 1 ms per spawn
  * before exec. Here the child shares resin's memory (no page tables are
- * copied), runs on a small stack of its own and makes only async-signal-safe
+ * copied; except for a child created in its cgroup, see "Cgroups" below),
+ * runs on a small stack of its own and makes only async-signal-safe
  * system calls until execve. resin is suspended until the child has exec'd or
  * exited (CLONE_VFORK), so the child reports a failure by writing
  * (stage, errno) into memory the parent reads afterwards: no pipe needed.
@@ -103,8 +104,13 @@ struct clone3_args {
     uint64_t set_tid_size;
     uint64_t cgroup;
 };
-/* 0: untried; 1: works; -1: the kernel lacks it (use cgroup.procs). */
+/* 0: untried; 1: works; -1: the kernel (or a seccomp filter) refuses it:
+ * children join through cgroup.procs. Read and written with the GIL
+ * released: two concurrent first spawns may both try clone3, which is
+ * harmless. */
 static int clone3_cgroup_works = 0;
+/* The child's report when it does not share resin's memory: [stage, errno]. */
+#define REPORT_SIZE (sizeof(int) * 2)
 
 /* Where the child failed (the values spawn.py's callers understand). */
 #define STAGE_OK 0
@@ -302,7 +308,7 @@ static pid_t clone_into_cgroup(struct child_args *a, int flags, int dirfd)
 {
     struct clone3_args ca;
     memset(&ca, 0, sizeof ca);
-    ca.flags = (uint64_t)(flags & ~(CLONE_VM | 0xff)) | CLONE_INTO_CGROUP;
+    ca.flags = (uint64_t)(flags & ~(CLONE_VM | CSIGNAL)) | CLONE_INTO_CGROUP;
     ca.exit_signal = SIGCHLD;
     ca.cgroup = (uint64_t)dirfd;
     long pid = syscall(__NR_clone3, &ca, sizeof ca);
@@ -470,14 +476,14 @@ static PyObject *spawn(PyObject *self, PyObject *args)
     a.report = local_report;
     int into_cgroup = cgroup_dir >= 0 && cgroup_clone && clone3_cgroup_works >= 0;
     if (into_cgroup) {
-        shared_report = mmap(NULL, sizeof(int) * 2, PROT_READ | PROT_WRITE,
+        shared_report = mmap(NULL, REPORT_SIZE, PROT_READ | PROT_WRITE,
                              MAP_SHARED | MAP_ANONYMOUS, -1, 0);
         if (shared_report == MAP_FAILED) {
-            PyErr_SetFromErrno(PyExc_OSError);
-            goto done;
+            into_cgroup = 0; /* the child joins instead */
+        } else {
+            shared_report[0] = STAGE_OK;
+            shared_report[1] = 0;
         }
-        shared_report[0] = STAGE_OK;
-        shared_report[1] = 0;
     }
     if (getrlimit(RLIMIT_NOFILE, &a.nofile) < 0) {
         PyErr_SetFromErrno(PyExc_OSError);
@@ -534,16 +540,19 @@ static PyObject *spawn(PyObject *self, PyObject *args)
     if (into_cgroup) {
         a.report = shared_report;
         pid = clone_into_cgroup(&a, flags, cgroup_dir);
-        if (pid < 0 && (errno == ENOSYS || errno == E2BIG || errno == EINVAL) &&
-            clone3_cgroup_works == 0) {
-            clone3_cgroup_works = -1; /* an older kernel: migrate instead */
-        } else if (pid >= 0) {
+        if (pid >= 0) {
             clone3_cgroup_works = 1;
-        }
-        if (pid < 0 && clone3_cgroup_works == -1)
+        } else if (errno == ENOSYS || errno == E2BIG || errno == EINVAL || errno == EPERM) {
+            /* Not supported: an older kernel, or a seccomp filter (older
+             * container runtimes answer clone3 with EPERM). Join instead,
+             * now and from now on. */
+            clone3_cgroup_works = -1;
             into_cgroup = 0;
-        else if (pid < 0)
-            clone_err = errno;
+        } else if (errno == ENOMEM) {
+            into_cgroup = 0; /* the copy of resin did not fit: join, sharing memory */
+        } else {
+            clone_err = errno; /* the cgroup's own refusal (EAGAIN: pids.max, ...) */
+        }
     }
     if (!into_cgroup) {
         a.report = local_report;
@@ -586,7 +595,7 @@ static PyObject *spawn(PyObject *self, PyObject *args)
 
 done:
     if (shared_report != MAP_FAILED)
-        munmap((void *)shared_report, sizeof(int) * 2);
+        munmap((void *)shared_report, REPORT_SIZE);
     PyMem_RawFree(stack);
     PyMem_Free(argv);
     PyMem_Free(envp);
@@ -613,8 +622,21 @@ static PyObject *py_prctl(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+PyDoc_STRVAR(clone3_state_doc,
+"clone3_state() -> int\n\n"
+"Whether children are created in their cgroup with clone3(CLONE_INTO_CGROUP):\n"
+"0 not tried yet, 1 it works, -1 refused (children join their cgroup).");
+
+static PyObject *clone3_state(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+    return PyLong_FromLong(clone3_cgroup_works);
+}
+
 static PyMethodDef methods[] = {
     {"spawn", spawn, METH_VARARGS, spawn_doc},
+    {"clone3_state", clone3_state, METH_NOARGS, clone3_state_doc},
     {"prctl", py_prctl, METH_VARARGS, prctl_doc},
     {NULL, NULL, 0, NULL},
 };

@@ -6,6 +6,7 @@ STAGE_CWD: int
 STAGE_EXEC: int
 
 def prctl(option: int, value: int, /) -> None: ...
+def clone3_state() -> int: ...
 def spawn(
     path: bytes,
     argv: Sequence[bytes],

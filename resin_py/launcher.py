@@ -82,7 +82,7 @@ def write_launcher(dest: str) -> None:
     compileall.compile_dir(os.path.dirname(resin_py.__file__), quiet=1)
     tmp = f"{dest}.tmp{os.getpid()}"
     try:
-        with open(tmp, "w") as f:
+        with open(tmp, "x", encoding="utf-8") as f:
             f.write(text)
         os.chmod(tmp, 0o755)
         os.replace(tmp, dest)  # atomic: a resin starting meanwhile sees old or new

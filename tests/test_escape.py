@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -197,3 +198,29 @@ def test_stop_signal_reaches_escapees_first(client: ResinClient) -> None:
     wait_until(lambda: not _alive(escapee), 2.0, "the setsid sleep to get TERM")
     assert _alive(spawned.os_pid)
     assert client.signal(1, signal.SIGKILL, group=True) == OK
+
+
+# Started by a subreaper (a service manager, a container's init, another
+# resin): the flag survives exec, so resin must clear it before it forks its
+# sentinel, or the sentinel would come back to resin as its child (and be
+# killed by resin's own shutdown).
+_AS_SUBREAPER = (
+    "import os, sys; from resin_py import _spawn; _spawn.prctl(36, 1); "
+    "os.execv(sys.executable, [sys.executable, '-m', 'resin_py'])"
+)
+
+
+@pytest.mark.parametrize("action", ["resin_eof", "resin_sigkill"])
+def test_sentinel_is_not_resins_child_when_resin_starts_as_a_subreaper(action: str) -> None:
+    from resin_py.runtime.tree import children_of
+
+    with ResinClient([sys.executable, "-c", _AS_SUBREAPER]) as client:
+        assert client.hello() == 1
+        prefix = cookie_prefix(client)
+        leader, pids = start_escapees(client)
+        assert set(children_of(client.pid)) <= {leader, *pids}  # no sentinel among them
+        if action == "resin_eof":
+            client.close_resin_stdin()
+        else:
+            os.kill(client.pid, signal.SIGKILL)
+        assert_none_left([leader, *pids], prefix)

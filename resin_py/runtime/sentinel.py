@@ -22,6 +22,7 @@ import time
 from resin_py.lite import signal, suppress
 from resin_py.runtime import tree
 from resin_py.runtime.cgroups import CGROUP_POLL, Cgroups
+from resin_py.spawn import PR_SET_CHILD_SUBREAPER, prctl
 
 # How long the sentinel keeps looking for processes that fork while killed.
 SENTINEL_DEADLINE = 2.0
@@ -34,14 +35,17 @@ def start(prefix: bytes, cgroups: str | None) -> int:
     """Start the sentinel for the cookie `prefix` (raises OSError); return
     the pid of the intermediate process, which exits at once.
 
-    Call it while resin has no child and is not a subreaper, and keep it so
-    until the intermediate has exited (`settle`): the sentinel is
+    Call it while resin has no child; resin is no subreaper from here until
+    the intermediate has exited (`settle`): the sentinel is
     double-forked, so it is not resin's child (resin's own children are all
     its clients' processes, and its shutdown kills all of them). It outlives
     resin by one last sweep. resin starts it when it starts, and settles it
     before its first spawn: the forks overlap with resin's start-up (a
     Python fork costs milliseconds here).
     """
+    # Whoever started resin may have made it a subreaper (the flag survives
+    # exec): then the sentinel would come back to resin as its child.
+    prctl(PR_SET_CHILD_SUBREAPER, 0)
     r, w = os.pipe2(os.O_CLOEXEC)
     try:
         pid = os.fork()

@@ -61,8 +61,17 @@ HANGUP = 0x010  # EPOLLHUP
 # row. A child spawned later than this after the previous one is instead
 # created in its cgroup (clone3, costing 0.25-0.5 ms of page-table copy).
 # Guessing "warm" wrongly costs ~15 ms, guessing "cold" wrongly ~0.3 ms:
-# hence a short window. See resin_py/_spawn.c.
+# hence a short window. Creating a child in its cgroup does not warm the
+# lock (it takes it for reading): in a burst after a pause the second child
+# pays one cold join, the next ones 0.5 ms each. See resin_py/_spawn.c.
 CGROUP_BURST = 0.005
+# Frames of stdin data allocate and free buffers of up to 64 KiB. In a heap
+# as small as a fresh resin's, glibc hands such memory back to the OS at once
+# (free space at the top above M_TRIM_THRESHOLD, 128 KiB) and faults it in
+# again for the next frame: ~20 page faults a frame, twice resin's CPU per
+# byte written. Freeing one block this big (mmap'ed) once, before the first
+# spawn, raises glibc's dynamic thresholds to 1 MiB / 2 MiB for good (~60 us).
+HEAP_NUDGE = 1024 * 1024
 
 
 def log(msg: str) -> None:
@@ -315,14 +324,7 @@ class Resin:
             self.sentinel_pending = None
         become_subreaper()
         self.subreaper_pending = False
-        # Frames of stdin data allocate and free buffers of up to 64 KiB. In
-        # a heap as small as a fresh resin's, glibc hands such memory back to
-        # the OS at once (free space at the top above M_TRIM_THRESHOLD, 128
-        # KiB) and faults it in again for the next frame: ~20 page faults a
-        # frame, twice resin's CPU per byte written. Freeing one 1 MiB block
-        # (mmap'ed) raises glibc's dynamic thresholds to 1 MiB / 2 MiB for
-        # good. ~60 us, once.
-        bytes(1 << 20)
+        bytes(HEAP_NUDGE)  # allocated and freed at once: see HEAP_NUDGE
 
     def write_stdin(self, child: ChildRef, data: bytes) -> None:
         self.children.write_stdin(_own(child), data)
