@@ -118,6 +118,31 @@ defmodule Lacca do
   groups), their awaiters get `{:error, :resin_down}`, owners in
   `:messages` mode get `{:lacca, pid, {:error, :resin_down}}` and `run/3`
   returns `{:error, :resin_down}`; new work gets a new resin.
+
+  ## When the server is gone
+
+  A process server ends with its OS process (see "Lifetime of the server"
+  in `start/3`), after `stop/2`, or with its owner. Called with a server
+  that is gone (or a name that is not registered), no function exits the
+  caller; each one answers:
+
+  | function | answer |
+  |---|---|
+  | `read_stdout/2`, `read_stderr/2` | `{:error, :noproc}` |
+  | `write_stdin/3`, `close_stdin/1`, `signal/3`, `set_active/2`, `await/2` | `{:error, :noproc}` |
+  | `stop/2`, `kill/1` | `:ok` (the process is gone: what they were asked for) |
+  | `alive?/1` | `false` |
+  | `status/1`, `os_pid/1` | `nil` |
+
+  The functions of lacca 0.2.3 (`read_stdout`, `read_stderr`,
+  `write_stdin`, `stop`, `kill`, `alive?`, `status`) keep these answers,
+  the ones they have given since this API replaced 0.2.3's: `alive?/1`,
+  `status/1`, `stop/2` and `kill/1` stay within their 0.2.3 return types (a
+  boolean, an integer or `nil`, `:ok`), the reads and writes return `{:error,
+  :noproc}`. (0.2.3 itself exited the caller with `:noproc` for every call
+  to a server that was gone.) As a `:buffer` server ends once its output was
+  read to its end after the exit, ask `status/1` or `await/2` for the exit
+  status before that last read: afterwards `status/1` answers `nil`.
   """
 
   alias Lacca.{Options, Signal}
@@ -277,7 +302,9 @@ defmodule Lacca do
       Every process also gets `RESIN_TREE`, the cookie by which resin finds
       its descendants (see "Stopping and cleanup" in the README)
     * `:arg0` - the program name the process sees as `argv[0]`
-    * `:stdin` - `:pipe` (default) or `:null` (`/dev/null`)
+    * `:stdin` - `:pipe` or `:null` (`/dev/null`). The default: `:pipe` for
+      `start/3` and `start_link/3`; for `run/3`, `shell/2` and `stream!/3`,
+      `:pipe` with `:input` and `:null` without it
     * `:cgroup` - limits for the process's cgroup (see "Containment"):
       `memory_max: bytes`, `pids_max: n`, `cpu_max: {quota_us, period_us}`.
       When they cannot be applied the spawn fails with `{:cgroup, reason}`:
@@ -316,7 +343,8 @@ defmodule Lacca do
   ## Options
 
     * `:input` - iodata written to the process's stdin, which is then closed.
-      Without `:input` stdin is `/dev/null` unless `stdin: :pipe` is given
+      Without `:input` stdin is `/dev/null` (`stdin: :null`), unless
+      `stdin: :pipe` is given (then an empty pipe that is never closed)
     * `:timeout` - milliseconds; when they have passed the process is stopped
       (stop signal, then SIGKILL after `:kill_timeout`) and the result has
       `status: :timeout` and the output written so far (default `:infinity`)
@@ -699,8 +727,14 @@ defmodule Lacca do
   Returns and clears what the process wrote to stdout (`output: :buffer`).
 
   When nothing is buffered it waits until output arrives, the process exits,
-  or `timeout` milliseconds passed, and then returns `{:ok, ""}`. A process
-  blocked because its buffer is full continues once it has been read.
+  or `timeout` milliseconds (default 1,000) passed, and then returns `{:ok,
+  ""}`. A process blocked because its buffer is full continues once it has
+  been read.
+
+  Unlike lacca 0.2.3, whose `read_stdout/1` returned at once with whatever
+  was buffered (often `""` right after a start), it waits up to `timeout`
+  when nothing is buffered yet: `read_stdout(pid, 0)` returns at once, as
+  0.2.3 did.
 
   Raises `ArgumentError` for a process started with `output: :messages`.
   """
