@@ -69,9 +69,9 @@ defmodule Lacca.ReleaseTest do
       assert File.read!(launcher) =~ "python3."
       refute File.read!(launcher) =~ @repo
 
-      # `eval` loads the applications without starting them.
+      # `eval` loads the applications without starting them: lacca's first
+      # call starts it.
       expr = """
-      {:ok, _} = Application.ensure_all_started(:lacca)
       IO.inspect(Lacca.Resin.find(), label: "resin")
       IO.inspect(File.exists?(#{inspect(Path.join(@repo, ".venv"))}), label: "venv visible")
       Lacca.run("echo", ["ok"]) |> IO.inspect()

@@ -73,15 +73,35 @@ defmodule Lacca.Daemon do
   # several resins spread spawns (and file descriptors) over more cores.
   @spec pick() :: atom()
   def pick do
-    {names, counter} = :persistent_term.get({__MODULE__, :pool})
+    {names, counter} = pool()
     elem(names, rem(:atomics.add_get(counter, 1, 1), tuple_size(names)))
   end
 
   @doc false
   @spec shared() :: [atom()]
   def shared do
-    {names, _} = :persistent_term.get({__MODULE__, :pool})
+    {names, _} = pool()
     Tuple.to_list(names)
+  end
+
+  # The pool exists once :lacca has started. Where nothing started it (a
+  # release's `bin/app eval`, a script with `mix run --no-start`), the first
+  # call starts it, as a call to a not-yet-started :logger would not.
+  defp pool do
+    case :persistent_term.get({__MODULE__, :pool}, nil) do
+      nil ->
+        case Application.ensure_all_started(:lacca) do
+          {:ok, _} ->
+            :persistent_term.get({__MODULE__, :pool})
+
+          {:error, reason} ->
+            raise RuntimeError,
+                  "lacca is not started and could not be started: #{inspect(reason)}"
+        end
+
+      pool ->
+        pool
+    end
   end
 
   @doc false
