@@ -89,6 +89,7 @@ lint: setup
 	$(VENV)/bin/mypy --strict resin_py
 	mix format --check-formatted
 	MIX_ENV=test mix compile --force --warnings-as-errors
+	$(MAKE) --no-print-directory dialyzer
 
 # Dialyzer over lacca (tools/dialyzer.exs); Debian's erlang-dialyzer is
 # installed like Elixir. The PLT is built once into _build/dialyzer.

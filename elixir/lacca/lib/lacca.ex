@@ -692,7 +692,7 @@ defmodule Lacca do
     {spec_opts, opts} = Keyword.split(opts, [:id, :restart, :shutdown])
 
     if cmd == nil, do: raise(ArgumentError, "Lacca.child_spec/1 needs the :cmd option")
-    Options.command!(cmd, args)
+    _ = Options.command!(cmd, args)
     start = Options.start!(opts)
 
     if start.output == :messages and start.owner == nil do
@@ -828,7 +828,7 @@ defmodule Lacca do
   Closes the process's stdin (the process reads end-of-file) after every
   write queued before it was written. Returns once resin closed the pipe.
   """
-  @spec close_stdin(server()) :: :ok | {:error, term()}
+  @spec close_stdin(server()) :: :ok | {:error, :exited | :resin_down | :noproc}
   def close_stdin(pid), do: call(pid, :close_stdin)
 
   # -- control --------------------------------------------------------------
@@ -959,7 +959,8 @@ defmodule Lacca do
       iex> c in [:cgroup2, :process_tree]
       true
   """
-  @spec info() :: {:ok, %{resin: String.t(), containment: containment()}} | {:error, term()}
+  @spec info() ::
+          {:ok, %{resin: String.t(), containment: containment()}} | {:error, spawn_error()}
   def info do
     with {:ok, resin} <- Lacca.Resin.find(),
          {:ok, %Lacca.Result{stdout: cgroups}} <- run("cat", ["/proc/self/cgroup"]) do

@@ -148,10 +148,11 @@ defmodule Lacca.Cleanup do
     # kill(1) exits 1 when some target is gone already: expected, ignored.
     # Without a kill executable (a slim image), the shell's built-in kill;
     # cleanup must never fail the caller whatever happens.
-    case System.find_executable("kill") do
-      nil -> :os.cmd(String.to_charlist("kill -9 -- #{Enum.join(targets, " ")} 2>/dev/null"))
-      kill -> System.cmd(kill, ["-KILL", "--" | targets], stderr_to_stdout: true)
-    end
+    _ =
+      case System.find_executable("kill") do
+        nil -> :os.cmd(String.to_charlist("kill -9 -- #{Enum.join(targets, " ")} 2>/dev/null"))
+        kill -> System.cmd(kill, ["-KILL", "--" | targets], stderr_to_stdout: true)
+      end
 
     :ok
   rescue

@@ -566,7 +566,7 @@ defmodule Lacca.Daemon do
 
   defp handshake(port, meanwhile) do
     Port.command(port, Protocol.hello())
-    meanwhile.()
+    _ = meanwhile.()
 
     receive do
       {^port, {:data, <<0x01, 1>>}} ->

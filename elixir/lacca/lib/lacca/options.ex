@@ -397,6 +397,8 @@ defmodule Lacca.Options do
     _ -> bad!(key, "a binary (a path)", value)
   end
 
+  @spec bad!(atom(), String.t(), term()) :: no_return()
+  @spec bad!(atom(), String.t(), term(), String.t()) :: no_return()
   defp bad!(key, expected, value, prefix \\ "") do
     raise ArgumentError,
           "invalid value for #{inspect(key)} option: expected #{prefix}#{expected}, got: " <>

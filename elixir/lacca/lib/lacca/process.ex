@@ -506,11 +506,12 @@ defmodule Lacca.Process do
   def terminate(_reason, %{phase: :running, status: nil} = s) do
     # Our owner or supervisor is gone: stop the OS process before we go,
     # dropping its output meanwhile (in bounded memory, see Lacca.Drain).
-    if s.unthrottled do
-      Lacca.Drain.kill(s)
-    else
-      Lacca.Drain.halt(s, s.stop_signal, s.kill_timeout)
-    end
+    _ =
+      if s.unthrottled do
+        Lacca.Drain.kill(s)
+      else
+        Lacca.Drain.halt(s, s.stop_signal, s.kill_timeout)
+      end
 
     :ok
   end
@@ -778,10 +779,11 @@ defmodule Lacca.Process do
   end
 
   defp reply_parked(s, ref, from, reply) do
-    case s.timers do
-      %{^ref => {timer, _}} -> Process.cancel_timer(timer, async: true, info: false)
-      _ -> :ok
-    end
+    _ =
+      case s.timers do
+        %{^ref => {timer, _}} -> Process.cancel_timer(timer, async: true, info: false)
+        _ -> :ok
+      end
 
     GenServer.reply(from, reply)
   end
@@ -811,8 +813,10 @@ defmodule Lacca.Process do
     end
   end
 
-  defp cancel_kill_timer(%{kill_timer: {_, timer}}),
-    do: Process.cancel_timer(timer, async: true, info: false)
+  defp cancel_kill_timer(%{kill_timer: {_, timer}}) do
+    _ = Process.cancel_timer(timer, async: true, info: false)
+    :ok
+  end
 
   defp cancel_kill_timer(_), do: :ok
 end

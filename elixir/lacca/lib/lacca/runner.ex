@@ -11,7 +11,7 @@ defmodule Lacca.Runner do
   @stdin_window 4
   @sigkill 9
 
-  @spec run(binary(), [binary()], map()) :: {:ok, Result.t()} | {:error, term()}
+  @spec run(binary(), [binary()], map()) :: {:ok, Result.t()} | {:error, Lacca.spawn_error()}
   def run(exec, args, spec) do
     spawn_opts =
       if spec.input == nil and not List.keymember?(spec.spawn, :stdin, 0),

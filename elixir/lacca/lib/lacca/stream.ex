@@ -238,9 +238,7 @@ defmodule Lacca.Stream do
   defp halt(st) do
     stop_writer(st.writer)
 
-    if st.status == nil do
-      Drain.halt(st, st.stop_signal, st.kill_timeout)
-    end
+    _ = if st.status == nil, do: Drain.halt(st, st.stop_signal, st.kill_timeout)
 
     if st.daemon, do: Daemon.release(st.daemon)
     :ok
