@@ -243,7 +243,7 @@ def test_no_frame_of_one_packet_is_expensive(name: str) -> None:
     assert min(frame_cost(payload) for _ in range(3)) < 0.2
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)  # time is bounded by the cost tests above
 @given(st.sampled_from(list(WORST_FRAMES)), st.integers(min_value=0),
        st.integers(min_value=0, max_value=255))
 def test_worst_frames_mutated_only_raise_protocol_errors(name: str, pos: int, value: int
@@ -364,7 +364,7 @@ def int_encodings(value: int) -> list[bytes]:
     return forms
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)  # time is bounded by the cost tests above
 @given(st.lists(st.tuples(st.integers(0, 255), st.integers(0, 8),
                           st.sampled_from([0, 0, 0, 204, 255])), max_size=200),
        st.integers(min_value=1, max_value=40), st.booleans())
@@ -393,7 +393,7 @@ def test_v0_int_arrays_decode_as_msgpack_does(
                     v0.decode_client_message(message[:-cut])
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)  # time is bounded by the cost tests above
 @given(st.lists(st.one_of(st.integers(256, 2**64 - 1), st.integers(-(2**63), -1),
                           st.floats(), st.none(), st.text(max_size=3)),
                 min_size=1, max_size=3),
