@@ -101,7 +101,7 @@ dialyzer: elixir
 	    echo "Dialyzer is missing. Install it as root:  apt-get install erlang-dialyzer"; exit 1; \
 	  fi; \
 	fi
-	mix compile
+	MIX_ENV=dev mix compile
 	elixir -pa "$$(erl -noshell -eval 'io:format("~s", [code:lib_dir(dialyzer, ebin)]), halt().')" \
 	  tools/dialyzer.exs _build/dev/lib/lacca/ebin
 

@@ -49,8 +49,20 @@ defmodule Lacca.SpawnPartsTest do
     assert {:ok, %Result{stdout: "fine\n"}} = Lacca.run("echo", ["fine"])
   end
 
+  test "many small items: within a packet but past resin's terms per frame" do
+    assert {:ok, %Result{stdout: "9000\n"}} =
+             Lacca.run("sh", ["-c", "echo $#", "sh" | List.duplicate("", 9000)])
+
+    env = Map.new(1..3000, &{"V#{&1}", "x"})
+    assert {:ok, %Result{stdout: "x\n"}} = Lacca.run("sh", ["-c", "echo $V3000"], env: env)
+  end
+
   test "a request that fits one packet is one frame; a larger one, parts" do
-    assert {:ok, [_]} = Protocol.spawn_frames(1, "x", List.duplicate("a", 9000), [])
+    assert {:ok, [_]} = Protocol.spawn_frames(1, "x", List.duplicate("a", 8000), [])
+    # Fits a packet, but not resin's limit of terms per frame.
+    assert {:ok, [_, _, _]} = Protocol.spawn_frames(1, "x", List.duplicate("", 9000), [])
+    env = Enum.map(1..3000, &{"V#{&1}", "x"})
+    assert {:ok, [_, _, _]} = Protocol.spawn_frames(1, "x", [], env: env)
     args = List.duplicate("a", 20_000)
     env = [{"A", "1"}, {"LONG", :binary.copy("v", 150_000)}, {"U", nil}]
     opts = [env: env, cd: "/tmp", env: [{"IGNORED", "x"}]]

@@ -110,6 +110,16 @@ defmodule Lacca.SupervisionTest do
   end
 
   describe "restart strategies with a real Supervisor" do
+    test "a supervised child's unread output is dropped as it comes: it never blocks" do
+      # 3 MB is past max_buffer (1 MiB by default): kept, it would stop the child.
+      spec = {Lacca, cmd: "sh", args: ["-c", "head -c 3000000 /dev/zero"], restart: :temporary}
+      {:ok, sup} = Supervisor.start_link([spec], strategy: :one_for_one)
+      [{_, pid, _, _}] = Supervisor.which_children(sup)
+      ref = Process.monitor(pid)
+      assert_receive {:DOWN, ^ref, :process, ^pid, :normal}, 15_000
+      assert Supervisor.stop(sup) == :ok
+    end
+
     test ":permanent restarts after exit 0, exit 3 and kill -9 from outside" do
       {:ok, sup} =
         Supervisor.start_link([child(:p, "read x; exit $x", restart: :permanent)],

@@ -84,23 +84,34 @@ defmodule Lacca.Daemon do
     Tuple.to_list(names)
   end
 
-  # The pool exists once :lacca has started. Where nothing started it (a
-  # release's `bin/app eval`, a script with `mix run --no-start`), the first
-  # call starts it, as a call to a not-yet-started :logger would not.
   defp pool do
     case :persistent_term.get({__MODULE__, :pool}, nil) do
       nil ->
-        case Application.ensure_all_started(:lacca) do
-          {:ok, _} ->
-            :persistent_term.get({__MODULE__, :pool})
-
-          {:error, reason} ->
-            raise RuntimeError,
-                  "lacca is not started and could not be started: #{inspect(reason)}"
-        end
+        ensure_started!()
+        :persistent_term.get({__MODULE__, :pool})
 
       pool ->
         pool
+    end
+  end
+
+  @doc false
+  # Where nothing started :lacca (a release's `bin/app eval`, a script run
+  # with `mix run --no-start`), every entry point's first call starts it.
+  # One that was stopped on purpose is not started again behind its back:
+  # only one never started (no pool yet).
+  @spec ensure_started!() :: :ok
+  def ensure_started! do
+    if :persistent_term.get({__MODULE__, :pool}, nil) == nil do
+      case Application.ensure_all_started(:lacca) do
+        {:ok, _} ->
+          :ok
+
+        {:error, reason} ->
+          raise RuntimeError, "lacca is not started and could not be started: #{inspect(reason)}"
+      end
+    else
+      :ok
     end
   end
 
@@ -220,6 +231,8 @@ defmodule Lacca.Daemon do
   # Starts a dedicated daemon for `client` under Lacca.DaemonSupervisor.
   @spec start_dedicated(pid()) :: DynamicSupervisor.on_start_child()
   def start_dedicated(client) do
+    ensure_started!()
+
     DynamicSupervisor.start_child(
       Lacca.DaemonSupervisor,
       {__MODULE__, client: client, restart: :temporary}

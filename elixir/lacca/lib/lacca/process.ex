@@ -52,6 +52,7 @@ defmodule Lacca.Process do
   # waits until resin reported the spawn (or its failure).
   @spec start(binary(), [binary()], map(), boolean()) :: {:ok, pid()} | {:error, term()}
   def start(exec, args, spec, link?) do
+    Lacca.Daemon.ensure_started!()
     tag = make_ref()
     child = {__MODULE__, {exec, args, spec, self(), tag, link?}}
 
@@ -535,6 +536,11 @@ defmodule Lacca.Process do
   # server ends with the process): it is dropped, and so consumed. An owner
   # still gets its messages.
   defp output(stream, data, %{mode: :buffer, stoppers: [_ | _]} = s),
+    do: consumed(s, stream, byte_size(data))
+
+  # Nobody can read the buffer (a supervised child): drop the output as it
+  # comes, or the child would block once max_buffer is reached.
+  defp output(stream, data, %{mode: :buffer, readable: false} = s),
     do: consumed(s, stream, byte_size(data))
 
   defp output(stream, data, %{mode: :buffer} = s) do

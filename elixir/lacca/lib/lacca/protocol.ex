@@ -193,7 +193,7 @@ defmodule Lacca.Protocol do
 
   @doc """
   The CONTROL frames of `{:spawn, id, exec, args, opts}`: that one frame when
-  it fits a packet, else `spawn_part` frames carrying the arguments and the
+  it fits a packet and resin's term limits, else `spawn_part` frames carrying the arguments and the
   `:env` option (an argument or value longer than a packet goes in `piece`s
   first), then the spawn with `{:parts, n}`. `{:error, :e2big}` only when a
   variable name, or what is left of the request, does not fit a packet.
@@ -206,12 +206,15 @@ defmodule Lacca.Protocol do
   @spec spawn_frames(id(), binary(), [binary()], list()) :: {:ok, [iodata()]} | {:error, :e2big}
   def spawn_frames(id, exec, args, opts) do
     request = control({:spawn, id, exec, args, opts})
+    env = Keyword.get(opts, :env, [])
 
-    if IO.iodata_length(request) <= @max_packet do
+    # One frame only where resin can decode it: within a packet, and within
+    # its term limits (many empty arguments fit a packet but not the limits).
+    if IO.iodata_length(request) <= @max_packet and length(args) <= @part_args and
+         length(env) <= @part_env do
       {:ok, [request]}
     else
       # As resin reads proplists, the first :env wins; the others go.
-      env = Keyword.get(opts, :env, [])
       opts = Enum.reject(opts, &match?({:env, _}, &1))
 
       with {:ok, arg_parts} <- parts(id, :args, args, @part_args),
