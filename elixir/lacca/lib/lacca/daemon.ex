@@ -17,9 +17,10 @@ defmodule Lacca.Daemon do
   # There are a few shared daemons (pick/0 chooses one, round robin), each
   # restarted by the supervisor when its resin dies.
   #
-  # Receivers write STDIN, CREDIT and CONTROL frames themselves with
-  # Port.command/2 (any process may); only spawn goes through the daemon,
-  # which has to register the receiver first.
+  # Receivers write STDIN, CREDIT and CONTROL frames themselves through
+  # Lacca.Channel (any process may write to the port); only spawn goes through
+  # the daemon, which has to register the receiver first. The messages above
+  # and the frame bytes are Lacca.Channel's (its macros match them).
   #
   # The daemon monitors every receiver; when one dies, its OS process group is
   # SIGKILLed. When resin dies the daemon stops with {:shutdown, ...}: the
@@ -34,7 +35,9 @@ defmodule Lacca.Daemon do
   use GenServer
   require Logger
 
-  alias Lacca.Protocol
+  alias Lacca.{Channel, Protocol}
+
+  require Channel
 
   @handshake_timeout 15_000
   @max_id 4_294_967_295
@@ -302,7 +305,7 @@ defmodule Lacca.Daemon do
           frames == {:error, :e2big} ->
             {:reply, frames, state}
 
-          Enum.all?(elem(frames, 1), &Protocol.command(state.port, &1)) ->
+          Enum.all?(elem(frames, 1), &Channel.command(state.port, &1)) ->
             mref = Process.monitor(receiver)
 
             state = %{
@@ -349,11 +352,11 @@ defmodule Lacca.Daemon do
 
   @impl true
   # STDOUT / STDERR: forwarded as they are. This is the hot path.
-  def handle_info({port, {:data, <<type, id::32, _::binary>> = frame}}, %{port: port} = state)
-      when type in [0x21, 0x22] do
+  def handle_info({port, {:data, Channel.raw_output(type, id) = frame}}, %{port: port} = state)
+      when Channel.is_output_type(type) do
     case state.procs do
       %{^id => {receiver, _, _, _}} when receiver != nil ->
-        send(receiver, {:"$lacca", port, frame})
+        send(receiver, Channel.forward(port, frame))
 
       _ ->
         :ok
@@ -363,16 +366,16 @@ defmodule Lacca.Daemon do
   end
 
   # STDIN_ACK: to whoever writes the stdin.
-  def handle_info({port, {:data, <<0x23, id::32, _::binary>> = frame}}, %{port: port} = state) do
+  def handle_info({port, {:data, Channel.raw_stdin_ack(id) = frame}}, %{port: port} = state) do
     case state.procs do
-      %{^id => {_, acker, _, _}} when acker != nil -> send(acker, {:"$lacca", port, frame})
+      %{^id => {_, acker, _, _}} when acker != nil -> send(acker, Channel.forward(port, frame))
       _ -> :ok
     end
 
     {:noreply, state}
   end
 
-  def handle_info({port, {:data, <<0x20, etf::binary>>}}, %{port: port} = state) do
+  def handle_info({port, {:data, Channel.raw_event(etf)}}, %{port: port} = state) do
     case Protocol.decode_term(etf) do
       {:ok, event} ->
         {:noreply, answer_waiting(event, state)}
@@ -413,7 +416,7 @@ defmodule Lacca.Daemon do
         # The receiver died: its process group goes with it. Unlimited
         # credit lets resin drain the pipes and report (and free) the exit.
         if state.port != nil do
-          Protocol.kill_group(state.port, id, :receiver_down)
+          Channel.kill_group(state.port, id, :receiver_down)
         end
 
         procs = Map.update!(state.procs, id, fn {_, _, _, os_pid} -> {nil, nil, nil, os_pid} end)
@@ -515,7 +518,9 @@ defmodule Lacca.Daemon do
   defp spawn_reason(event), do: event
 
   defp forward(nil, _event, _state), do: :ok
-  defp forward(receiver, event, state), do: send(receiver, {:"$lacca_event", state.port, event})
+
+  defp forward(receiver, event, state),
+    do: send(receiver, Channel.forward_event(state.port, event))
 
   # -- port ----------------------------------------------------------------
 
@@ -565,7 +570,7 @@ defmodule Lacca.Daemon do
   end
 
   defp handshake(port, meanwhile) do
-    Port.command(port, Protocol.hello())
+    Channel.command(port, Protocol.hello())
     meanwhile.()
 
     receive do

@@ -15,7 +15,7 @@ defmodule Lacca.Process do
 
   require Logger
 
-  alias Lacca.{Daemon, Protocol}
+  alias Lacca.{Channel, Daemon, Protocol}
 
   @max_data 65_530
   # log_output: the longest line logged in one message; a longer line is
@@ -506,10 +506,12 @@ defmodule Lacca.Process do
   def terminate(_reason, %{phase: :running, status: nil} = s) do
     # Our owner or supervisor is gone: stop the OS process before we go,
     # dropping its output meanwhile (in bounded memory, see Lacca.Drain).
+    chan = %Channel{port: s.port, id: s.id, dmref: s.dmref}
+
     if s.unthrottled do
-      Lacca.Drain.kill(s)
+      Channel.kill(chan)
     else
-      Lacca.Drain.halt(s, s.stop_signal, s.kill_timeout)
+      Channel.halt(chan, s.stop_signal, s.kill_timeout)
     end
 
     :ok
@@ -633,7 +635,7 @@ defmodule Lacca.Process do
   defp unthrottle(%{unthrottled: true} = s), do: s
 
   defp unthrottle(s) do
-    Protocol.unthrottle(s.port, s.id)
+    Channel.unthrottle(%Channel{port: s.port, id: s.id})
     %{s | unthrottled: true}
   end
 
@@ -766,7 +768,7 @@ defmodule Lacca.Process do
   # Port.command/2 from this process: the port is owned by the daemon, but
   # any process may write to it. A closed port means resin is gone; the
   # daemon's :DOWN follows.
-  defp send_frame(%{port: port}, frame), do: Protocol.command(port, frame)
+  defp send_frame(%{port: port}, frame), do: Channel.command(port, frame)
 
   # -- parked calls with a time limit ------------------------------------------
 
