@@ -112,7 +112,7 @@ defmodule Lacca.ProcessTest do
     assert Lacca.await(pid) == {:ok, {:signal, :sigkill}}
 
     {:ok, pid} = Lacca.start("yes", [], max_buffer: 1_024, output: :messages, active: false)
-    %{id: id, daemon: daemon} = :sys.get_state(pid)
+    [{daemon, id, _os_pid}] = lacca_procs_of(pid)
     # Watch what the daemon receives: resin must report the exit although
     # nobody reads the output (the daemon grants the credit to drain it).
     1 = :erlang.trace(daemon, true, [:receive])
