@@ -718,7 +718,7 @@ defmodule Lacca do
           {:ok, pid()} | {:error, spawn_error()}
   def start_supervised(cmd, args, opts) do
     {exec, args} = Options.command!(cmd, args)
-    Lacca.Process.start(exec, args, Map.put(Options.start!(opts), :supervised, true), true)
+    Lacca.Process.start(exec, args, %{Options.start!(opts) | supervised: true}, true)
   end
 
   # -- reading ----------------------------------------------------------------

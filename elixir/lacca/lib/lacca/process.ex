@@ -60,7 +60,6 @@ defmodule Lacca.Process do
     log: %{},
     log_level: nil,
     log_meta: [],
-    window: 1_048_576,
     daemon: nil,
     # the wire (Lacca.Channel), once the daemon took the spawn
     chan: nil,
@@ -105,7 +104,6 @@ defmodule Lacca.Process do
           log: %{optional(stream()) => Lines.t()},
           log_level: Logger.level() | nil,
           log_meta: keyword(),
-          window: pos_integer(),
           daemon: pid() | nil,
           chan: Channel.t() | nil,
           os_pid: pos_integer() | nil,
@@ -129,7 +127,10 @@ defmodule Lacca.Process do
 
   # -- starting ------------------------------------------------------------
 
-  @spec child_spec(tuple()) :: Supervisor.child_spec()
+  @typedoc "What the server starts from: command, arguments, options, starter, tag, link?."
+  @type arg :: {binary(), [binary()], Lacca.Options.t(), pid(), reference(), boolean()}
+
+  @spec child_spec(arg()) :: Supervisor.child_spec()
   def child_spec({_exec, _args, spec, _starter, _tag, _link} = arg) do
     %{
       id: __MODULE__,
@@ -139,9 +140,9 @@ defmodule Lacca.Process do
     }
   end
 
-  @spec start_link(tuple()) :: GenServer.on_start()
+  @spec start_link(arg()) :: GenServer.on_start()
   def start_link({_exec, _args, spec, _starter, _tag, _link} = arg) do
-    case Map.get(spec, :name) do
+    case spec.name do
       nil -> GenServer.start_link(__MODULE__, arg)
       name -> GenServer.start_link(__MODULE__, arg, name: name)
     end
@@ -149,7 +150,8 @@ defmodule Lacca.Process do
 
   # Runs in the caller: starts the server under Lacca.ProcessSupervisor and
   # waits until resin reported the spawn (or its failure).
-  @spec start(binary(), [binary()], map(), boolean()) :: {:ok, pid()} | {:error, term()}
+  @spec start(binary(), [binary()], Lacca.Options.t(), boolean()) ::
+          {:ok, pid()} | {:error, term()}
   def start(exec, args, spec, link?) do
     tag = make_ref()
     child = {__MODULE__, {exec, args, spec, self(), tag, link?}}
@@ -199,12 +201,11 @@ defmodule Lacca.Process do
       mode: spec.output,
       readable: readable,
       log: log,
-      log_level: Map.get(spec, :log_output),
-      log_prefix: Map.get(spec, :log_prefix) || exec <> ": ",
+      log_level: spec.log_output,
+      log_prefix: spec.log_prefix || exec <> ": ",
       log_meta: [cmd: exec],
       kill_timeout: spec.kill_timeout,
       stop_signal: spec.stop_signal,
-      window: spec.max_buffer,
       active: spec.active
     }
 
@@ -221,9 +222,9 @@ defmodule Lacca.Process do
       end
 
     logged =
-      case Map.get(spec, :log_output) do
+      case spec.log_output do
         nil -> []
-        _ -> if Map.get(spec, :log_stderr, false), do: [:stdout, :stderr], else: [:stdout]
+        _ -> if spec.log_stderr, do: [:stdout, :stderr], else: [:stdout]
       end
 
     log = Map.new(logged, &{&1, Lines.new(@log_line_max)})
@@ -231,7 +232,7 @@ defmodule Lacca.Process do
     buffered =
       Enum.reject([:stdout | if(stderr == :capture, do: [:stderr], else: [])], &(&1 in logged))
 
-    {log, buffered != [] and not Map.get(spec, :supervised, false)}
+    {log, buffered != [] and not spec.supervised}
   end
 
   @impl true

@@ -41,9 +41,9 @@ defmodule Lacca.Runner do
   end
 
   defp spawn_and_collect(daemon, exec, args, spawn_opts, spec) do
-    case Daemon.spawn(daemon, exec, args, spawn_opts, spec.window, self()) do
+    case Daemon.spawn(daemon, exec, args, spawn_opts, spec.max_buffer, self()) do
       {:ok, dpid, port, id} ->
-        chan = Channel.open(port, id, dpid, spec.window)
+        chan = Channel.open(port, id, dpid, spec.max_buffer)
 
         case Channel.await_spawned(chan) do
           {:ok, _os_pid} -> collect_started(chan, spec)

@@ -77,7 +77,7 @@ defmodule Lacca.Stream do
 
     case spawn_process(daemon, exec, args, %{spec | spawn: spawn_opts}, writer) do
       {:ok, dpid, port, id} ->
-        chan = Channel.open(port, id, dpid, spec.window)
+        chan = Channel.open(port, id, dpid, spec.max_buffer)
 
         case Channel.await_spawned(chan) do
           {:ok, os_pid} ->
@@ -112,7 +112,7 @@ defmodule Lacca.Stream do
   end
 
   defp spawn_process(daemon, exec, args, spec, writer) do
-    Daemon.spawn(daemon, exec, args, spec.spawn, spec.window, self(), writer)
+    Daemon.spawn(daemon, exec, args, spec.spawn, spec.max_buffer, self(), writer)
   catch
     # (The :lacca application is not started, ...)
     kind, reason ->
