@@ -119,7 +119,7 @@ defmodule Lacca.ProcessTest do
     Process.exit(pid, :kill)
     assert_exit_reported(daemon, id)
     :erlang.trace(daemon, false, [:receive])
-    refute Map.has_key?(:sys.get_state(daemon).procs, id)
+    refute daemon_has?(daemon, id)
   end
 
   test "write_stdin after close_stdin, after exit, and with epipe" do
@@ -263,10 +263,8 @@ defmodule Lacca.ProcessTest do
 
   test "a dedicated daemon is a resin of its own" do
     {:ok, pid} = Lacca.start_link("sleep", ["100"], daemon: :dedicated)
-    %{daemon: daemon} = :sys.get_state(pid)
     shared = Lacca.Daemon.shared()
-    refute daemon in Enum.map(shared, &Process.whereis/1)
-    resin = Lacca.Daemon.resin_os_pid(daemon)
+    resin = resin_of(pid)
     refute resin in Enum.map(shared, &Lacca.Daemon.resin_os_pid/1)
     assert Lacca.stop(pid) == :ok
     assert wait_gone(resin) == []

@@ -251,6 +251,16 @@ defmodule Lacca.Daemon do
   @spec resin_os_pid(GenServer.server()) :: pos_integer() | nil
   def resin_os_pid(daemon \\ __MODULE__), do: GenServer.call(daemon, :resin_os_pid)
 
+  @doc false
+  # The OS processes the daemon routes frames for, as
+  # {id, receiver, acker, os_pid}: the receiver and acker are nil once the
+  # receiver died (its group was killed, the exit is awaited), the os_pid
+  # nil until resin reported the spawn. An id is here until resin reported
+  # the exit or the spawn failure.
+  @spec processes(GenServer.server()) ::
+          [{Lacca.Protocol.id(), pid() | nil, pid() | nil, pos_integer() | nil}]
+  def processes(daemon), do: GenServer.call(daemon, :processes)
+
   # -- server ------------------------------------------------------------
 
   @impl true
@@ -324,6 +334,13 @@ defmodule Lacca.Daemon do
       {:error, reason, state} ->
         {:reply, {:error, reason}, state}
     end
+  end
+
+  def handle_call(:processes, _from, state) do
+    procs =
+      for {id, {receiver, acker, _mref, os_pid}} <- state.procs, do: {id, receiver, acker, os_pid}
+
+    {:reply, Enum.sort(procs), state}
   end
 
   def handle_call(:resin_os_pid, _from, %{port: nil} = state), do: {:reply, nil, state}
