@@ -13,11 +13,11 @@ defmodule Lacca.Channel do
   #   * stdin: chunks/1 (frames of at most Protocol.max_data/0 bytes) and
   #     the ack window (is_stdin_room/1: Protocol.stdin_window/0 frames
   #     unacknowledged at most);
-  #   * credit: the window given at the spawn comes back in grants of a
-  #     quarter of it (threshold/1, the one rule), as the output is consumed
+  #   * credit: the :max_buffer given at the spawn comes back in grants of
+  #     a quarter of it (threshold/1, the one rule), as the output is consumed
   #     (consumed/3);
   #   * the wait for :spawned (await_spawned/1), signals and their names
-  #     (signal/5, kill_group/2, exit_status/1);
+  #     (signal/4, kill_group/2, exit_status/1);
   #   * halt/3 and kill/1: stop the process group and wait, in bounded
   #     memory, for resin's exit report.
   #
@@ -61,10 +61,10 @@ defmodule Lacca.Channel do
         }
 
   @typedoc "A status as resin reports it in its exit event."
-  @type wire_status :: {:exit, non_neg_integer()} | {:signal, pos_integer()}
+  @type wire_status :: {:exit, 0..255} | {:signal, pos_integer()}
 
   @typedoc "A status as lacca reports it (signals by name)."
-  @type status :: {:exit, non_neg_integer()} | {:signal, atom() | pos_integer()}
+  @type status :: Lacca.status()
 
   @type stream :: :stdout | :stderr
 
@@ -151,16 +151,21 @@ defmodule Lacca.Channel do
 
   @doc false
   # The channel of `id` on `port` of the daemon `daemon` (monitored), whose
-  # output was granted `window` bytes per stream at the spawn.
+  # output was granted `max_buffer` bytes per stream at the spawn.
   @spec open(port(), Protocol.id(), pid(), pos_integer()) :: t()
-  def open(port, id, daemon, window) do
-    %__MODULE__{port: port, id: id, dmref: Process.monitor(daemon), threshold: threshold(window)}
+  def open(port, id, daemon, max_buffer) do
+    %__MODULE__{
+      port: port,
+      id: id,
+      dmref: Process.monitor(daemon),
+      threshold: threshold(max_buffer)
+    }
   end
 
   @doc false
-  # Credit comes back in grants of a quarter of the window: the one rule.
+  # Credit comes back in grants of a quarter of :max_buffer: the one rule.
   @spec threshold(pos_integer()) :: pos_integer()
-  def threshold(window), do: max(div(window, 4), 1)
+  def threshold(max_buffer), do: max(div(max_buffer, 4), 1)
 
   @doc false
   # Waits for resin's answer to the spawn. The daemon monitor is dropped

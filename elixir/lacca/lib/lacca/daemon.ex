@@ -142,7 +142,7 @@ defmodule Lacca.Daemon do
 
   @doc false
   # Registers `receiver` (and `acker`, which gets the STDIN_ACK frames) for a
-  # fresh id and sends the spawn request with `window` bytes of initial
+  # fresh id and sends the spawn request with `max_buffer` bytes of initial
   # credit per stream. Returns {:ok, daemon_pid, port, id} or {:error, reason},
   # once resin answered the spawn: its `spawned` or `spawn_error` event is
   # then in the receiver's mailbox (sent before the reply, by the daemon, so
@@ -162,8 +162,8 @@ defmodule Lacca.Daemon do
           pid() | nil
         ) ::
           {:ok, pid(), port(), Lacca.Protocol.id()} | {:error, term()}
-  def spawn(daemon, exec, args, spawn_opts, window, receiver, acker \\ nil) do
-    request = {:spawn, exec, args, spawn_opts, window, receiver, acker || receiver}
+  def spawn(daemon, exec, args, spawn_opts, max_buffer, receiver, acker \\ nil) do
+    request = {:spawn, exec, args, spawn_opts, max_buffer, receiver, acker || receiver}
     spawn_on(daemon, request, if(is_atom(daemon), do: other_shared(daemon), else: []))
   end
 
@@ -301,11 +301,11 @@ defmodule Lacca.Daemon do
     end
   end
 
-  def handle_call({:spawn, exec, args, opts, window, receiver, acker}, _from, state) do
+  def handle_call({:spawn, exec, args, opts, max_buffer, receiver, acker}, _from, state) do
     case ensure_port(state) do
       {:ok, state} ->
         {id, state} = next_id(state)
-        credit = if window == :infinity, do: [], else: [{:credit, window}]
+        credit = if max_buffer == :infinity, do: [], else: [{:credit, max_buffer}]
         # A request above one packet goes in parts (docs/protocol.md 4.3.1),
         # so execve decides what is too big (E2BIG); only a variable name
         # longer than a packet cannot be sent at all (E2BIG here).

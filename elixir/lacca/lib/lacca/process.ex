@@ -3,9 +3,10 @@ defmodule Lacca.Process do
   # One GenServer per OS process started with Lacca.start/3 or start_link/3.
   #
   # The daemon routes the frames about our id straight to us; we write STDIN,
-  # CREDIT and CONTROL frames to the port ourselves. Every handle_info clause
-  # matches our own port and id (and daemon monitor ref), so frames of an
-  # older process or another port can never be taken for ours.
+  # CREDIT and CONTROL frames to the port ourselves, through our
+  # Lacca.Channel (which owns the wire). Every handle_info clause matches our
+  # own port and id (and daemon monitor ref), so frames of an older process
+  # or another port can never be taken for ours.
   #
   # Callers that have to wait (read_stdout with an empty buffer, await,
   # write_stdin until its frames are acked, close_stdin, signal, stop) are

@@ -6,12 +6,12 @@ defmodule Lacca.Stream do
   # daemon straight to it, and it pulls one frame out of its mailbox per
   # element requested.
   #
-  # Flow control: the process is spawned with `window` bytes of credit per
-  # stream; a frame's bytes are granted back (in batches of window / 4) when
-  # the consumer takes the frame out of its mailbox, i.e. when it asks for
-  # the next element. So at most `window` bytes of output wait in the
-  # mailbox, whatever the consumer does; then resin stops reading and the
-  # child blocks in write(2).
+  # Flow control: the process is spawned with `max_buffer` bytes of credit
+  # per stream; a frame's bytes are granted back (in batches of a quarter of
+  # it, Lacca.Channel.consumed/3) when the consumer takes the frame out of
+  # its mailbox, i.e. when it asks for the next element. So at most
+  # `max_buffer` bytes of output wait in the mailbox, whatever the consumer
+  # does; then resin stops reading and the child blocks in write(2).
   #
   # Input (`:input`) is written by a linked "writer" process, registered with
   # the daemon as the id's acker: it enumerates the input and keeps at most
