@@ -68,6 +68,9 @@ defmodule Lacca.Channel do
 
   @type stream :: :stdout | :stderr
 
+  @typedoc "The tag of a CONTROL request, which resin puts in its reply."
+  @type tag :: reference() | :halt | :run | :stream | :receiver_down
+
   # -- matching the daemon's messages (macros: usable in receive patterns) ----
 
   @doc false
@@ -170,7 +173,7 @@ defmodule Lacca.Channel do
   @doc false
   # Waits for resin's answer to the spawn. The daemon monitor is dropped
   # when the spawn failed.
-  @spec await_spawned(t()) :: {:ok, pos_integer()} | {:error, term()}
+  @spec await_spawned(t()) :: {:ok, pos_integer()} | {:error, Lacca.spawn_error()}
   def await_spawned(%__MODULE__{port: port, id: id, dmref: dmref}) do
     receive do
       event(^port, {:spawned, ^id, os_pid}) ->
@@ -235,7 +238,7 @@ defmodule Lacca.Channel do
     do: command(port, Protocol.stdin(id, frame))
 
   @doc false
-  @spec close_stdin(t(), term()) :: boolean()
+  @spec close_stdin(t(), tag()) :: boolean()
   def close_stdin(%__MODULE__{port: port, id: id}, ref),
     do: command(port, Protocol.control({:close_stdin, id, ref}))
 
@@ -304,13 +307,13 @@ defmodule Lacca.Channel do
   @doc false
   # Signal `signo` to the process (`group`: its process group); resin
   # answers with {:reply, id, ref, result}.
-  @spec signal(t(), term(), pos_integer(), boolean()) :: boolean()
+  @spec signal(t(), tag(), pos_integer(), boolean()) :: boolean()
   def signal(%__MODULE__{port: port, id: id}, ref, signo, group),
     do: command(port, Protocol.control({:signal, id, ref, signo, group}))
 
   @doc false
   # SIGKILL to the process group, with unlimited credit first.
-  @spec kill_group(t(), term()) :: t()
+  @spec kill_group(t(), tag()) :: t()
   def kill_group(chan, ref) do
     chan = unthrottle(chan)
     signal(chan, ref, @sigkill, true)
@@ -319,7 +322,7 @@ defmodule Lacca.Channel do
 
   @doc false
   # The same for the daemon, which has no channel (a receiver died).
-  @spec kill_group(port(), Protocol.id(), term()) :: boolean()
+  @spec kill_group(port(), Protocol.id(), tag()) :: boolean()
   def kill_group(port, id, ref) do
     unlimited(port, id)
     command(port, Protocol.control({:signal, id, ref, @sigkill, true}))

@@ -152,16 +152,17 @@ defmodule Lacca.Cleanup do
     # kill(2); without a kill executable (a slim image) nothing is sent from
     # here: resin's sentinel, which does the same cleanup, is the only one.
     # Cleanup must never fail the caller whatever happens.
-    case System.find_executable("kill") do
-      nil ->
-        Logger.warning(
-          "lacca: no kill executable on the PATH: process groups of a dead resin " <>
-            "are left to its sentinel"
-        )
+    _ =
+      case System.find_executable("kill") do
+        nil ->
+          Logger.warning(
+            "lacca: no kill executable on the PATH: process groups of a dead resin " <>
+              "are left to its sentinel"
+          )
 
-      kill ->
-        System.cmd(kill, ["-KILL", "--" | targets], stderr_to_stdout: true)
-    end
+        kill ->
+          System.cmd(kill, ["-KILL", "--" | targets], stderr_to_stdout: true)
+      end
 
     :ok
   rescue

@@ -572,11 +572,12 @@ defmodule Lacca.Process do
   def terminate(_reason, %{phase: :running, status: nil} = s) do
     # Our owner or supervisor is gone: stop the OS process before we go,
     # dropping its output meanwhile (in bounded memory, see Channel.halt/3).
-    if s.chan.credit == :unlimited do
-      Channel.kill(s.chan)
-    else
-      Channel.halt(s.chan, s.stop_signal, s.kill_timeout)
-    end
+    _ =
+      if s.chan.credit == :unlimited do
+        Channel.kill(s.chan)
+      else
+        Channel.halt(s.chan, s.stop_signal, s.kill_timeout)
+      end
 
     :ok
   end

@@ -99,7 +99,7 @@ defmodule Lacca.Runner do
         loop(pump(st))
 
       Channel.event(^port, {:exit, ^id, status}) ->
-        Channel.close(chan)
+        _ = Channel.close(chan)
         status = if st.timed_out, do: :timeout, else: Channel.exit_status(status)
 
         {:ok,

@@ -223,9 +223,7 @@ defmodule Lacca.Stream do
   defp halt(st) do
     stop_writer(st.writer)
 
-    if st.status == nil do
-      Channel.halt(st.chan, st.stop_signal, st.kill_timeout)
-    end
+    _ = if st.status == nil, do: Channel.halt(st.chan, st.stop_signal, st.kill_timeout)
 
     if st.daemon, do: Daemon.release(st.daemon)
     :ok
