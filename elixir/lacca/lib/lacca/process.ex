@@ -61,7 +61,6 @@ defmodule Lacca.Process do
     log: %{},
     log_level: nil,
     log_meta: [],
-    daemon: nil,
     # the wire (Lacca.Channel), once the daemon took the spawn
     chan: nil,
     os_pid: nil,
@@ -105,7 +104,6 @@ defmodule Lacca.Process do
           log: %{optional(stream()) => Lines.t()},
           log_level: Logger.level() | nil,
           log_meta: keyword(),
-          daemon: pid() | nil,
           chan: Channel.t() | nil,
           os_pid: pos_integer() | nil,
           status: status() | :spawn_error | nil,
@@ -251,7 +249,7 @@ defmodule Lacca.Process do
          {:ok, dpid, port, id} <-
            Daemon.spawn(daemon, exec, args, spec.spawn, spec.max_buffer, self()) do
       chan = Channel.open(port, id, dpid, spec.max_buffer)
-      {:noreply, %{state | daemon: dpid, chan: chan}}
+      {:noreply, %{state | chan: chan}}
     else
       {:error, reason} ->
         send(state.starter, {state.tag, {:error, reason}})
