@@ -93,5 +93,25 @@ def children_of(pid: int) -> list[int]:
         return []
 
 
+def spawned_child(resin_pid: int) -> int:
+    """The one child resin spawned (v0 never tells its pid). resin's sentinel
+    is forked through a short-lived intermediate child of resin's, gone by
+    the first spawn: a child that runs resin's own executable is not it."""
+    own = os.readlink(f"/proc/{resin_pid}/exe")
+
+    def spawned() -> list[int]:
+        found = []
+        for pid in children_of(resin_pid):
+            try:
+                if os.readlink(f"/proc/{pid}/exe") != own:
+                    found.append(pid)
+            except OSError:
+                continue  # gone, or still between fork and exec
+        return found
+
+    wait_until(lambda: len(spawned()) == 1, what="the spawned child to start")
+    return spawned()[0]
+
+
 def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))

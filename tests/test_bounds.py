@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import select
 
-from conftest import children_of, wait_gone, wait_until
+from conftest import spawned_child, wait_gone
 
 from resin_py.protocol import v0, v1
 from resin_py.protocol.framing import encode_packet
@@ -104,8 +104,7 @@ def test_v1_stdin_past_the_window_is_refused(client: ResinClient) -> None:
 
 def test_v0_datain_backlog_stops_reading_stdin(resin: ResinClient) -> None:
     resin.v0_send(v0.StartProcess("sleep", ("1000",)))
-    wait_until(lambda: len(children_of(resin.pid)) == 1, what="sleep to start")
-    child = children_of(resin.pid)[0]
+    child = spawned_child(resin.pid)
     before = rss(resin.pid)
     chunk = 60_000
     packet = b"".join(encode_packet(p) for p in v0.encode_client_message(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import msgpack
 import pytest
-from conftest import children_of, exists, wait_gone, wait_until
+from conftest import exists, spawned_child, wait_gone
 
 from resin_py.protocol import v0
 from resin_py.protocol.framing import encode_packet
@@ -22,10 +22,8 @@ def start(resin: ResinClient, exe: str, *args: str) -> None:
 
 
 def the_child(resin: ResinClient) -> int:
-    """v0 never tells the pid: find resin's only child."""
-    wait_until(lambda: len(children_of(resin.pid)) == 1, what="the child to start")
-    [pid] = children_of(resin.pid)
-    return pid
+    """v0 never tells the pid: find resin's only spawned child."""
+    return spawned_child(resin.pid)
 
 
 def test_echo_is_byte_identical_to_resin_03(resin: ResinClient) -> None:

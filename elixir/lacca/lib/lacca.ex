@@ -663,8 +663,10 @@ defmodule Lacca do
   `{:exit_status, n}` or `{:signal, name}` otherwise. So `restart:
   :transient` restarts a process that failed or was killed, `:permanent`
   restarts it whenever it ends, `:temporary` never. The supervisor reads no
-  output: unread buffered output is dropped when the process exits; use
-  `:log_output` to keep it, and `:name` to reach the server.
+  output, so the process never waits for a reader: only the latest
+  `:max_buffer` bytes or so of each stream are kept (readable by pid or
+  `:name`), and they are dropped when the process exits; use `:log_output`
+  to keep all of it.
 
   ## Examples
 
@@ -718,7 +720,7 @@ defmodule Lacca do
           {:ok, pid()} | {:error, spawn_error()}
   def start_supervised(cmd, args, opts) do
     {exec, args} = Options.command!(cmd, args)
-    Lacca.Process.start(exec, args, Map.put(Options.start!(opts), :supervised, true), true)
+    Lacca.Process.start(exec, args, %{Options.start!(opts) | supervised: true}, true)
   end
 
   # -- reading ----------------------------------------------------------------

@@ -125,8 +125,7 @@ defmodule Lacca.ContainmentTest do
     {:ok, shared} = Lacca.start_link("sleep", ["1000"])
     # start/3: the server exits with :resin_down (see above).
     {:ok, dedicated} = Lacca.start("sleep", ["1000"], daemon: :dedicated, output: :messages)
-    %{daemon: daemon} = :sys.get_state(dedicated)
-    os_kill(Lacca.Daemon.resin_os_pid(daemon))
+    os_kill(resin_of(dedicated))
     assert_receive {:lacca, ^dedicated, {:error, :resin_down}}, 5_000
     assert Lacca.alive?(shared)
     assert Lacca.stop(shared) == :ok

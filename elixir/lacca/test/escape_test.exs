@@ -92,8 +92,7 @@ defmodule Lacca.EscapeTest do
 
   test "resin killed with SIGKILL while lacca runs" do
     {pid, pids, prefix} = start_escapees(daemon: :dedicated)
-    %{daemon: daemon} = :sys.get_state(pid)
-    os_kill(Lacca.Daemon.resin_os_pid(daemon))
+    os_kill(resin_of(pid))
     assert_none_left(pids, prefix)
   end
 

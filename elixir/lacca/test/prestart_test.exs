@@ -46,8 +46,7 @@ defmodule Lacca.PrestartTest do
           os_pid = Daemon.resin_os_pid(name)
           assert is_integer(os_pid)
           assert os_alive?(os_pid)
-          assert %{procs: procs, next_id: 0} = :sys.get_state(name)
-          assert procs == %{}
+          assert Daemon.processes(name) == []
           os_pid
         end
 

@@ -112,14 +112,14 @@ defmodule Lacca.ProcessTest do
     assert Lacca.await(pid) == {:ok, {:signal, :sigkill}}
 
     {:ok, pid} = Lacca.start("yes", [], max_buffer: 1_024, output: :messages, active: false)
-    %{id: id, daemon: daemon} = :sys.get_state(pid)
+    [{daemon, id, _os_pid}] = lacca_procs_of(pid)
     # Watch what the daemon receives: resin must report the exit although
     # nobody reads the output (the daemon grants the credit to drain it).
     1 = :erlang.trace(daemon, true, [:receive])
     Process.exit(pid, :kill)
     assert_exit_reported(daemon, id)
     :erlang.trace(daemon, false, [:receive])
-    refute Map.has_key?(:sys.get_state(daemon).procs, id)
+    refute daemon_has?(daemon, id)
   end
 
   test "write_stdin after close_stdin, after exit, and with epipe" do
@@ -263,10 +263,8 @@ defmodule Lacca.ProcessTest do
 
   test "a dedicated daemon is a resin of its own" do
     {:ok, pid} = Lacca.start_link("sleep", ["100"], daemon: :dedicated)
-    %{daemon: daemon} = :sys.get_state(pid)
     shared = Lacca.Daemon.shared()
-    refute daemon in Enum.map(shared, &Process.whereis/1)
-    resin = Lacca.Daemon.resin_os_pid(daemon)
+    resin = resin_of(pid)
     refute resin in Enum.map(shared, &Lacca.Daemon.resin_os_pid/1)
     assert Lacca.stop(pid) == :ok
     assert wait_gone(resin) == []

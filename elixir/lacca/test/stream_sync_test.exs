@@ -63,7 +63,7 @@ defmodule Lacca.StreamSyncTest do
       end)
 
     assert_receive {:proc, {daemon, id, os_pid}}, 5_000
-    %{procs: %{^id => {^consumer, writer, _, ^os_pid}}} = :sys.get_state(daemon)
+    [writer] = for {^id, ^consumer, writer, ^os_pid} <- Lacca.Daemon.processes(daemon), do: writer
     assert is_pid(writer) and writer != consumer
     wref = Process.monitor(writer)
 
@@ -77,7 +77,7 @@ defmodule Lacca.StreamSyncTest do
     end
 
     refute os_alive?(os_pid)
-    refute Map.has_key?(:sys.get_state(daemon).procs, id)
+    refute daemon_has?(daemon, id)
     assert_receive {:DOWN, ^wref, :process, ^writer, :killed}
   end
 

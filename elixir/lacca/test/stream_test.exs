@@ -27,7 +27,7 @@ defmodule Lacca.StreamTest do
   # freed its id.
   defp assert_freed({daemon, id, os_pid}) do
     refute os_alive?(os_pid)
-    refute Map.has_key?(:sys.get_state(daemon).procs, id)
+    refute daemon_has?(daemon, id)
   end
 
   describe "output" do

@@ -8,6 +8,8 @@ defmodule Lacca.Cleanup do
   # environment: find them in /proc and SIGKILL them, again until no new one
   # appears (they may fork while being killed). No shell is involved.
 
+  require Logger
+
   # How long to keep looking for processes that fork while being killed.
   @deadline_ms 2_000
 
@@ -145,13 +147,21 @@ defmodule Lacca.Cleanup do
   defp kill([]), do: :ok
 
   defp kill(targets) do
-    # kill(1) exits 1 when some target is gone already: expected, ignored.
-    # Without a kill executable (a slim image), the shell's built-in kill;
-    # cleanup must never fail the caller whatever happens.
+    # kill(1), given its arguments as a list: no shell parses them. It exits
+    # 1 when some target is gone already: expected, ignored. OTP has no
+    # kill(2); without a kill executable (a slim image) nothing is sent from
+    # here: resin's sentinel, which does the same cleanup, is the only one.
+    # Cleanup must never fail the caller whatever happens.
     _ =
       case System.find_executable("kill") do
-        nil -> :os.cmd(String.to_charlist("kill -9 -- #{Enum.join(targets, " ")} 2>/dev/null"))
-        kill -> System.cmd(kill, ["-KILL", "--" | targets], stderr_to_stdout: true)
+        nil ->
+          Logger.warning(
+            "lacca: no kill executable on the PATH: process groups of a dead resin " <>
+              "are left to its sentinel"
+          )
+
+        kill ->
+          System.cmd(kill, ["-KILL", "--" | targets], stderr_to_stdout: true)
       end
 
     :ok

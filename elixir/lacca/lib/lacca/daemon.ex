@@ -17,9 +17,10 @@ defmodule Lacca.Daemon do
   # There are a few shared daemons (pick/0 chooses one, round robin), each
   # restarted by the supervisor when its resin dies.
   #
-  # Receivers write STDIN, CREDIT and CONTROL frames themselves with
-  # Port.command/2 (any process may); only spawn goes through the daemon,
-  # which has to register the receiver first.
+  # Receivers write STDIN, CREDIT and CONTROL frames themselves through
+  # Lacca.Channel (any process may write to the port); only spawn goes through
+  # the daemon, which has to register the receiver first. The messages above
+  # and the frame bytes are Lacca.Channel's (its macros match them).
   #
   # The daemon monitors every receiver; when one dies, its OS process group is
   # SIGKILLed. When resin dies the daemon stops with {:shutdown, ...}: the
@@ -34,7 +35,9 @@ defmodule Lacca.Daemon do
   use GenServer
   require Logger
 
-  alias Lacca.Protocol
+  alias Lacca.{Channel, Protocol}
+
+  require Channel
 
   @handshake_timeout 15_000
   @max_id 4_294_967_295
@@ -150,7 +153,7 @@ defmodule Lacca.Daemon do
 
   @doc false
   # Registers `receiver` (and `acker`, which gets the STDIN_ACK frames) for a
-  # fresh id and sends the spawn request with `window` bytes of initial
+  # fresh id and sends the spawn request with `max_buffer` bytes of initial
   # credit per stream. Returns {:ok, daemon_pid, port, id} or {:error, reason},
   # once resin answered the spawn: its `spawned` or `spawn_error` event is
   # then in the receiver's mailbox (sent before the reply, by the daemon, so
@@ -170,8 +173,8 @@ defmodule Lacca.Daemon do
           pid() | nil
         ) ::
           {:ok, pid(), port(), Lacca.Protocol.id()} | {:error, term()}
-  def spawn(daemon, exec, args, spawn_opts, window, receiver, acker \\ nil) do
-    request = {:spawn, exec, args, spawn_opts, window, receiver, acker || receiver}
+  def spawn(daemon, exec, args, spawn_opts, max_buffer, receiver, acker \\ nil) do
+    request = {:spawn, exec, args, spawn_opts, max_buffer, receiver, acker || receiver}
     spawn_on(daemon, request, if(is_atom(daemon), do: other_shared(daemon), else: []))
   end
 
@@ -261,6 +264,16 @@ defmodule Lacca.Daemon do
   @spec resin_os_pid(GenServer.server()) :: pos_integer() | nil
   def resin_os_pid(daemon \\ __MODULE__), do: GenServer.call(daemon, :resin_os_pid)
 
+  @doc false
+  # The OS processes the daemon routes frames for, as
+  # {id, receiver, acker, os_pid}: the receiver and acker are nil once the
+  # receiver died (its group was killed, the exit is awaited), the os_pid
+  # nil until resin reported the spawn. An id is here until resin reported
+  # the exit or the spawn failure.
+  @spec processes(GenServer.server()) ::
+          [{Lacca.Protocol.id(), pid() | nil, pid() | nil, pos_integer() | nil}]
+  def processes(daemon), do: GenServer.call(daemon, :processes)
+
   # -- server ------------------------------------------------------------
 
   @impl true
@@ -301,11 +314,11 @@ defmodule Lacca.Daemon do
     end
   end
 
-  def handle_call({:spawn, exec, args, opts, window, receiver, acker}, _from, state) do
+  def handle_call({:spawn, exec, args, opts, max_buffer, receiver, acker}, _from, state) do
     case ensure_port(state) do
       {:ok, state} ->
         {id, state} = next_id(state)
-        credit = if window == :infinity, do: [], else: [{:credit, window}]
+        credit = if max_buffer == :infinity, do: [], else: [{:credit, max_buffer}]
         # A request above one packet goes in parts (docs/protocol.md 4.3.1),
         # so execve decides what is too big (E2BIG); only a variable name
         # longer than a packet cannot be sent at all (E2BIG here).
@@ -315,7 +328,7 @@ defmodule Lacca.Daemon do
           frames == {:error, :e2big} ->
             {:reply, frames, state}
 
-          Enum.all?(elem(frames, 1), &Protocol.command(state.port, &1)) ->
+          Enum.all?(elem(frames, 1), &Channel.command(state.port, &1)) ->
             mref = Process.monitor(receiver)
 
             state = %{
@@ -334,6 +347,13 @@ defmodule Lacca.Daemon do
       {:error, reason, state} ->
         {:reply, {:error, reason}, state}
     end
+  end
+
+  def handle_call(:processes, _from, state) do
+    procs =
+      for {id, {receiver, acker, _mref, os_pid}} <- state.procs, do: {id, receiver, acker, os_pid}
+
+    {:reply, Enum.sort(procs), state}
   end
 
   def handle_call(:resin_os_pid, _from, %{port: nil} = state), do: {:reply, nil, state}
@@ -362,11 +382,11 @@ defmodule Lacca.Daemon do
 
   @impl true
   # STDOUT / STDERR: forwarded as they are. This is the hot path.
-  def handle_info({port, {:data, <<type, id::32, _::binary>> = frame}}, %{port: port} = state)
-      when type in [0x21, 0x22] do
+  def handle_info({port, {:data, Channel.raw_output(type, id) = frame}}, %{port: port} = state)
+      when Channel.is_output_type(type) do
     case state.procs do
       %{^id => {receiver, _, _, _}} when receiver != nil ->
-        send(receiver, {:"$lacca", port, frame})
+        send(receiver, Channel.forward(port, frame))
 
       _ ->
         :ok
@@ -376,16 +396,16 @@ defmodule Lacca.Daemon do
   end
 
   # STDIN_ACK: to whoever writes the stdin.
-  def handle_info({port, {:data, <<0x23, id::32, _::binary>> = frame}}, %{port: port} = state) do
+  def handle_info({port, {:data, Channel.raw_stdin_ack(id) = frame}}, %{port: port} = state) do
     case state.procs do
-      %{^id => {_, acker, _, _}} when acker != nil -> send(acker, {:"$lacca", port, frame})
+      %{^id => {_, acker, _, _}} when acker != nil -> send(acker, Channel.forward(port, frame))
       _ -> :ok
     end
 
     {:noreply, state}
   end
 
-  def handle_info({port, {:data, <<0x20, etf::binary>>}}, %{port: port} = state) do
+  def handle_info({port, {:data, Channel.raw_event(etf)}}, %{port: port} = state) do
     case Protocol.decode_term(etf) do
       {:ok, event} ->
         {:noreply, answer_waiting(event, state)}
@@ -426,7 +446,7 @@ defmodule Lacca.Daemon do
         # The receiver died: its process group goes with it. Unlimited
         # credit lets resin drain the pipes and report (and free) the exit.
         if state.port != nil do
-          Protocol.kill_group(state.port, id, :receiver_down)
+          Channel.kill_group(state.port, id, :receiver_down)
         end
 
         procs = Map.update!(state.procs, id, fn {_, _, _, os_pid} -> {nil, nil, nil, os_pid} end)
@@ -528,7 +548,9 @@ defmodule Lacca.Daemon do
   defp spawn_reason(event), do: event
 
   defp forward(nil, _event, _state), do: :ok
-  defp forward(receiver, event, state), do: send(receiver, {:"$lacca_event", state.port, event})
+
+  defp forward(receiver, event, state),
+    do: send(receiver, Channel.forward_event(state.port, event))
 
   # -- port ----------------------------------------------------------------
 
@@ -578,7 +600,7 @@ defmodule Lacca.Daemon do
   end
 
   defp handshake(port, meanwhile) do
-    Port.command(port, Protocol.hello())
+    Channel.command(port, Protocol.hello())
     _ = meanwhile.()
 
     receive do

@@ -1,9 +1,72 @@
 defmodule Lacca.Options do
   @moduledoc false
   # Validation of everything a caller hands to lacca, done once at the
-  # boundary. Misuse raises ArgumentError; the result is ready for the wire.
+  # boundary. Misuse raises ArgumentError; the result, a %Lacca.Options{},
+  # is ready for the wire. The output window is called :max_buffer
+  # everywhere, as the option is.
 
   alias Lacca.Signal
+
+  @typedoc "One option of resin's v1 spawn request (its Opts proplist)."
+  @type spawn_opt ::
+          {:cd, binary()}
+          | {:env, [{binary(), binary() | nil}]}
+          | {:clear_env, boolean()}
+          | {:arg0, binary()}
+          | {:stderr, :capture | :stdout | :discard}
+          | {:stdin, :pipe | :null}
+          | {:cgroup,
+             [
+               {:memory_max, pos_integer()}
+               | {:pids_max, pos_integer()}
+               | {:cpu_max, {pos_integer(), pos_integer()}}
+             ]}
+
+  @typedoc """
+  Validated options. Every entry point fills the common fields (`daemon`,
+  `kill_timeout`, `stop_signal`, `spawn`, `max_buffer`); start/start_link
+  fill `output` to `supervised`, stream/3 `input`, `lines` and `tagged`,
+  run/3 `input`, `timeout` and `into`. The others keep their defaults.
+  """
+  @type t :: %__MODULE__{
+          daemon: :shared | :dedicated,
+          kill_timeout: non_neg_integer(),
+          stop_signal: pos_integer(),
+          spawn: [spawn_opt()],
+          max_buffer: pos_integer(),
+          output: :buffer | :messages,
+          owner: pid() | nil,
+          active: boolean() | :once | pos_integer(),
+          name: GenServer.name() | nil,
+          log_output: Logger.level() | nil,
+          log_prefix: binary() | nil,
+          log_stderr: boolean(),
+          supervised: boolean(),
+          input: iodata() | Enumerable.t() | nil,
+          lines: pos_integer() | :infinity | nil,
+          tagged: boolean(),
+          timeout: timeout(),
+          into: Collectable.t()
+        }
+
+  defstruct daemon: :shared,
+            kill_timeout: 5_000,
+            stop_signal: 15,
+            spawn: [],
+            max_buffer: 1_048_576,
+            output: :buffer,
+            owner: nil,
+            active: true,
+            name: nil,
+            log_output: nil,
+            log_prefix: nil,
+            log_stderr: false,
+            supervised: false,
+            input: nil,
+            lines: nil,
+            tagged: false,
+            timeout: :infinity,
+            into: ""
 
   @spawn_keys [:cd, :env, :clear_env, :arg0, :stderr, :stdin, :cgroup]
   @common [daemon: :shared, kill_timeout: 5_000, stop_signal: :sigterm]
@@ -11,11 +74,11 @@ defmodule Lacca.Options do
                     [name: nil, log_output: nil, log_prefix: nil, log_stderr: false]
   @run_defaults [input: nil, timeout: :infinity, into: ""]
 
-  @default_window 1_048_576
-  # The smallest :max_buffer. Credit comes back in grants of a quarter of the
-  # window, so a tiny window costs a round trip to resin for every few bytes
+  @default_max_buffer 1_048_576
+  # The smallest :max_buffer. Credit comes back in grants of a quarter of it
+  # (Lacca.Channel.threshold/1), so a tiny window costs a round trip to resin for every few bytes
   # of output (max_buffer: 1 made 500 `cat`s crawl for minutes).
-  @min_window 1024
+  @min_max_buffer 1024
 
   @spec spawn_keys() :: [atom()]
   def spawn_keys, do: @spawn_keys
@@ -50,8 +113,8 @@ defmodule Lacca.Options do
   end
 
   @doc false
-  # Options of start/start_link. Returns a map.
-  @spec start!(term()) :: map()
+  # Options of start/start_link.
+  @spec start!(term()) :: t()
   def start!(opts) do
     opts = validate!(opts, @spawn_keys ++ @common ++ @start_defaults)
     output = one_of!(opts, :output, [:buffer, :messages])
@@ -71,14 +134,10 @@ defmodule Lacca.Options do
     end
 
     common(opts)
-    |> Map.merge(%{
-      output: output,
-      owner: owner,
-      active: active,
-      max_buffer: window!(opts)
-    })
+    |> Map.merge(%{output: output, owner: owner, active: active})
     |> Map.merge(name!(opts[:name]))
     |> Map.merge(log!(opts))
+    |> then(&struct!(__MODULE__, &1))
   end
 
   # :name of start/start_link/child_spec: any GenServer name form.
@@ -125,13 +184,13 @@ defmodule Lacca.Options do
   end
 
   @doc false
-  # Options of stream/3 and stream!/3. Returns a map.
-  @spec stream!(term()) :: map()
+  # Options of stream/3 and stream!/3.
+  @spec stream!(term()) :: t()
   def stream!(opts) do
     opts =
       validate!(
         opts,
-        @spawn_keys ++ @common ++ [max_buffer: @default_window, input: nil, lines: false]
+        @spawn_keys ++ @common ++ [max_buffer: @default_max_buffer, input: nil, lines: false]
       )
 
     opts = Keyword.put_new(opts, :stderr, :discard)
@@ -166,13 +225,15 @@ defmodule Lacca.Options do
         _ -> {spec.spawn, input}
       end
 
-    Map.merge(spec, %{
-      spawn: spawn,
-      window: window!(opts),
-      input: input,
-      lines: lines,
-      tagged: opts[:stderr] == :capture
-    })
+    struct!(
+      __MODULE__,
+      Map.merge(spec, %{
+        spawn: spawn,
+        input: input,
+        lines: lines,
+        tagged: opts[:stderr] == :capture
+      })
+    )
   end
 
   # :input of stream/3: iodata (one element) or an Enumerable of iodata.
@@ -200,8 +261,8 @@ defmodule Lacca.Options do
   end
 
   @doc false
-  # Options of run/shell. Returns a map.
-  @spec run!(term()) :: map()
+  # Options of run/shell (their window is the default :max_buffer).
+  @spec run!(term()) :: t()
   def run!(opts) do
     opts = validate!(opts, @spawn_keys ++ @common ++ @run_defaults)
     spec = common(opts)
@@ -239,7 +300,7 @@ defmodule Lacca.Options do
       bad!(:into, "a Collectable", into)
     end
 
-    Map.merge(spec, %{input: input, timeout: timeout, into: into, window: @default_window})
+    struct!(__MODULE__, Map.merge(spec, %{input: input, timeout: timeout, into: into}))
   end
 
   defp common(opts) do
@@ -253,7 +314,8 @@ defmodule Lacca.Options do
       daemon: one_of!(opts, :daemon, [:shared, :dedicated]),
       kill_timeout: non_neg_integer!(opts, :kill_timeout),
       stop_signal: stop_signal,
-      spawn: spawn_opts!(opts)
+      spawn: spawn_opts!(opts),
+      max_buffer: Keyword.get(opts, :max_buffer, @default_max_buffer) |> max_buffer!()
     }
   end
 
@@ -377,10 +439,10 @@ defmodule Lacca.Options do
     end
   end
 
-  defp window!(opts) do
-    case opts[:max_buffer] do
-      n when is_integer(n) and n >= @min_window -> n
-      other -> bad!(:max_buffer, "an integer of at least #{@min_window} (bytes)", other)
+  defp max_buffer!(max_buffer) do
+    case max_buffer do
+      n when is_integer(n) and n >= @min_max_buffer -> n
+      other -> bad!(:max_buffer, "an integer of at least #{@min_max_buffer} (bytes)", other)
     end
   end
 

@@ -3,9 +3,10 @@ defmodule Lacca.Process do
   # One GenServer per OS process started with Lacca.start/3 or start_link/3.
   #
   # The daemon routes the frames about our id straight to us; we write STDIN,
-  # CREDIT and CONTROL frames to the port ourselves. Every handle_info clause
-  # matches our own port and id (and daemon monitor ref), so frames of an
-  # older process or another port can never be taken for ours.
+  # CREDIT and CONTROL frames to the port ourselves, through our
+  # Lacca.Channel (which owns the wire). Every handle_info clause matches our
+  # own port and id (and daemon monitor ref), so frames of an older process
+  # or another port can never be taken for ours.
   #
   # Callers that have to wait (read_stdout with an empty buffer, await,
   # write_stdin until its frames are acked, close_stdin, signal, stop) are
@@ -15,22 +16,120 @@ defmodule Lacca.Process do
 
   require Logger
 
-  alias Lacca.{Daemon, Protocol}
+  alias Lacca.{Channel, Daemon, Lines}
 
-  @max_data 65_530
+  require Channel
+
   # log_output: the longest line logged in one message; a longer line is
   # logged in pieces of this size (Lacca.Lines), so a child that never
   # writes a newline costs at most this much memory here.
   @log_line_max 4_096
-  @stdin_window 4
-  @sigkill 9
-  # Credit that lets resin drain a killed process's pipes (see unthrottle/1).
-  # Extra credit per stream when the stop signal is sent (see stopping/1).
-  @stop_credit 1_048_576
+
+  @type stream :: :stdout | :stderr
+  @type status :: Channel.status() | :resin_down
+  @type from :: GenServer.from()
+  @type active :: boolean() | :once | pos_integer()
+
+  @typedoc "A call waiting for resin's reply to a CONTROL request."
+  @type call :: {:signal | :close | :kill, from()} | :ignore
+
+  @typedoc "A write_stdin call waiting for the acks of its frames."
+  @type write :: %{from: from(), remaining: pos_integer(), error: atom() | nil}
+
+  @typedoc "A queued stdin item: a frame of a write, or a close_stdin call."
+  @type stdin_item :: {:frame, reference(), binary()} | {:close, from()}
+
+  @typedoc "What a parked call's timer is for."
+  @type parked :: :await | :write | {:read, stream()}
+
+  @enforce_keys [:starter, :tag, :link, :owner, :mode, :log_prefix, :kill_timeout, :stop_signal]
+  defstruct [
+    :starter,
+    :tag,
+    :link,
+    :owner,
+    :mode,
+    :log_prefix,
+    :kill_timeout,
+    :stop_signal,
+    phase: :spawning,
+    owner_mref: nil,
+    # false when nobody can read the buffered output (a supervised child:
+    # its starter is a supervisor): the server then ends at the exit
+    readable: true,
+    # log_output: %{stream => Lacca.Lines state} for the streams logged
+    log: %{},
+    log_level: nil,
+    log_meta: [],
+    # the wire (Lacca.Channel), once the daemon took the spawn
+    chan: nil,
+    os_pid: nil,
+    # nil while running; {:exit, n} | {:signal, s} | :resin_down when over
+    status: nil,
+    # :buffer mode: {iodata, size} per stream, and parked readers
+    buf: %{stdout: {[], 0}, stderr: {[], 0}},
+    readers: %{stdout: [], stderr: []},
+    # :messages mode
+    active: true,
+    pending: :queue.new(),
+    exit_pending: false,
+    # stdin: queued items, refs of unacked frames in order, writes by ref
+    stdin: :open,
+    stdin_q: :queue.new(),
+    inflight: :queue.new(),
+    inflight_n: 0,
+    writes: %{},
+    # ref => {:signal | :close | :kill, from} | :ignore  (resin replies)
+    calls: %{},
+    # parked await callers and timers of parked calls
+    awaiters: [],
+    timers: %{},
+    stoppers: [],
+    kill_timer: nil
+  ]
+
+  @typedoc "The server's state."
+  @type t :: %__MODULE__{
+          starter: pid(),
+          tag: reference(),
+          link: boolean(),
+          owner: pid(),
+          mode: :buffer | :messages,
+          log_prefix: iodata(),
+          kill_timeout: non_neg_integer(),
+          stop_signal: pos_integer(),
+          phase: :spawning | :running | :done,
+          owner_mref: reference() | nil,
+          readable: boolean(),
+          log: %{optional(stream()) => Lines.t()},
+          log_level: Logger.level() | nil,
+          log_meta: keyword(),
+          chan: Channel.t() | nil,
+          os_pid: pos_integer() | nil,
+          status: status() | :spawn_error | nil,
+          buf: %{stdout: {iodata(), non_neg_integer()}, stderr: {iodata(), non_neg_integer()}},
+          readers: %{stdout: [{reference(), from()}], stderr: [{reference(), from()}]},
+          active: active(),
+          pending: :queue.queue({stream(), binary()}),
+          exit_pending: boolean(),
+          stdin: :open | :closing | :closed,
+          stdin_q: :queue.queue(stdin_item()),
+          inflight: :queue.queue(reference()),
+          inflight_n: non_neg_integer(),
+          writes: %{optional(reference()) => write()},
+          calls: %{optional(reference()) => call()},
+          awaiters: [{reference(), from()}],
+          timers: %{optional(reference()) => {reference(), parked()}},
+          stoppers: [from()],
+          kill_timer: {reference(), reference()} | nil
+        }
 
   # -- starting ------------------------------------------------------------
 
-  @spec child_spec(tuple()) :: Supervisor.child_spec()
+  @typedoc "What the server starts from: command, arguments, options, starter, tag, link?."
+  @type arg :: {binary(), [binary()], Lacca.Options.t(), pid(), reference(), boolean()}
+
+  @spec child_spec(arg()) :: Supervisor.child_spec()
   def child_spec({_exec, _args, spec, _starter, _tag, _link} = arg) do
     %{
       id: __MODULE__,
@@ -40,9 +139,9 @@ defmodule Lacca.Process do
     }
   end
 
-  @spec start_link(tuple()) :: GenServer.on_start()
+  @spec start_link(arg()) :: GenServer.on_start()
   def start_link({_exec, _args, spec, _starter, _tag, _link} = arg) do
-    case Map.get(spec, :name) do
+    case spec.name do
       nil -> GenServer.start_link(__MODULE__, arg)
       name -> GenServer.start_link(__MODULE__, arg, name: name)
     end
@@ -50,7 +149,8 @@ defmodule Lacca.Process do
 
   # Runs in the caller: starts the server under Lacca.ProcessSupervisor and
   # waits until resin reported the spawn (or its failure).
-  @spec start(binary(), [binary()], map(), boolean()) :: {:ok, pid()} | {:error, term()}
+  @spec start(binary(), [binary()], Lacca.Options.t(), boolean()) ::
+          {:ok, pid()} | {:error, term()}
   def start(exec, args, spec, link?) do
     Lacca.Daemon.ensure_started!()
     tag = make_ref()
@@ -92,56 +192,21 @@ defmodule Lacca.Process do
 
     {log, readable} = log_setup(spec)
 
-    state = %{
-      phase: :spawning,
+    state = %__MODULE__{
       starter: starter,
       tag: tag,
       link: link?,
       owner: owner,
       owner_mref: owner_mref,
       mode: spec.output,
-      # false when nobody can read the buffered output (a supervised child:
-      # its starter is a supervisor): the server then ends at the exit
       readable: readable,
-      # log_output: %{stream => Lacca.Lines state} for the streams logged
       log: log,
-      log_level: Map.get(spec, :log_output),
-      log_prefix: Map.get(spec, :log_prefix) || exec <> ": ",
+      log_level: spec.log_output,
+      log_prefix: spec.log_prefix || exec <> ": ",
       log_meta: [cmd: exec],
       kill_timeout: spec.kill_timeout,
       stop_signal: spec.stop_signal,
-      window: spec.max_buffer,
-      threshold: max(div(spec.max_buffer, 4), 1),
-      daemon: nil,
-      dmref: nil,
-      port: nil,
-      id: nil,
-      os_pid: nil,
-      # nil while running; {:exit, n} | {:signal, s} | :resin_down when over
-      status: nil,
-      # credit consumed but not yet granted back, per stream
-      ungranted: %{stdout: 0, stderr: 0},
-      unthrottled: false,
-      # :buffer mode: {iodata, size} per stream, and parked readers
-      buf: %{stdout: {[], 0}, stderr: {[], 0}},
-      readers: %{stdout: [], stderr: []},
-      # :messages mode
-      active: spec.active,
-      pending: :queue.new(),
-      exit_pending: false,
-      # stdin: queued items, refs of unacked frames in order, writes by ref
-      stdin: :open,
-      stdin_q: :queue.new(),
-      inflight: :queue.new(),
-      inflight_n: 0,
-      writes: %{},
-      # ref => {:signal | :close | :kill, from} | :ignore  (resin replies)
-      calls: %{},
-      # parked await callers and timers of parked calls
-      awaiters: [],
-      timers: %{},
-      stoppers: [],
-      kill_timer: nil
+      active: spec.active
     }
 
     {:ok, state, {:continue, {:spawn, exec, args, spec}}}
@@ -157,17 +222,17 @@ defmodule Lacca.Process do
       end
 
     logged =
-      case Map.get(spec, :log_output) do
+      case spec.log_output do
         nil -> []
-        _ -> if Map.get(spec, :log_stderr, false), do: [:stdout, :stderr], else: [:stdout]
+        _ -> if spec.log_stderr, do: [:stdout, :stderr], else: [:stdout]
       end
 
-    log = Map.new(logged, &{&1, Lacca.Lines.new(@log_line_max)})
+    log = Map.new(logged, &{&1, Lines.new(@log_line_max)})
 
     buffered =
       Enum.reject([:stdout | if(stderr == :capture, do: [:stderr], else: [])], &(&1 in logged))
 
-    {log, buffered != [] and not Map.get(spec, :supervised, false)}
+    {log, buffered != [] and not spec.supervised}
   end
 
   @impl true
@@ -184,8 +249,8 @@ defmodule Lacca.Process do
     with {:ok, daemon} <- daemon,
          {:ok, dpid, port, id} <-
            Daemon.spawn(daemon, exec, args, spec.spawn, spec.max_buffer, self()) do
-      dmref = Process.monitor(dpid)
-      {:noreply, %{state | daemon: dpid, dmref: dmref, port: port, id: id}}
+      chan = Channel.open(port, id, dpid, spec.max_buffer)
+      {:noreply, %{state | chan: chan}}
     else
       {:error, reason} ->
         send(state.starter, {state.tag, {:error, reason}})
@@ -196,20 +261,21 @@ defmodule Lacca.Process do
   # -- frames from resin (via the daemon) -------------------------------------
 
   @impl true
-  def handle_info({:"$lacca", port, <<0x21, id::32, data::binary>>}, %{port: port, id: id} = s),
+  def handle_info(Channel.stdout(port, id, data), %{chan: %Channel{port: port, id: id}} = s),
     do: {:noreply, output(:stdout, data, s)}
 
-  def handle_info({:"$lacca", port, <<0x22, id::32, data::binary>>}, %{port: port, id: id} = s),
+  def handle_info(Channel.stderr(port, id, data), %{chan: %Channel{port: port, id: id}} = s),
     do: {:noreply, output(:stderr, data, s)}
 
-  def handle_info({:"$lacca", port, <<0x23, id::32, code>>}, %{port: port, id: id} = s),
-    do: {:noreply, s |> acked(Protocol.ack_status(code)) |> pump()}
+  def handle_info(Channel.stdin_ack(port, id, code), %{chan: %Channel{port: port, id: id}} = s),
+    do: {:noreply, s |> acked(Channel.ack_status(code)) |> pump()}
 
-  def handle_info({:"$lacca_event", port, event}, %{port: port, id: id} = s)
+  def handle_info(Channel.event(port, event), %{chan: %Channel{port: port, id: id}} = s)
       when elem(event, 1) == id,
       do: event(event, s)
 
-  def handle_info({:DOWN, mref, :process, _, _}, %{dmref: mref} = s), do: resin_down(s)
+  def handle_info({:DOWN, mref, :process, _, _}, %{chan: %Channel{dmref: mref}} = s),
+    do: resin_down(s)
 
   # The owner is gone: stop the OS process (terminate/2 does it gracefully).
   def handle_info({:DOWN, mref, :process, _, _}, %{owner_mref: mref} = s),
@@ -221,7 +287,11 @@ defmodule Lacca.Process do
   def handle_info({:timeout, ref}, s), do: {:noreply, timed_out(ref, s)}
 
   def handle_info({:kill_timeout, ref}, %{kill_timer: {ref, _}} = s) do
-    s = if s.status == nil, do: s |> unthrottle() |> signal_ref(@sigkill, true, :ignore), else: s
+    s =
+      if s.status == nil,
+        do: s |> unthrottle() |> signal_ref(Channel.sigkill(), true, :ignore),
+        else: s
+
     {:noreply, %{s | kill_timer: nil}}
   end
 
@@ -261,14 +331,7 @@ defmodule Lacca.Process do
   end
 
   defp event({:exit, _id, status}, s) do
-    status =
-      case status do
-        {:exit, code} -> {:exit, code}
-        {:signal, signo} -> {:signal, Lacca.Signal.to_name(signo)}
-      end
-
-    Process.demonitor(s.dmref, [:flush])
-    finish(%{s | status: status, dmref: nil})
+    finish(%{s | status: Channel.exit_status(status), chan: Channel.close(s.chan)})
   end
 
   defp event({:error, _id, reason}, s) do
@@ -284,7 +347,8 @@ defmodule Lacca.Process do
     {:stop, :normal, %{s | phase: :done}}
   end
 
-  defp resin_down(s), do: finish(%{s | status: :resin_down, dmref: nil})
+  defp resin_down(s),
+    do: finish(%{s | status: :resin_down, chan: Channel.close(%{s.chan | dmref: nil})})
 
   # The OS process is over (or resin is gone): answer everybody.
   defp finish(s) do
@@ -429,7 +493,7 @@ defmodule Lacca.Process do
     if s.status != nil do
       {:reply, :ok, s}
     else
-      {:noreply, s |> unthrottle() |> signal_ref(@sigkill, true, {:kill, from})}
+      {:noreply, s |> unthrottle() |> signal_ref(Channel.sigkill(), true, {:kill, from})}
     end
   end
 
@@ -506,12 +570,12 @@ defmodule Lacca.Process do
   @impl true
   def terminate(_reason, %{phase: :running, status: nil} = s) do
     # Our owner or supervisor is gone: stop the OS process before we go,
-    # dropping its output meanwhile (in bounded memory, see Lacca.Drain).
+    # dropping its output meanwhile (in bounded memory, see Channel.halt/3).
     _ =
-      if s.unthrottled do
-        Lacca.Drain.kill(s)
+      if s.chan.credit == :unlimited do
+        Channel.kill(s.chan)
       else
-        Lacca.Drain.halt(s, s.stop_signal, s.kill_timeout)
+        Channel.halt(s.chan, s.stop_signal, s.kill_timeout)
       end
 
     :ok
@@ -527,7 +591,7 @@ defmodule Lacca.Process do
 
   # log_output: whole lines (or pieces of @log_line_max bytes) to the Logger.
   defp output(stream, data, %{log: log} = s) when is_map_key(log, stream) do
-    {lines, lines_state} = Lacca.Lines.feed(log[stream], data)
+    {lines, lines_state} = Lines.feed(log[stream], data)
     Enum.each(lines, &log_line(s, stream, &1))
     consumed(%{s | log: %{log | stream => lines_state}}, stream, byte_size(data))
   end
@@ -538,10 +602,26 @@ defmodule Lacca.Process do
   defp output(stream, data, %{mode: :buffer, stoppers: [_ | _]} = s),
     do: consumed(s, stream, byte_size(data))
 
-  # Nobody can read the buffer (a supervised child): drop the output as it
-  # comes, or the child would block once max_buffer is reached.
-  defp output(stream, data, %{mode: :buffer, readable: false} = s),
-    do: consumed(s, stream, byte_size(data))
+  # A buffer nobody is bound to read (a supervised child's): the child must
+  # never block on it. Its output is consumed as it comes, and only the
+  # latest max_buffer to 2 x max_buffer bytes are kept, for a reader that
+  # asks by pid or name.
+  defp output(stream, data, %{mode: :buffer, readable: false, readers: readers} = s)
+       when :erlang.map_get(stream, readers) == [] do
+    {acc, size} = s.buf[stream]
+    size = size + byte_size(data)
+    keep = 4 * s.chan.threshold
+
+    tail =
+      if size > 2 * keep do
+        bin = IO.iodata_to_binary([acc | data])
+        {:binary.copy(binary_part(bin, size - keep, keep)), keep}
+      else
+        {[acc | data], size}
+      end
+
+    consumed(%{s | buf: Map.put(s.buf, stream, tail)}, stream, byte_size(data))
+  end
 
   defp output(stream, data, %{mode: :buffer} = s) do
     case s.readers[stream] do
@@ -619,49 +699,21 @@ defmodule Lacca.Process do
 
   defp notify_end(s), do: send(s.owner, {:lacca, self(), {:exit, s.status}})
 
-  # Bytes handed to the reader: give resin that much credit back, in batches.
-  defp consumed(%{unthrottled: true} = s, _stream, _size), do: s
+  # Bytes handed to the reader: give resin that much credit back, in batches
+  # (none once the process is over or was unthrottled).
+  defp consumed(s, stream, size), do: %{s | chan: Channel.consumed(s.chan, stream, size)}
 
-  defp consumed(s, stream, size) do
-    ungranted = s.ungranted[stream] + size
+  # SIGKILL goes out: unlimited credit first (see Channel.unthrottle/1).
+  defp unthrottle(s), do: %{s | chan: Channel.unthrottle(s.chan)}
 
-    if ungranted >= s.threshold and s.status == nil do
-      send_frame(s, Protocol.credit(s.id, stream, ungranted))
-      %{s | ungranted: Map.put(s.ungranted, stream, 0)}
-    else
-      %{s | ungranted: Map.put(s.ungranted, stream, ungranted)}
-    end
-  end
-
-  # resin reports an exit only once it has read the pipes empty, and reads
-  # only with credit: a process we kill must not be held back by output
-  # nobody reads any more. Once SIGKILL went to the group, its remaining
-  # output is bounded by what its pipes hold.
-  defp unthrottle(%{unthrottled: true} = s), do: s
-
-  defp unthrottle(s) do
-    Protocol.unthrottle(s.port, s.id)
-    %{s | unthrottled: true}
-  end
-
-  # The stop signal went out: the process may exit with output left in its
-  # pipes, which resin has to read before it reports the exit, while an owner
-  # in :messages mode may be passive. A bounded extra grant (at least a full
-  # pipe) lets resin drain it; a process that ignores the signal and keeps
-  # writing still blocks, until SIGKILL after :kill_timeout unthrottles it.
-  defp stopping(%{unthrottled: true} = s), do: s
-
-  defp stopping(s) do
-    send_frame(s, Protocol.credit(s.id, :stdout, @stop_credit))
-    send_frame(s, Protocol.credit(s.id, :stderr, @stop_credit))
-    s
-  end
+  # The stop signal goes out: a bounded extra grant (Channel.stop_credit/1).
+  defp stopping(s), do: %{s | chan: Channel.stop_credit(s.chan)}
 
   defp flush_log(s) do
     log =
       Map.new(s.log, fn {stream, lines} ->
-        Enum.each(Lacca.Lines.flush(lines), &log_line(s, stream, &1))
-        {stream, Lacca.Lines.new(@log_line_max)}
+        Enum.each(Lines.flush(lines), &log_line(s, stream, &1))
+        {stream, Lines.new(@log_line_max)}
       end)
 
     %{s | log: log}
@@ -679,24 +731,20 @@ defmodule Lacca.Process do
 
   # -- stdin -------------------------------------------------------------------
 
+  # An empty write is one empty frame (answered by its ack).
   defp chunk(data) do
-    bin = IO.iodata_to_binary(data)
-    chunk_bin(bin, [])
+    case Channel.chunks(data) do
+      [] -> [""]
+      chunks -> chunks
+    end
   end
 
-  defp chunk_bin(bin, acc) when byte_size(bin) <= @max_data, do: Enum.reverse([bin | acc])
-
-  defp chunk_bin(bin, acc) do
-    <<head::binary-size(@max_data), rest::binary>> = bin
-    chunk_bin(rest, [head | acc])
-  end
-
-  # Send queued STDIN frames while fewer than @stdin_window are unacked; a
+  # Send queued STDIN frames while the ack window has room; a
   # close request goes out right after the frames queued before it.
   defp pump(s) do
     case :queue.peek(s.stdin_q) do
-      {:value, {:frame, ref, data}} when s.inflight_n < @stdin_window ->
-        send_frame(s, Protocol.stdin(s.id, data))
+      {:value, {:frame, ref, data}} when Channel.is_stdin_room(s.inflight_n) ->
+        Channel.write_stdin(s.chan, data)
 
         pump(%{
           s
@@ -707,7 +755,7 @@ defmodule Lacca.Process do
 
       {:value, {:close, from}} ->
         ref = make_ref()
-        send_frame(s, Protocol.control({:close_stdin, s.id, ref}))
+        Channel.close_stdin(s.chan, ref)
         s = %{s | stdin_q: :queue.drop(s.stdin_q), calls: Map.put(s.calls, ref, {:close, from})}
         pump(s)
 
@@ -752,7 +800,7 @@ defmodule Lacca.Process do
 
   defp signal_ref(s, signo, group, what) do
     ref = make_ref()
-    send_frame(s, Protocol.control({:signal, s.id, ref, signo, group}))
+    Channel.signal(s.chan, ref, signo, group)
     %{s | calls: Map.put(s.calls, ref, what)}
   end
 
@@ -769,11 +817,6 @@ defmodule Lacca.Process do
 
   defp failure(%{status: :resin_down}), do: :resin_down
   defp failure(_), do: :exited
-
-  # Port.command/2 from this process: the port is owned by the daemon, but
-  # any process may write to it. A closed port means resin is gone; the
-  # daemon's :DOWN follows.
-  defp send_frame(%{port: port}, frame), do: Protocol.command(port, frame)
 
   # -- parked calls with a time limit ------------------------------------------
 

@@ -15,9 +15,11 @@ defmodule Lacca.Protocol do
       `{:exit, id, {:exit, 0}}`), `{:stdout, id, data}`, `{:stderr, id, data}`,
       `{:stdin_ack, id, :written | :epipe | :closed | :no_process}`
 
-  The hot path (lacca's daemon and process servers) does not call `decode/2`
-  for data frames: it matches the type byte and the id with a binary pattern
-  and keeps the data as a sub-binary of the received packet (no copy).
+  The hot path (`Lacca.Channel`, which lacca's daemon and its receivers use)
+  does not call `decode/2` for data frames: it matches the type byte and the
+  id with a binary pattern and keeps the data as a sub-binary of the received
+  packet (no copy). Writing frames to resin's port is `Lacca.Channel`'s job,
+  not this module's.
 
   ## Examples
 
@@ -297,45 +299,17 @@ defmodule Lacca.Protocol do
   end
 
   @doc false
-  # Writes one frame to resin's port. Any process may write to the port (it
-  # is owned by the daemon); a closed port means resin is gone, which the
-  # caller learns from the daemon's :DOWN, so it is not an error here.
-  @spec command(port(), iodata()) :: boolean()
-  def command(port, frame) do
-    Port.command(port, frame)
-  rescue
-    ArgumentError -> false
-  end
+  # The type byte of a data or event frame (Lacca.Channel matches them).
+  @spec frame_type(:event | :stdout | :stderr | :stdin_ack) :: byte()
+  def frame_type(:event), do: @t_event
+  def frame_type(:stdout), do: @t_stdout
+  def frame_type(:stderr), do: @t_stderr
+  def frame_type(:stdin_ack), do: @t_stdin_ack
 
   @doc false
-  # SIGKILL to the process group of `id`, with unlimited credit first: resin
-  # reports an exit only once it has read the pipes empty, and a process we
-  # kill must not be held back by output nobody reads any more.
-  @spec kill_group(port(), id(), term()) :: boolean()
-  def kill_group(port, id, ref) do
-    unthrottle(port, id)
-    command(port, control({:signal, id, ref, 9, true}))
-  end
-
-  @doc false
-  # Consumer-side credit: bytes received but not yet granted back go back to
-  # resin in one CREDIT frame once they reach `threshold` (batching grants);
-  # returns what stays ungranted.
-  @spec regrant(port(), id(), :stdout | :stderr, non_neg_integer(), pos_integer()) ::
-          non_neg_integer()
-  def regrant(port, id, stream, ungranted, threshold) when ungranted >= threshold do
-    command(port, credit(id, stream, ungranted))
-    0
-  end
-
-  def regrant(_port, _id, _stream, ungranted, _threshold), do: ungranted
-
-  @doc false
-  @spec unthrottle(port(), id()) :: boolean()
-  def unthrottle(port, id) do
-    command(port, credit(id, :stdout, @unlimited_credit))
-    command(port, credit(id, :stderr, @unlimited_credit))
-  end
+  # The largest CREDIT grant: "no limit".
+  @spec unlimited_credit() :: 0xFFFFFFFF
+  def unlimited_credit, do: @unlimited_credit
 
   @doc false
   @spec stdin(id(), iodata()) :: iodata()

@@ -5,11 +5,11 @@ defmodule Lacca.Runner do
   # the daemon still SIGKILLs the process group if the caller dies, and then
   # collects frames with a selective receive on its own port and id.
 
-  alias Lacca.{Daemon, Protocol, Result, Signal}
+  # Frames, stdin, credit and signals go through Lacca.Channel.
 
-  @max_data 65_530
-  @stdin_window 4
-  @sigkill 9
+  alias Lacca.{Channel, Daemon, Result}
+
+  require Channel
 
   @spec run(binary(), [binary()], map()) :: {:ok, Result.t()} | {:error, Lacca.spawn_error()}
   def run(exec, args, spec) do
@@ -41,20 +41,13 @@ defmodule Lacca.Runner do
   end
 
   defp spawn_and_collect(daemon, exec, args, spawn_opts, spec) do
-    case Daemon.spawn(daemon, exec, args, spawn_opts, spec.window, self()) do
+    case Daemon.spawn(daemon, exec, args, spawn_opts, spec.max_buffer, self()) do
       {:ok, dpid, port, id} ->
-        dmref = Process.monitor(dpid)
+        chan = Channel.open(port, id, dpid, spec.max_buffer)
 
-        receive do
-          {:"$lacca_event", ^port, {:spawned, ^id, _os_pid}} ->
-            collect_started(port, id, dmref, spec)
-
-          {:"$lacca_event", ^port, {:spawn_error, ^id, reason}} ->
-            Process.demonitor(dmref, [:flush])
-            {:error, reason}
-
-          {:DOWN, ^dmref, :process, _, _} ->
-            {:error, :resin_down}
+        case Channel.await_spawned(chan) do
+          {:ok, _os_pid} -> collect_started(chan, spec)
+          {:error, reason} -> {:error, reason}
         end
 
       {:error, reason} ->
@@ -62,21 +55,16 @@ defmodule Lacca.Runner do
     end
   end
 
-  defp collect_started(port, id, dmref, spec) do
+  defp collect_started(chan, spec) do
     {acc, into} = Collectable.into(spec.into)
     now = System.monotonic_time(:millisecond)
 
     st = %{
-      port: port,
-      id: id,
-      dmref: dmref,
+      chan: chan,
       acc: acc,
       into: into,
       err: [],
-      ungranted_out: 0,
-      ungranted_err: 0,
-      threshold: div(spec.window, 4),
-      frames: if(spec.input, do: chunks(spec.input), else: []),
+      frames: if(spec.input, do: Channel.chunks(spec.input), else: []),
       close: spec.input != nil,
       inflight: 0,
       deadline: if(spec.timeout == :infinity, do: :infinity, else: now + spec.timeout),
@@ -94,34 +82,25 @@ defmodule Lacca.Runner do
     end
   end
 
-  defp loop(%{port: port, id: id, dmref: dmref} = st) do
+  defp loop(%{chan: %Channel{port: port, id: id, dmref: dmref} = chan} = st) do
     receive do
-      {:"$lacca", ^port, <<0x21, ^id::32, data::binary>>} ->
+      Channel.stdout(^port, ^id, data) ->
         acc = st.into.(st.acc, {:cont, data})
-        ungranted = st.ungranted_out + byte_size(data)
-        ungranted = Protocol.regrant(port, id, :stdout, ungranted, st.threshold)
-        loop(%{st | acc: acc, ungranted_out: ungranted})
+        loop(%{st | acc: acc, chan: Channel.consumed(chan, :stdout, byte_size(data))})
 
-      {:"$lacca", ^port, <<0x22, ^id::32, data::binary>>} ->
-        ungranted = st.ungranted_err + byte_size(data)
-        ungranted = Protocol.regrant(port, id, :stderr, ungranted, st.threshold)
-        loop(%{st | err: [st.err | data], ungranted_err: ungranted})
+      Channel.stderr(^port, ^id, data) ->
+        chan = Channel.consumed(chan, :stderr, byte_size(data))
+        loop(%{st | err: [st.err | data], chan: chan})
 
-      {:"$lacca", ^port, <<0x23, ^id::32, code>>} ->
+      Channel.stdin_ack(^port, ^id, code) ->
         # A failed write (the child closed its stdin) drops the rest.
         st = %{st | inflight: st.inflight - 1}
-        st = if code == 0, do: st, else: %{st | frames: []}
+        st = if Channel.ack_status(code) == :written, do: st, else: %{st | frames: []}
         loop(pump(st))
 
-      {:"$lacca_event", ^port, {:exit, ^id, status}} ->
-        Process.demonitor(dmref, [:flush])
-
-        status =
-          cond do
-            st.timed_out -> :timeout
-            match?({:exit, _}, status) -> status
-            true -> {:signal, Signal.to_name(elem(status, 1))}
-          end
+      Channel.event(^port, {:exit, ^id, status}) ->
+        _ = Channel.close(chan)
+        status = if st.timed_out, do: :timeout, else: Channel.exit_status(status)
 
         {:ok,
          %Result{
@@ -130,10 +109,10 @@ defmodule Lacca.Runner do
            status: status
          }}
 
-      {:"$lacca_event", ^port, {_, ^id, _}} ->
+      Channel.event(^port, {_, ^id, _}) ->
         loop(st)
 
-      {:"$lacca_event", ^port, {:reply, ^id, _, _}} ->
+      Channel.event(^port, {:reply, ^id, _, _}) ->
         loop(st)
 
       {:DOWN, ^dmref, :process, _, _} ->
@@ -151,44 +130,25 @@ defmodule Lacca.Runner do
 
   # First deadline: ask the process to stop; second: kill it.
   defp deadline_passed(%{timed_out: false} = st) do
-    signal(st, st.stop_signal)
+    Channel.signal(st.chan, :run, st.stop_signal, true)
     now = System.monotonic_time(:millisecond)
     %{st | timed_out: true, deadline: now + st.kill_timeout}
   end
 
   defp deadline_passed(st) do
-    signal(st, @sigkill)
+    Channel.signal(st.chan, :run, Channel.sigkill(), true)
     %{st | deadline: :infinity}
   end
 
-  defp signal(st, signo),
-    do: command(st, Protocol.control({:signal, st.id, :run, signo, true}))
-
-  defp pump(%{frames: [frame | rest], inflight: n} = st) when n < @stdin_window do
-    command(st, Protocol.stdin(st.id, frame))
+  defp pump(%{frames: [frame | rest], inflight: n} = st) when Channel.is_stdin_room(n) do
+    Channel.write_stdin(st.chan, frame)
     pump(%{st | frames: rest, inflight: n + 1})
   end
 
   defp pump(%{frames: [], close: true} = st) do
-    command(st, Protocol.control({:close_stdin, st.id, :run}))
+    Channel.close_stdin(st.chan, :run)
     %{st | close: false}
   end
 
   defp pump(st), do: st
-
-  defp chunks(input) do
-    bin = IO.iodata_to_binary(input)
-    split(bin, [])
-  end
-
-  defp split(bin, acc) when byte_size(bin) <= @max_data do
-    if bin == "", do: Enum.reverse(acc), else: Enum.reverse([bin | acc])
-  end
-
-  defp split(bin, acc) do
-    <<head::binary-size(@max_data), rest::binary>> = bin
-    split(rest, [head | acc])
-  end
-
-  defp command(%{port: port}, frame), do: Protocol.command(port, frame)
 end

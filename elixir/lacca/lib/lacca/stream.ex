@@ -6,32 +6,32 @@ defmodule Lacca.Stream do
   # daemon straight to it, and it pulls one frame out of its mailbox per
   # element requested.
   #
-  # Flow control: the process is spawned with `window` bytes of credit per
-  # stream; a frame's bytes are granted back (in batches of window / 4) when
-  # the consumer takes the frame out of its mailbox, i.e. when it asks for
-  # the next element. So at most `window` bytes of output wait in the
-  # mailbox, whatever the consumer does; then resin stops reading and the
-  # child blocks in write(2).
+  # Flow control: the process is spawned with `max_buffer` bytes of credit
+  # per stream; a frame's bytes are granted back (in batches of a quarter of
+  # it, Lacca.Channel.consumed/3) when the consumer takes the frame out of
+  # its mailbox, i.e. when it asks for the next element. So at most
+  # `max_buffer` bytes of output wait in the mailbox, whatever the consumer
+  # does; then resin stops reading and the child blocks in write(2).
   #
   # Input (`:input`) is written by a linked "writer" process, registered with
   # the daemon as the id's acker: it enumerates the input and keeps at most
-  # @stdin_window STDIN frames unacknowledged, so a child that does not read
+  # Protocol.stdin_window/0 STDIN frames unacknowledged, so a child that does not read
   # its stdin holds the writer, not memory. It stops quietly when resin says
   # the child's stdin is gone (epipe: the child exited or closed it) and
   # closes stdin at the end of the input. An exception while enumerating the
   # input is re-raised in the consumer (after the child was stopped).
   #
   # Halting (Enum.take/2, an exception in the consumer, ...) runs the after
-  # function: it stops the writer, then Lacca.Drain.halt/3 stops the process
+  # function: it stops the writer, then Lacca.Channel.halt/3 stops the process
   # group and waits, dropping output, until resin reported the exit (so the
   # id is free and nothing is left in the mailbox). When the consumer process
   # dies instead, the daemon's monitor kills the group, and the link kills
   # the writer.
 
-  alias Lacca.{Daemon, Drain, Lines, Protocol, Signal}
+  alias Lacca.{Channel, Daemon, Lines}
 
-  @max_data 65_530
-  @stdin_window 4
+  require Channel
+
   # stderr's tail, kept for Lacca.ExitError (stream!/3).
   @stderr_tail 4096
 
@@ -77,20 +77,15 @@ defmodule Lacca.Stream do
 
     case spawn_process(daemon, exec, args, %{spec | spawn: spawn_opts}, writer) do
       {:ok, dpid, port, id} ->
-        dmref = Process.monitor(dpid)
+        chan = Channel.open(port, id, dpid, spec.max_buffer)
 
-        receive do
-          {:"$lacca_event", ^port, {:spawned, ^id, os_pid}} ->
-            if writer, do: send(writer, {:go, port, id})
-
-            if spec.input == [] do
-              Protocol.command(port, Protocol.control({:close_stdin, id, :stream}))
-            end
+        case Channel.await_spawned(chan) do
+          {:ok, os_pid} ->
+            if writer, do: send(writer, {:go, chan})
+            if spec.input == [], do: Channel.close_stdin(chan, :stream)
 
             %{
-              port: port,
-              id: id,
-              dmref: dmref,
+              chan: chan,
               os_pid: os_pid,
               daemon: if(dedicated?, do: daemon),
               writer: writer,
@@ -101,21 +96,14 @@ defmodule Lacca.Stream do
               stderr_mode: stderr_mode,
               stderr_tail: "",
               lines: spec.lines && {Lines.new(spec.lines), Lines.new(spec.lines)},
-              threshold: max(div(spec.window, 4), 1),
-              ungranted_out: 0,
-              ungranted_err: 0,
               stop_signal: spec.stop_signal,
               kill_timeout: spec.kill_timeout,
               # nil while running; then resin's status term or :resin_down
               status: nil
             }
 
-          {:"$lacca_event", ^port, {:spawn_error, ^id, reason}} ->
-            Process.demonitor(dmref, [:flush])
+          {:error, reason} ->
             failed_start(writer, daemon, dedicated?, cmd, reason)
-
-          {:DOWN, ^dmref, :process, _, _} ->
-            failed_start(writer, daemon, dedicated?, cmd, :resin_down)
         end
 
       {:error, reason} ->
@@ -124,7 +112,7 @@ defmodule Lacca.Stream do
   end
 
   defp spawn_process(daemon, exec, args, spec, writer) do
-    Daemon.spawn(daemon, exec, args, spec.spawn, spec.window, self(), writer)
+    Daemon.spawn(daemon, exec, args, spec.spawn, spec.max_buffer, self(), writer)
   catch
     # (The :lacca application is not started, ...)
     kind, reason ->
@@ -140,22 +128,20 @@ defmodule Lacca.Stream do
 
   # -- next -------------------------------------------------------------------
 
-  defp next(%{status: nil, port: port, id: id, dmref: dmref, writer: writer} = st) do
-    receive do
-      {:"$lacca", ^port, <<0x21, ^id::32, data::binary>>} ->
-        ungranted = st.ungranted_out + byte_size(data)
-        ungranted = Protocol.regrant(port, id, :stdout, ungranted, st.threshold)
-        output(:stdout, data, %{st | ungranted_out: ungranted})
+  defp next(%{status: nil, chan: %Channel{port: port, id: id, dmref: dmref} = chan} = st) do
+    writer = st.writer
 
-      {:"$lacca", ^port, <<0x22, ^id::32, data::binary>>} ->
-        ungranted = st.ungranted_err + byte_size(data)
-        ungranted = Protocol.regrant(port, id, :stderr, ungranted, st.threshold)
-        st = %{st | ungranted_err: ungranted, stderr_tail: tail(st.stderr_tail, data)}
+    receive do
+      Channel.stdout(^port, ^id, data) ->
+        output(:stdout, data, %{st | chan: Channel.consumed(chan, :stdout, byte_size(data))})
+
+      Channel.stderr(^port, ^id, data) ->
+        chan = Channel.consumed(chan, :stderr, byte_size(data))
+        st = %{st | chan: chan, stderr_tail: tail(st.stderr_tail, data)}
         if st.stderr_mode == :tail, do: {[], st}, else: output(:stderr, data, st)
 
-      {:"$lacca_event", ^port, {:exit, ^id, status}} ->
-        Process.demonitor(dmref, [:flush])
-        st = %{st | status: status, dmref: nil}
+      Channel.event(^port, {:exit, ^id, status}) ->
+        st = %{st | status: status, chan: Channel.close(chan)}
         {rest(st), st}
 
       {:"$lacca_input", ^writer, kind, reason, stacktrace} ->
@@ -163,12 +149,12 @@ defmodule Lacca.Stream do
         :erlang.raise(kind, reason, stacktrace)
 
       {:DOWN, ^dmref, :process, _, _} ->
-        {[], %{st | status: :resin_down, dmref: nil}}
+        {[], %{st | status: :resin_down, chan: %{chan | dmref: nil}}}
 
-      {:"$lacca", ^port, <<_, ^id::32, _::binary>>} ->
+      Channel.any_frame(^port, ^id) ->
         {[], st}
 
-      {:"$lacca_event", ^port, event} when elem(event, 1) == id ->
+      Channel.event(^port, event) when elem(event, 1) == id ->
         {[], st}
     end
   end
@@ -230,15 +216,14 @@ defmodule Lacca.Stream do
   defp tag_all(%{tagged: false}, _stream, lines), do: lines
   defp tag_all(%{tagged: true}, stream, lines), do: Enum.map(lines, &{stream, &1})
 
-  defp lacca_status({:exit, code}), do: {:exit, code}
-  defp lacca_status({:signal, signo}), do: {:signal, Signal.to_name(signo)}
+  defp lacca_status(status), do: Channel.exit_status(status)
 
   # -- halt (the after function) ----------------------------------------------
 
   defp halt(st) do
     stop_writer(st.writer)
 
-    _ = if st.status == nil, do: Drain.halt(st, st.stop_signal, st.kill_timeout)
+    _ = if st.status == nil, do: Channel.halt(st.chan, st.stop_signal, st.kill_timeout)
 
     if st.daemon, do: Daemon.release(st.daemon)
     :ok
@@ -267,17 +252,15 @@ defmodule Lacca.Stream do
 
   defp writer(consumer, input) do
     receive do
-      {:go, port, id} ->
-        w = %{port: port, id: id, inflight: 0, stopped: false}
+      {:go, chan} ->
+        w = %{chan: chan, inflight: 0, stopped: false}
 
         try do
           # :halted by the input itself (Stream.take/2, ...) or by
           # write_element/2 when the process's stdin is gone.
           {_done_or_halted, w} = Enumerable.reduce(input, {:cont, w}, &write_element/2)
 
-          if not w.stopped do
-            Protocol.command(port, Protocol.control({:close_stdin, id, :stream}))
-          end
+          if not w.stopped, do: Channel.close_stdin(chan, :stream)
         catch
           kind, reason -> send(consumer, {:"$lacca_input", self(), kind, reason, __STACKTRACE__})
         end
@@ -288,8 +271,8 @@ defmodule Lacca.Stream do
   end
 
   # Each element is written before the next one is asked for (in frames of
-  # at most @max_data bytes), so an input that waits for the process's answer
-  # before it yields more never waits for itself.
+  # at most Protocol.max_data/0 bytes), so an input that waits for the
+  # process's answer before it yields more never waits for itself.
   defp write_element(element, w) do
     bin =
       if is_binary(element) do
@@ -304,46 +287,48 @@ defmodule Lacca.Stream do
         end
       end
 
-    w = w |> acks() |> send_frames(bin)
+    w = w |> acks() |> send_frames(Channel.chunks(bin))
     if w.stopped, do: {:halt, w}, else: {:cont, w}
   end
 
-  defp send_frames(%{stopped: true} = w, _bin), do: w
-  defp send_frames(w, ""), do: w
+  defp send_frames(%{stopped: true} = w, _frames), do: w
+  defp send_frames(w, []), do: w
 
-  defp send_frames(w, bin) do
+  defp send_frames(w, [frame | rest]) do
     w = await_window(w)
 
     if w.stopped do
       w
     else
-      n = min(byte_size(bin), @max_data)
-      <<frame::binary-size(n), rest::binary>> = bin
-      Protocol.command(w.port, Protocol.stdin(w.id, frame))
+      Channel.write_stdin(w.chan, frame)
       send_frames(%{w | inflight: w.inflight + 1}, rest)
     end
   end
 
-  defp await_window(%{inflight: n} = w) when n < @stdin_window, do: w
+  defp await_window(%{inflight: n} = w) when Channel.is_stdin_room(n), do: w
 
-  defp await_window(%{port: port, id: id} = w) do
+  defp await_window(%{chan: %Channel{port: port, id: id}} = w) do
     receive do
-      {:"$lacca", ^port, <<0x23, ^id::32, code>>} -> await_window(acked(w, code))
+      Channel.stdin_ack(^port, ^id, code) -> await_window(acked(w, code))
     end
   end
 
   # The acks that arrived, without waiting.
   defp acks(%{inflight: 0} = w), do: w
 
-  defp acks(%{port: port, id: id} = w) do
+  defp acks(%{chan: %Channel{port: port, id: id}} = w) do
     receive do
-      {:"$lacca", ^port, <<0x23, ^id::32, code>>} -> acks(acked(w, code))
+      Channel.stdin_ack(^port, ^id, code) -> acks(acked(w, code))
     after
       0 -> w
     end
   end
 
-  # Any status but 0 (written) means the child's stdin is gone: stop.
-  defp acked(w, 0), do: %{w | inflight: w.inflight - 1}
-  defp acked(w, _code), do: %{w | inflight: w.inflight - 1, stopped: true}
+  # Any status but :written means the child's stdin is gone: stop.
+  defp acked(w, code) do
+    case Channel.ack_status(code) do
+      :written -> %{w | inflight: w.inflight - 1}
+      _ -> %{w | inflight: w.inflight - 1, stopped: true}
+    end
+  end
 end

@@ -87,6 +87,33 @@ defmodule Lacca.OSHelpers do
     end
   end
 
+  @doc """
+  The OS pid of the resin that runs the OS process of the server `pid`
+  (resin spawns its children itself: their parent).
+  """
+  def resin_of(pid) do
+    os_pid = Lacca.os_pid(pid)
+    {:ok, _state, ppid, _pgrp} = parse(File.read!("/proc/#{os_pid}/stat"))
+    ppid
+  end
+
+  @doc """
+  Bytes of the (reference-counted) binaries process `pid` holds after a
+  garbage collection: what it keeps of the output it received.
+  """
+  def held_binary_bytes(pid) do
+    :erlang.garbage_collect(pid)
+    {:binary, bins} = Process.info(pid, :binary)
+    bins |> Enum.uniq_by(&elem(&1, 0)) |> Enum.map(&elem(&1, 1)) |> Enum.sum()
+  end
+
+  @doc """
+  Whether the daemon `daemon` still has process `id` (resin has not reported
+  its exit yet).
+  """
+  def daemon_has?(daemon, id),
+    do: Enum.any?(Lacca.Daemon.processes(daemon), &(elem(&1, 0) == id))
+
   @doc "Sends SIGKILL to OS process `pid`."
   def os_kill(pid) do
     {_, 0} = System.cmd("kill", ["-KILL", to_string(pid)])
@@ -102,7 +129,7 @@ defmodule Lacca.OSHelpers do
     for name <- Lacca.Daemon.shared(),
         daemon = Process.whereis(name),
         daemon != nil,
-        {id, {^receiver, _acker, _mref, os_pid}} <- :sys.get_state(daemon).procs,
+        {id, ^receiver, _acker, os_pid} <- Lacca.Daemon.processes(daemon),
         do: {daemon, id, os_pid}
   end
 
