@@ -583,6 +583,18 @@ defmodule Lacca.Process do
 
   def terminate(_reason, _s), do: :ok
 
+  # A process that exits non-zero ends this server with {:exit_status, n},
+  # which OTP reports as an error: keep the report to what identifies the
+  # process, not the whole state (its buffers may hold megabytes).
+  @impl true
+  def format_status(:terminate, [_pdict, s]), do: brief(s)
+  def format_status(_normal, [_pdict, s]), do: [data: [{~c"State", brief(s)}]]
+
+  defp brief(%__MODULE__{} = s),
+    do: %{cmd: Keyword.get(s.log_meta, :cmd), os_pid: s.os_pid, status: s.status}
+
+  defp brief(state), do: state
+
   defp owner_exit_reason(reason) when reason in [:normal, :shutdown], do: reason
   defp owner_exit_reason({:shutdown, _} = reason), do: reason
   defp owner_exit_reason(reason), do: {:shutdown, {:owner_exit, reason}}
