@@ -535,7 +535,9 @@ defmodule Lacca do
       (see the module documentation)
     * `:owner` - the process that receives the messages (default: the
       caller). When given, the OS process is stopped when the owner exits; in
-      `:messages` mode the owner (given or not) is always watched
+      `:messages` mode the owner (given or not) is always watched. An owner
+      that is already gone starts nothing: `{:error, :owner_down}` (under
+      `child_spec/1`, `:ignore`: the supervisor keeps no child, restarts none)
     * `:active` - `:messages` mode only, as for a `:gen_tcp` socket (see
       `set_active/2`):
         * `true` (default): every chunk is sent to the owner as it arrives
@@ -617,7 +619,7 @@ defmodule Lacca do
   `status/1` and `os_pid/1` return `nil`.
   """
   @spec start(String.t(), [String.t()], [start_option()]) ::
-          {:ok, pid()} | {:error, spawn_error()}
+          {:ok, pid()} | {:error, spawn_error() | :owner_down}
   def start(cmd, args, opts \\ []), do: do_start(cmd, args, opts, false)
 
   @doc """
@@ -637,7 +639,7 @@ defmodule Lacca do
   The options of `start/3`.
   """
   @spec start_link(String.t(), [String.t()], [start_option()]) ::
-          {:ok, pid()} | {:error, spawn_error()}
+          {:ok, pid()} | {:error, spawn_error() | :owner_down}
   def start_link(cmd, args, opts \\ []), do: do_start(cmd, args, opts, true)
 
   defp do_start(cmd, args, opts, link?) do
@@ -717,7 +719,7 @@ defmodule Lacca do
   # The start function of child_spec/1: start_link/3 for a supervisor, which
   # reads no output (the server ends at once when its OS process exits).
   @spec start_supervised(String.t(), [String.t()], [start_option()]) ::
-          {:ok, pid()} | {:error, spawn_error()}
+          {:ok, pid()} | {:error, spawn_error()} | :ignore
   def start_supervised(cmd, args, opts) do
     {exec, args} = Options.command!(cmd, args)
     Lacca.Process.start(exec, args, %{Options.start!(opts) | supervised: true}, true)

@@ -150,7 +150,7 @@ defmodule Lacca.Process do
   # Runs in the caller: starts the server under Lacca.ProcessSupervisor and
   # waits until resin reported the spawn (or its failure).
   @spec start(binary(), [binary()], Lacca.Options.t(), boolean()) ::
-          {:ok, pid()} | {:error, term()}
+          {:ok, pid()} | {:error, term()} | :ignore
   def start(exec, args, spec, link?) do
     Lacca.Daemon.ensure_started!()
     tag = make_ref()
@@ -175,6 +175,9 @@ defmodule Lacca.Process do
 
       {:error, reason} ->
         {:error, reason}
+
+      :ignore ->
+        :ignore
     end
   catch
     :exit, {:noproc, _} ->
@@ -183,7 +186,20 @@ defmodule Lacca.Process do
   end
 
   @impl true
-  def init({exec, args, spec, starter, tag, link?}) do
+  # An :owner that is already gone: nothing to run. Under the caller's own
+  # supervisor (child_spec/1) that is :ignore, so that a restart after the
+  # owner died does not start the process and kill it again, in a loop.
+  def init({_exec, _args, spec, _starter, _tag, _link?} = args) do
+    owner = spec.owner
+
+    cond do
+      not (is_pid(owner) and node(owner) == node()) or Process.alive?(owner) -> init_alive(args)
+      spec.supervised -> :ignore
+      true -> {:stop, :owner_down}
+    end
+  end
+
+  defp init_alive({exec, args, spec, starter, tag, link?}) do
     Process.flag(:trap_exit, true)
     owner = spec.owner || starter
 
