@@ -244,6 +244,12 @@ defmodule Lacca do
           | {:bad_handshake, binary()}
           | :protocol_error
 
+  @typedoc "A limit of the `:cgroup` option."
+  @type cgroup_limit ::
+          {:memory_max, pos_integer()}
+          | {:pids_max, pos_integer()}
+          | {:cpu_max, {pos_integer(), pos_integer()}}
+
   @typedoc "Options accepted by `run/3`, `start/3` and friends to set up the process."
   @type spawn_option ::
           {:cd, Path.t()}
@@ -252,12 +258,7 @@ defmodule Lacca do
           | {:arg0, String.t()}
           | {:stderr, :capture | :stdout | :discard}
           | {:stdin, :pipe | :null}
-          | {:cgroup,
-             [
-               {:memory_max, pos_integer()}
-               | {:pids_max, pos_integer()}
-               | {:cpu_max, {pos_integer(), pos_integer()}}
-             ]}
+          | {:cgroup, [cgroup_limit()]}
           | {:daemon, :shared | :dedicated}
           | {:kill_timeout, non_neg_integer()}
           | {:stop_signal, Signal.signal()}

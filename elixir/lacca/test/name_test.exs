@@ -131,11 +131,4 @@ defmodule Lacca.NameTest do
       assert Lacca.stop(pid) == :ok
     end
   end
-
-  defp read_all(pid, acc) do
-    case Lacca.read_stdout(pid, 0) do
-      {:ok, ""} -> acc
-      {:ok, data} -> read_all(pid, acc <> data)
-    end
-  end
 end

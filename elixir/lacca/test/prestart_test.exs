@@ -4,6 +4,7 @@ defmodule Lacca.PrestartTest do
   use ExUnit.Case, async: false
 
   import Lacca.OSHelpers
+  import Lacca.AppEnv
 
   alias Lacca.{Daemon, Result}
 
@@ -12,28 +13,10 @@ defmodule Lacca.PrestartTest do
   @keys [:prestart, :resin]
 
   setup do
-    saved = for key <- @keys, do: {key, Application.fetch_env(:lacca, key)}
-    dir = Path.join(System.tmp_dir!(), "lacca-prestart-#{System.unique_integer([:positive])}")
-    File.mkdir_p!(dir)
-
-    on_exit(fn ->
-      _ = Application.stop(:lacca)
-      # A wrapper left stopped by a failed test (it never saw its stdin close).
+    # A wrapper left stopped by a failed test (it never saw its stdin close).
+    isolate(:prestart, @keys, fn dir ->
       for pid <- processes_running(dir), do: System.cmd("kill", ["-KILL", to_string(pid)])
-
-      for {key, value} <- saved do
-        case value do
-          {:ok, v} -> Application.put_env(:lacca, key, v)
-          :error -> Application.delete_env(:lacca, key)
-        end
-      end
-
-      {:ok, _} = Application.ensure_all_started(:lacca)
-      File.rm_rf!(dir)
     end)
-
-    {:ok, resin} = Lacca.Resin.find()
-    %{dir: dir, resin: resin}
   end
 
   test "prestart (the default): every shared daemon runs a resin before any spawn" do
@@ -185,19 +168,6 @@ defmodule Lacca.PrestartTest do
   end
 
   # -- helpers ----------------------------------------------------------------
-
-  defp restart!(env) do
-    :ok = Application.stop(:lacca)
-    Enum.each(env, fn {key, value} -> Application.put_env(:lacca, key, value) end)
-    {:ok, _} = Application.ensure_all_started(:lacca)
-  end
-
-  defp script!(dir, name, body) do
-    path = Path.join(dir, name)
-    File.write!(path, "#!/bin/sh\n" <> body <> "\n")
-    File.chmod!(path, 0o755)
-    path
-  end
 
   # The OS pids of the open ports running `executable` (0 until the OS
   # process is forked).

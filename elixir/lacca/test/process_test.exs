@@ -284,13 +284,6 @@ defmodule Lacca.ProcessTest do
     refute Process.alive?(pid)
   end
 
-  defp read_all(pid, acc) do
-    case Lacca.read_stdout(pid, 0) do
-      {:ok, ""} -> acc
-      {:ok, data} -> read_all(pid, acc <> data)
-    end
-  end
-
   defp read_n(_pid, 0, acc), do: acc |> Enum.reverse() |> IO.iodata_to_binary()
 
   defp read_n(pid, n, acc) do

@@ -5,6 +5,8 @@ defmodule Lacca.SpawnErrorsTest do
   # concurrently with the async test modules (ExUnit runs them first).
   use ExUnit.Case, async: false
 
+  import Lacca.AppEnv
+
   alias Lacca.Daemon
 
   @moduletag :capture_log
@@ -12,26 +14,7 @@ defmodule Lacca.SpawnErrorsTest do
   @keys [:prestart, :resin, :shared_daemons]
 
   setup do
-    saved = for key <- @keys, do: {key, Application.fetch_env(:lacca, key)}
-    dir = Path.join(System.tmp_dir!(), "lacca-spawn-errors-#{System.unique_integer([:positive])}")
-    File.mkdir_p!(dir)
-
-    on_exit(fn ->
-      _ = Application.stop(:lacca)
-
-      for {key, value} <- saved do
-        case value do
-          {:ok, v} -> Application.put_env(:lacca, key, v)
-          :error -> Application.delete_env(:lacca, key)
-        end
-      end
-
-      {:ok, _} = Application.ensure_all_started(:lacca)
-      File.rm_rf!(dir)
-    end)
-
-    {:ok, resin} = Lacca.Resin.find()
-    %{dir: dir, resin: resin}
+    isolate(:spawn_errors, @keys)
   end
 
   describe "spawn errors: one closed set" do
@@ -181,18 +164,5 @@ defmodule Lacca.SpawnErrorsTest do
     stat = File.read!("/proc/#{Lacca.os_pid(pid)}/stat")
     [_, rest] = String.split(stat, ") ", parts: 2)
     rest |> String.split() |> Enum.at(1) |> String.to_integer()
-  end
-
-  defp restart!(env) do
-    :ok = Application.stop(:lacca)
-    Enum.each(env, fn {key, value} -> Application.put_env(:lacca, key, value) end)
-    {:ok, _} = Application.ensure_all_started(:lacca)
-  end
-
-  defp script!(dir, name, shebang \\ "#!/bin/sh", body) do
-    path = Path.join(dir, name)
-    File.write!(path, shebang <> "\n" <> body <> "\n")
-    File.chmod!(path, 0o755)
-    path
   end
 end

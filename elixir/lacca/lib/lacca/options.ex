@@ -15,12 +15,7 @@ defmodule Lacca.Options do
           | {:arg0, binary()}
           | {:stderr, :capture | :stdout | :discard}
           | {:stdin, :pipe | :null}
-          | {:cgroup,
-             [
-               {:memory_max, pos_integer()}
-               | {:pids_max, pos_integer()}
-               | {:cpu_max, {pos_integer(), pos_integer()}}
-             ]}
+          | {:cgroup, [Lacca.cgroup_limit()]}
 
   @typedoc """
   Validated options. Every entry point fills the common fields (`daemon`,

@@ -151,6 +151,14 @@ defmodule Lacca.OSHelpers do
     end)
   end
 
+  @doc "What is buffered on stdout now, appended to `acc` (reads without waiting)."
+  def read_all(pid, acc) do
+    case Lacca.read_stdout(pid, 0) do
+      {:ok, ""} -> acc
+      {:ok, data} -> read_all(pid, acc <> data)
+    end
+  end
+
   @doc "Reads lines from a buffer-mode lacca process until `n` lines arrived."
   def read_lines(pid, n, acc \\ "") do
     lines = String.split(acc, "\n", trim: true)
