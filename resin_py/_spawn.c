@@ -40,13 +40,16 @@
  * by clone3(CLONE_INTO_CGROUP) (Linux 5.7). Joining takes the cgroup
  * threadgroup lock for writing, which waits for an RCU grace period when
  * no migration happened lately: 8-18 ms measured here for the first child
- * of a fresh resin, 0.5 ms while children start in a row. clone3 has no
- * wrapper that runs the child on a stack of its own, so that child does not
- * share resin's memory: it gets a copy-on-write copy (page tables copied,
- * 0.25-0.5 ms for a fresh resin here, more for a big one) and reports a
- * failure through a shared anonymous page. The caller picks (see
- * CGROUP_BURST in runtime/server.py). Where clone3 or CLONE_INTO_CGROUP is
- * missing, every child joins.
+ * of a fresh resin, 0.5 ms while children start in a row. libc has no
+ * clone3 wrapper that runs the child on a stack of its own; on x86-64,
+ * clone3_vm below is one, and every child with a cgroup is created in it
+ * sharing resin's memory (CLONE3_SHARES_MEMORY): no lock taken for
+ * writing, no page tables copied. Elsewhere the clone3 child gets a
+ * copy-on-write copy (page tables copied: 0.25-0.5 ms for a fresh resin,
+ * 1-5 ms measured for a busy one) and reports a failure through a shared
+ * anonymous page, and the caller picks (see CGROUP_BURST in
+ * runtime/server.py). Where clone3 or CLONE_INTO_CGROUP is missing, every
+ * child joins.
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -302,21 +305,68 @@ fail:
     _exit(CHILD_FAILED);
 }
 
+#if defined(__x86_64__)
+/* clone3 with the child on `ca->stack`, running fn(arg) and then exit(2)
+ * with its result, as libc's clone() does (libc has no such wrapper for
+ * clone3). The child starts with the parent's registers and the stack
+ * pointer at the top of its stack: fn and arg travel in callee-saved
+ * registers, and a 16-byte aligned top leaves the stack as the ABI wants
+ * it after the call. So a child in its cgroup can share resin's memory. */
+#define HAVE_CLONE3_VM 1
+static long clone3_vm(struct clone3_args *ca, int (*fn)(void *), void *arg)
+{
+    long ret;
+    register int (*r12)(void *) __asm__("r12") = fn;
+    register void *r13 __asm__("r13") = arg;
+    __asm__ volatile("syscall\n\t"
+                     "testq %%rax, %%rax\n\t"
+                     "jnz 1f\n\t"
+                     "xorl %%ebp, %%ebp\n\t"
+                     "movq %%r13, %%rdi\n\t"
+                     "callq *%%r12\n\t"
+                     "movl %%eax, %%edi\n\t"
+                     "movl $60, %%eax\n\t" /* SYS_exit */
+                     "syscall\n\t"
+                     "hlt\n"
+                     "1:"
+                     : "=a"(ret)
+                     : "0"((long)__NR_clone3), "D"(ca), "S"(sizeof *ca), "r"(r12), "r"(r13)
+                     : "rcx", "r11", "memory");
+    if (ret < 0) {
+        errno = (int)-ret;
+        return -1;
+    }
+    return ret;
+}
+#else
+#define HAVE_CLONE3_VM 0
+#endif
+
 /* A child created in the cgroup `dirfd` (see "Cgroups" above): like clone
- * with CLONE_VFORK, without CLONE_VM. Returns the pid, or -1 with errno. */
-static pid_t clone_into_cgroup(struct child_args *a, int flags, int dirfd)
+ * with CLONE_VFORK; with CLONE_VM where clone3_vm exists (`stack_top` is
+ * then its stack), else a copy-on-write copy of resin. Returns the pid, or
+ * -1 with errno. */
+static pid_t clone_into_cgroup(struct child_args *a, int flags, int dirfd, char *stack_top)
 {
     struct clone3_args ca;
     memset(&ca, 0, sizeof ca);
-    ca.flags = (uint64_t)(flags & ~(CLONE_VM | CSIGNAL)) | CLONE_INTO_CGROUP;
     ca.exit_signal = SIGCHLD;
     ca.cgroup = (uint64_t)dirfd;
+#if HAVE_CLONE3_VM
+    ca.flags = (uint64_t)(flags & ~CSIGNAL) | CLONE_INTO_CGROUP;
+    ca.stack = (uint64_t)(uintptr_t)(stack_top - CHILD_STACK_SIZE + 64);
+    ca.stack_size = CHILD_STACK_SIZE - 64;
+    return (pid_t)clone3_vm(&ca, child_main, a);
+#else
+    (void)stack_top;
+    ca.flags = (uint64_t)(flags & ~(CLONE_VM | CSIGNAL)) | CLONE_INTO_CGROUP;
     long pid = syscall(__NR_clone3, &ca, sizeof ca);
     if (pid == 0) {
         child_main(a);
         _exit(CHILD_FAILED); /* not reached */
     }
     return (pid_t)pid;
+#endif
 }
 
 /* ---- the parent --------------------------------------------------------- */
@@ -401,8 +451,9 @@ PyDoc_STRVAR(spawn_doc,
 "child gets (-1: infinity). stage is 0 when the exec succeeded. Otherwise\n"
 "the child has exited and been reaped, and stage (1 setup, 2 chdir, 3 exec)\n"
 "and errno say why. cgroup_dir (a cgroup2 directory, open) is the cgroup\n"
-"the child starts in: it joins it first thing, or with cgroup_clone it is\n"
-"created there (clone3). Raises OSError when no child could be created.");
+"the child starts in: it joins it first thing, or with cgroup_clone (always\n"
+"where CLONE3_SHARES_MEMORY) it is created there (clone3). Raises OSError\n"
+"when no child could be created.");
 
 static PyObject *spawn(PyObject *self, PyObject *args)
 {
@@ -474,8 +525,11 @@ static PyObject *spawn(PyObject *self, PyObject *args)
     a.cgroup_procs = -1;
     volatile int local_report[2] = {STAGE_OK, 0};
     a.report = local_report;
-    int into_cgroup = cgroup_dir >= 0 && cgroup_clone && clone3_cgroup_works >= 0;
-    if (into_cgroup) {
+    /* Sharing memory, a child created in its cgroup costs no more than a
+     * plain clone: always, then (cgroup_clone is for the copying kind). */
+    int into_cgroup = cgroup_dir >= 0 && (cgroup_clone || HAVE_CLONE3_VM) &&
+                      clone3_cgroup_works >= 0;
+    if (into_cgroup && !HAVE_CLONE3_VM) {
         shared_report = mmap(NULL, REPORT_SIZE, PROT_READ | PROT_WRITE,
                              MAP_SHARED | MAP_ANONYMOUS, -1, 0);
         if (shared_report == MAP_FAILED) {
@@ -538,8 +592,8 @@ static PyObject *spawn(PyObject *self, PyObject *args)
     pthread_sigmask(SIG_SETMASK, &all, &old);
     pid = -1;
     if (into_cgroup) {
-        a.report = shared_report;
-        pid = clone_into_cgroup(&a, flags, cgroup_dir);
+        a.report = HAVE_CLONE3_VM ? local_report : shared_report;
+        pid = clone_into_cgroup(&a, flags, cgroup_dir, stack_top);
         if (pid >= 0) {
             clone3_cgroup_works = 1;
         } else if (errno == ENOSYS || errno == E2BIG || errno == EINVAL || errno == EPERM) {
@@ -661,7 +715,8 @@ PyMODINIT_FUNC PyInit__spawn(void)
     if (PyModule_AddIntConstant(m, "STAGE_OK", STAGE_OK) < 0 ||
         PyModule_AddIntConstant(m, "STAGE_SETUP", STAGE_SETUP) < 0 ||
         PyModule_AddIntConstant(m, "STAGE_CWD", STAGE_CWD) < 0 ||
-        PyModule_AddIntConstant(m, "STAGE_EXEC", STAGE_EXEC) < 0) {
+        PyModule_AddIntConstant(m, "STAGE_EXEC", STAGE_EXEC) < 0 ||
+        PyModule_AddIntConstant(m, "CLONE3_SHARES_MEMORY", HAVE_CLONE3_VM) < 0) {
         Py_DECREF(m);
         return NULL;
     }

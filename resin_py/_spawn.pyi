@@ -4,6 +4,7 @@ STAGE_OK: int
 STAGE_SETUP: int
 STAGE_CWD: int
 STAGE_EXEC: int
+CLONE3_SHARES_MEMORY: int
 
 def prctl(option: int, value: int, /) -> None: ...
 def clone3_state() -> int: ...

@@ -64,6 +64,8 @@ HANGUP = 0x010  # EPOLLHUP
 # hence a short window. Creating a child in its cgroup does not warm the
 # lock (it takes it for reading): in a burst after a pause the second child
 # pays one cold join, the next ones 0.5 ms each. See resin_py/_spawn.c.
+# Where the clone3 child shares resin's memory (x86-64), it is always
+# created in its cgroup and this is not consulted.
 CGROUP_BURST = 0.005
 # Frames of stdin data allocate and free buffers of up to 64 KiB. In a heap
 # as small as a fresh resin's, glibc hands such memory back to the OS at once

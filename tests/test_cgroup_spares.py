@@ -1,0 +1,106 @@
+"""Empty cgroups are kept for the next children (runtime/cgroups.py,
+CGROUP_SPARES) instead of an rmdir per exit and a mkdir per spawn.
+
+Unit tests over a plain directory standing in for resin's cgroup directory
+(a `cgroup.events` file written by the test says whether a cgroup is
+populated), then end to end through a real resin where cgroups are usable.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from resin_py.runtime.cgroups import CGROUP_SPARES, Cgroups, v2_mount
+from resin_py.testing import ResinClient
+
+
+def _cgroups_usable() -> bool:
+    """Whether a resin here puts its children in cgroups."""
+    with ResinClient() as probe:
+        probe.hello()
+        return b"/resin-" in probe.run(1, "cat", ["/proc/self/cgroup"]).stdout
+
+
+CGROUPS = _cgroups_usable()
+
+
+def _finish(cgroups: Cgroups, path: str, populated: bool) -> bool:
+    """The child's leader exited; its cgroup holds `populated` processes."""
+    Path(path, "cgroup.events").write_text(f"populated {int(populated)}\nfrozen 0\n")
+    return cgroups.try_remove(path)
+
+
+def _open(cgroups: Cgroups, serial: int, limits: tuple[tuple[str, str], ...] = ()) -> str:
+    path, fd = cgroups.create(serial, limits)
+    os.close(fd)
+    return path
+
+
+def test_an_empty_cgroup_is_reused_by_the_next_child(tmp_path: Path) -> None:
+    cgroups = Cgroups(str(tmp_path))
+    first = _open(cgroups, 1)
+    assert _finish(cgroups, first, populated=False)  # empty: nothing to kill
+    assert cgroups.spares == [first] and not cgroups.pending
+    assert _open(cgroups, 2) == first  # no mkdir
+    assert not cgroups.spares
+    assert _open(cgroups, 3) == str(tmp_path / "c3")  # none spare: a new one
+
+
+def test_a_populated_cgroup_is_not_reused(tmp_path: Path) -> None:
+    cgroups = Cgroups(str(tmp_path))
+    path = _open(cgroups, 1)
+    # Not empty: the caller kills what is left, and it is removed later.
+    assert not _finish(cgroups, path, populated=True)
+    assert not cgroups.spares and cgroups.pending == {path}
+    assert _open(cgroups, 2) == str(tmp_path / "c2")
+
+
+def test_a_cgroup_with_limits_is_never_reused(tmp_path: Path) -> None:
+    cgroups = Cgroups(str(tmp_path))
+    plain = _open(cgroups, 1)
+    _finish(cgroups, plain, populated=False)
+    # A child with limits gets a cgroup of its own, not the spare (the
+    # stand-in's interface file is made beforehand, as the kernel would).
+    (tmp_path / "c2").mkdir()
+    (tmp_path / "c2" / "pids.max").write_text("")
+    limited = _open(cgroups, 2, (("pids.max", "7"),))
+    assert limited == str(tmp_path / "c2")
+    assert (tmp_path / "c2" / "pids.max").read_text() == "7"
+    assert cgroups.spares == [plain]
+    # Finished, it is removed (here: pending, the stand-in holds files).
+    _finish(cgroups, limited, populated=False)
+    assert cgroups.spares == [plain] and limited in cgroups.pending
+
+
+def test_at_most_cgroup_spares_are_kept(tmp_path: Path) -> None:
+    cgroups = Cgroups(str(tmp_path))
+    paths = [_open(cgroups, i) for i in range(CGROUP_SPARES + 3)]
+    for path in paths:
+        _finish(cgroups, path, populated=False)
+    assert cgroups.spares == paths[:CGROUP_SPARES]
+    assert cgroups.pending == set(paths[CGROUP_SPARES:])
+
+
+@pytest.mark.skipif(not CGROUPS, reason="no usable cgroup v2 here")
+def test_children_one_after_another_share_a_cgroup_each_in_it_alone() -> None:
+    """End to end: a child started after the previous one exited runs in
+    the same (recycled) cgroup, alone; children alive together each have
+    their own."""
+    with ResinClient() as client:
+        assert client.hello() == 1
+        seen = [client.run(i, "cat", ["/proc/self/cgroup"]).stdout for i in (1, 2, 3)]
+        assert len(set(seen)) == 1 and b"/resin-" in seen[0]
+        path = seen[0].split(b"::")[1].strip().decode()
+        procs = Path(f"{v2_mount()}{path}/cgroup.procs")
+        assert procs.read_text() == ""  # the previous children are gone from it
+        # Two alive at once: two cgroups.
+        for id in (4, 5):
+            client.spawn(id, "sh", ["-c", "cat /proc/self/cgroup; read x"])
+        lines = []
+        for id in (4, 5):
+            client.close_child_stdin(id)
+            lines.append(client.collect(id).stdout)
+        assert len(set(lines)) == 2
