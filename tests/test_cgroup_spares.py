@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from resin_py.protocol import v1
+from resin_py.protocol.terms import OK
 from resin_py.runtime.cgroups import CGROUP_SPARES, Cgroups, v2_mount
 from resin_py.testing import ResinClient
 
@@ -75,6 +77,19 @@ def test_a_cgroup_with_limits_is_never_reused(tmp_path: Path) -> None:
     assert cgroups.spares == [plain] and limited in cgroups.pending
 
 
+def test_a_killed_cgroup_is_never_reused(tmp_path: Path) -> None:
+    """Linux SIGKILLs a child created (clone3) in a cgroup that was once
+    killed through cgroup.kill: such a cgroup is removed, not kept."""
+    cgroups = Cgroups(str(tmp_path))
+    path = _open(cgroups, 1)
+    (tmp_path / "c1" / "cgroup.kill").write_text("")
+    assert cgroups.kill_child(path)  # a SIGKILL request while the child ran
+    assert (tmp_path / "c1" / "cgroup.kill").read_text() == "1"
+    _finish(cgroups, path, populated=False)
+    assert not cgroups.spares and path in cgroups.pending
+    assert _open(cgroups, 2) == str(tmp_path / "c2")
+
+
 def test_at_most_cgroup_spares_are_kept(tmp_path: Path) -> None:
     cgroups = Cgroups(str(tmp_path))
     paths = [_open(cgroups, i) for i in range(CGROUP_SPARES + 3)]
@@ -104,3 +119,18 @@ def test_children_one_after_another_share_a_cgroup_each_in_it_alone() -> None:
             client.close_child_stdin(id)
             lines.append(client.collect(id).stdout)
         assert len(set(lines)) == 2
+
+
+@pytest.mark.skipif(not CGROUPS, reason="no usable cgroup v2 here")
+def test_a_child_after_a_killed_one_runs() -> None:
+    """End to end: the cgroup of a child killed with SIGKILL (cgroup.kill)
+    is not handed to the next child, which the kernel would kill at birth."""
+    import signal
+
+    with ResinClient() as client:
+        assert client.hello() == 1
+        for id in range(1, 6):
+            client.spawn(id, "sleep", ["100"])
+            assert client.signal(id, signal.SIGKILL, group=True) == OK
+            assert client.collect(id).exit == v1.Exit(id, "signal", signal.SIGKILL)
+            assert client.run(100 + id, "echo", ["alive"]).stdout == b"alive\n"

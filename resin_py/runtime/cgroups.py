@@ -67,6 +67,11 @@ class Cgroups:
         self.pending: set[str] = set()  # cgroups of finished children, not yet empty
         self.spares: list[str] = []  # empty, without limits: for the next children
         self.limited: set[str] = set()  # cgroups created with limits (never reused)
+        # Cgroups written "1" to cgroup.kill: never reused either. Linux
+        # (6.18 here) SIGKILLs every child later created in such a cgroup
+        # by clone3(CLONE_INTO_CGROUP) (measured: its kill count no longer
+        # matches the one the fork started with).
+        self.killed: set[str] = set()
         self._usable: bool | None = None  # not tried yet
 
     @classmethod
@@ -130,6 +135,11 @@ class Cgroups:
             self.limited.add(path)
         return path, fd
 
+    def kill_child(self, path: str) -> bool:
+        """Cgroups.kill for a child's cgroup, which is then never reused."""
+        self.killed.add(path)
+        return self.kill(path)
+
     @staticmethod
     def kill(path: str) -> bool:
         """SIGKILL every process in the cgroup (at once, by the kernel)."""
@@ -157,8 +167,9 @@ class Cgroups:
         """Remove the cgroup if it is empty (or keep it as a spare, see
         CGROUP_SPARES); else keep it to be removed once it is (see sweep).
         Whether it is empty."""
-        if path in self.limited:
+        if path in self.limited or path in self.killed:
             self.limited.discard(path)
+            self.killed.discard(path)
         elif len(self.spares) < CGROUP_SPARES and not populated(path):
             self.spares.append(path)
             return True
@@ -172,6 +183,7 @@ class Cgroups:
         for path in list(self.pending):
             if _rmdir(path):
                 self.pending.discard(path)
+                self.killed.discard(path)
 
     def kill_all(self) -> None:
         """SIGKILL everything in every child cgroup (shutdown)."""

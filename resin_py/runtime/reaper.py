@@ -141,15 +141,20 @@ class Reaper:
             if exited:
                 return sent  # the cgroup is dealt with after the exit report (reap)
             if sent:
-                Cgroups.kill(cgroup)
+                self._kill_cgroup(cgroup)
                 return True
-            return bool(Cgroups.pids(cgroup)) and Cgroups.kill(cgroup)
+            return bool(Cgroups.pids(cgroup)) and self._kill_cgroup(cgroup)
         for pid in Cgroups.pids(cgroup):
             if tree.pgid_of(pid) != child.pid:
                 started = tree.start_time(pid)
                 if started is not None:
                     sent |= tree.send(pid, started, signo)
         return sent
+
+    def _kill_cgroup(self, cgroup: str) -> bool:
+        if self.cgroups is None:
+            return Cgroups.kill(cgroup)
+        return self.cgroups.kill_child(cgroup)  # and never reuse it
 
     def _kill_all(self, child: Child, killed: set[tuple[int, int]]) -> None:
         """SIGKILL the child's tree until a walk finds nothing not yet killed
@@ -218,7 +223,7 @@ class Reaper:
             cgroup, cgroups = child.cgroup, self.cgroups
             if (cgroup is not None and cgroups is not None and not self.children.closing
                     and not cgroups.try_remove(cgroup)):
-                Cgroups.kill(cgroup)
+                cgroups.kill_child(cgroup)
 
     def kill_descendants(self, deadline: float) -> None:
         """SIGKILL every group still alive and whatever else is our child
