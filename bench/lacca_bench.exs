@@ -23,11 +23,35 @@ defmodule Bench.JSON do
   def encode(s) when is_binary(s), do: inspect(s)
 end
 
+# A Collectable that counts the bytes put into it (for run/3's :into).
+defmodule Bench.Counter do
+  defstruct []
+
+  defimpl Collectable do
+    def into(_) do
+      {0,
+       fn
+         n, {:cont, data} -> n + byte_size(data)
+         n, :done -> n
+         _, :halt -> :ok
+       end}
+    end
+  end
+end
+
 defmodule Bench do
   @gib 1_073_741_824
   @slow_bytes 200 * 1_048_576
 
-  def emit(map), do: IO.puts(Bench.JSON.encode(map))
+  # One figure, with the 1-minute load average at the time it was taken.
+  def emit(map), do: IO.puts(Bench.JSON.encode(Map.put_new(map, :load, load())))
+
+  def load do
+    case File.read("/proc/loadavg") do
+      {:ok, text} -> text |> String.split() |> hd() |> String.to_float()
+      {:error, _} -> nil
+    end
+  end
 
   def time_us(fun) do
     {us, _} = :timer.tc(fun)
@@ -39,25 +63,35 @@ defmodule Bench do
   # -- spawn ---------------------------------------------------------------
 
   def spawn do
+    true_exe = System.find_executable("true")
     {_, 0} = System.cmd("true", [])
+    0 = port_run(true_exe)
     {:ok, _} = Lacca.run("true", [])
     n = 500
-    # Interleave the variants in blocks so that drift hits both alike.
-    {cmd, lacca} =
-      Enum.reduce(1..5, {[], []}, fn _, {c, l} ->
-        {c ++ samples(div(n, 5), fn -> {_, 0} = System.cmd("true", []) end),
-         l ++ samples(div(n, 5), fn -> {:ok, %{status: {:exit, 0}}} = Lacca.run("true", []) end)}
-      end)
 
-    emit(%{bench: "spawn", variant: "System.cmd", unit: "us", samples: cmd})
+    variants = [
+      {"Port", fn -> 0 = port_run(true_exe) end},
+      {"System.cmd", fn -> {_, 0} = System.cmd("true", []) end},
+      {"Lacca.run shared", fn -> {:ok, %{status: {:exit, 0}}} = Lacca.run("true", []) end}
+    ]
 
-    emit(%{
-      bench: "spawn",
-      variant: "Lacca.run shared",
-      unit: "us",
-      samples: lacca,
-      baseline: "System.cmd"
-    })
+    # Interleave the variants in blocks so that drift hits all alike.
+    results =
+      for _ <- 1..10, {name, fun} <- variants, reduce: %{} do
+        acc ->
+          block = samples(div(n, 10), fun)
+          Map.update(acc, name, block, &(&1 ++ block))
+      end
+
+    for {name, _} <- variants do
+      emit(%{
+        bench: "spawn",
+        variant: name,
+        unit: "us",
+        samples: results[name],
+        baseline: if(name == "Port", do: nil, else: "Port")
+      })
+    end
 
     dedicated =
       samples(50, fn ->
@@ -69,8 +103,17 @@ defmodule Bench do
       variant: "Lacca.run dedicated",
       unit: "us",
       samples: dedicated,
-      baseline: "System.cmd"
+      baseline: "Port"
     })
+  end
+
+  # A plain port run to its exit status: what the BEAM itself pays to spawn.
+  def port_run(exe) do
+    port = Port.open({:spawn_executable, exe}, [:binary, :exit_status])
+
+    receive do
+      {^port, {:exit_status, status}} -> status
+    end
   end
 
   # -- first_call ----------------------------------------------------------
@@ -118,13 +161,20 @@ defmodule Bench do
     end
   end
 
+  def into_count do
+    {:ok, %{status: {:exit, 0}, stdout: n}} =
+      Lacca.run("head", head_args(), into: %Bench.Counter{})
+
+    n
+  end
+
   def stream_count do
     Lacca.stream!("head", head_args()) |> Enum.reduce(0, fn d, n -> n + byte_size(d) end)
   end
 
   def throughput do
     variants =
-      [{"Port", &port_count/0}, {"messages", &messages_count/0}] ++
+      [{"Port", &port_count/0}, {"messages", &messages_count/0}, {"run into", &into_count/0}] ++
         if function_exported?(Lacca, :stream!, 3), do: [{"stream!", &stream_count/0}], else: []
 
     results =
@@ -202,32 +252,45 @@ defmodule Bench do
 
   # -- concurrency ---------------------------------------------------------
 
+  # 1,000 `sleep`s started one after another (each start returns once the
+  # OS process runs), Port and Lacca.start interleaved over 3 rounds; then
+  # 10,000 held at once.
   def concurrency do
     sleep = System.find_executable("sleep")
 
-    {port_us, ports} =
-      :timer.tc(fn ->
-        for _ <- 1..1_000 do
-          port = Port.open({:spawn_executable, sleep}, [:binary, args: ["1000"]])
-          {:os_pid, _} = Port.info(port, :os_pid)
-          port
+    rounds =
+      for _ <- 1..3 do
+        {port_us, ports} =
+          :timer.tc(fn ->
+            for _ <- 1..1_000 do
+              port = Port.open({:spawn_executable, sleep}, [:binary, args: ["1000"]])
+              {:os_pid, os_pid} = Port.info(port, :os_pid)
+              {port, os_pid}
+            end
+          end)
+
+        for {port, os_pid} <- ports do
+          Port.close(port)
+          System.cmd("kill", ["-KILL", Integer.to_string(os_pid)])
         end
-      end)
 
-    port_pids = Enum.map(ports, fn p -> elem(Port.info(p, :os_pid), 1) end)
-    Enum.each(ports, &Port.close/1)
-    Enum.each(port_pids, &System.cmd("kill", ["-KILL", Integer.to_string(&1)]))
+        {lacca_us, pids} = :timer.tc(fn -> start_sleeps(1_000) end)
+        stop_all(pids)
+        {port_us, lacca_us}
+      end
 
-    emit(%{bench: "concurrency_1000", variant: "Port", unit: "us", samples: [port_us]})
-
-    {lacca_us, pids} = :timer.tc(fn -> start_sleeps(1_000) end)
-    stop_all(pids)
+    emit(%{
+      bench: "concurrency_1000",
+      variant: "Port",
+      unit: "us",
+      samples: Enum.map(rounds, &elem(&1, 0))
+    })
 
     emit(%{
       bench: "concurrency_1000",
       variant: "Lacca.start",
       unit: "us",
-      samples: [lacca_us],
+      samples: Enum.map(rounds, &elem(&1, 1)),
       baseline: "Port"
     })
 
@@ -258,16 +321,10 @@ defmodule Bench do
   end
 
   defp start_sleeps(n) do
-    1..n
-    |> Task.async_stream(
-      fn _ ->
-        {:ok, pid} = Lacca.start("sleep", ["1000"], stdin: :null)
-        pid
-      end,
-      max_concurrency: 64,
-      timeout: :infinity
-    )
-    |> Enum.map(fn {:ok, pid} -> pid end)
+    for _ <- 1..n do
+      {:ok, pid} = Lacca.start("sleep", ["1000"], stdin: :null)
+      pid
+    end
   end
 
   defp stop_all(pids) do

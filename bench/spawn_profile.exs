@@ -1,0 +1,171 @@
+# Where the time of one `Lacca.run("true", [])` goes (docs/performance.md,
+# "Spawn: where the microseconds go").
+#
+#   MIX_ENV=prod mix run bench/spawn_profile.exs [n]
+#
+# Times the stages of the run path from outside lacca's modules (the same
+# calls Lacca.run/3 makes, one after another), the same spawn sent over a
+# bare port to resin (no lacca code in the way), and plain Port, all
+# interleaved in blocks. Prints a table of medians in microseconds on stdout.
+
+defmodule SpawnProfile do
+  alias Lacca.{Channel, Daemon, Options, Protocol}
+  require Channel
+
+  @true_exe System.find_executable("true")
+
+  def now, do: System.monotonic_time(:nanosecond)
+
+  # One Lacca.run("true", []) in stages; returns the time points.
+  def lacca_staged do
+    t0 = now()
+    {exec, args} = Options.command!("true", [])
+    spec = Options.run!([])
+    t1 = now()
+    daemon = Daemon.pick()
+    spawn_opts = spec.spawn ++ [{:stdin, :null}]
+    t2 = now()
+    {:ok, dpid, port, id} = Daemon.spawn(daemon, exec, args, spawn_opts, spec.max_buffer, self())
+    t3 = now()
+    chan = Channel.open(port, id, dpid, spec.max_buffer)
+    {:ok, _} = Channel.await_spawned(chan)
+
+    receive do
+      Channel.event(^port, {:exit, ^id, {:exit, 0}}) -> :ok
+    end
+
+    _ = Channel.close(chan)
+    t4 = now()
+    {t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0}
+  end
+
+  def lacca_run do
+    t0 = now()
+    {:ok, %{status: {:exit, 0}}} = Lacca.run("true", [])
+    now() - t0
+  end
+
+  def port_run do
+    t0 = now()
+    port = Port.open({:spawn_executable, @true_exe}, [:binary, :exit_status])
+
+    receive do
+      {^port, {:exit_status, 0}} -> :ok
+    end
+
+    now() - t0
+  end
+
+  # A resin of our own over a bare port: the protocol only.
+  def bare_open(resin \\ nil) do
+    resin = resin || elem(Lacca.Resin.find(), 1)
+    port = Port.open({:spawn_executable, resin}, [:binary, {:packet, 2}, :exit_status])
+    Port.command(port, Protocol.hello())
+
+    receive do
+      {^port, {:data, <<1, 1>>}} -> port
+    end
+  end
+
+  def bare_run(port, id) do
+    cwd = File.cwd!()
+    t0 = now()
+
+    {:ok, [frame]} =
+      Protocol.spawn_frames(id, @true_exe, [], [
+        {:cd, cwd},
+        {:stdin, :null},
+        {:credit, 1_048_576}
+      ])
+
+    Port.command(port, frame)
+    t1 = now()
+    {:spawned, ^id, _} = bare_event(port)
+    t2 = now()
+    {:exit, ^id, {:exit, 0}} = bare_event(port)
+    t3 = now()
+    {t1 - t0, t2 - t1, t3 - t2, t3 - t0}
+  end
+
+  defp bare_event(port) do
+    receive do
+      {^port, {:data, <<0x20, etf::binary>>}} -> :erlang.binary_to_term(etf)
+      {^port, {:data, other}} -> raise "unexpected #{inspect(other)}"
+    end
+  end
+
+  def median(list), do: Enum.at(Enum.sort(list), div(length(list), 2))
+
+  def p99(list),
+    do: Enum.at(Enum.sort(list), min(length(list) - 1, round(0.99 * (length(list) - 1))))
+
+  def us(ns), do: Float.round(ns / 1000, 1)
+
+  def main(n) do
+    if pool = System.get_env("PROFILE_POOL") do
+      :ok = Application.stop(:lacca)
+      Application.put_env(:lacca, :shared_daemons, String.to_integer(pool))
+      {:ok, _} = Application.ensure_all_started(:lacca)
+    end
+
+    {:ok, _} = Lacca.run("true", [])
+    bare = bare_open()
+    # PROFILE_OTHER_RESIN=path: the same bare runs through another resin
+    # (before/after comparisons of resin alone).
+    other = System.get_env("PROFILE_OTHER_RESIN")
+    other_port = other && bare_open(other)
+    blocks = 10
+    per = div(n, blocks)
+
+    acc =
+      Enum.reduce(1..blocks, %{staged: [], run: [], port: [], bare: [], other: []}, fn b, acc ->
+        staged = for _ <- 1..per, do: lacca_staged()
+        run = for _ <- 1..per, do: lacca_run()
+        port = for _ <- 1..per, do: port_run()
+        bare_s = for i <- 1..per, do: bare_run(bare, b * 1000 + i)
+        other_s = if other, do: for(i <- 1..per, do: bare_run(other_port, b * 1000 + i)), else: []
+
+        %{
+          staged: acc.staged ++ staged,
+          run: acc.run ++ run,
+          port: acc.port ++ port,
+          bare: acc.bare ++ bare_s,
+          other: acc.other ++ other_s
+        }
+      end)
+
+    col = fn list, i -> Enum.map(list, &elem(&1, i)) end
+    IO.puts("load average: #{File.read!("/proc/loadavg") |> String.trim()}")
+    IO.puts("n=#{n} per variant, medians (p99) in microseconds")
+    IO.puts("| stage | bare port to resin | Lacca.run in stages |")
+    IO.puts("|---|---|---|")
+    row = fn name, b, l -> IO.puts("| #{name} | #{b} | #{l} |") end
+    fmt = fn list -> "#{us(median(list))} (#{us(p99(list))})" end
+    row.("options (command!/run!)", "", fmt.(col.(acc.staged, 0)))
+    row.("Daemon.pick", "", fmt.(col.(acc.staged, 1)))
+    row.("encode + send the spawn", fmt.(col.(acc.bare, 0)), "")
+    row.("spawn request -> spawned", fmt.(col.(acc.bare, 1)), fmt.(col.(acc.staged, 2)))
+    row.("spawned -> exit", fmt.(col.(acc.bare, 2)), fmt.(col.(acc.staged, 3)))
+    row.("total", fmt.(col.(acc.bare, 3)), fmt.(col.(acc.staged, 4)))
+
+    if other do
+      IO.puts("")
+      IO.puts("bare port to #{other}:")
+      row.("spawn request -> spawned", fmt.(col.(acc.other, 1)), "")
+      row.("spawned -> exit", fmt.(col.(acc.other, 2)), "")
+      row.("total", fmt.(col.(acc.other, 3)), "")
+    end
+
+    IO.puts("")
+    IO.puts("Lacca.run: #{fmt.(acc.run)}   Port: #{fmt.(acc.port)}")
+    IO.puts("Lacca.run / Port: #{Float.round(median(acc.run) / median(acc.port), 2)}")
+  end
+end
+
+n =
+  case System.argv() do
+    [n] -> String.to_integer(n)
+    _ -> 500
+  end
+
+SpawnProfile.main(n)
