@@ -19,8 +19,11 @@ defmodule SpawnProfile do
   # One Lacca.run("true", []) in stages; returns the time points.
   def lacca_staged do
     t0 = now()
+    cwd = File.cwd!()
+    tc = now()
     {exec, args} = Options.command!("true", [])
-    spec = Options.run!([])
+    # With the cwd just fetched: Options.run!([]) fetches it itself.
+    spec = Options.run!(cd: cwd)
     t1 = now()
     daemon = Daemon.pick()
     spawn_opts = spec.spawn ++ [{:stdin, :null}]
@@ -36,7 +39,7 @@ defmodule SpawnProfile do
 
     _ = Channel.close(chan)
     t4 = now()
-    {t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0}
+    {t1 - tc, t2 - t1, t3 - t2, t4 - t3, t4 - t0, tc - t0}
   end
 
   def lacca_run do
@@ -94,6 +97,21 @@ defmodule SpawnProfile do
     end
   end
 
+  # CPU time (user + system) of an OS process so far, in microseconds
+  # (clock ticks of 10 ms: only sums over many runs mean anything).
+  def cpu_us(os_pid) do
+    case File.read("/proc/#{os_pid}/stat") do
+      {:ok, stat} ->
+        fields = stat |> String.split(") ", parts: 2) |> List.last() |> String.split(" ")
+        (String.to_integer(Enum.at(fields, 11)) + String.to_integer(Enum.at(fields, 12))) * 10_000
+
+      _ ->
+        0
+    end
+  end
+
+  def cpu_of(pids), do: Enum.sum(Enum.map(pids, &cpu_us/1))
+
   def median(list), do: Enum.at(Enum.sort(list), div(length(list), 2))
 
   def p99(list),
@@ -117,11 +135,24 @@ defmodule SpawnProfile do
     blocks = 10
     per = div(n, blocks)
 
+    beam = String.to_integer(System.pid())
+    resins = for d <- Lacca.Daemon.shared(), os_pid = Lacca.Daemon.resin_os_pid(d), do: os_pid
+    cpu = :counters.new(4, [])
+
+    timed_cpu = fn i, fun ->
+      b0 = cpu_us(beam)
+      r0 = cpu_of(resins)
+      result = fun.()
+      :counters.add(cpu, i, cpu_us(beam) - b0)
+      if i == 1, do: :counters.add(cpu, 3, cpu_of(resins) - r0)
+      result
+    end
+
     acc =
       Enum.reduce(1..blocks, %{staged: [], run: [], port: [], bare: [], other: []}, fn b, acc ->
         staged = for _ <- 1..per, do: lacca_staged()
-        run = for _ <- 1..per, do: lacca_run()
-        port = for _ <- 1..per, do: port_run()
+        run = timed_cpu.(1, fn -> for _ <- 1..per, do: lacca_run() end)
+        port = timed_cpu.(2, fn -> for _ <- 1..per, do: port_run() end)
         bare_s = for i <- 1..per, do: bare_run(bare, b * 1000 + i)
         other_s = if other, do: for(i <- 1..per, do: bare_run(other_port, b * 1000 + i)), else: []
 
@@ -141,7 +172,8 @@ defmodule SpawnProfile do
     IO.puts("|---|---|---|")
     row = fn name, b, l -> IO.puts("| #{name} | #{b} | #{l} |") end
     fmt = fn list -> "#{us(median(list))} (#{us(p99(list))})" end
-    row.("options (command!/run!)", "", fmt.(col.(acc.staged, 0)))
+    row.("File.cwd!() (file server, dirty I/O scheduler)", "", fmt.(col.(acc.staged, 5)))
+    row.("option validation (command!/run!)", "", fmt.(col.(acc.staged, 0)))
     row.("Daemon.pick", "", fmt.(col.(acc.staged, 1)))
     row.("encode + send the spawn", fmt.(col.(acc.bare, 0)), "")
     row.("spawn request -> spawned", fmt.(col.(acc.bare, 1)), fmt.(col.(acc.staged, 2)))
@@ -159,6 +191,12 @@ defmodule SpawnProfile do
     IO.puts("")
     IO.puts("Lacca.run: #{fmt.(acc.run)}   Port: #{fmt.(acc.port)}")
     IO.puts("Lacca.run / Port: #{Float.round(median(acc.run) / median(acc.port), 2)}")
+    per_run = fn i -> round(:counters.get(cpu, i) / length(acc.run)) end
+
+    IO.puts(
+      "CPU per run: Lacca.run: BEAM #{per_run.(1)} us + resin #{per_run.(3)} us; " <>
+        "Port: BEAM #{per_run.(2)} us (the child's own CPU not counted)"
+    )
   end
 end
 
