@@ -305,7 +305,7 @@ fail:
     _exit(CHILD_FAILED);
 }
 
-#if defined(__x86_64__)
+#if defined(__x86_64__) && !defined(RESIN_NO_CLONE3_VM) /* -D...: build the fallback */
 /* clone3 with the child on `ca->stack`, running fn(arg) and then exit(2)
  * with its result, as libc's clone() does (libc has no such wrapper for
  * clone3). The child starts with the parent's registers and the stack
