@@ -90,6 +90,35 @@ def test_a_killed_cgroup_is_never_reused(tmp_path: Path) -> None:
     assert _open(cgroups, 2) == str(tmp_path / "c2")
 
 
+def test_a_spare_is_made_ahead_when_there_is_none(tmp_path: Path) -> None:
+    cgroups = Cgroups(str(tmp_path))
+    cgroups.prepare(1)
+    assert not cgroups.spares  # resin's directory not known usable yet
+    cgroups._usable = True  # as usable() finds it before the first child
+    cgroups.prepare(1)
+    assert cgroups.spares == [str(tmp_path / "c1")] and (tmp_path / "c1").is_dir()
+    cgroups.prepare(1)
+    assert cgroups.spares == [str(tmp_path / "c1")]  # one is enough
+    assert _open(cgroups, 1) == str(tmp_path / "c1")  # the next child's, no mkdir
+    cgroups.prepare(2)
+    assert cgroups.spares == [str(tmp_path / "c2")]
+    # A child with limits gets the one made under its number, no longer a
+    # spare (the stand-in's interface file made as the kernel would).
+    (tmp_path / "c2" / "pids.max").write_text("")
+    assert _open(cgroups, 2, (("pids.max", "7"),)) == str(tmp_path / "c2")
+    assert not cgroups.spares
+
+
+def test_making_a_spare_ahead_stops_after_a_failure(tmp_path: Path) -> None:
+    cgroups = Cgroups(str(tmp_path / "gone"))  # mkdir fails: no such parent
+    cgroups._usable = True
+    cgroups.prepare(1)
+    assert not cgroups.spares and not cgroups.preparing
+    (tmp_path / "gone").mkdir()
+    cgroups.prepare(2)  # not tried again
+    assert not cgroups.spares
+
+
 def test_at_most_cgroup_spares_are_kept(tmp_path: Path) -> None:
     cgroups = Cgroups(str(tmp_path))
     paths = [_open(cgroups, i) for i in range(CGROUP_SPARES + 3)]

@@ -128,6 +128,8 @@ class Resin:
         """Before every wait: flush stdout (which watches it while bytes are
         left), then decide whether to read stdin."""
         self.outbox.flush()
+        if self.cgroups is not None and not self.closing:
+            self.cgroups.prepare(self.spawned + 1)  # a spare for the next child, if none
         if self.stdin_pollable and not self.closing:
             if self.reading_stdin():
                 self.poller.set_interest(self.stdin_fd, READ, self._on_stdin)
