@@ -21,7 +21,7 @@ from resin_py.protocol.etf import encode_term
 from resin_py.protocol.terms import Atom
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import resin_spawn  # noqa: E402  (its raw v1 client)
+import resin_spawn  # its raw v1 client (bench/ is not a package)
 
 
 def start(spec: str) -> resin_spawn.RawV1:
