@@ -369,7 +369,12 @@ defmodule Lacca do
           {:ok, Lacca.Result.t()} | {:error, spawn_error()}
   def run(cmd, args, opts \\ []) do
     {exec, args} = Options.command!(cmd, args)
-    Lacca.Runner.run(exec, args, Options.run!(opts))
+    spec = Options.run!(opts)
+
+    case Lacca.Remote.target(spec) do
+      :local -> Lacca.Runner.run(exec, args, spec)
+      {:remote, node} -> Lacca.Remote.run(node, exec, args, spec)
+    end
   end
 
   @doc """
@@ -645,7 +650,14 @@ defmodule Lacca do
 
   defp do_start(cmd, args, opts, link?) do
     {exec, args} = Options.command!(cmd, args)
-    Lacca.Process.start(exec, args, Options.start!(opts), link?)
+    start_on(exec, args, Options.start!(opts), link?)
+  end
+
+  defp start_on(exec, args, spec, link?) do
+    case Lacca.Remote.target(spec) do
+      :local -> Lacca.Process.start(exec, args, spec, link?)
+      {:remote, node} -> Lacca.Remote.start(node, exec, args, spec, link?)
+    end
   end
 
   @doc """
@@ -723,7 +735,7 @@ defmodule Lacca do
           {:ok, pid()} | {:error, spawn_error()} | :ignore
   def start_supervised(cmd, args, opts) do
     {exec, args} = Options.command!(cmd, args)
-    Lacca.Process.start(exec, args, %{Options.start!(opts) | supervised: true}, true)
+    start_on(exec, args, %{Options.start!(opts) | supervised: true}, true)
   end
 
   # -- reading ----------------------------------------------------------------
@@ -945,9 +957,29 @@ defmodule Lacca do
   @spec os_pid(server()) :: pos_integer() | nil
   def os_pid(pid) do
     case call(pid, :os_pid) do
-      {:error, :noproc} -> nil
+      {:error, _} -> nil
       os_pid -> os_pid
     end
+  end
+
+  @doc """
+  The connected nodes where the `:lacca` application runs, this one
+  included, sorted: the nodes `node:` can name, and among which `node:
+  :any` picks.
+
+  Each node's `:lacca` joins a `:pg` group when it starts and leaves it
+  when it stops (or its node disconnects), so the list follows the
+  cluster as distributed Erlang sees it. Nodes are not connected by lacca:
+  connect them as usual (`Node.connect/1`, `libcluster`, ...). A node
+  just connected shows up once `:pg` has synchronized with it.
+
+      iex> node() in Lacca.nodes()
+      true
+  """
+  @spec nodes() :: [node()]
+  def nodes do
+    Lacca.Daemon.ensure_started!()
+    Lacca.Cluster.nodes()
   end
 
   @typedoc "How resin contains the processes it starts (see \"Containment\")."
@@ -991,6 +1023,13 @@ defmodule Lacca do
 
     :exit, {:resin_down, {GenServer, :call, _}} ->
       {:error, :noproc}
+
+    # A server on another node, which went away with its node.
+    :exit, {:noconnection, {GenServer, :call, _}} ->
+      {:error, :noconnection}
+
+    :exit, {{:nodedown, _}, {GenServer, :call, _}} ->
+      {:error, :noconnection}
   end
 
   defp check_timeout!(:infinity), do: :ok

@@ -41,7 +41,9 @@ defmodule Lacca.Options do
           lines: pos_integer() | :infinity | nil,
           tagged: boolean(),
           timeout: timeout(),
-          into: Collectable.t()
+          into: Collectable.t(),
+          node: node() | :any | nil,
+          quiet: boolean()
         }
 
   defstruct daemon: :shared,
@@ -61,10 +63,16 @@ defmodule Lacca.Options do
             lines: nil,
             tagged: false,
             timeout: :infinity,
-            into: ""
+            into: "",
+            # nil: this node; a node name or :any (Lacca.Remote)
+            node: nil,
+            # a server that ends :normal whatever the exit status: the
+            # server of a remote run/3 or stream (Lacca.Remote), whose
+            # caller gets the status as a message (no crash report)
+            quiet: false
 
   @spawn_keys [:cd, :env, :clear_env, :arg0, :stderr, :stdin, :cgroup]
-  @common [daemon: :shared, kill_timeout: 5_000, stop_signal: :sigterm]
+  @common [daemon: :shared, kill_timeout: 5_000, stop_signal: :sigterm, node: nil]
   @start_defaults [output: :buffer, owner: nil, active: true, max_buffer: 1_048_576] ++
                     [name: nil, log_output: nil, log_prefix: nil, log_stderr: false]
   @run_defaults [input: nil, timeout: :infinity, into: ""]
@@ -310,9 +318,23 @@ defmodule Lacca.Options do
       kill_timeout: non_neg_integer!(opts, :kill_timeout),
       stop_signal: stop_signal,
       spawn: spawn_opts!(opts),
-      max_buffer: Keyword.get(opts, :max_buffer, @default_max_buffer) |> max_buffer!()
+      max_buffer: Keyword.get(opts, :max_buffer, @default_max_buffer) |> max_buffer!(),
+      node: node!(opts[:node])
     }
   end
+
+  # :node: nil or this node (here), another node's name, or :any.
+  defp node!(nil), do: nil
+  defp node!(:any), do: :any
+  defp node!(node) when node == node(), do: nil
+
+  defp node!(node) when is_atom(node) and node not in [true, false] do
+    if String.contains?(Atom.to_string(node), "@"),
+      do: node,
+      else: bad!(:node, "a node name (name@host) or :any", node)
+  end
+
+  defp node!(other), do: bad!(:node, "a node name (an atom, name@host) or :any", other)
 
   defp validate!(opts, allowed) do
     unless Keyword.keyword?(opts) do
@@ -324,15 +346,16 @@ defmodule Lacca.Options do
 
   # lacca spawn options -> the Opts proplist of the v1 spawn request.
   defp spawn_opts!(opts) do
-    cd =
-      case opts[:cd] do
-        nil -> File.cwd!()
-        cd -> cd |> chardata!(:cd) |> Path.expand()
+    # On another node (:node), the default is the working directory of
+    # that node's resin, not a directory of this machine.
+    base =
+      case {opts[:cd], node!(opts[:node])} do
+        {nil, nil} -> [{:cd, File.cwd!()}]
+        {nil, _remote} -> []
+        {cd, _} -> [{:cd, cd |> chardata!(:cd) |> Path.expand()}]
       end
 
-    no_nul!(cd, ":cd option")
-
-    base = [{:cd, cd}]
+    Enum.each(base, fn {:cd, cd} -> no_nul!(cd, ":cd option") end)
 
     env =
       case opts[:env] do

@@ -54,6 +54,8 @@ defmodule Lacca.Process do
     :stop_signal,
     phase: :spawning,
     owner_mref: nil,
+    # ends :normal whatever the status (Lacca.Options :quiet)
+    quiet: false,
     # false when nobody can read the buffered output (a supervised child:
     # its starter is a supervisor): the server then ends at the exit
     readable: true,
@@ -100,6 +102,7 @@ defmodule Lacca.Process do
           stop_signal: pos_integer(),
           phase: :spawning | :running | :done,
           owner_mref: reference() | nil,
+          quiet: boolean(),
           readable: boolean(),
           log: %{optional(stream()) => Lines.t()},
           log_level: Logger.level() | nil,
@@ -206,6 +209,10 @@ defmodule Lacca.Process do
     owner_mref =
       if spec.owner != nil or spec.output == :messages, do: Process.monitor(owner), else: nil
 
+    # Started from another node (node:) and bound to nobody: it goes when
+    # its starter's node goes, so that a netsplit orphans nothing.
+    if owner_mref == nil and node(starter) != node(), do: Node.monitor(node(starter), true)
+
     {log, readable} = log_setup(spec)
 
     state = %__MODULE__{
@@ -214,6 +221,7 @@ defmodule Lacca.Process do
       link: link?,
       owner: owner,
       owner_mref: owner_mref,
+      quiet: spec.quiet,
       mode: spec.output,
       readable: readable,
       log: log,
@@ -299,6 +307,10 @@ defmodule Lacca.Process do
 
   def handle_info({:EXIT, pid, reason}, %{link: true, starter: pid} = s),
     do: {:stop, owner_exit_reason(reason), s}
+
+  def handle_info({:nodedown, node}, %{owner_mref: nil, starter: starter} = s)
+      when node(starter) == node,
+      do: {:stop, {:shutdown, {:nodedown, node}}, s}
 
   def handle_info({:timeout, ref}, s), do: {:noreply, timed_out(ref, s)}
 
@@ -424,6 +436,7 @@ defmodule Lacca.Process do
 
   # The server's exit reason once the OS process is over (see "Lifetime of
   # the server" in Lacca.start/3): what :transient and :permanent act on.
+  defp exit_reason(%{quiet: true}), do: :normal
   defp exit_reason(%{status: {:exit, 0}}), do: :normal
   defp exit_reason(%{status: {:exit, code}}), do: {:exit_status, code}
   defp exit_reason(%{status: {:signal, name}}), do: {:signal, name}

@@ -47,6 +47,13 @@ defmodule Lacca.Stream do
   # -- start -----------------------------------------------------------------
 
   defp start(exec, args, cmd, spec, bang?) do
+    case Lacca.Remote.target(spec) do
+      :local -> start_local(exec, args, cmd, spec, bang?)
+      {:remote, node} -> start_remote(node, exec, args, cmd, spec, bang?)
+    end
+  end
+
+  defp start_local(exec, args, cmd, spec, bang?) do
     {daemon, dedicated?} =
       case spec.daemon do
         :shared ->
@@ -61,19 +68,7 @@ defmodule Lacca.Stream do
 
     writer = if spec.input not in [nil, []], do: start_writer(spec.input)
 
-    # stderr: :discard (the default) still reads stderr, for its tail: the
-    # output is not emitted, only the last @stderr_tail bytes are kept.
-    {spawn_opts, stderr_mode} =
-      case List.keyfind(spec.spawn, :stderr, 0) do
-        {:stderr, :discard} ->
-          {List.keyreplace(spec.spawn, :stderr, 0, {:stderr, :capture}), :tail}
-
-        {:stderr, :stdout} ->
-          {spec.spawn, :merged}
-
-        _ ->
-          {spec.spawn, :emit}
-      end
+    {spawn_opts, stderr_mode} = stderr_mode(spec)
 
     case spawn_process(daemon, exec, args, %{spec | spawn: spawn_opts}, writer) do
       {:ok, dpid, port, id} ->
@@ -84,23 +79,11 @@ defmodule Lacca.Stream do
             if writer, do: send(writer, {:go, chan})
             if spec.input == [], do: Channel.close_stdin(chan, :stream)
 
-            %{
+            Map.merge(state(cmd, args, spec, bang?, writer, stderr_mode), %{
               chan: chan,
               os_pid: os_pid,
-              daemon: if(dedicated?, do: daemon),
-              writer: writer,
-              cmd: cmd,
-              args: args,
-              bang?: bang?,
-              tagged: spec.tagged,
-              stderr_mode: stderr_mode,
-              stderr_tail: "",
-              lines: spec.lines && {Lines.new(spec.lines), Lines.new(spec.lines)},
-              stop_signal: spec.stop_signal,
-              kill_timeout: spec.kill_timeout,
-              # nil while running; then resin's status term or :resin_down
-              status: nil
-            }
+              daemon: if(dedicated?, do: daemon)
+            })
 
           {:error, reason} ->
             failed_start(writer, daemon, dedicated?, cmd, reason)
@@ -108,6 +91,62 @@ defmodule Lacca.Stream do
 
       {:error, reason} ->
         failed_start(writer, daemon, dedicated?, cmd, reason)
+    end
+  end
+
+  defp state(cmd, args, spec, bang?, writer, stderr_mode) do
+    %{
+      chan: nil,
+      os_pid: nil,
+      daemon: nil,
+      # a stream on another node (Lacca.Remote): its server, the server's
+      # monitor and the chunks consumed but not yet granted again
+      server: nil,
+      mref: nil,
+      consumed: 0,
+      writer: writer,
+      cmd: cmd,
+      args: args,
+      bang?: bang?,
+      tagged: spec.tagged,
+      stderr_mode: stderr_mode,
+      stderr_tail: "",
+      lines: spec.lines && {Lines.new(spec.lines), Lines.new(spec.lines)},
+      stop_signal: spec.stop_signal,
+      kill_timeout: spec.kill_timeout,
+      # nil while running; then resin's status term, :resin_down or
+      # :noconnection (the node of a remote stream went away)
+      status: nil
+    }
+  end
+
+  # stderr: :discard (the default) still reads stderr, for its tail: the
+  # output is not emitted, only the last @stderr_tail bytes are kept.
+  defp stderr_mode(spec) do
+    case List.keyfind(spec.spawn, :stderr, 0) do
+      {:stderr, :discard} ->
+        {List.keyreplace(spec.spawn, :stderr, 0, {:stderr, :capture}), :tail}
+
+      {:stderr, :stdout} ->
+        {spec.spawn, :merged}
+
+      _ ->
+        {spec.spawn, :emit}
+    end
+  end
+
+  # On another node: a Lacca.Process server there, in :messages mode, owned
+  # by the consumer, with credit counted in chunks (see Lacca.Remote).
+  defp start_remote(node, exec, args, cmd, spec, bang?) do
+    {spawn_opts, stderr_mode} = stderr_mode(spec)
+
+    case Lacca.Remote.start_owned(node, exec, args, %{spec | spawn: spawn_opts}) do
+      {:ok, pid, mref} ->
+        writer = if spec.input != nil, do: Lacca.Remote.start_writer(pid, spec.input)
+        Map.merge(state(cmd, args, spec, bang?, writer, stderr_mode), %{server: pid, mref: mref})
+
+      {:error, reason} ->
+        raise Lacca.Error, command: cmd, reason: reason
     end
   end
 
@@ -127,6 +166,38 @@ defmodule Lacca.Stream do
   end
 
   # -- next -------------------------------------------------------------------
+
+  defp next(%{status: nil, server: pid, mref: mref} = st) when is_pid(pid) do
+    writer = st.writer
+
+    receive do
+      {:lacca, ^pid, {:stdout, data}} ->
+        output(:stdout, data, %{st | consumed: Lacca.Remote.grant(pid, st.consumed)})
+
+      {:lacca, ^pid, {:stderr, data}} ->
+        st = %{st | consumed: Lacca.Remote.grant(pid, st.consumed)}
+        st = %{st | stderr_tail: tail(st.stderr_tail, data)}
+        if st.stderr_mode == :tail, do: {[], st}, else: output(:stderr, data, st)
+
+      {:lacca, ^pid, :passive} ->
+        {[], st}
+
+      {:lacca, ^pid, {:exit, status}} ->
+        Lacca.Remote.await_down(mref)
+        st = %{st | status: status, mref: nil}
+        {rest(st), st}
+
+      {:lacca, ^pid, {:error, reason}} ->
+        Lacca.Remote.await_down(mref)
+        {[], %{st | status: reason, mref: nil}}
+
+      {:"$lacca_input", ^writer, kind, reason, stacktrace} ->
+        :erlang.raise(kind, reason, stacktrace)
+
+      {:DOWN, ^mref, :process, _, reason} ->
+        {[], %{st | status: Lacca.Remote.down_reason(reason), mref: nil}}
+    end
+  end
 
   defp next(%{status: nil, chan: %Channel{port: port, id: id, dmref: dmref} = chan} = st) do
     writer = st.writer
@@ -163,8 +234,8 @@ defmodule Lacca.Stream do
   defp next(%{status: :done} = st), do: {:halt, st}
   defp next(%{status: {:exit, 0}, bang?: true} = st), do: {:halt, %{st | status: :done}}
 
-  defp next(%{status: :resin_down} = st),
-    do: raise(Lacca.Error, command: st.cmd, reason: :resin_down)
+  defp next(%{status: down} = st) when down in [:resin_down, :noconnection],
+    do: raise(Lacca.Error, command: st.cmd, reason: down)
 
   defp next(%{bang?: true, status: status} = st) do
     raise Lacca.ExitError,
@@ -216,9 +287,17 @@ defmodule Lacca.Stream do
   defp tag_all(%{tagged: false}, _stream, lines), do: lines
   defp tag_all(%{tagged: true}, stream, lines), do: Enum.map(lines, &{stream, &1})
 
+  # (A remote server's status has its signal named already.)
+  defp lacca_status({:signal, name} = status) when is_atom(name), do: status
   defp lacca_status(status), do: Channel.exit_status(status)
 
   # -- halt (the after function) ----------------------------------------------
+
+  defp halt(%{server: pid} = st) when is_pid(pid) do
+    Lacca.Remote.stop_writer(st.writer)
+    if st.mref, do: Lacca.Remote.halt(pid, st.mref)
+    :ok
+  end
 
   defp halt(st) do
     stop_writer(st.writer)
