@@ -119,6 +119,53 @@ defmodule Lacca do
   `:messages` mode get `{:lacca, pid, {:error, :resin_down}}` and `run/3`
   returns `{:error, :resin_down}`; new work gets a new resin.
 
+  ## Running on other nodes
+
+  With `node: name` every entry point (`run/3`, `shell/2`, `stream!/3`,
+  `stream/3`, `start/3`, `start_link/3`, `child_spec/1`) starts the OS
+  process through the resin of another node of the cluster, where
+  `:lacca` runs (`nodes/0` lists them; `node: :any` picks one of them in
+  turn, this node included):
+
+      {:ok, %Lacca.Result{stdout: out}} = Lacca.run("uname", ["-n"], node: :"worker@host2")
+
+      Lacca.stream!("pg_dump", ["mydb"], node: :"db@host3")
+      |> Stream.into(File.stream!("mydb.sql"))
+      |> Stream.run()
+
+  The process server runs on that node, next to its resin, so output
+  frames never cross the network; the owner may be anywhere and gets its
+  messages across the distribution connection. Every function that takes
+  a server (`write_stdin/3`, `signal/3`, `await/2`, `read_stdout/2`, ...)
+  works on a remote one as on a local one, by pid or as `{name, node}`.
+  `run/3` and streams have no server on the caller's node: they start one
+  on the target in `:messages` mode and take its output as messages, so
+  `:into` collects on the caller's node.
+
+  Flow control holds across nodes: a stream's consumer (and a `run/3`
+  caller) grants the remote server credit counted in chunks, 32 at first
+  and 16 more for every 16 consumed. So at most 32 chunks (of at most
+  65,530 bytes) are in flight to the consumer and at most `:max_buffer`
+  bytes per stream wait on the target node: a slow consumer on one node
+  holds a fast producer on another in bounded memory on both.
+
+  What happens when a node goes away:
+
+  | what goes away | what happens |
+  |---|---|
+  | the owner's node (the caller of `start/3`, its `:owner`, a `start_link/3` caller, a `run/3` or stream caller) | the target node stops the OS processes it owned: stop signal, then SIGKILL after `:kill_timeout`; nothing is left running |
+  | the target node | owners in `:messages` mode get `{:lacca, pid, {:error, :noconnection}}` as their final message; `await/2`, `read_stdout/2`, `write_stdin/3`, ... return `{:error, :noconnection}`; `run/3` returns `{:error, :noconnection}`; `stream!/3` and `stream/3` raise `Lacca.Error` with reason `:noconnection`. The OS processes die with their resin when their BEAM dies |
+  | a `start_link/3` caller's or the server's node, for the other | the link fires as for any process: the server stops its OS process, the caller gets the exit signal `:noconnection` (and exits, unless it traps exits) |
+  | the target node, before the start answered | `{:error, {:nodedown, node}}` (`stream!/3`: `Lacca.Error`) |
+  | `:lacca` is not running on the target | `{:error, {:lacca_not_started, node}}` |
+
+  A process started on another node with `start/3` in `:buffer` mode
+  without `:owner` outlives its caller, as a local one does, but not the
+  caller's node: once the caller's node disconnects, nobody could reach
+  the process (a netsplit would orphan it), so it is stopped. A connection
+  that comes back does not bring a process back: lacca does not reconnect
+  nodes, distributed Erlang (or libcluster, ...) does.
+
   ## When the server is gone
 
   A process server ends with its OS process (see "Lifetime of the server"
@@ -180,6 +227,11 @@ defmodule Lacca do
     * `{:resin_failed, failure}`: resin was found but did not start (see
       `t:resin_failure/0`)
     * `:resin_down`: resin died before it answered
+    * with `:node` (see "Running on other nodes"): `{:nodedown, node}`, the
+      node is not connected (or went down before the start answered);
+      `{:lacca_not_started, node}`, `:lacca` does not run there;
+      `:noconnection`, the node went away while the process ran (`run/3`,
+      streams)
 
   Before the error reaches the caller, a spawn that a shared resin refused
   for lack of resources (`:emfile`, `:eagain`) is tried once on each other
@@ -192,6 +244,9 @@ defmodule Lacca do
           | {:resin_not_found, String.t()}
           | {:resin_failed, resin_failure()}
           | :resin_down
+          | {:nodedown, node()}
+          | {:lacca_not_started, node()}
+          | :noconnection
 
   @typedoc """
   The errno a spawn can fail with (the lowercase C name). An errno outside
@@ -262,6 +317,7 @@ defmodule Lacca do
           | {:daemon, :shared | :dedicated}
           | {:kill_timeout, non_neg_integer()}
           | {:stop_signal, Signal.signal()}
+          | {:node, node() | :any}
 
   @typedoc "Options of `start/3` and `start_link/3`."
   @type start_option ::
@@ -317,6 +373,12 @@ defmodule Lacca do
       stopping (default `5000`)
     * `:stop_signal` - the signal that asks the process to stop (default
       `:sigterm`)
+    * `:node` - the node whose resin starts the process: a node name
+      (`:"name@host"`), or `:any` for one of `nodes/0` in turn (default:
+      this node). `:lacca` must run there; otherwise the start fails with
+      `{:nodedown, node}` or `{:lacca_not_started, node}`. Without `:cd` the
+      process starts in the working directory of that node's resin. See
+      "Running on other nodes" above
   """
 
   @stderr_option_doc """
@@ -755,13 +817,13 @@ defmodule Lacca do
 
   Raises `ArgumentError` for a process started with `output: :messages`.
   """
-  @spec read_stdout(server(), timeout()) :: {:ok, binary()} | {:error, :noproc}
+  @spec read_stdout(server(), timeout()) :: {:ok, binary()} | {:error, :noproc | :noconnection}
   def read_stdout(pid, timeout \\ 1_000), do: read(pid, :stdout, timeout)
 
   @doc """
   Returns and clears what the process wrote to stderr, like `read_stdout/2`.
   """
-  @spec read_stderr(server(), timeout()) :: {:ok, binary()} | {:error, :noproc}
+  @spec read_stderr(server(), timeout()) :: {:ok, binary()} | {:error, :noproc | :noconnection}
   def read_stderr(pid, timeout \\ 1_000), do: read(pid, :stderr, timeout)
 
   defp read(pid, stream, timeout) do
@@ -788,7 +850,7 @@ defmodule Lacca do
   is delivered, resin gets no more credit: the process blocks once its
   `:max_buffer` is used.
   """
-  @spec set_active(server(), active() | integer()) :: :ok | {:error, :noproc}
+  @spec set_active(server(), active() | integer()) :: :ok | {:error, :noproc | :noconnection}
   def set_active(pid, active) when is_boolean(active) or active == :once or is_integer(active) do
     case call(pid, {:set_active, active}) do
       {:error, :not_messages} ->
@@ -828,7 +890,9 @@ defmodule Lacca do
   never a piece from its middle; later writes come after that prefix.
   """
   @spec write_stdin(server(), iodata(), timeout()) ::
-          :ok | {:error, :epipe | :closed | :exited | :resin_down | :timeout | :noproc}
+          :ok
+          | {:error,
+             :epipe | :closed | :exited | :resin_down | :timeout | :noproc | :noconnection}
   def write_stdin(pid, data, timeout \\ :infinity) do
     check_timeout!(timeout)
     iodata!(data)
@@ -845,7 +909,8 @@ defmodule Lacca do
   Closes the process's stdin (the process reads end-of-file) after every
   write queued before it was written. Returns once resin closed the pipe.
   """
-  @spec close_stdin(server()) :: :ok | {:error, :exited | :resin_down | :noproc}
+  @spec close_stdin(server()) ::
+          :ok | {:error, :exited | :resin_down | :noproc | :noconnection}
   def close_stdin(pid), do: call(pid, :close_stdin)
 
   # -- control --------------------------------------------------------------
@@ -917,10 +982,11 @@ defmodule Lacca do
   Returns `{:error, :timeout}` when it still runs after `timeout`
   milliseconds, `{:error, :resin_down}` when resin died, `{:error, :noproc}`
   when the server is gone (an `output: :messages` server ends after its final
-  message).
+  message), `{:error, :noconnection}` when the server's node went away (see
+  "Running on other nodes").
   """
   @spec await(server(), timeout()) ::
-          {:ok, status()} | {:error, :timeout | :resin_down | :noproc}
+          {:ok, status()} | {:error, :timeout | :resin_down | :noproc | :noconnection}
   def await(pid, timeout \\ :infinity) do
     check_timeout!(timeout)
     call(pid, {:await, timeout})

@@ -264,6 +264,10 @@ defmodule Lacca.ClusterTest do
           {n + byte_size(chunk), here, there, i + 1}
         end)
 
+      IO.puts(
+        "\nnode:, 1 GiB slowly: peak binary memory #{peak_here} B here, #{peak_there} B on the peer"
+      )
+
       assert count == gib
       assert peak_here < bound, "#{peak_here} bytes of binaries here"
       assert peak_there < bound, "#{peak_there} bytes of binaries on #{b}"
