@@ -76,6 +76,29 @@ defmodule Lacca.ClusterTest do
       assert none_left?(b)
     end
 
+    test "a run/3 whose :into raises, or whose caller dies, leaves nothing running", %{b: b} do
+      script = ["-c", "echo $$; exec sleep 1000"]
+
+      assert_raise ArgumentError, fn ->
+        Lacca.run("sh", script, node: b, into: %Lacca.TestCollector{pid: :nobody_registered})
+      end
+
+      assert none_left?(b)
+      parent = self()
+
+      {caller, ref} =
+        spawn_monitor(fn ->
+          Lacca.run("sh", script, node: b, into: %Lacca.TestCollector{pid: parent})
+        end)
+
+      assert_receive {:collected, os_pid}, 10_000
+      os_pid = os_pid |> String.trim() |> String.to_integer()
+      Process.exit(caller, :kill)
+      assert_receive {:DOWN, ^ref, :process, _, :killed}
+      assert wait_gone(os_pid) == []
+      assert none_left?(b)
+    end
+
     test "without :cd the process starts in the target's working directory", %{b: b} do
       cwd = :erpc.call(b, File, :cwd!, [])
       assert {:ok, %Lacca.Result{stdout: out}} = Lacca.run("pwd", [], node: b)
@@ -312,6 +335,18 @@ defmodule Lacca.ClusterTest do
           Lacca.os_pid(pid)
         end
 
+      # A run/3 caller and a stream consumer on the owner's node.
+      script = ["-c", "echo $$; exec sleep 1000"]
+
+      consumers =
+        for mode <- [:run, :stream] do
+          args = [self(), mode, "sh", script, [node: here]]
+          :erpc.call(o, :erlang, :spawn, [Lacca.TestCluster, :consumer, args])
+          assert_receive {:collected, os_pid}, 10_000
+          os_pid |> String.trim() |> String.to_integer()
+        end
+
+      os_pids = os_pids ++ consumers
       assert Enum.all?(os_pids, &os_alive?/1)
       kill_node!(o)
       assert wait_gone(os_pids, 2_000) == []

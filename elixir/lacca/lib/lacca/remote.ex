@@ -105,7 +105,11 @@ defmodule Lacca.Remote do
         receive do
           {^tag, :ok} ->
             Process.demonitor(mref, [:flush])
-            if spec.output == :messages, do: Lacca.Cluster.watch(pid, spec.owner || self())
+            owner = spec.owner || self()
+
+            if spec.output == :messages and node(owner) != node,
+              do: Lacca.Cluster.watch(pid, owner)
+
             {:ok, pid}
 
           {^tag, {:error, reason}} ->
@@ -178,6 +182,11 @@ defmodule Lacca.Remote do
 
         try do
           collect(pid, mref, spec)
+        catch
+          # (:into raised.)
+          kind, reason ->
+            halt(pid, mref)
+            :erlang.raise(kind, reason, __STACKTRACE__)
         after
           stop_writer(writer)
         end
@@ -226,16 +235,19 @@ defmodule Lacca.Remote do
         loop(st)
 
       {:lacca, ^pid, {:exit, status}} ->
-        # The server ends right after: run/3 returns once it is gone.
-        await_down(mref)
         status = if st.timed_out, do: :timeout, else: status
 
-        {:ok,
-         %Result{
-           stdout: st.into.(st.acc, :done),
-           stderr: IO.iodata_to_binary(st.err),
-           status: status
-         }}
+        result =
+          {:ok,
+           %Result{
+             stdout: st.into.(st.acc, :done),
+             stderr: IO.iodata_to_binary(st.err),
+             status: status
+           }}
+
+        # The server ends right after: run/3 returns once it is gone.
+        await_down(mref)
+        result
 
       {:lacca, ^pid, {:error, reason}} ->
         await_down(mref)
@@ -289,18 +301,33 @@ defmodule Lacca.Remote do
   # -- streams -------------------------------------------------------------------
 
   @doc false
-  # Stops a remote stream's server (a halted stream) and drops what it
-  # still sends, up to its :DOWN.
+  # Stops the server of a halted stream (or of a run/3 whose :into raised)
+  # and drops what it still sends, up to its :DOWN. `mref` is the caller's
+  # monitor of it, which may have fired already.
   @spec halt(pid(), reference()) :: :ok
   def halt(pid, mref) do
-    _ = safe_call(pid, {:stop, nil})
-    flush(pid, mref)
+    if Process.demonitor(mref, [:flush, :info]) do
+      mref = Process.monitor(pid)
+      _ = safe_call(pid, {:stop, nil})
+      flush(pid, mref)
+    else
+      flush_now(pid)
+    end
   end
 
   defp flush(pid, mref) do
     receive do
       {:lacca, ^pid, _} -> flush(pid, mref)
       {:DOWN, ^mref, :process, _, _} -> :ok
+    end
+  end
+
+  # The server is gone: what it sent is all here.
+  defp flush_now(pid) do
+    receive do
+      {:lacca, ^pid, _} -> flush_now(pid)
+    after
+      0 -> :ok
     end
   end
 

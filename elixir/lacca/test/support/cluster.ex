@@ -132,6 +132,18 @@ defmodule Lacca.TestCluster do
     owner_loop(parent)
   end
 
+  @doc """
+  Runs on a peer: `Lacca.run/3` (`:run`) or `Lacca.stream!/3` (`:stream`)
+  of `cmd` with `opts`, each output chunk sent to `parent` as
+  `{:collected, data}`.
+  """
+  @spec consumer(pid(), :run | :stream, String.t(), [String.t()], keyword()) :: term()
+  def consumer(parent, :run, cmd, args, opts),
+    do: Lacca.run(cmd, args, [into: %Lacca.TestCollector{pid: parent}] ++ opts)
+
+  def consumer(parent, :stream, cmd, args, opts),
+    do: Lacca.stream!(cmd, args, opts) |> Enum.each(&send(parent, {:collected, &1}))
+
   defp owner_loop(parent) do
     receive do
       :stop -> :ok
