@@ -107,7 +107,8 @@ defmodule Lacca.Remote do
             Process.demonitor(mref, [:flush])
             owner = spec.owner || self()
 
-            if spec.output == :messages and node(owner) != node,
+            # (A run/3 or stream caller monitors its server itself.)
+            if spec.output == :messages and not spec.quiet and node(owner) != node,
               do: Lacca.Cluster.watch(pid, owner)
 
             {:ok, pid}
