@@ -159,6 +159,11 @@ defmodule Lacca do
   | the target node, before the start answered | `{:error, {:nodedown, node}}` (`stream!/3`: `Lacca.Error`) |
   | `:lacca` is not running on the target | `{:error, {:lacca_not_started, node}}` |
 
+  `{:error, :noconnection}` is sent by the owner's node, which watches the
+  remote server: when the connection breaks just after the server's own
+  final message left, the owner may get both; take the first final message
+  of a pid and ignore what follows.
+
   A process started on another node with `start/3` in `:buffer` mode
   without `:owner` outlives its caller, as a local one does, but not the
   caller's node: once the caller's node disconnects, nobody could reach
