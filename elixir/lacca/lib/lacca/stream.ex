@@ -27,6 +27,11 @@ defmodule Lacca.Stream do
   # id is free and nothing is left in the mailbox). When the consumer process
   # dies instead, the daemon's monitor kills the group, and the link kills
   # the writer.
+  #
+  # With node: (another node), there is a process server after all, on that
+  # node: see Lacca.Remote. The consumer takes its output as messages and
+  # grants it credit in chunks; lines, tags and statuses are handled here as
+  # for a local stream.
 
   alias Lacca.{Channel, Daemon, Lines}
 
@@ -68,7 +73,19 @@ defmodule Lacca.Stream do
 
     writer = if spec.input not in [nil, []], do: start_writer(spec.input)
 
-    {spawn_opts, stderr_mode} = stderr_mode(spec)
+    # stderr: :discard (the default) still reads stderr, for its tail: the
+    # output is not emitted, only the last @stderr_tail bytes are kept.
+    {spawn_opts, stderr_mode} =
+      case List.keyfind(spec.spawn, :stderr, 0) do
+        {:stderr, :discard} ->
+          {List.keyreplace(spec.spawn, :stderr, 0, {:stderr, :capture}), :tail}
+
+        {:stderr, :stdout} ->
+          {spec.spawn, :merged}
+
+        _ ->
+          {spec.spawn, :emit}
+      end
 
     case spawn_process(daemon, exec, args, %{spec | spawn: spawn_opts}, writer) do
       {:ok, dpid, port, id} ->
@@ -79,11 +96,23 @@ defmodule Lacca.Stream do
             if writer, do: send(writer, {:go, chan})
             if spec.input == [], do: Channel.close_stdin(chan, :stream)
 
-            Map.merge(state(cmd, args, spec, bang?, writer, stderr_mode), %{
+            %{
               chan: chan,
               os_pid: os_pid,
-              daemon: if(dedicated?, do: daemon)
-            })
+              daemon: if(dedicated?, do: daemon),
+              writer: writer,
+              cmd: cmd,
+              args: args,
+              bang?: bang?,
+              tagged: spec.tagged,
+              stderr_mode: stderr_mode,
+              stderr_tail: "",
+              lines: spec.lines && {Lines.new(spec.lines), Lines.new(spec.lines)},
+              stop_signal: spec.stop_signal,
+              kill_timeout: spec.kill_timeout,
+              # nil while running; then resin's status term or :resin_down
+              status: nil
+            }
 
           {:error, reason} ->
             failed_start(writer, daemon, dedicated?, cmd, reason)
@@ -94,15 +123,16 @@ defmodule Lacca.Stream do
     end
   end
 
-  defp state(cmd, args, spec, bang?, writer, stderr_mode) do
+  # The state of a stream on another node (Lacca.Remote): the fields of a
+  # local one, without a channel, with its server, the server's monitor and
+  # the chunks consumed but not yet granted again.
+  defp remote_state(cmd, args, spec, bang?, writer, stderr_mode, pid, mref) do
     %{
       chan: nil,
       os_pid: nil,
       daemon: nil,
-      # a stream on another node (Lacca.Remote): its server, the server's
-      # monitor and the chunks consumed but not yet granted again
-      server: nil,
-      mref: nil,
+      server: pid,
+      mref: mref,
       consumed: 0,
       writer: writer,
       cmd: cmd,
@@ -120,8 +150,8 @@ defmodule Lacca.Stream do
     }
   end
 
-  # stderr: :discard (the default) still reads stderr, for its tail: the
-  # output is not emitted, only the last @stderr_tail bytes are kept.
+  # As in start_local/5: stderr: :discard (the default) still reads stderr,
+  # for its tail.
   defp stderr_mode(spec) do
     case List.keyfind(spec.spawn, :stderr, 0) do
       {:stderr, :discard} ->
@@ -143,7 +173,7 @@ defmodule Lacca.Stream do
     case Lacca.Remote.start_owned(node, exec, args, %{spec | spawn: spawn_opts}) do
       {:ok, pid, mref} ->
         writer = if spec.input != nil, do: Lacca.Remote.start_writer(pid, spec.input)
-        Map.merge(state(cmd, args, spec, bang?, writer, stderr_mode), %{server: pid, mref: mref})
+        remote_state(cmd, args, spec, bang?, writer, stderr_mode, pid, mref)
 
       {:error, reason} ->
         raise Lacca.Error, command: cmd, reason: reason
