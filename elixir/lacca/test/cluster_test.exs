@@ -122,14 +122,6 @@ defmodule Lacca.ClusterTest do
       assert Lacca.start_link("true", [], node: bare) == {:error, {:lacca_not_started, bare}}
       refute bare in Lacca.nodes()
     end
-
-    test "bad :node values are an ArgumentError" do
-      for bad <- ["b@host", :no_at_sign, 42, true] do
-        assert_raise ArgumentError, ~r/invalid value for :node option/, fn ->
-          Lacca.run("true", [], node: bad)
-        end
-      end
-    end
   end
 
   describe "process functions on a remote server" do
