@@ -157,6 +157,7 @@ defmodule Lacca do
   | the target node | owners in `:messages` mode get `{:lacca, pid, {:error, :noconnection}}` as their final message; `await/2`, `read_stdout/2`, `write_stdin/3`, ... return `{:error, :noconnection}`; `run/3` returns `{:error, :noconnection}`; `stream!/3` and `stream/3` raise `Lacca.Error` with reason `:noconnection`. The OS processes die with their resin when their BEAM dies |
   | a `start_link/3` caller's or the server's node, for the other | the link fires as for any process: the server stops its OS process, the caller gets the exit signal `:noconnection` (and exits, unless it traps exits) |
   | the target node, before the start answered | `{:error, {:nodedown, node}}` (`stream!/3`: `Lacca.Error`) |
+  | the connection only (a netsplit, both nodes live on) | each side does its part of the first two rows; once the connection is back (a call reconnects, as distributed Erlang does) the servers are gone: `{:error, :noproc}` |
   | `:lacca` is not running on the target | `{:error, {:lacca_not_started, node}}` |
 
   `{:error, :noconnection}` is sent by the owner's node, which watches the

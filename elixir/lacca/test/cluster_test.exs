@@ -344,6 +344,41 @@ defmodule Lacca.ClusterTest do
       assert wait_gone(os_pids, 2_000) == []
     end
 
+    test "a netsplit: both nodes live on; each side does its part" do
+      {_peer, b} = start_peer!(control: :standard_io)
+      here = node()
+
+      {:ok, messages} = Lacca.start("sleep", ["1000"], node: b, output: :messages)
+      {:ok, buffer} = Lacca.start("sleep", ["1000"], node: b)
+      os_pids = [Lacca.os_pid(messages), Lacca.os_pid(buffer)]
+
+      # The other way round: owned on b, running here.
+      :erpc.call(b, :erlang, :spawn, [
+        Lacca.TestCluster,
+        :owner,
+        [self(), "sleep", ["1000"], [node: here, output: :messages]]
+      ])
+
+      assert_receive {:owner, _, {:ok, here_pid}}, 10_000
+      os_pids = [Lacca.os_pid(here_pid) | os_pids]
+      assert Enum.all?(os_pids, &os_alive?/1)
+
+      true = Node.monitor(b, true)
+      true = Node.disconnect(b)
+      assert_receive {:nodedown, ^b}, 5_000
+
+      # Here: the owner is told; b: stops what it ran for owners here (and
+      # this node stops what it ran for b's owner).
+      assert_receive {:lacca, ^messages, {:error, :noconnection}}, 5_000
+      assert wait_gone(os_pids, 2_000) == []
+
+      # The split heals (a call reconnects, as distributed Erlang does): the
+      # servers are gone, nothing comes back.
+      assert Lacca.await(buffer) == {:error, :noproc}
+      assert b in Node.list()
+      refute Lacca.alive?(messages)
+    end
+
     test "the target node goes away: owners are told, calls and runs fail, streams raise" do
       {_peer, t} = start_peer!()
       Process.flag(:trap_exit, true)

@@ -39,23 +39,36 @@ defmodule Lacca.TestCluster do
 
     name = :peer.random_name(~c"lacca_peer")
 
+    # control: :standard_io keeps :peer's control off the distribution
+    # connection, so that the peer lives on when it is disconnected (a
+    # netsplit); by default a peer halts when it loses its origin.
+    control =
+      case Keyword.get(opts, :control, :distribution) do
+        :distribution -> %{}
+        :standard_io -> %{connection: :standard_io}
+      end
+
     {:ok, peer, node} =
-      :peer.start(%{
-        name: name,
-        # -connect_all false: each peer connects to this node only, so that
-        # killing one is seen by this node alone (no :global partition talk).
-        args: [
-          ~c"-setcookie",
-          Atom.to_charlist(Node.get_cookie()),
-          ~c"-connect_all",
-          ~c"false"
-        ],
-        # LACCA_TEST_NODE: OS processes tell by it which node started them.
-        env: [{~c"LACCA_RESIN", String.to_charlist(resin)}, {~c"LACCA_TEST_NODE", name}],
-        wait_boot: @boot_timeout
-      })
+      :peer.start(
+        %{
+          name: name,
+          # -connect_all false: each peer connects to this node only, so that
+          # killing one is seen by this node alone (no :global partition talk).
+          args: [
+            ~c"-setcookie",
+            Atom.to_charlist(Node.get_cookie()),
+            ~c"-connect_all",
+            ~c"false"
+          ],
+          # LACCA_TEST_NODE: OS processes tell by it which node started them.
+          env: [{~c"LACCA_RESIN", String.to_charlist(resin)}, {~c"LACCA_TEST_NODE", name}],
+          wait_boot: @boot_timeout
+        }
+        |> Map.merge(control)
+      )
 
     ExUnit.Callbacks.on_exit(fn -> stop_peer(peer) end)
+    true = Node.connect(node)
 
     :ok = :erpc.call(node, :code, :add_paths, [:code.get_path()])
 
