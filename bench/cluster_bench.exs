@@ -93,13 +93,70 @@ defmodule ClusterBench do
     |> Enum.reduce(0, fn d, n -> n + byte_size(d) end)
   end
 
+  # The floor of any remote stream: the same bytes in 65,530-byte messages
+  # from a process on the peer, with the same credit (Lacca.Remote's window
+  # of chunks, half of it granted back at a time), and no OS process, no
+  # resin, no lacca. Compiled on the peer, which has no bench code.
+  @sender """
+  defmodule ClusterBench.Sender do
+    def run(to, bytes, window) do
+      chunk = :binary.copy(<<0>>, 65_530)
+      loop(to, bytes, window, chunk)
+    end
+
+    defp loop(to, 0, _credit, _chunk), do: send(to, {:bench, self(), :done})
+
+    defp loop(to, left, 0, chunk) do
+      receive do
+        {:credit, n} -> loop(to, left, n, chunk)
+      end
+    end
+
+    defp loop(to, left, credit, chunk) do
+      size = min(left, byte_size(chunk))
+      send(to, {:bench, self(), binary_part(chunk, 0, size)})
+      loop(to, left - size, credit - 1, chunk)
+    end
+  end
+  """
+
+  def dist_count(node) do
+    window = Lacca.Remote.window()
+    pid = Node.spawn(node, ClusterBench.Sender, :run, [self(), @bytes, window])
+    dist_loop(pid, 0, 0, div(window, 2))
+  end
+
+  defp dist_loop(pid, n, consumed, half) do
+    receive do
+      {:bench, ^pid, :done} ->
+        n
+
+      {:bench, ^pid, data} ->
+        consumed =
+          if consumed + 1 >= half do
+            send(pid, {:credit, consumed + 1})
+            0
+          else
+            consumed + 1
+          end
+
+        dist_loop(pid, n + byte_size(data), consumed, half)
+    end
+  end
+
   def cluster_throughput(node) do
-    variants = [{"stream! local", []}, {"stream! node: peer", [node: node]}]
+    [_ | _] = :erpc.call(node, Code, :compile_string, [@sender])
+
+    variants = [
+      {"stream! local", fn -> count([]) end},
+      {"stream! node: peer", fn -> count(node: node) end},
+      {"distribution alone", fn -> dist_count(node) end}
+    ]
 
     results =
-      for _round <- 1..3, {name, opts} <- variants, reduce: %{} do
+      for _round <- 1..3, {name, fun} <- variants, reduce: %{} do
         acc ->
-          {us, n} = :timer.tc(fn -> count(opts) end)
+          {us, n} = :timer.tc(fun)
           ^n = @bytes
           Map.update(acc, name, [us], &[us | &1])
       end
