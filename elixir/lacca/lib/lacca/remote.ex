@@ -82,7 +82,7 @@ defmodule Lacca.Remote do
   # start.
   @spec start(node(), binary(), [binary()], Lacca.Options.t(), boolean()) ::
           {:ok, pid()} | {:error, term()} | :ignore
-  def start(node, exec, args, spec, link?) do
+  def start(node, exec, args, %{quiet: false} = spec, link?) do
     owner = spec.owner
 
     cond do
@@ -94,6 +94,8 @@ defmodule Lacca.Remote do
     end
   end
 
+  # Starts the server; with `spec.quiet` (a run/3 or stream caller's own
+  # server) returns the monitor of it too, kept from the start.
   defp start_on(node, exec, args, spec, link?) do
     tag = make_ref()
     child = {Lacca.Process, {exec, args, spec, self(), tag, link?}}
@@ -103,12 +105,14 @@ defmodule Lacca.Remote do
         mref = Process.monitor(pid)
 
         receive do
+          {^tag, :ok} when spec.quiet ->
+            {:ok, pid, mref}
+
           {^tag, :ok} ->
             Process.demonitor(mref, [:flush])
             owner = spec.owner || self()
 
-            # (A run/3 or stream caller monitors its server itself.)
-            if spec.output == :messages and not spec.quiet and node(owner) != node,
+            if spec.output == :messages and node(owner) != node,
               do: Lacca.Cluster.watch(pid, owner)
 
             {:ok, pid}
@@ -158,7 +162,7 @@ defmodule Lacca.Remote do
     }
 
     case start_on(node, exec, args, spec, false) do
-      {:ok, pid} -> {:ok, pid, Process.monitor(pid)}
+      {:ok, pid, mref} -> {:ok, pid, mref}
       {:error, reason} -> {:error, reason}
     end
   end
