@@ -24,6 +24,20 @@ defmodule Lacca.NodeOptionTest do
     assert_receive {:lacca, ^pid, {:exit, {:exit, 0}}}, 5_000
   end
 
+  test "remote credit: the window is granted back half at a time, by a cast" do
+    window = Lacca.Remote.window()
+    half = div(window, 2)
+    assert half >= 1
+
+    # self() stands in for the server: the grants are casts to it.
+    consumed = Enum.reduce(1..(half - 1), 0, fn _, n -> Lacca.Remote.grant(self(), n) end)
+    assert consumed == half - 1
+    refute_received {:"$gen_cast", _}
+    assert Lacca.Remote.grant(self(), consumed) == 0
+    assert_received {:"$gen_cast", {:set_active, ^half}}
+    refute_received {:"$gen_cast", _}
+  end
+
   test "a node that is not connected: {:nodedown, node}, or Lacca.Error from a stream" do
     nobody = :"nobody_#{System.unique_integer([:positive])}@nohost.invalid"
     assert Lacca.run("true", [], node: nobody) == {:error, {:nodedown, nobody}}
