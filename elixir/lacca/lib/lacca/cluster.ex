@@ -46,6 +46,9 @@ defmodule Lacca.Cluster do
     |> Enum.map(&node/1)
     |> Enum.uniq()
     |> Enum.sort()
+  rescue
+    # The scope is not running: :lacca was stopped here.
+    ArgumentError -> []
   end
 
   @doc false
