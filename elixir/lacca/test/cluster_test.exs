@@ -188,6 +188,27 @@ defmodule Lacca.ClusterTest do
       assert_receive {:EXIT, ^pid, {:exit_status, 3}}, 5_000
     end
 
+    test "start_link/3 across nodes: a caller that crashes takes the OS process with it",
+         %{b: b} do
+      parent = self()
+
+      {caller, ref} =
+        spawn_monitor(fn ->
+          {:ok, pid} = Lacca.start_link("sleep", ["1000"], node: b)
+          send(parent, {:started, pid, Lacca.os_pid(pid)})
+          exit(:crash)
+        end)
+
+      assert_receive {:started, pid, os_pid}, 10_000
+      assert_receive {:DOWN, ^ref, :process, ^caller, :crash}
+      server_ref = Process.monitor(pid)
+
+      assert_receive {:DOWN, ^server_ref, :process, ^pid, {:shutdown, {:owner_exit, :crash}}},
+                     10_000
+
+      assert wait_gone(os_pid) == []
+    end
+
     test "child_spec/1 with node: the supervisor here, the child there", %{b: b} do
       children = [{Lacca, cmd: "sleep", args: ["1000"], node: b, id: :remote_sleeper}]
       {:ok, sup} = Supervisor.start_link(children, strategy: :one_for_one)
