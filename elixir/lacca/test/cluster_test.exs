@@ -196,12 +196,16 @@ defmodule Lacca.ClusterTest do
         spawn_monitor(fn ->
           {:ok, pid} = Lacca.start_link("sleep", ["1000"], node: b)
           send(parent, {:started, pid, Lacca.os_pid(pid)})
-          exit(:crash)
+
+          receive do
+            :crash -> exit(:crash)
+          end
         end)
 
       assert_receive {:started, pid, os_pid}, 10_000
-      assert_receive {:DOWN, ^ref, :process, ^caller, :crash}
       server_ref = Process.monitor(pid)
+      send(caller, :crash)
+      assert_receive {:DOWN, ^ref, :process, ^caller, :crash}
 
       assert_receive {:DOWN, ^server_ref, :process, ^pid, {:shutdown, {:owner_exit, :crash}}},
                      10_000
