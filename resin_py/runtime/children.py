@@ -93,10 +93,11 @@ class _Write:
 
 
 class _Close:
-    __slots__ = ("ref",)
+    __slots__ = ("eof", "ref")
 
-    def __init__(self, ref: Term) -> None:
+    def __init__(self, ref: Term, eof: bytes | None) -> None:
         self.ref = ref
+        self.eof = eof  # written before closing (a terminal's EOF character)
 
 
 class Child:
@@ -104,7 +105,8 @@ class Child:
 
     __slots__ = (
         "cgroup", "cookie", "finished", "id", "pid", "pipes", "queue", "queued_bytes",
-        "queued_writes", "reaped", "stdin_fd", "stdin_handler", "stdin_state", "wait_status",
+        "queued_writes", "reaped", "stdin_fd", "stdin_handler", "stdin_state", "tty",
+        "wait_status",
     )
 
     def __init__(self, id: int, pid: int, stdin_fd: int, pipes: list[OutPipe],
@@ -113,6 +115,9 @@ class Child:
         self.pid = pid
         self.cookie = cookie  # RESIN_TREE value of its descendants (runtime/tree.py)
         self.cgroup: str | None = None  # its cgroup (runtime/cgroups.py), if any
+        # On a pseudo-terminal: stdin_fd and the one pipe are two descriptors
+        # of its master side.
+        self.tty = False
         self.stdin_fd = stdin_fd  # -1: none (stdin is /dev/null)
         self.stdin_state = StdinState.OPEN if stdin_fd >= 0 else StdinState.CLOSED
         self.queue: deque[_Write | _Close] = deque()
@@ -275,9 +280,19 @@ class Children:
         self.stdin_bytes += len(data)
         self._pump_stdin(child)
 
-    def close_stdin(self, child: Child, ref: Term) -> None:
-        child.queue.append(_Close(ref))
+    def close_stdin(self, child: Child, ref: Term, eof: bytes | None = None) -> None:
+        """Close the child's stdin after what is queued; `eof` (a terminal's
+        EOF character) is written first, if the child can still read it."""
+        child.queue.append(_Close(ref, eof))
         self._pump_stdin(child)
+
+    def tty_fd(self, child: Child) -> int:
+        """A descriptor of a pty child's terminal (master side), -1 once both
+        are closed."""
+        for pipe in child.pipes:
+            if not pipe.closed:
+                return pipe.fd
+        return child.stdin_fd if child.stdin_state is StdinState.OPEN else -1
 
     def _answer(self, child: Child, item: _Write, result: StdinResult) -> None:
         child.queue.popleft()
@@ -292,6 +307,14 @@ class Children:
         while queue:
             item = queue[0]
             if isinstance(item, _Close):
+                if item.eof and child.stdin_state is StdinState.OPEN:
+                    try:
+                        self._fds.write(child.stdin_fd, item.eof)
+                    except BlockingIOError:
+                        break  # the terminal's input is full: again when writable
+                    except OSError:
+                        pass  # the terminal is gone: nothing to end
+                    item.eof = None
                 queue.popleft()
                 self._close_stdin_fd(child, StdinState.CLOSED)
                 self.session.on_close_stdin_done(child, item.ref)
