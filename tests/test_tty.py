@@ -71,7 +71,7 @@ def test_resize_sends_sigwinch_with_the_new_size(client: ResinClient) -> None:
               "print('ready', flush=True); signal.sigwait({signal.SIGWINCH}); "
               "s = os.get_terminal_size(0); print('size', s.lines, s.columns, flush=True)")
     spawn_ok(client, 1, sys.executable, "-c", script, pty=PTY)
-    read_until(client, 1, b"ready")
+    read_until(client, 1, b"ready\r\n")  # the whole line: the next read is the answer
     assert client.resize(1, 50, 132) == OK
     assert read_until(client, 1, b"\n").strip() == b"size 50 132"
     assert client.collect(1).exit == v1.Exit(1, "exit", 0)

@@ -262,3 +262,26 @@ def test_rlimit_names_match_the_resource_module() -> None:
         number = getattr(resource, f"RLIMIT_{name.upper()}", None)
         assert number is None or server._RLIMITS[name] == number
     assert sorted(server._RLIMITS) == sorted(v1.RLIMIT_NAMES)
+
+
+def test_a_terminal_is_not_closed_before_its_child_is_reaped() -> None:
+    # The child closed its stdio (the master reads EIO: here, EOF) but has not
+    # exited yet: closing the master now would hang the terminal up and kill
+    # it with SIGHUP. The master is unwatched and closed once it is reaped.
+    rig = Rig()
+    child = rig.spawn(1, stderr=False)
+    child.tty = True
+    pipe = child.pipes[0]
+    rig.fds.pipes[pipe.fd].data += b"bye"
+    rig.fds.pipes[pipe.fd].writer_closed = True
+    pipe.handler()  # "bye"
+    pipe.handler()  # EOF
+    assert pipe.hung and not pipe.closed and not rig.poller.interest(pipe.fd)
+    assert rig.session.outbox.size  # "bye" was handed on
+    rig.children.exited(child, 0)
+    assert pipe.closed and child.finished
+    # Without a terminal the pipe closes at EOF, as always.
+    other = rig.spawn(2, stderr=False)
+    rig.fds.pipes[other.pipes[0].fd].writer_closed = True
+    other.pipes[0].handler()
+    assert other.pipes[0].closed and not other.pipes[0].hung

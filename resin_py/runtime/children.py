@@ -71,7 +71,8 @@ class StdinState(Enum):
 class OutPipe:
     """The read end of a child's stdout or stderr pipe."""
 
-    __slots__ = ("boosted", "closed", "credit", "fd", "handler", "kind", "parked", "read_size")
+    __slots__ = ("boosted", "closed", "credit", "fd", "handler", "hung", "kind", "parked",
+                 "read_size")
 
     def __init__(self, fd: int, kind: StreamKind, credit: int | None) -> None:
         self.fd = fd
@@ -79,6 +80,9 @@ class OutPipe:
         self.credit = credit  # bytes resin may still read; None: unlimited
         self.closed = False
         self.parked = False  # unwatched while resin's output is backed up
+        # A terminal whose last slave closed before its child was reaped:
+        # unwatched, closed once the child is reaped (see Children._read).
+        self.hung = False
         self.boosted = False  # enlarged to CHILD_PIPE_SIZE (tried once)
         self.read_size = PIPE_DEFAULT_SIZE  # the pipe's capacity, as far as resin knows
         self.handler: Callable[[], None] = _nothing
@@ -187,7 +191,8 @@ class Children:
     # --- output ------------------------------------------------------------------
 
     def _watch_pipe(self, pipe: OutPipe) -> None:
-        want = not pipe.closed and not pipe.parked and (pipe.credit is None or pipe.credit > 0)
+        want = (not pipe.closed and not pipe.parked and not pipe.hung
+                and (pipe.credit is None or pipe.credit > 0))
         if not pipe.closed:
             self._poller.set_interest(pipe.fd, READ if want else 0, pipe.handler)
 
@@ -223,6 +228,12 @@ class Children:
         except OSError:
             data = b""
         if not data:
+            if child.tty and not child.reaped:
+                # Closing a terminal's master hangs it up: SIGHUP to a child
+                # that closed its stdio and is still on its way out. Wait.
+                pipe.hung = True
+                self._watch_pipe(pipe)
+                return Read.EOF
             self._close_pipe(pipe)
             return Read.EOF
         if pipe.credit is not None:
