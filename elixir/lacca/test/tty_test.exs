@@ -106,6 +106,7 @@ defmodule Lacca.TtyTest do
       # The terminal echoes the input as it is written, then cat writes it.
       assert {:ok, %Result{stdout: "abc\r\nabc\r\n", status: {:exit, 0}}} =
                Lacca.run("cat", [], pty: true, input: "abc\n")
+
       # Without :input the terminal gets its EOF character at once.
       assert {:ok, %Result{stdout: "", status: {:exit, 0}}} = Lacca.run("cat", [], pty: true)
     end
