@@ -362,7 +362,8 @@ defmodule Lacca do
     * `:user` - run as this user (a name or a uid); needs resin to run as
       root. The group becomes the user's, and the supplementary groups the
       user's groups (as `initgroups(3)`); the environment is unchanged (set
-      `HOME`, `USER` with `:env` if the program needs them). Without root
+      `HOME`, `USER` with `:env` if the program needs them) and `:cd` is
+      entered as that user (it must be allowed in). Without root
       the spawn fails with `{:user, :eperm}` and nothing starts
     * `:group` - run with this group (a name or a gid), also the only
       supplementary group unless `:user` gives them; needs root
