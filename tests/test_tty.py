@@ -298,3 +298,9 @@ def test_an_rlimit_the_exec_cannot_live_with(client: ResinClient) -> None:
         assert r.reason in (Atom("enomem"), Atom("e2big"), Atom("efault"))
     assert client.run(2, "true").exit == v1.Exit(2, "exit", 0)
 
+
+
+@both_spawners
+def test_the_largest_finite_rlimit(client: ResinClient) -> None:
+    r = client.run(1, "sh", ["-c", "ulimit -f"], rlimits=(("fsize", 2**63 - 1, None),))
+    assert r.exit == v1.Exit(1, "exit", 0), r

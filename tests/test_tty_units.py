@@ -62,7 +62,7 @@ def test_spawn_options_decode() -> None:
     ([(Atom("rlimits"), [(Atom("nofile"), (10, 5))])], "rlimits"),
     ([(Atom("rlimits"), [(Atom("nofile"), (INFINITY, 5))])], "rlimits"),
     ([(Atom("rlimits"), [(Atom("nofile"), -1)])], "rlimits"),
-    ([(Atom("rlimits"), [(Atom("nofile"), 2**64)])], "rlimits"),
+    ([(Atom("rlimits"), [(Atom("nofile"), 2**63)])], "rlimits"),
     ([(Atom("rlimits"), (Atom("nofile"), 1))], "rlimits"),
 ])
 def test_bad_spawn_options(opts: list[Term], what: str) -> None:

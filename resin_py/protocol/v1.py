@@ -420,8 +420,9 @@ MAX_UID = 2**32 - 2
 # The rlimits option's names: setrlimit(2)'s RLIMIT_<NAME>, lowercase.
 RLIMIT_NAMES = ("as", "core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice",
                 "nofile", "nproc", "rss", "rtprio", "rttime", "sigpending", "stack")
-# rlim_t is 64 bits; RLIM_INFINITY (2^64 - 1) is written `infinity`.
-MAX_RLIMIT = 2**64 - 2
+# RLIM_INFINITY is written `infinity`; finite limits fit a signed 64-bit
+# integer (what both spawners pass on; larger ones mean nothing more).
+MAX_RLIMIT = 2**63 - 1
 
 
 def _opt_pty(value: Term) -> tuple[int, int]:

@@ -238,6 +238,7 @@ defmodule Lacca.TtyTest do
           {[group: :wheel], ":group"},
           {[user: "a\0b"], ":user"},
           {[rlimits: [nofile: -1]], ":rlimits"},
+          {[rlimits: [fsize: 9_223_372_036_854_775_808]], ":rlimits"},
           {[rlimits: [bogus: 1]], ":rlimits"},
           {[rlimits: [nofile: {10, 5}]], ":rlimits"},
           {[rlimits: [nofile: {:infinity, 5}]], ":rlimits"},

@@ -491,8 +491,8 @@ defmodule Lacca.Options do
 
   @rlimit_names ~w(as core cpu data fsize locks memlock msgqueue nice nofile nproc rss rtprio
     rttime sigpending stack)a
-  # rlim_t is 64 bits; RLIM_INFINITY (2^64 - 1) is :infinity.
-  @max_rlimit 18_446_744_073_709_551_614
+  # RLIM_INFINITY is :infinity; finite limits fit a signed 64-bit integer.
+  @max_rlimit 9_223_372_036_854_775_807
 
   @doc false
   # The names the :rlimits option accepts (setrlimit(2)'s RLIMIT_*, lowercase).
