@@ -22,7 +22,7 @@ from resin_py.protocol.framing import PacketReader
 from resin_py.protocol.negotiate import Negotiator
 from resin_py.runtime import tree
 from resin_py.runtime.cgroups import Cgroups, LimitError
-from resin_py.runtime.children import Child, Children, OutPipe
+from resin_py.runtime.children import Child, Children, OutPipe, StdinState
 from resin_py.runtime.fdio import F_SETPIPE_SZ, OsFds
 from resin_py.runtime.loop import READ, WRITE, EpollPoller, Loop, wait_for
 from resin_py.runtime.outbox import Outbox, is_disconnect
@@ -349,7 +349,7 @@ class Resin:
     def close_stdin(self, child: ChildRef, ref: Term) -> None:
         own = _own(child)
         eof = None
-        if own.tty and own.stdin_fd >= 0:
+        if own.tty and own.stdin_state is StdinState.OPEN:
             # A terminal has no end of input: its EOF character (VEOF, ^D
             # unless the child changed it) ends a read at the start of a line.
             import termios
