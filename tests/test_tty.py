@@ -98,14 +98,15 @@ def test_an_interactive_shell_driven_by_write_and_read(client: ResinClient) -> N
 
 @both_spawners
 def test_close_stdin_sends_the_eof_character(client: ResinClient) -> None:
-    spawn_ok(client, 1, "sh", "-c", "stty -echo; echo ready; cat; echo done", pty=PTY)
-    read_until(client, 1, b"ready")
+    spawn_ok(client, 1, "sh", "-c", "stty -echo; echo ready; cat; echo done; exec sleep 1000",
+             pty=PTY)
+    read_until(client, 1, b"ready\r\n")
     client.write(1, b"one line\n")
     assert client.close_child_stdin(1) == OK
+    assert read_until(client, 1, b"done\r\n") == b"one line\r\ndone\r\n"
     assert client.write(1, b"more") == v1.AckStatus.CLOSED
-    r = client.collect(1)
-    assert r.exit == v1.Exit(1, "exit", 0)
-    assert b"one line\r\n" in r.stdout and r.stdout.endswith(b"done\r\n")
+    assert client.signal(1, signal.SIGKILL, group=True) == OK
+    assert client.collect(1).exit == v1.Exit(1, "signal", signal.SIGKILL)
 
 
 @both_spawners

@@ -91,17 +91,17 @@ defmodule Lacca.TtyTest do
 
     test "close_stdin/1 sends the EOF character; :input ends with it too" do
       {:ok, pid} =
-        Lacca.start("sh", ["-c", "stty -echo; echo ready; cat; echo done"],
+        Lacca.start("sh", ["-c", "stty -echo; echo ready; cat; echo done; exec sleep 1000"],
           pty: true,
           output: :messages
         )
 
-      read_until(pid, "ready")
+      read_until(pid, "ready\r\n")
       :ok = Lacca.write_stdin(pid, "one line\n")
       assert Lacca.close_stdin(pid) == :ok
+      assert read_until(pid, "done\r\n") == "one line\r\ndone\r\n"
       assert Lacca.write_stdin(pid, "more") == {:error, :closed}
-      assert read_until(pid, "done") =~ "one line\r\n"
-      assert_receive {:lacca, ^pid, {:exit, {:exit, 0}}}, 5_000
+      :ok = Lacca.kill(pid)
 
       # The terminal echoes the input as it is written, then cat writes it.
       assert {:ok, %Result{stdout: "abc\r\nabc\r\n", status: {:exit, 0}}} =
