@@ -107,8 +107,12 @@ defmodule Lacca.TtyTest do
       assert {:ok, %Result{stdout: "abc\r\nabc\r\n", status: {:exit, 0}}} =
                Lacca.run("cat", [], pty: true, input: "abc\n")
 
-      # Without :input the terminal gets its EOF character at once.
+      # Without :input the terminal gets its EOF character at once; with
+      # stdin: :pipe it stays open.
       assert {:ok, %Result{stdout: "", status: {:exit, 0}}} = Lacca.run("cat", [], pty: true)
+
+      assert {:ok, %Result{stdout: "", status: :timeout}} =
+               Lacca.run("cat", [], pty: true, stdin: :pipe, timeout: 200)
     end
 
     test "stream!/3 on a terminal, read only as fast as it is consumed" do

@@ -391,7 +391,8 @@ defmodule Lacca.Options do
     {stderr, stdin, pty} =
       case pty!(opts) do
         nil -> {stderr, stdin, []}
-        size -> {[], [], [{:pty, size}]}
+        # The terminal is stdin: never /dev/null, whatever the entry point adds.
+        size -> {[], [{:stdin, :pipe}], [{:pty, size}]}
       end
 
     base ++
