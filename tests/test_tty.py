@@ -305,3 +305,18 @@ def test_an_rlimit_the_exec_cannot_live_with(client: ResinClient) -> None:
 def test_the_largest_finite_rlimit(client: ResinClient) -> None:
     r = client.run(1, "sh", ["-c", "ulimit -f"], rlimits=(("fsize", 2**63 - 1, None),))
     assert r.exit == v1.Exit(1, "exit", 0), r
+
+
+@needs_root
+@both_spawners
+def test_nproc_is_enforced_for_the_user(client: ResinClient) -> None:
+    # One process allowed for nobody: the shell itself; its fork fails.
+    r = client.run(1, "sh", ["-c", "sleep 0 & wait; echo forked"], cd="/", user="nobody",
+                   rlimits=(("nproc", 1, 1),))
+    assert r.stdout == b"" and b"fork" in r.stderr.lower(), r
+
+
+def test_cpu_is_enforced(client: ResinClient) -> None:
+    # 1 s of CPU time: the kernel sends SIGXCPU at the soft limit.
+    r = client.run(1, "sh", ["-c", "while :; do :; done"], rlimits=(("cpu", 1, 2),))
+    assert r.exit == v1.Exit(1, "signal", signal.SIGXCPU)

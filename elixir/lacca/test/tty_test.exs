@@ -310,6 +310,18 @@ defmodule Lacca.TtyTest do
       assert table["Max cpu time"] == {"5", "unlimited"}
     end
 
+    @tag skip: if(@root, do: false, else: "needs a root resin to run as nobody")
+    test "nproc is enforced: a user allowed one process cannot fork" do
+      assert {:ok, %Result{stdout: "", stderr: err}} =
+               Lacca.run("sh", ["-c", "sleep 0 & wait; echo forked"],
+                 user: "nobody",
+                 cd: "/",
+                 rlimits: [nproc: 1]
+               )
+
+      assert err =~ ~r/fork/i
+    end
+
     test "with a terminal and with start/3" do
       {:ok, pid} = Lacca.start("sh", ["-c", "ulimit -n"], rlimits: [nofile: 77], pty: true)
       assert Lacca.await(pid) == {:ok, {:exit, 0}}
