@@ -228,6 +228,13 @@ defmodule Lacca do
     * `{:cgroup, errno}`: the `:cgroup` limits cannot be applied
       (`:enotsup` without cgroups, `:enoent` for a controller that is not
       enabled, ...)
+    * `{:user, errno}`, `{:group, errno}`: the `:user` / `:group` cannot be
+      taken: `:eperm` when resin does not run as root (nothing starts),
+      `:enoent` for a name (or a uid without a group) that does not exist
+    * `{:rlimit, errno}`: a `:rlimits` limit cannot be set (`:eperm`:
+      raising a hard limit needs root)
+    * `{:pty, errno}`: no pseudo-terminal could be opened or made the
+      controlling terminal
     * `{:resin_not_found, message}`: no resin executable (see
       `Lacca.Resin`); the message says how to install one
     * `{:resin_failed, failure}`: resin was found but did not start (see
@@ -247,6 +254,10 @@ defmodule Lacca do
           errno()
           | {:cwd, errno()}
           | {:cgroup, errno()}
+          | {:user, errno()}
+          | {:group, errno()}
+          | {:rlimit, errno()}
+          | {:pty, errno()}
           | {:resin_not_found, String.t()}
           | {:resin_failed, resin_failure()}
           | :resin_down
@@ -311,6 +322,28 @@ defmodule Lacca do
           | {:pids_max, pos_integer()}
           | {:cpu_max, {pos_integer(), pos_integer()}}
 
+  @typedoc "A resource of the `:rlimits` option: setrlimit(2)'s `RLIMIT_*`, lowercase."
+  @type rlimit_name ::
+          :as
+          | :core
+          | :cpu
+          | :data
+          | :fsize
+          | :locks
+          | :memlock
+          | :msgqueue
+          | :nice
+          | :nofile
+          | :nproc
+          | :rss
+          | :rtprio
+          | :rttime
+          | :sigpending
+          | :stack
+
+  @typedoc "A resource limit: a non-negative integer (bytes, seconds, a count) or `:infinity`."
+  @type rlimit_value :: non_neg_integer() | :infinity
+
   @typedoc "Options accepted by `run/3`, `start/3` and friends to set up the process."
   @type spawn_option ::
           {:cd, Path.t()}
@@ -320,6 +353,10 @@ defmodule Lacca do
           | {:stderr, :capture | :stdout | :discard}
           | {:stdin, :pipe | :null}
           | {:cgroup, [cgroup_limit()]}
+          | {:pty, boolean() | [rows: pos_integer(), cols: pos_integer()]}
+          | {:user, String.t() | non_neg_integer()}
+          | {:group, String.t() | non_neg_integer()}
+          | {:rlimits, [{rlimit_name(), rlimit_value() | {rlimit_value(), rlimit_value()}}]}
           | {:daemon, :shared | :dedicated}
           | {:kill_timeout, non_neg_integer()}
           | {:stop_signal, Signal.signal()}
@@ -373,6 +410,33 @@ defmodule Lacca do
       When they cannot be applied the spawn fails with `{:cgroup, reason}`:
       `:enotsup` where resin does not use cgroups, `:enoent` where the
       controller is not enabled in resin's cgroup hierarchy
+    * `:pty` - run the process on a pseudo-terminal: `true` (24 rows, 80
+      columns) or `[rows: r, cols: c]` (default `false`). The terminal is
+      its stdin, stdout and stderr and its controlling terminal (it is the
+      session leader; `isatty/1` is true on 0, 1 and 2), so programs behave
+      as in an interactive terminal. stdout and stderr are one stream
+      (`:stderr` may only be `:stdout`; `:stdin` not `:null`); the terminal
+      echoes input and writes newlines as `"\\r\\n"` unless the program
+      changes its modes (`stty raw -echo`). End of input is the terminal's
+      EOF character: `close_stdin/1` (and the end of `:input`) sends it, so
+      a program reading lines sees end-of-file at the start of a line. Flow
+      control is as with pipes. `resize/3` changes the size
+    * `:user` - run as this user (a name or a uid); needs resin to run as
+      root. The group becomes the user's, and the supplementary groups the
+      user's groups (as `initgroups(3)`); the environment is unchanged (set
+      `HOME`, `USER` with `:env` if the program needs them) and `:cd` is
+      entered as that user (it must be allowed in). Without root
+      the spawn fails with `{:user, :eperm}` and nothing starts
+    * `:group` - run with this group (a name or a gid), also the only
+      supplementary group unless `:user` gives them; needs root
+      (`{:group, :eperm}`)
+    * `:rlimits` - resource limits set in the process before it starts
+      (`setrlimit(2)`): a keyword list of `:as`, `:core`, `:cpu`, `:data`,
+      `:fsize`, `:locks`, `:memlock`, `:msgqueue`, `:nice`, `:nofile`,
+      `:nproc`, `:rss`, `:rtprio`, `:rttime`, `:sigpending`, `:stack`, each
+      a limit (soft and hard) or `{soft, hard}`, integers or `:infinity`:
+      `rlimits: [nofile: 1024, core: 0, cpu: {10, 20}]`. Raising a hard
+      limit above resin's needs root: `{:rlimit, :eperm}`
     * `:daemon` - `:shared` (default: one resin serves many processes) or
       `:dedicated` (a resin of its own, for isolation)
     * `:kill_timeout` - milliseconds between the stop signal and SIGKILL when
@@ -914,6 +978,13 @@ defmodule Lacca do
   @doc """
   Closes the process's stdin (the process reads end-of-file) after every
   write queued before it was written. Returns once resin closed the pipe.
+
+  On a terminal (`:pty`) there is no pipe to close: resin writes the
+  terminal's EOF character (`VEOF`, usually Ctrl-D) and takes no more input.
+  A program reading lines then reads end-of-file if the EOF character comes
+  at the start of a line (after a newline); after a partial line it only
+  ends that line. A program that turned off canonical mode (`stty raw`)
+  reads it as a byte.
   """
   @spec close_stdin(server()) ::
           :ok | {:error, :exited | :resin_down | :noproc | :noconnection}
@@ -949,6 +1020,27 @@ defmodule Lacca do
       {:ok, signo} -> call(pid, {:signal, signo, group})
       {:error, :unknown_signal} -> {:error, :unknown_signal}
     end
+  end
+
+  @doc """
+  Sets the window size of a process started with `:pty` to `rows` and
+  `cols` (`TIOCSWINSZ`); the kernel sends `SIGWINCH` to the terminal's
+  foreground process group when the size changed.
+
+  Returns `{:error, :not_a_pty}` for a process without terminal and
+  `{:error, :exited}` when the process (or its terminal) is gone. Raises
+  `ArgumentError` unless `rows` and `cols` are integers 1..65535.
+
+  ## Examples
+
+      {:ok, pid} = Lacca.start("vim", ["notes.txt"], pty: [rows: 24, cols: 80])
+      :ok = Lacca.resize(pid, 50, 132)
+  """
+  @spec resize(server(), pos_integer(), pos_integer()) ::
+          :ok | {:error, :not_a_pty | :exited | :resin_down | :noproc | atom()}
+  def resize(pid, rows, cols) do
+    {rows, cols} = Options.winsize!(rows, cols)
+    call(pid, {:resize, rows, cols})
   end
 
   @doc """

@@ -31,7 +31,7 @@ defmodule Lacca.Process do
   @type active :: boolean() | :once | pos_integer()
 
   @typedoc "A call waiting for resin's reply to a CONTROL request."
-  @type call :: {:signal | :close | :kill, from()} | :ignore
+  @type call :: {:signal | :close | :kill | :resize, from()} | :ignore
 
   @typedoc "A write_stdin call waiting for the acks of its frames."
   @type write :: %{from: from(), remaining: pos_integer(), error: atom() | nil}
@@ -81,7 +81,7 @@ defmodule Lacca.Process do
     inflight: :queue.new(),
     inflight_n: 0,
     writes: %{},
-    # ref => {:signal | :close | :kill, from} | :ignore  (resin replies)
+    # ref => {:signal | :close | :kill | :resize, from} | :ignore  (resin replies)
     calls: %{},
     # parked await callers and timers of parked calls
     awaiters: [],
@@ -349,6 +349,10 @@ defmodule Lacca.Process do
         GenServer.reply(from, :ok)
         {:noreply, s}
 
+      {:resize, from} ->
+        GenServer.reply(from, resize_result(result))
+        {:noreply, s}
+
       {:close, from} ->
         GenServer.reply(from, close_result(result))
         {:noreply, %{s | stdin: :closed}}
@@ -515,6 +519,16 @@ defmodule Lacca.Process do
       {:reply, {:error, failure(s)}, s}
     else
       {:noreply, signal_ref(s, signo, group, {:signal, from})}
+    end
+  end
+
+  def handle_call({:resize, rows, cols}, from, s) do
+    if s.status != nil do
+      {:reply, {:error, failure(s)}, s}
+    else
+      ref = make_ref()
+      Channel.resize(s.chan, ref, rows, cols)
+      {:noreply, %{s | calls: Map.put(s.calls, ref, {:resize, from})}}
     end
   end
 
@@ -851,6 +865,11 @@ defmodule Lacca.Process do
   # resin reaped the process; its exit is on its way.
   defp signal_result({:error, :esrch}), do: {:error, :exited}
   defp signal_result({:error, reason}), do: {:error, reason}
+
+  defp resize_result(:ok), do: :ok
+  defp resize_result({:error, :enotty}), do: {:error, :not_a_pty}
+  defp resize_result({:error, reason}) when reason in [:no_process, :esrch], do: {:error, :exited}
+  defp resize_result({:error, reason}), do: {:error, reason}
 
   defp close_result(:ok), do: :ok
   defp close_result({:error, :no_process}), do: {:error, :exited}
