@@ -429,6 +429,7 @@ def test_broken_stdout_mid_frame() -> None:
         rig.turn()
     assert child.finished and rig.fds.spliced == spliced
     assert rig.poller.interest(STDOUT_FD) == 0
+    assert len(broken) == 1 and rig.outbox.broken  # reported once, the rest dropped
 
 
 def test_shutdown_reads_the_rest_of_a_pending_frame() -> None:

@@ -334,8 +334,18 @@ class Children:
         """Nothing waits for resin's stdout (after `Outbox.want_idle`), or the
         backlog cleared: unpark the pipes and drain the held exits."""
         parked, self.parked = self.parked, []
-        for _child, pipe in parked:
+        for child, pipe in parked:
             pipe.parked = False
+            if pipe.splice and not pipe.closed and not child.reaped and not self.outbox.paused:
+                # Splice now rather than watch the pipe and wait for it to fire
+                # (it was readable when parked): a full stdout pipe wakes resin
+                # each time the reader frees a little room, and this saves two
+                # epoll_ctl and an epoll_wait per wakeup. Still waiting: parked again.
+                got = self._take(child, pipe)
+                if got is Read.BUSY or (self.outbox.size and got is not Read.EOF):
+                    self.outbox.want_idle()
+                    self._park(child, pipe)
+                    continue
             self._watch_pipe(pipe)
         for child in list(self.held.values()):
             self.drain(child)

@@ -55,8 +55,8 @@ class Spliced(Enum):
 class Outbox:
     __slots__ = (
         "_error", "_fds", "_head", "_idle_wanted", "_left", "_poller", "_queue", "_src",
-        "blocking", "fd", "high_water", "low_water", "on_broken", "on_idle", "on_pause_change",
-        "paused", "size", "splicing",
+        "blocking", "broken", "fd", "high_water", "low_water", "on_broken", "on_idle",
+        "on_pause_change", "paused", "size", "splicing",
     )
 
     def __init__(self, fd: int, fds: Fds, poller: Poller, *, blocking: bool = False,
@@ -72,7 +72,8 @@ class Outbox:
         self.blocking = blocking  # stdout cannot be polled (a regular file): writes block
         # Called with the new state when `paused` changes; a resume may queue more.
         self.on_pause_change: Callable[[bool], None] = _nothing
-        # The reader is gone (EPIPE or another write error): what was queued is dropped.
+        # The reader is gone (EPIPE or another write error): what was queued, and
+        # all that comes later, is dropped. Called once.
         self.on_broken: Callable[[OSError], None] = _nothing_err
         # Frames may be spliced: stdout is a pipe that epoll watches.
         self.splicing = SPLICE_ENABLED and not blocking and fds.is_pipe(fd)
@@ -87,9 +88,12 @@ class Outbox:
         # A write error not reported yet: `on_broken` runs from `flush` only,
         # never from inside `splice` (its caller may be in the middle of a drain).
         self._error: OSError | None = None
+        self.broken = False  # a write failed: everything from then on is dropped
 
     def push(self, *parts: Buffer) -> None:
         """Queue bytes (whole packets); written by the next `flush`."""
+        if self.broken:
+            return
         queue = self._queue
         for part in parts:
             if part:
@@ -202,14 +206,20 @@ class Outbox:
         self._src, self._head, self._left = -1, b"", 0
 
     def _broken(self, exc: OSError) -> None:
+        """The reader is gone (or stdout failed): drop everything, now and
+        later, and report it once (from `flush`)."""
         self._queue.clear()
         self.size = 0
         self._src, self._head, self._left = -1, b"", 0
         self.splicing = False
-        self._error = exc
+        if not self.broken:
+            self.broken = True
+            self._error = exc
 
     def _write(self) -> None:
         if self._src >= 0 and not self._continue():
+            return
+        if self.broken:
             return
         queue = self._queue
         writev = self._fds.writev
