@@ -1,15 +1,19 @@
 """Output throughput: `head -c SIZE /dev/zero` through resin's v1 STDOUT frames.
 
-    .venv/bin/python bench/resin_throughput.py [--size 1073741824] [--runs 3]
+    .venv/bin/python bench/resin_throughput.py [--size 1073741824] [--runs 3] [--only KEY,...]
 
-Variants, each the median of RUNS, in the same run:
+Variants, each the median of RUNS, interleaved (one round runs each variant
+once) so that the machine's load hits them alike:
 
 - `direct pipe`: the same child read straight from a pipe in Python
   (os.readv into a 1 MiB buffer): the ceiling for any Python reader.
 - `resin, raw reader`: through a v1 resin with infinite credit; the reader
   walks the packet headers of 1 MiB reads and counts the data bytes (what a
   BEAM port does, minus the BEAM). Also resin's CPU time for the transfer
-  (user + system), steadier than wall time on a busy machine.
+  (user + system, from /proc/PID/stat), steadier than wall time on a busy
+  machine. Output goes by splice(2) from the child's pipe to resin's stdout.
+- `resin, raw, reads`: the same with RESIN_SPLICE=0: resin reads the output
+  and writes it (the path before splice, and where splice is not possible).
 - `resin, ResinClient`: the same through the test client, which decodes every
   frame into an object (its own cost shows).
 - `resin stdin`: the other direction, SIZE bytes in STDIN frames of MAX_DATA
@@ -70,9 +74,17 @@ RESIN_CPU: list[float] = []  # resin's CPU seconds in each raw run
 STDIN_CPU: list[float] = []  # ... in each stdin run
 
 
-def raw(size: int) -> float:
+RAW_READS_CPU: list[float] = []  # ... in each raw run without splice
+
+
+def raw_reads(size: int) -> float:
+    return raw(size, splice=False)
+
+
+def raw(size: int, splice: bool = True) -> float:
+    env = {**os.environ, "RESIN_SPLICE": "1" if splice else "0"}
     proc = subprocess.Popen([sys.executable, "-m", "resin_py"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, bufsize=0)
+                            stdout=subprocess.PIPE, bufsize=0, env=env)
     assert proc.stdin is not None and proc.stdout is not None
     w, r = proc.stdin.fileno(), proc.stdout.fileno()
     os.write(w, b"\x00\x02\x00\x01")
@@ -106,7 +118,7 @@ def raw(size: int) -> float:
         buf[: have - pos] = buf[pos:have]
         have -= pos
     elapsed = time.perf_counter() - start
-    RESIN_CPU.append(cpu_seconds(proc.pid))
+    (RESIN_CPU if splice else RAW_READS_CPU).append(cpu_seconds(proc.pid))
     proc.stdin.close()
     proc.wait()
     check(got == size, f"got {got} bytes, expected {size}")
@@ -168,24 +180,41 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, default=1 << 30)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--only", default="",
+                    help="comma-separated keys of variants: direct,raw,reads,client,stdin")
     args = ap.parse_args()
+    keys = {"direct": ("direct pipe", direct), "raw": ("resin, raw reader", raw),
+            "reads": ("resin, raw, reads", raw_reads), "client": ("resin, ResinClient", client),
+            "stdin": ("resin stdin", stdin)}
+    variants = [keys[k] for k in (args.only.split(",") if args.only else keys)]
+    with open("/proc/loadavg") as f:
+        load_before = f.read().split()[:3]
+    timings: dict[str, list[float]] = {name: [] for name, _ in variants}
+    for _ in range(args.runs):
+        for name, fn in variants:
+            timings[name].append(fn(args.size))
+    with open("/proc/loadavg") as f:
+        load_after = f.read().split()[:3]
     rows = []
-    for name, fn in [("direct pipe", direct), ("resin, raw reader", raw),
-                     ("resin, ResinClient", client), ("resin stdin", stdin)]:
-        times = [fn(args.size) for _ in range(args.runs)]
+    gib = args.size / (1 << 30)
+    for name, fn in variants:
+        times = timings[name]
         gbps = args.size / statistics.median(times) / 1e9
         row: dict[str, object] = {"variant": name, "bytes": args.size,
                                    "gb_per_s": round(gbps, 3),
                                    "seconds": [round(t, 3) for t in times]}
         extra = ""
-        cpu = {raw: RESIN_CPU, stdin: STDIN_CPU}.get(fn)
+        cpu = {raw: RESIN_CPU, raw_reads: RAW_READS_CPU, stdin: STDIN_CPU}.get(fn)
         if cpu:
             row["resin_cpu_s"] = [round(t, 3) for t in cpu]
-            extra = f"   resin CPU {statistics.median(cpu):.2f} s (median)"
+            extra = (f"   resin CPU {statistics.median(cpu):.2f} s (median), "
+                     f"{statistics.median(cpu) / gib:.2f} s/GiB")
         rows.append(row)
         print(f"{name:22} {gbps:6.2f} GB/s   ({', '.join(f'{t:.2f}' for t in times)} s){extra}",
               flush=True)
-    print(json.dumps({"bench": "resin_throughput", "rows": rows}))
+    print(f"load average before {' '.join(load_before)}, after {' '.join(load_after)}")
+    print(json.dumps({"bench": "resin_throughput", "rows": rows,
+                      "loadavg": {"before": load_before, "after": load_after}}))
 
 
 if __name__ == "__main__":

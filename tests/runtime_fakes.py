@@ -4,11 +4,14 @@ reports readiness from that state, and a session that records what the
 runtime hands it.
 
 Each fake pipe has a finite capacity; resin's stdout accepts only as many
-bytes as the test has made room for (0: EAGAIN), so partial writes happen.
+bytes as the test has made room for (0: EAGAIN), so partial writes happen,
+and so do partial splices (a child's pipe to resin's stdout, moved as the
+kernel would: up to the room, never more than the pipe holds).
 """
 
 from __future__ import annotations
 
+import errno
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -46,6 +49,11 @@ class FakeFds:
         self.next_fd = 100
         self.stdout_room = 0
         self.stdout = bytearray()  # everything resin wrote to its stdout
+        self.stdout_pipe = True  # resin's stdout is a pipe (splice can move bytes into it)
+        self.stdout_broken = False  # the reader is gone: EPIPE
+        self.not_pipes: set[int] = set()  # output fds that are no pipe (a pty master)
+        self.refuse_splice: set[int] = set()  # pipes whose splice fails with EINVAL
+        self.spliced = 0  # bytes moved by splice
 
     def new_pipe(self) -> int:
         fd = self.next_fd
@@ -69,6 +77,8 @@ class FakeFds:
         raise BlockingIOError
 
     def write(self, fd: int, data: Buffer) -> int:
+        if fd == STDOUT_FD:
+            return self.writev(fd, [data])
         pipe = self._open(fd)
         if pipe.reader_closed:
             raise BrokenPipeError
@@ -81,6 +91,8 @@ class FakeFds:
 
     def writev(self, fd: int, bufs: Sequence[Buffer]) -> int:
         assert fd == STDOUT_FD
+        if self.stdout_broken:
+            raise BrokenPipeError(errno.EPIPE, "the reader is gone")
         if not self.stdout_room:
             raise BlockingIOError
         n = 0
@@ -101,6 +113,34 @@ class FakeFds:
 
     def set_pipe_size(self, fd: int, size: int) -> int:
         raise OSError("fake pipes keep their size")
+
+    def available(self, fd: int) -> int:
+        return len(self._open(fd).data)
+
+    def is_pipe(self, fd: int) -> bool:
+        if fd == STDOUT_FD:
+            return self.stdout_pipe
+        return fd not in self.not_pipes
+
+    def splice(self, src: int, dst: int, n: int) -> int:
+        assert dst == STDOUT_FD and self.stdout_pipe and src not in self.not_pipes
+        pipe = self._open(src)
+        if self.stdout_broken:
+            raise BrokenPipeError(errno.EPIPE, "the reader is gone")
+        if src in self.refuse_splice:
+            raise OSError(errno.EINVAL, "splice refused")
+        if not pipe.data:
+            if pipe.writer_closed:
+                return 0
+            raise BlockingIOError
+        if not self.stdout_room:
+            raise BlockingIOError
+        k = min(n, len(pipe.data), self.stdout_room)
+        self.stdout += pipe.data[:k]
+        del pipe.data[:k]
+        self.stdout_room -= k
+        self.spliced += k
+        return k
 
     def _open(self, fd: int) -> FakePipe:
         pipe = self.pipes[fd]
@@ -154,9 +194,10 @@ class RecordingSession:
 
     stdin_backlog: int | None = None
 
-    def __init__(self, outbox: Outbox, read_limit: int = 7) -> None:
+    def __init__(self, outbox: Outbox, read_limit: int = 7, splice_limit: int = 5) -> None:
         self.outbox = outbox
         self.read_limit = read_limit
+        self.splice_limit = splice_limit  # 0: output only through on_output
         self.stdin_results: dict[int, list[StdinResult]] = {}
         self.closed_refs: list[tuple[int, object]] = []
 
@@ -173,6 +214,10 @@ class RecordingSession:
         assert 0 < len(data) <= self.read_limit
         self.outbox.push(_REC.pack(b"o" if kind == StreamKind.STDOUT else b"e", child.id,
                                    len(data)), data)
+
+    def output_header(self, child: ChildRef, kind: StreamKind, n: int) -> bytes:
+        assert 0 < n <= self.splice_limit
+        return _REC.pack(b"o" if kind == StreamKind.STDOUT else b"e", child.id, n)
 
     def on_stdin_result(self, child: ChildRef, result: StdinResult) -> None:
         self.stdin_results.setdefault(child.id, []).append(result)
@@ -209,21 +254,31 @@ class Rig:
     """Outbox + Children + Loop over the fakes, wired as resin wires them."""
 
     def __init__(self, *, high_water: int = 64, low_water: int = 16,
-                 outbox_class: type[Outbox] = Outbox) -> None:
+                 outbox_class: type[Outbox] = Outbox, stdout_pipe: bool = True) -> None:
         self.fds = FakeFds()
+        self.fds.stdout_pipe = stdout_pipe
         self.poller = FakePoller(self.fds)
         self.outbox = outbox_class(STDOUT_FD, self.fds, self.poller, high_water=high_water,
                                    low_water=low_water)
         self.session = RecordingSession(self.outbox)
         self.children = Children(self.fds, self.poller, self.outbox, self.session)
         self.outbox.on_pause_change = self.children.on_pause_change
+        self.outbox.on_idle = self.children.on_idle
         self.loop = Loop(self.poller, self.outbox.flush)
         self.next_pid = 1000
 
-    def spawn(self, id: int, credit: int | None = None, stderr: bool = True) -> Child:
+    def spawn(self, id: int, credit: int | None = None, stderr: bool = True,
+              source: str = "pipe") -> Child:
+        """A child; `source`: its output fds are pipes, or pipes that refuse
+        splice ("refuses"), or no pipes ("pty")."""
         pipes = [OutPipe(self.fds.new_pipe(), StreamKind.STDOUT, credit)]
         if stderr:
             pipes.append(OutPipe(self.fds.new_pipe(), StreamKind.STDERR, credit))
+        for p in pipes:
+            if source == "refuses":
+                self.fds.refuse_splice.add(p.fd)
+            elif source == "pty":
+                self.fds.not_pipes.add(p.fd)
         child = Child(id, self.next_pid, self.fds.new_pipe(), pipes)
         self.next_pid += 1
         self.children.add(child)
@@ -242,7 +297,10 @@ class Rig:
         """Why the loop would sleep with work it could do, or None."""
         if self.outbox.size and not self.poller.interest(STDOUT_FD) & WRITE:
             return f"{self.outbox.size} bytes queued for stdout, stdout not watched"
-        if self.children.parked and not self.outbox.paused:
+        # Pipes wait while stdout is backed up, or while anything waits for
+        # stdout (to splice after it): then the outbox must call them back.
+        waiting = self.outbox.paused or (self.outbox.size and self.outbox._idle_wanted)
+        if self.children.parked and not waiting:
             return "pipes parked while resin's stdout is not backed up"
         for child in self.children.all():
             for pipe in child.pipes:
@@ -250,7 +308,7 @@ class Rig:
                        and (pipe.credit is None or pipe.credit > 0))
                 if can and not self.poller.interest(pipe.fd) & READ:
                     return f"pipe {pipe.fd} of {child.id} could be read but is not watched"
-            if id(child) in self.children.held and not self.outbox.paused and not any(
+            if id(child) in self.children.held and not waiting and not any(
                     self.fds.pipes[p.fd].data and p.credit == 0
                     for p in child.pipes if not p.closed):
                 return f"exit of {child.id} held with nothing holding it"

@@ -48,7 +48,7 @@ def held_exit_scenario(rig: Rig) -> None:
 
 def test_held_exit_keeps_stdout_watched() -> None:
     """The regression: bytes queued by the resume are watched before the wait."""
-    rig = Rig(high_water=32, low_water=16)
+    rig = Rig(high_water=32, low_water=16, stdout_pipe=False)
     held_exit_scenario(rig)
     assert rig.outbox.size > 0
     assert rig.poller.interest(STDOUT_FD) & WRITE
@@ -64,7 +64,7 @@ def test_held_exit_keeps_stdout_watched() -> None:
 
 def test_old_flush_order_loses_the_exit() -> None:
     """The same scenario with the old order: pending bytes, stdout unwatched."""
-    rig = Rig(high_water=32, low_water=16, outbox_class=LegacyOutbox)
+    rig = Rig(high_water=32, low_water=16, outbox_class=LegacyOutbox, stdout_pipe=False)
     held_exit_scenario(rig)
     assert rig.outbox.size > 0
     assert not rig.poller.interest(STDOUT_FD)
@@ -221,7 +221,7 @@ def test_child_closing_its_stdin_answers_broken() -> None:
 
 
 def test_parked_pipes_resume_when_backlog_clears() -> None:
-    rig = Rig(high_water=20, low_water=10)
+    rig = Rig(high_water=20, low_water=10, stdout_pipe=False)  # the read path
     a = rig.spawn(1, stderr=False)
     b = rig.spawn(2, stderr=False)
     rig.fds.pipes[a.pipes[0].fd].data += b"a" * 40
@@ -268,3 +268,186 @@ def test_children_in_a_row_join_their_cgroup_a_lone_one_is_created_in_it() -> No
     assert cgroup_clone(100.0, -1.0)  # the first child of a resin
     assert not cgroup_clone(100.0 + CGROUP_BURST / 2, 100.0)  # a burst: migrations are warm
     assert cgroup_clone(100.0 + 2 * CGROUP_BURST, 100.0)  # after a pause: maybe cold
+
+
+# --- output by splice(2) -------------------------------------------------------------
+
+
+def frames(out: bytes) -> list[tuple[bytes, int, int]]:
+    """The records on resin's stdout (tag, id, length): every one whole."""
+    rest = parse_output(out)[2]
+    assert rest == 0, f"a torn frame: {rest} bytes left over"
+    got, pos = [], 0
+    while pos < len(out):
+        tag, id, n = out[pos], int.from_bytes(out[pos + 1:pos + 5], "big"), \
+            int.from_bytes(out[pos + 5:pos + 9], "big")
+        got.append((bytes([tag]), id, n))
+        pos += 9 + n
+    return got
+
+
+def test_partial_splices_never_tear_a_frame() -> None:
+    """stdout takes a few bytes at a time: each frame begun is finished
+    before any other bytes (another child's frames, an exit) go out."""
+    rig = Rig(high_water=1000, low_water=10)
+    a = rig.spawn(1, stderr=False)
+    b = rig.spawn(2, stderr=False, source="pty")  # read path: queued bytes
+    pa, pb = rig.fds.pipes[a.pipes[0].fd], rig.fds.pipes[b.pipes[0].fd]
+    pa.data += bytes(range(40))
+    pb.data += b"b" * 20
+    pb.writer_closed = True
+    rig.children.exited(b, 0)
+    pending_seen = False
+    for room in [0, 3, 1, 0, 7, 2, 5, 1, 9, 4, 11, 3] * 10:
+        rig.fds.stdout_room = room
+        rig.turn()
+        pending_seen |= rig.outbox._src >= 0
+        assert rig.stalled() is None
+    rig.fds.stdout_room = 10**6
+    for _ in range(5):
+        rig.turn()
+    assert pending_seen
+    assert rig.fds.spliced == 40  # a's bytes never went through resin
+    streams, exits, _ = parse_output(bytes(rig.fds.stdout))
+    assert streams == {(1, "o"): bytes(range(40)), (2, "o"): b"b" * 20}
+    assert exits == [2]
+    assert all(n <= 5 for tag, id, n in frames(bytes(rig.fds.stdout)) if id == 1)
+
+
+def test_spliced_output_never_exceeds_credit() -> None:
+    rig = Rig(high_water=1000, low_water=10)
+    child = rig.spawn(1, credit=12, stderr=False)
+    pipe = rig.fds.pipes[child.pipes[0].fd]
+    pipe.data += b"z" * 50
+    rig.fds.stdout_room = 10**6
+    for _ in range(5):
+        rig.turn()
+    assert parse_output(bytes(rig.fds.stdout))[0] == {(1, "o"): b"z" * 12}
+    assert child.pipes[0].credit == 0 and not rig.poller.interest(child.pipes[0].fd)
+    assert rig.fds.available(child.pipes[0].fd) == 38
+    rig.children.grant_credit(child, StreamKind.STDOUT, 7)
+    for _ in range(5):
+        rig.turn()
+    assert parse_output(bytes(rig.fds.stdout))[0] == {(1, "o"): b"z" * 19}
+    assert rig.fds.spliced == 19
+
+
+def test_exit_after_a_pending_frame_and_the_rest_of_the_pipe() -> None:
+    """Reaped while a frame of its output is part way out: the exit comes
+    after that frame and everything left in the pipe."""
+    rig = Rig(high_water=1000, low_water=10)
+    child = rig.spawn(1, stderr=False)
+    pipe = rig.fds.pipes[child.pipes[0].fd]
+    pipe.data += b"q" * 33
+    pipe.writer_closed = True
+    rig.fds.stdout_room = 12  # the header and 3 bytes of the first frame
+    rig.turn()
+    assert rig.outbox._src == child.pipes[0].fd
+    rig.children.exited(child, 0)
+    assert id(child) in rig.children.held and not child.finished
+    assert rig.stalled() is None
+    for _ in range(30):
+        rig.fds.stdout_room = 4
+        rig.turn()
+        assert rig.stalled() is None
+    rig.fds.stdout_room = 10**6
+    rig.turn()
+    streams, exits, _ = parse_output(bytes(rig.fds.stdout))
+    assert streams == {(1, "o"): b"q" * 33} and exits == [1]
+    assert frames(bytes(rig.fds.stdout))[-1] == (b"x", 1, 0)
+    assert child.finished and rig.fds.pipes[child.pipes[0].fd].closed
+
+
+def test_fallback_to_reads() -> None:
+    """No splice where stdout is no pipe, where the output fd is no pipe (a
+    pty), or where splice fails (EINVAL: the frame begun is read instead)."""
+    for stdout_pipe, source in [(False, "pipe"), (True, "pty"), (True, "refuses")]:
+        rig = Rig(high_water=1000, low_water=10, stdout_pipe=stdout_pipe)
+        child = rig.spawn(1, source=source)
+        out, err = (rig.fds.pipes[p.fd] for p in child.pipes)
+        for pipe in (out, err):
+            pipe.data += b"d" * 23
+            pipe.writer_closed = True
+        rig.fds.stdout_room = 10**6
+        rig.children.exited(child, 0)
+        for _ in range(5):
+            rig.turn()
+        assert rig.fds.spliced == 0, (stdout_pipe, source)
+        streams, exits, _ = parse_output(bytes(rig.fds.stdout))
+        assert streams == {(1, "o"): b"d" * 23, (1, "e"): b"d" * 23} and exits == [1]
+        assert [p.splice for p in child.pipes] == [False, False]
+
+
+def test_pause_and_resume_with_a_pending_frame() -> None:
+    """A pending frame counts in the backlog: past the high watermark the
+    pipes park; they resume once it is out, and the frame stays whole."""
+    rig = Rig(high_water=20, low_water=10)
+    a = rig.spawn(1, stderr=False)
+    b = rig.spawn(2, stderr=False, source="pty")
+    rig.fds.pipes[a.pipes[0].fd].data += b"a" * 40
+    rig.fds.pipes[b.pipes[0].fd].data += b"b" * 40
+    for _ in range(10):
+        rig.turn()
+        assert rig.stalled() is None
+    assert rig.outbox.size and rig.children.parked
+    assert not any(rig.poller.interest(p.fd) for c in (a, b) for p in c.pipes)
+    for _ in range(60):
+        rig.fds.stdout_room = 6
+        rig.turn()
+        assert rig.stalled() is None
+    rig.fds.stdout_room = 10**6
+    for _ in range(5):
+        rig.turn()
+    frames(bytes(rig.fds.stdout))
+    streams = parse_output(bytes(rig.fds.stdout))[0]
+    assert streams == {(1, "o"): b"a" * 40, (2, "o"): b"b" * 40}
+    assert rig.fds.spliced == 40
+
+
+def test_broken_stdout_mid_frame() -> None:
+    """EPIPE with a frame part way: reported once, from flush; nothing else
+    is spliced; the child's exit is still handled (the output is dropped)."""
+    rig = Rig(high_water=1000, low_water=10)
+    broken: list[OSError] = []
+    rig.outbox.on_broken = broken.append
+    child = rig.spawn(1, stderr=False)
+    pipe = rig.fds.pipes[child.pipes[0].fd]
+    pipe.data += b"e" * 30
+    rig.fds.stdout_room = 11
+    rig.turn()
+    assert rig.outbox._src >= 0 and not broken
+    rig.fds.stdout_broken = True
+    rig.fds.stdout_room = 10**6
+    rig.turn()
+    assert len(broken) == 1 and isinstance(broken[0], BrokenPipeError)
+    assert not rig.outbox.splicing and rig.outbox.size == 0
+    spliced = rig.fds.spliced
+    pipe.writer_closed = True
+    rig.children.shutdown()  # what resin does on a broken stdout
+    rig.children.exited(child, 0)
+    for _ in range(5):
+        rig.turn()
+    assert child.finished and rig.fds.spliced == spliced
+    assert rig.poller.interest(STDOUT_FD) == 0
+    assert len(broken) == 1 and rig.outbox.broken  # reported once, the rest dropped
+
+
+def test_shutdown_reads_the_rest_of_a_pending_frame() -> None:
+    """Shutting down, exits wait for nothing: a frame pending from the pipe
+    being drained is read into memory first, so it stays whole."""
+    rig = Rig(high_water=1000, low_water=10)
+    child = rig.spawn(1, stderr=False)
+    pipe = rig.fds.pipes[child.pipes[0].fd]
+    pipe.data += b"s" * 12
+    pipe.writer_closed = True
+    rig.fds.stdout_room = 10  # the header and 1 byte
+    rig.turn()
+    assert rig.outbox._src >= 0
+    rig.children.shutdown()
+    rig.children.exited(child, 0)
+    assert child.finished and rig.outbox._src < 0
+    rig.fds.stdout_room = 10**6
+    rig.turn()
+    streams, exits, _ = parse_output(bytes(rig.fds.stdout))
+    assert streams == {(1, "o"): b"s" * 12} and exits == [1]
+    frames(bytes(rig.fds.stdout))

@@ -3,12 +3,16 @@ the fake descriptor layer, with hypothesis' stateful testing.
 
 The steps: children write (into pipes of bounded capacity), exit, get
 reaped (before or after their pipes are drained), close their stdin; the
-client makes room in resin's stdout a little at a time (partial writes,
-EAGAIN at any point), grants credit late, writes and closes stdin; the loop
-turns. After every step:
+client makes room in resin's stdout a little at a time (partial writes and
+partial splices, EAGAIN at any point), grants credit late, writes and closes
+stdin; the loop turns. Output goes by splice or by reads: resin's stdout is a
+pipe or not, the session splices or not, a child's output fds are pipes,
+pipes that refuse splice (EINVAL), or no pipes (a pty). After every step:
 
 - each output byte went out at most once, in order per stream (what went
-  out is a prefix of what the child wrote);
+  out is a prefix of what the child wrote), and no frame was torn (what went
+  out parses as whole records, but for the last one);
+- no stream got more bytes out than the credit it was granted;
 - an exit went out at most once, after all of that child's output;
 - every stdin write is answered at most once, in order;
 - no idle with pending work: before a wait, queued bytes mean stdout is
@@ -49,6 +53,9 @@ class LoopModel(RuleBasedStateMachine):
     outbox_class: ClassVar[type[Outbox]] = Outbox
     examples: ClassVar[int] = 0
     first_failure: ClassVar[int | None] = None  # the example that first failed
+    # Examples that spliced, and that left a frame part way (stdout full).
+    spliced: ClassVar[int] = 0
+    pending: ClassVar[int] = 0
 
     def __init__(self) -> None:
         super().__init__()
@@ -60,22 +67,34 @@ class LoopModel(RuleBasedStateMachine):
         self.reaped: set[int] = set()
         self.stdin_sent: dict[int, int] = {}  # writes asked per child
         self.stdin_closed: set[int] = set()
+        self.granted: dict[tuple[int, str], int | None] = {}  # credit per stream
+        self.saw_pending = False
 
-    @initialize(high=st.integers(8, 80), low=st.integers(1, 8), read_limit=st.integers(1, 24))
-    def setup(self, high: int, low: int, read_limit: int) -> None:
-        self.rig = Rig(high_water=high, low_water=low, outbox_class=self.outbox_class)
+    # resin's stdout is a pipe (splicing): the common case.
+    splice: ClassVar[st.SearchStrategy[bool]] = st.sampled_from([True, True, True, False])
+
+    @initialize(high=st.integers(8, 80), low=st.integers(1, 8), read_limit=st.integers(1, 24),
+                splice_limit=st.integers(0, 24), data=st.data())
+    def setup(self, high: int, low: int, read_limit: int, splice_limit: int,
+              data: st.DataObject) -> None:
+        self.rig = Rig(high_water=high, low_water=low, outbox_class=self.outbox_class,
+                       stdout_pipe=data.draw(self.splice))
         self.rig.session.read_limit = read_limit
+        self.rig.session.splice_limit = splice_limit
 
     # --- children ---
 
     @precondition(lambda self: len(self.children) < MAX_CHILDREN)
-    @rule(credit=st.none() | st.integers(0, 40), stderr=st.booleans())
-    def spawn(self, credit: int | None, stderr: bool) -> None:
+    @rule(credit=st.none() | st.integers(0, 40), stderr=st.booleans(),
+          source=st.sampled_from(["pipe", "pipe", "refuses", "pty"]))
+    def spawn(self, credit: int | None, stderr: bool, source: str) -> None:
         id = len(self.children) + 1
-        child = self.rig.spawn(id, credit=credit, stderr=stderr)
+        child = self.rig.spawn(id, credit=credit, stderr=stderr, source=source)
         self.children[id] = child
         for p in child.pipes:
-            self.written[(id, "o" if p.kind == StreamKind.STDOUT else "e")] = bytearray()
+            key = (id, "o" if p.kind == StreamKind.STDOUT else "e")
+            self.written[key] = bytearray()
+            self.granted[key] = credit
         self.stdin_sent[id] = 0
 
     def _live(self) -> list[int]:
@@ -122,6 +141,9 @@ class LoopModel(RuleBasedStateMachine):
         id = data.draw(st.sampled_from(sorted(self.children)))
         if not self.children[id].finished:
             self.rig.children.grant_credit(self.children[id], STREAMS[stream], amount)
+            got = self.granted.get((id, stream))
+            if got is not None:
+                self.granted[(id, stream)] = got + amount
 
     # --- stdin ---
 
@@ -166,6 +188,8 @@ class LoopModel(RuleBasedStateMachine):
         streams, exits, _ = parse_output(bytes(self.rig.fds.stdout))
         for key, got in streams.items():
             assert bytes(self.written[key]).startswith(got), f"stream {key} corrupted"
+            granted = self.granted[key]
+            assert granted is None or len(got) <= granted, f"stream {key} past its credit"
         assert len(exits) == len(set(exits)), "an exit reported twice"
         for id in exits:
             assert id in self.reaped, "exit of a child not reaped"
@@ -179,6 +203,9 @@ class LoopModel(RuleBasedStateMachine):
     def output_is_exact(self) -> None:
         if hasattr(self, "rig"):
             self._check_output()
+            if self.rig.outbox._src >= 0 and not self.saw_pending:
+                self.saw_pending = True
+                type(self).pending += 1
 
     @invariant()
     def stdin_answered_at_most_once(self) -> None:
@@ -199,6 +226,9 @@ class LoopModel(RuleBasedStateMachine):
         if not hasattr(self, "rig"):
             return
         rig = self.rig
+        if not rig.fds.stdout_pipe or not rig.session.splice_limit:
+            assert not rig.fds.spliced, "spliced where it must not"
+        type(self).spliced += rig.fds.spliced > 0
         for id in self.children:
             if id not in self.exited:
                 self.child_exits_id(id)
@@ -210,8 +240,10 @@ class LoopModel(RuleBasedStateMachine):
         for _ in range(200):
             rig.fds.stdout_room = 10**6
             for child in rig.children.all():
-                for kind in STREAMS.values():
+                for kind, key in ((k, (child.id, s)) for s, k in STREAMS.items()):
                     rig.children.grant_credit(child, kind, 10**6)
+                    if self.granted.get(key) is not None:
+                        self.granted[key] = 10**6 + (self.granted[key] or 0)
             rig.turn()
             if not len(rig.children) and not rig.outbox.size:
                 break
@@ -235,10 +267,15 @@ MODEL_SETTINGS = settings(max_examples=300, stateful_step_count=60, deadline=Non
 
 def test_loop_model() -> None:
     run_state_machine_as_test(LoopModel, settings=MODEL_SETTINGS)
+    # Both paths were taken, and frames were left part way and finished.
+    print(f"\n{LoopModel.examples} examples, {LoopModel.spliced} spliced, "
+          f"{LoopModel.pending} with a frame pending")
+    assert LoopModel.spliced > 0 and LoopModel.pending > 0
 
 
 class LegacyLoopModel(LoopModel):
     outbox_class = LegacyOutbox
+    splice = st.just(False)  # the old outbox knew reads only
     examples = 0
 
 

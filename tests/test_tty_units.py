@@ -269,7 +269,7 @@ def test_a_terminal_is_not_closed_before_its_child_is_reaped() -> None:
     # exited yet: closing the master now would hang the terminal up and kill
     # it with SIGHUP. The master is unwatched and closed once it is reaped.
     rig = Rig()
-    child = rig.spawn(1, stderr=False)
+    child = rig.spawn(1, stderr=False, source="pty")  # a master is no pipe: read, not spliced
     child.tty = True
     pipe = child.pipes[0]
     rig.fds.pipes[pipe.fd].data += b"bye"

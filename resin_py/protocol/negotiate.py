@@ -26,6 +26,7 @@ class Negotiator:
 
     read_limit: int = 0
     stdin_backlog: int | None = None
+    splice_limit: int = 0
 
     def __init__(self, core: Core, on_decided: Callable[[Session], None]) -> None:
         self.core = core
@@ -53,6 +54,9 @@ class Negotiator:
 
     # No child exists before a session is decided.
     def on_output(self, child: ChildRef, kind: StreamKind, data: bytes) -> None:
+        raise AssertionError("output before a session")
+
+    def output_header(self, child: ChildRef, kind: StreamKind, n: int) -> bytes:
         raise AssertionError("output before a session")
 
     def on_stdin_result(self, child: ChildRef, result: StdinResult) -> None:

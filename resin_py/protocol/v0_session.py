@@ -93,6 +93,9 @@ class V0Session:
 
     read_limit = V0_READ_LIMIT
     stdin_backlog: int | None = V0_STDIN_BACKLOG
+    # v0 output is msgpack DataOut messages of at most 1,024 bytes, built
+    # from the bytes read: never spliced.
+    splice_limit = 0
 
     def __init__(self, core: Core) -> None:
         self.core = core
@@ -154,6 +157,9 @@ class V0Session:
 
     def on_internal_error(self, exc: Exception) -> None:
         self.report(f"internal error: {type(exc).__name__}: {exc}"[:1000])
+
+    def output_header(self, child: ChildRef, kind: StreamKind, n: int) -> bytes:
+        raise AssertionError("v0 output is not spliced (splice_limit is 0)")
 
     def on_output(self, child: ChildRef, kind: StreamKind, data: bytes) -> None:
         # DataOuts of V0_MAX_DATA bytes, as 0.3.x's 1 KiB reads would have cut them.

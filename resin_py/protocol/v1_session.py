@@ -69,6 +69,9 @@ class V1Session:
     read_limit = 1024 * 1024
     # Every id's queue is bounded by STDIN_WINDOW frames of at most MAX_DATA.
     stdin_backlog: int | None = None
+    # Output may be spliced: a STDOUT/STDERR frame is a fixed header and the
+    # bytes, up to a packet's worth.
+    splice_limit = v1.MAX_DATA
 
     def __init__(self, core: Core) -> None:
         self.core = core
@@ -302,6 +305,9 @@ class V1Session:
             parts.append(v1.data_header(frame_type, child.id, len(chunk)))
             parts.append(chunk)
         self.core.send(*parts)
+
+    def output_header(self, child: ChildRef, kind: StreamKind, n: int) -> bytes:
+        return v1.data_header(v1.STDOUT if kind == StreamKind.STDOUT else v1.STDERR, child.id, n)
 
     def on_stdin_result(self, child: ChildRef, result: StdinResult) -> None:
         self._send_payload(v1.encode_stdin_ack(child.id, _ACK[result]))

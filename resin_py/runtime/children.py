@@ -6,6 +6,12 @@ Rules kept here (and checked by tests/test_runtime*.py):
 - a pipe is watched exactly when it is open, not parked and has credit;
 - a pipe that fires while resin's stdout is backed up is parked (unwatched)
   and unparked when the backlog clears;
+- output goes by splice(2) where the pipe, resin's stdout and the session
+  allow (`Session.splice_limit`): a frame's header is written, then its
+  bytes move from the child's pipe to resin's stdout in the kernel. A spliced
+  frame must not overtake queued bytes, so a pipe that fires while anything
+  waits for stdout is parked until nothing does (`Outbox.want_idle`); the
+  credit is charged when a frame is begun, as for a read;
 - an exited child's exit is reported after every byte its pipes held was
   handed to the session, or when the pipe holding data has no credit and
   resin is shutting down; a held child is drained again when credit comes or
@@ -22,6 +28,7 @@ from resin_py.lite import TYPE_CHECKING, deque, suppress
 from resin_py.protocol.common import StreamKind
 from resin_py.protocol.session import StdinResult
 from resin_py.runtime.loop import READ, WRITE
+from resin_py.runtime.outbox import Spliced
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -60,6 +67,7 @@ class Read(Enum):
     EMPTY = "empty"  # nothing there now (EAGAIN)
     EOF = "eof"  # the writers are gone; the pipe is closed
     HELD = "held"  # not allowed to read now: no credit, or resin's stdout is backed up
+    BUSY = "busy"  # bytes wait for resin's stdout: a spliced frame must wait for them
 
 
 class StdinState(Enum):
@@ -72,7 +80,7 @@ class OutPipe:
     """The read end of a child's stdout or stderr pipe."""
 
     __slots__ = ("boosted", "closed", "credit", "fd", "handler", "hung", "kind", "parked",
-                 "read_size")
+                 "read_size", "splice")
 
     def __init__(self, fd: int, kind: StreamKind, credit: int | None) -> None:
         self.fd = fd
@@ -85,6 +93,7 @@ class OutPipe:
         self.hung = False
         self.boosted = False  # enlarged to CHILD_PIPE_SIZE (tried once)
         self.read_size = PIPE_DEFAULT_SIZE  # the pipe's capacity, as far as resin knows
+        self.splice: bool | None = None  # output by splice(2); None: not decided yet
         self.handler: Callable[[], None] = _nothing
 
 
@@ -200,20 +209,87 @@ class Children:
         if pipe.closed:
             return
         if self.outbox.paused and not self.closing:
-            pipe.parked = True
-            self._watch_pipe(pipe)
-            self.parked.append((child, pipe))
+            self._park(child, pipe)
             return
         if child.reaped:
             self.drain(child)
             return
         for _ in range(READS_PER_WAKEUP):
-            if self._read(child, pipe) is not Read.FULL:
+            got = self._take(child, pipe)
+            if got is Read.BUSY:
+                self._park(child, pipe)  # until resin's stdout is idle
+                break
+            if got is not Read.FULL:
                 break
             if self.outbox.size >= self.outbox.low_water:
                 self.outbox.flush()  # hand it on now rather than pile it up
                 if self.outbox.paused:
                     break
+
+    def _park(self, child: Child, pipe: OutPipe) -> None:
+        pipe.parked = True
+        self._watch_pipe(pipe)
+        self.parked.append((child, pipe))
+
+    def _take(self, child: Child, pipe: OutPipe) -> Read:
+        """Hand on what the pipe holds: by splice where possible, else a read."""
+        outbox = self.outbox
+        if pipe.splice is None:  # decided once, at the pipe's first output
+            pipe.splice = (outbox.splicing and self.session.splice_limit > 0
+                           and self._fds.is_pipe(pipe.fd))
+        if pipe.splice and outbox.splicing:
+            if not outbox.size:
+                return self._splice(child, pipe)
+            if not self.closing and not self._empty(pipe):
+                outbox.want_idle()
+                return Read.BUSY
+            # Shutting down, or nothing to splice: a read (behind what is
+            # queued) tells the end of the pipe without waiting for stdout.
+            outbox.release(pipe.fd)  # shutting down: no waiting, read it
+        return self._read(child, pipe)
+
+    def _empty(self, pipe: OutPipe) -> bool:
+        try:
+            return not self._fds.available(pipe.fd)
+        except OSError:
+            return True
+
+    def _splice(self, child: Child, pipe: OutPipe) -> Read:
+        """Frames of what the pipe holds (up to the read size and the credit),
+        each spliced after its header; the bytes never enter resin."""
+        size = min(self.session.read_limit, pipe.read_size)
+        limit = size if pipe.credit is None else min(size, pipe.credit)
+        if limit <= 0:
+            return Read.HELD
+        try:
+            avail = self._fds.available(pipe.fd)
+        except OSError:
+            avail = 0
+        if not avail:  # at its end, or empty (or written to just now): a read tells
+            return self._read(child, pipe)
+        if (avail >= size and not pipe.boosted and CHILD_PIPE_SIZE
+                and self.boosted < CHILD_PIPE_BOOST_LIMIT):
+            self._boost(pipe)
+        total = left = min(avail, limit)
+        frame_max = self.session.splice_limit
+        header = self.session.output_header
+        outbox = self.outbox
+        while left:
+            n = min(left, frame_max)
+            left -= n
+            got = outbox.splice(pipe.fd, header(child, pipe.kind, n), n)
+            if got is not Spliced.ALL:
+                if got is Spliced.READ:
+                    pipe.splice = False
+                break
+        if pipe.credit is not None:
+            pipe.credit -= total - left
+            if pipe.credit == 0:
+                self._watch_pipe(pipe)
+        if left:  # stdout is full (or the source refused): the rest after it
+            outbox.want_idle()
+            return Read.BUSY
+        return Read.FULL if total == limit else Read.SOME
 
     def _read(self, child: Child, pipe: OutPipe) -> Read:
         """One bounded read, handed to the session."""
@@ -256,6 +332,7 @@ class Children:
     def _close_pipe(self, pipe: OutPipe) -> None:
         if pipe.closed:
             return
+        self.outbox.release(pipe.fd)  # a frame pending from it is read first
         self._poller.set_interest(pipe.fd, 0, pipe.handler)
         pipe.closed = True
         self._fds.close(pipe.fd)
@@ -273,11 +350,25 @@ class Children:
     def on_pause_change(self, paused: bool) -> None:
         """resin's stdout backlog crossed a watermark. Pausing is lazy (pipes are
         parked when they fire); resuming unparks them and drains held exits."""
-        if paused:
-            return
+        if not paused:
+            self.on_idle()
+
+    def on_idle(self) -> None:
+        """Nothing waits for resin's stdout (after `Outbox.want_idle`), or the
+        backlog cleared: unpark the pipes and drain the held exits."""
         parked, self.parked = self.parked, []
-        for _child, pipe in parked:
+        for child, pipe in parked:
             pipe.parked = False
+            if pipe.splice and not pipe.closed and not child.reaped and not self.outbox.paused:
+                # Splice now rather than watch the pipe and wait for it to fire
+                # (it was readable when parked): a full stdout pipe wakes resin
+                # each time the reader frees a little room, and this saves two
+                # epoll_ctl and an epoll_wait per wakeup. Still waiting: parked again.
+                got = self._take(child, pipe)
+                if got is Read.BUSY or (self.outbox.size and got is not Read.EOF):
+                    self.outbox.want_idle()
+                    self._park(child, pipe)
+                    continue
             self._watch_pipe(pipe)
         for child in list(self.held.values()):
             self.drain(child)
@@ -375,10 +466,10 @@ class Children:
             return
         for pipe in child.pipes:
             while not pipe.closed:
-                got = self._read(child, pipe)
+                got = self._take(child, pipe)
                 if got is Read.EMPTY:
                     self._close_pipe(pipe)  # the leader's output is all read
-                elif got is Read.HELD:
+                elif got is Read.HELD or got is Read.BUSY:
                     if self.closing or self._fds.pipe_empty(pipe.fd):
                         # Shutting down (no credit, no wait), or nothing is left
                         # to read: a stream without credit must not hold the exit.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import stat
 import sys
 
 from resin_py.lite import TYPE_CHECKING, Protocol
@@ -16,6 +17,12 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ, which Python 3.11 does not export
+# termios.FIONREAD on Linux: named here so that the hot path (one ioctl per
+# spliced batch) does not import termios.
+FIONREAD = 0x541B
+# Output by splice(2) (runtime/outbox.py) unless RESIN_SPLICE=0: a switch for
+# tests and for comparing against the read path.
+SPLICE_ENABLED = os.environ.get("RESIN_SPLICE", "1") != "0"
 
 Buffer = bytes | memoryview
 
@@ -33,6 +40,13 @@ class Fds(Protocol):
         """No bytes wait in the pipe (without reading any)."""
     def set_pipe_size(self, fd: int, size: int) -> int:
         """Ask for a pipe capacity; return the capacity granted (OSError: refused)."""
+    def available(self, fd: int) -> int:
+        """Bytes waiting in the pipe now (FIONREAD), without reading them."""
+    def is_pipe(self, fd: int) -> bool:
+        """The descriptor is a pipe (a FIFO): splice(2) can move bytes from or to it."""
+    def splice(self, src: int, dst: int, n: int) -> int:
+        """Move up to `n` bytes from pipe `src` to pipe `dst` in the kernel,
+        without blocking; the count moved (BlockingIOError: none fit)."""
 
 
 class OsFds:
@@ -61,3 +75,20 @@ class OsFds:
     @staticmethod
     def set_pipe_size(fd: int, size: int) -> int:
         return fcntl.fcntl(fd, F_SETPIPE_SZ, size)
+
+    @staticmethod
+    def available(fd: int) -> int:
+        buf = bytearray(4)
+        fcntl.ioctl(fd, FIONREAD, buf)
+        return int.from_bytes(buf, sys.byteorder)
+
+    @staticmethod
+    def is_pipe(fd: int) -> bool:
+        try:
+            return stat.S_ISFIFO(os.fstat(fd).st_mode)
+        except OSError:
+            return False
+
+    @staticmethod
+    def splice(src: int, dst: int, n: int) -> int:
+        return os.splice(src, dst, n, flags=os.SPLICE_F_NONBLOCK)

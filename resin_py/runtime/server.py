@@ -104,6 +104,7 @@ class Resin:
         self.session: Session = Negotiator(self, self._decided)
         self.children = Children(fds, poller, self.outbox, self.session)
         self.outbox.on_pause_change = self.children.on_pause_change
+        self.outbox.on_idle = self.children.on_idle
         self.outbox.on_broken = self._on_broken
         self.loop = Loop(poller, self.settle)
         self.reaper: Reaper | None = None
