@@ -294,7 +294,12 @@ defmodule Lacca.Process do
           Daemon.start_dedicated(self())
       end
 
-    direct? = state.mode == :messages and state.active in [true, :flow] and state.log == %{}
+    # Only to a local owner: a send to another node can block the sender
+    # (a busy distribution port), and the daemon is shared.
+    direct? =
+      state.mode == :messages and state.active in [true, :flow] and state.log == %{} and
+        node(state.owner) == node()
+
     owner = if direct?, do: state.owner
 
     with {:ok, daemon} <- daemon,
