@@ -553,7 +553,9 @@ defmodule Lacca do
         * `:flow` (default): every chunk is sent to the owner as it
           arrives, while the owner keeps up: when more than 64 messages
           wait in its queue, resin gets no more credit until it caught up
-          (see "Flow control" in the module documentation)
+          (see "Flow control" in the module documentation). Messages of
+          any kind count: an owner that leaves many others unread holds
+          the process too
         * `true`: every chunk is sent to the owner as it arrives (no limit on
           the owner's mailbox, as before `:flow`)
         * a positive integer `n`: `n` chunks are sent, then

@@ -50,6 +50,16 @@ defmodule Lacca.FlowTest do
       assert held > @flow_bound
     end
 
+    test ":flow is a valid :active value" do
+      assert_raise ArgumentError, ~r/expected :flow, true, false, :once/, fn ->
+        Lacca.start("true", [], output: :messages, active: :sometimes)
+      end
+
+      assert_raise ArgumentError, ~r/expected active to be :flow, true/, fn ->
+        Lacca.set_active(self(), :sometimes)
+      end
+    end
+
     test "set_active(pid, :flow) and back to true" do
       {:ok, pid} = Lacca.start_link("cat", [], output: :messages, active: false)
       assert Lacca.set_active(pid, :flow) == :ok
