@@ -247,63 +247,6 @@ defmodule Lacca.Channel do
     split(rest, [head | acc])
   end
 
-  # The callers waiting for the ack of one STDIN frame: {{port, id}, from}.
-  # A writer (Lacca.Process) that has no other frame in flight puts the
-  # caller here before it writes the frame; the daemon, which gets the ack
-  # first, takes the entry and answers the caller itself (one hop less on
-  # write_stdin/3's way back), then forwards the ack as usual. Whoever takes
-  # the entry answers: the writer takes it back on a timeout or at the exit.
-  @ack_waiters Lacca.Channel.AckWaiters
-
-  @doc false
-  # Creates the table (Lacca.Application, through Lacca.Daemon.init_pool/1:
-  # it lives as long as the application).
-  @spec init_ack_waiters() :: :ok
-  def init_ack_waiters do
-    if :ets.whereis(@ack_waiters) == :undefined do
-      _ = :ets.new(@ack_waiters, [:named_table, :public, :set, write_concurrency: true])
-    end
-
-    :ok
-  end
-
-  @doc false
-  # Registers `from` for the ack of the next STDIN frame of `chan`; false
-  # when there is no table (lacca's application is not running it).
-  @spec put_ack_waiter(t(), GenServer.from()) :: boolean()
-  def put_ack_waiter(%__MODULE__{port: port, id: id}, from) do
-    :ets.insert(@ack_waiters, {{port, id}, from})
-  rescue
-    ArgumentError -> false
-  end
-
-  @doc false
-  # Takes the caller waiting for the ack of `id` on `port`, if any.
-  @spec take_ack_waiter(port(), Protocol.id()) :: GenServer.from() | nil
-  def take_ack_waiter(port, id) do
-    case :ets.take(@ack_waiters, {port, id}) do
-      [{_, from}] -> from
-      [] -> nil
-    end
-  rescue
-    ArgumentError -> nil
-  end
-
-  @doc false
-  # The answer for a raw STDIN_ACK packet.
-  @spec ack_frame_reply(binary()) :: :ok | {:error, atom()}
-  def ack_frame_reply(<<@t_stdin_ack, _id::32, code>>) when code in 0..3,
-    do: ack_reply(ack_status(code))
-
-  def ack_frame_reply(_frame), do: {:error, :bad_ack}
-
-  @doc false
-  # What write_stdin/3 answers for the last ack of a write.
-  @spec ack_reply(Protocol.ack_status()) :: :ok | {:error, atom()}
-  def ack_reply(:written), do: :ok
-  def ack_reply(:no_process), do: {:error, :exited}
-  def ack_reply(other), do: {:error, other}
-
   @doc false
   # Whether one more STDIN frame may go out with `inflight` unacknowledged.
   defguard is_stdin_room(inflight) when inflight < @stdin_window

@@ -78,7 +78,6 @@ defmodule Lacca.Daemon do
   def init_pool(n) do
     names = names(n)
     :persistent_term.put({__MODULE__, :pool}, {List.to_tuple(names), :atomics.new(1, [])})
-    Channel.init_ack_waiters()
     names
   end
 
@@ -441,14 +440,8 @@ defmodule Lacca.Daemon do
     {:noreply, state}
   end
 
-  # STDIN_ACK: to whoever writes the stdin; a caller waiting for it is
-  # answered from here (Channel.put_ack_waiter/2).
+  # STDIN_ACK: to whoever writes the stdin.
   def handle_info({port, {:data, Channel.raw_stdin_ack(id) = frame}}, %{port: port} = state) do
-    case Channel.take_ack_waiter(port, id) do
-      nil -> :ok
-      from -> GenServer.reply(from, Channel.ack_frame_reply(frame))
-    end
-
     case state.procs do
       %{^id => {_, acker, _, _}} when acker != nil -> send(acker, Channel.forward(port, frame))
       _ -> :ok

@@ -57,16 +57,8 @@ defmodule Lacca.Process do
   @typedoc "A call waiting for resin's reply to a CONTROL request."
   @type call :: {:signal | :close | :kill, from()} | :ignore
 
-  @typedoc """
-  A write_stdin call waiting for the acks of its frames. `waiter`: the
-  daemon answers the caller at the last ack (Channel.put_ack_waiter/2).
-  """
-  @type write :: %{
-          from: from(),
-          remaining: pos_integer(),
-          error: atom() | nil,
-          waiter: boolean()
-        }
+  @typedoc "A write_stdin call waiting for the acks of its frames."
+  @type write :: %{from: from(), remaining: pos_integer(), error: atom() | nil}
 
   @typedoc "A queued stdin item: a frame of a write, or a close_stdin call."
   @type stdin_item :: {:frame, reference(), binary()} | {:close, from()}
@@ -441,7 +433,7 @@ defmodule Lacca.Process do
     end
 
     failure = if s.status == :resin_down, do: :resin_down, else: :exited
-    Enum.each(s.writes, fn {ref, w} -> reply_write(s, ref, w, {:error, w.error || failure}) end)
+    Enum.each(s.writes, fn {_, w} -> GenServer.reply(w.from, {:error, w.error || failure}) end)
 
     Enum.each(s.calls, fn
       {_, {:kill, from}} -> GenServer.reply(from, :ok)
@@ -530,7 +522,7 @@ defmodule Lacca.Process do
         ref = make_ref()
         chunks = chunk(data)
         q = Enum.reduce(chunks, s.stdin_q, &:queue.in({:frame, ref, &1}, &2))
-        write = %{from: from, remaining: length(chunks), error: nil, waiter: false}
+        write = %{from: from, remaining: length(chunks), error: nil}
 
         s =
           park_timer(
@@ -651,7 +643,6 @@ defmodule Lacca.Process do
     # Our owner or supervisor is gone: stop the OS process before we go,
     # dropping its output meanwhile (in bounded memory, see Channel.halt/3).
     s = s |> leave_direct() |> release()
-    _ = Channel.take_ack_waiter(s.chan.port, s.chan.id)
 
     _ =
       if s.chan.credit == :unlimited do
@@ -892,7 +883,6 @@ defmodule Lacca.Process do
   defp pump(s) do
     case :queue.peek(s.stdin_q) do
       {:value, {:frame, ref, data}} when Channel.is_stdin_room(s.inflight_n) ->
-        s = put_waiter(s, ref)
         Channel.write_stdin(s.chan, data)
 
         pump(%{
@@ -913,43 +903,6 @@ defmodule Lacca.Process do
     end
   end
 
-  # The last frame of a write, with nothing else in flight: the next ack is
-  # its, and the daemon answers the caller as it gets it.
-  defp put_waiter(%{inflight_n: 0} = s, ref) do
-    case s.writes do
-      %{^ref => %{remaining: 1, error: nil, waiter: false} = w} ->
-        if Channel.put_ack_waiter(s.chan, w.from),
-          do: %{s | writes: Map.put(s.writes, ref, %{w | waiter: true})},
-          else: s
-
-      _ ->
-        s
-    end
-  end
-
-  defp put_waiter(s, _ref), do: s
-
-  # Answers a write's caller unless the daemon did (or does) it: whoever
-  # takes the waiter answers.
-  defp reply_write(s, ref, %{waiter: true} = w, reply) do
-    case Channel.take_ack_waiter(s.chan.port, s.chan.id) do
-      nil -> cancel_timer(s, ref)
-      _from -> reply_parked(s, ref, w.from, reply)
-    end
-  end
-
-  defp reply_write(s, ref, w, reply), do: reply_parked(s, ref, w.from, reply)
-
-  defp cancel_timer(s, ref) do
-    _ =
-      case s.timers do
-        %{^ref => {timer, _}} -> Process.cancel_timer(timer, async: true, info: false)
-        _ -> :ok
-      end
-
-    :ok
-  end
-
   defp acked(s, status) do
     case :queue.out(s.inflight) do
       {{:value, ref}, inflight} ->
@@ -960,7 +913,7 @@ defmodule Lacca.Process do
             error = w.error || ack_error(status)
 
             if w.remaining == 1 do
-              reply_write(s, ref, w, if(error, do: {:error, error}, else: :ok))
+              reply_parked(s, ref, w.from, if(error, do: {:error, error}, else: :ok))
               %{s | writes: Map.delete(s.writes, ref), timers: Map.delete(s.timers, ref)}
             else
               %{
@@ -978,12 +931,9 @@ defmodule Lacca.Process do
     end
   end
 
-  defp ack_error(status) do
-    case Channel.ack_reply(status) do
-      :ok -> nil
-      {:error, reason} -> reason
-    end
-  end
+  defp ack_error(:written), do: nil
+  defp ack_error(:no_process), do: :exited
+  defp ack_error(other), do: other
 
   # -- control -----------------------------------------------------------------
 
@@ -1040,7 +990,7 @@ defmodule Lacca.Process do
       # in flight (resin has them) are still written.
       {{_, :write}, timers} ->
         {w, writes} = Map.pop(s.writes, ref)
-        reply_write(%{s | timers: timers}, ref, w, {:error, :timeout})
+        GenServer.reply(w.from, {:error, :timeout})
         q = :queue.filter(fn item -> not match?({:frame, ^ref, _}, item) end, s.stdin_q)
         %{s | timers: timers, writes: writes, stdin_q: q}
 
