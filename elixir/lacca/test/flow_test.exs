@@ -143,6 +143,37 @@ defmodule Lacca.FlowTest do
     end
   end
 
+  describe "write_stdin" do
+    test "many writers at once: each write answered once" do
+      {:ok, pid} = Lacca.start_link("cat", [], output: :messages)
+
+      1..8
+      |> Enum.map(fn i ->
+        Task.async(fn ->
+          for _ <- 1..200, do: :ok = Lacca.write_stdin(pid, "#{i}\n")
+          # No second answer for any of them.
+          {:messages, []} = Process.info(self(), :messages)
+          :ok
+        end)
+      end)
+      |> Task.await_many(60_000)
+
+      assert Lacca.close_stdin(pid) == :ok
+      assert {bytes, {:exit, 0}} = count(pid, 0)
+      assert bytes == 8 * 200 * 2
+    end
+
+    test "a write that times out is answered once, with :timeout" do
+      {:ok, pid} = Lacca.start("sleep", ["1000"])
+      # Fill the stdin pipe (64 KiB): then nothing more can be written.
+      assert Lacca.write_stdin(pid, :binary.copy("x", 65_536)) == :ok
+      assert Lacca.write_stdin(pid, "z", 100) == {:error, :timeout}
+      assert Lacca.kill(pid) == :ok
+      assert Lacca.await(pid) == {:ok, {:signal, :sigkill}}
+      refute_received _
+    end
+  end
+
   defp await_flow_checks(_pid, 0), do: :ok
 
   defp await_flow_checks(pid, n) do
