@@ -85,6 +85,19 @@ def run_lacca(names: list[str]) -> list[dict[str, Any]]:
     return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
 
 
+# bench/cluster_bench.exs (issue 13): local against a peer node, in one run.
+CLUSTER = {"cluster", "cluster_spawn", "cluster_throughput"}
+
+
+def run_cluster(names: list[str]) -> list[dict[str, Any]]:
+    env = dict(os.environ, MIX_ENV="prod")
+    proc = subprocess.run(
+        ["mix", "run", "bench/cluster_bench.exs", *[n for n in names if n != "cluster"]],
+        cwd=ROOT, env=env, check=True, stdout=subprocess.PIPE, text=True,
+    )
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+
 def run_v0() -> list[dict[str, Any]]:
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "resin_v0_latency.py")],
@@ -111,7 +124,8 @@ def summarise(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
             base_median = medians[(ln["bench"], base)]
             # Throughput is reported as speed relative to the baseline; the
             # rest as cost relative to it.
-            ratio = base_median / median if ln["bench"] == "throughput" else median / base_median
+            speed = ln["bench"].endswith("throughput")
+            ratio = base_median / median if speed else median / base_median
         extra = {
             k: v
             for k, v in ln.items()
@@ -186,9 +200,13 @@ def chart(rows: list[dict[str, Any]]) -> None:
 
 
 def main(argv: list[str]) -> None:
-    lines = run_lacca(argv)
+    cluster = [a for a in argv if a in CLUSTER]
+    rest = [a for a in argv if a not in CLUSTER]
+    lines = run_lacca(rest) if rest or not argv else []
     if not argv:
         lines += run_v0()
+    if cluster or not argv:
+        lines += run_cluster(cluster)
     rows = summarise(lines)
     print(table(rows))
     RESULTS.write_text(

@@ -17,8 +17,13 @@
  *
  * The containment steps are those of spawn.py, in the same order:
  * setsid, PR_SET_PDEATHSIG + getppid check, signal dispositions and mask,
- * dup2 of 0/1/2, every other fd closed (close-on-exec), RLIMIT_NOFILE,
- * chdir, execve.
+ * dup2 of 0/1/2, every other fd closed (close-on-exec), the controlling
+ * terminal (TIOCSCTTY, for a child on a pseudo-terminal), RLIMIT_NOFILE,
+ * the caller's resource limits, the identity (supplementary groups, gid,
+ * uid; then the death signal again, which a change of credentials clears),
+ * chdir, execve. The identity is changed with raw system calls: glibc's
+ * setuid() and friends signal every thread of the calling process's thread
+ * list, which in a child sharing resin's memory is resin's.
  *
  * Descriptors. A plain fork/vfork/clone copies resin's whole descriptor
  * table (one reference per open file), and the exec then closes all of
@@ -64,6 +69,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -117,6 +123,13 @@ static int clone3_cgroup_works = 0;
 #define STAGE_SETUP 1
 #define STAGE_CWD 2
 #define STAGE_EXEC 3
+#define STAGE_USER 4
+#define STAGE_RLIMIT 5
+#define STAGE_PTY 6
+/* Resource limits the caller may set per child (RLIMIT_NLIMITS is 16). */
+#define MAX_RLIMITS 16
+/* Supplementary groups (NGROUPS_MAX on Linux). */
+#define MAX_GROUPS 65536
 
 #define CHILD_FAILED 127
 #define CHILD_STACK_SIZE (64 * 1024)
@@ -135,6 +148,15 @@ struct child_args {
     struct rlimit nofile;
     int maxfd; /* fallback bound for closing descriptors */
     int cgroup_procs; /* the child's cgroup.procs, open for writing; -1: none */
+    int ctty;         /* fd 0 becomes the controlling terminal (TIOCSCTTY) */
+    int nrlimits;
+    struct {
+        int resource;
+        struct rlimit lim;
+    } rlimits[MAX_RLIMITS];
+    long long uid, gid; /* -1: unchanged */
+    int ngroups;        /* -1: unchanged */
+    const gid_t *groups;
     /* Written by the child, read by the parent once clone() has returned:
      * points into this struct, or into a shared page for a child that does
      * not share resin's memory. */
@@ -286,9 +308,35 @@ static int child_main(void *arg)
             goto fail;
         cloexec_from_3(a->maxfd);
     }
+    if (a->ctty) {
+        stage = STAGE_PTY;
+        if (ioctl(0, TIOCSCTTY, 0) < 0)
+            goto fail;
+        stage = STAGE_SETUP;
+    }
     /* After the descriptor work: a lower limit could refuse F_DUPFD. */
     if (setrlimit(RLIMIT_NOFILE, &a->nofile) < 0)
         goto fail;
+    stage = STAGE_RLIMIT;
+    for (int i = 0; i < a->nrlimits; i++)
+        if (setrlimit(a->rlimits[i].resource, &a->rlimits[i].lim) < 0)
+            goto fail;
+    if (a->ngroups >= 0 || a->gid >= 0 || a->uid >= 0) {
+        stage = STAGE_USER;
+        /* Groups first: once the uid is not root they can no longer change. */
+        if (a->ngroups >= 0 && syscall(SYS_setgroups, (size_t)a->ngroups, a->groups) < 0)
+            goto fail;
+        if (a->gid >= 0 && syscall(SYS_setresgid, (gid_t)a->gid, (gid_t)a->gid,
+                                   (gid_t)a->gid) < 0)
+            goto fail;
+        if (a->uid >= 0 && syscall(SYS_setresuid, (uid_t)a->uid, (uid_t)a->uid,
+                                   (uid_t)a->uid) < 0)
+            goto fail;
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0)
+            goto fail;
+        if (getppid() != a->parent)
+            _exit(CHILD_FAILED);
+    }
     if (a->cwd != NULL) {
         stage = STAGE_CWD;
         if (chdir(a->cwd) < 0)
@@ -392,7 +440,8 @@ static char **bytes_array(PyObject *tuple, const char *what)
 
 PyDoc_STRVAR(spawn_doc,
 "spawn(path, argv, envp, cwd, stdin, stdout, stderr, parent, nofile_soft, nofile_hard,\n"
-"      cgroup_dir=-1, cgroup_clone=False)\n"
+"      cgroup_dir=-1, cgroup_clone=False, ctty=False, uid=-1, gid=-1, groups=None,\n"
+"      rlimits=())\n"
 "-> (pid, stage, errno)\n\n"
 "Start `path` in a new session with the given descriptors as 0, 1 and 2.\n"
 "envp is a sequence of b'NAME=value' or None (resin's own environment);\n"
@@ -402,7 +451,12 @@ PyDoc_STRVAR(spawn_doc,
 "the child has exited and been reaped, and stage (1 setup, 2 chdir, 3 exec)\n"
 "and errno say why. cgroup_dir (a cgroup2 directory, open) is the cgroup\n"
 "the child starts in: it joins it first thing, or with cgroup_clone it is\n"
-"created there (clone3). Raises OSError when no child could be created.");
+"created there (clone3). ctty: stdin is a terminal that becomes the\n"
+"child's controlling terminal (stage 6 when that fails). uid, gid (-1:\n"
+"unchanged) and groups (a sequence of gids, None: unchanged) are the\n"
+"identity it switches to (stage 4); rlimits a sequence of (resource, soft,\n"
+"hard), -1 for infinity, set after RLIMIT_NOFILE (stage 5). Raises OSError\n"
+"when no child could be created.");
 
 static PyObject *spawn(PyObject *self, PyObject *args)
 {
@@ -412,11 +466,14 @@ static PyObject *spawn(PyObject *self, PyObject *args)
     PyObject *argv_obj, *envp_obj, *cwd_obj;
     int fd_in, fd_out, fd_err, parent;
     long long nofile_soft, nofile_hard;
-    int cgroup_dir = -1, cgroup_clone = 0;
+    int cgroup_dir = -1, cgroup_clone = 0, ctty = 0;
+    long long uid = -1, gid = -1;
+    PyObject *groups_obj = Py_None, *rlimits_obj = NULL;
 
-    if (!PyArg_ParseTuple(args, "y#OOOiiiiLL|ip:spawn", &path, &path_len, &argv_obj, &envp_obj,
-                          &cwd_obj, &fd_in, &fd_out, &fd_err, &parent, &nofile_soft,
-                          &nofile_hard, &cgroup_dir, &cgroup_clone))
+    if (!PyArg_ParseTuple(args, "y#OOOiiiiLL|ippLLOO:spawn", &path, &path_len, &argv_obj,
+                          &envp_obj, &cwd_obj, &fd_in, &fd_out, &fd_err, &parent, &nofile_soft,
+                          &nofile_hard, &cgroup_dir, &cgroup_clone, &ctty, &uid, &gid,
+                          &groups_obj, &rlimits_obj))
         return NULL;
     if ((size_t)path_len != strlen(path)) {
         PyErr_SetString(PyExc_ValueError, "embedded null byte in path");
@@ -437,6 +494,7 @@ static PyObject *spawn(PyObject *self, PyObject *args)
 
     PyObject *argv_t = NULL, *envp_t = NULL, *result = NULL;
     char **argv = NULL, **envp = NULL;
+    gid_t *groups = NULL;
     void *stack = NULL;
     volatile int *shared_report = MAP_FAILED;
     int cgroup_procs = -1;
@@ -463,6 +521,60 @@ static PyObject *spawn(PyObject *self, PyObject *args)
 
     struct child_args a;
     memset(&a, 0, sizeof a);
+    a.ctty = ctty;
+    a.uid = uid;
+    a.gid = gid;
+    a.ngroups = -1;
+    if (groups_obj != Py_None) {
+        PyObject *t = PySequence_Tuple(groups_obj);
+        if (t == NULL)
+            goto done;
+        Py_ssize_t n = PyTuple_GET_SIZE(t);
+        groups = n > MAX_GROUPS ? NULL : PyMem_Malloc(sizeof(gid_t) * (size_t)(n + 1));
+        if (groups == NULL) {
+            Py_DECREF(t);
+            if (n > MAX_GROUPS)
+                PyErr_SetString(PyExc_ValueError, "too many groups");
+            else
+                PyErr_NoMemory();
+            goto done;
+        }
+        for (Py_ssize_t i = 0; i < n; i++) {
+            unsigned long g = PyLong_AsUnsignedLong(PyTuple_GET_ITEM(t, i));
+            if (PyErr_Occurred()) {
+                Py_DECREF(t);
+                goto done;
+            }
+            groups[i] = (gid_t)g;
+        }
+        Py_DECREF(t);
+        a.ngroups = (int)n;
+        a.groups = groups;
+    }
+    if (rlimits_obj != NULL) {
+        PyObject *t = PySequence_Tuple(rlimits_obj);
+        if (t == NULL)
+            goto done;
+        Py_ssize_t n = PyTuple_GET_SIZE(t);
+        if (n > MAX_RLIMITS) {
+            Py_DECREF(t);
+            PyErr_SetString(PyExc_ValueError, "too many rlimits");
+            goto done;
+        }
+        for (Py_ssize_t i = 0; i < n; i++) {
+            int res;
+            long long soft, hard;
+            if (!PyArg_ParseTuple(PyTuple_GET_ITEM(t, i), "iLL:rlimit", &res, &soft, &hard)) {
+                Py_DECREF(t);
+                goto done;
+            }
+            a.rlimits[i].resource = res;
+            a.rlimits[i].lim.rlim_cur = soft < 0 ? RLIM_INFINITY : (rlim_t)soft;
+            a.rlimits[i].lim.rlim_max = hard < 0 ? RLIM_INFINITY : (rlim_t)hard;
+        }
+        Py_DECREF(t);
+        a.nrlimits = (int)n;
+    }
     a.path = path;
     a.argv = argv;
     a.envp = envp != NULL ? envp : environ;
@@ -599,6 +711,7 @@ done:
     PyMem_RawFree(stack);
     PyMem_Free(argv);
     PyMem_Free(envp);
+    PyMem_Free(groups);
     Py_XDECREF(argv_t);
     Py_XDECREF(envp_t);
     return result;
@@ -661,7 +774,10 @@ PyMODINIT_FUNC PyInit__spawn(void)
     if (PyModule_AddIntConstant(m, "STAGE_OK", STAGE_OK) < 0 ||
         PyModule_AddIntConstant(m, "STAGE_SETUP", STAGE_SETUP) < 0 ||
         PyModule_AddIntConstant(m, "STAGE_CWD", STAGE_CWD) < 0 ||
-        PyModule_AddIntConstant(m, "STAGE_EXEC", STAGE_EXEC) < 0) {
+        PyModule_AddIntConstant(m, "STAGE_EXEC", STAGE_EXEC) < 0 ||
+        PyModule_AddIntConstant(m, "STAGE_USER", STAGE_USER) < 0 ||
+        PyModule_AddIntConstant(m, "STAGE_RLIMIT", STAGE_RLIMIT) < 0 ||
+        PyModule_AddIntConstant(m, "STAGE_PTY", STAGE_PTY) < 0) {
         Py_DECREF(m);
         return NULL;
     }

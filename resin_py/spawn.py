@@ -30,14 +30,25 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
     from types import ModuleType
 
+    from resin_py.protocol.errors import SpawnStage
+
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
+# ioctl: make this terminal the caller's controlling terminal (termios.TIOCSCTTY
+# on Linux; here so that resin need not import termios to start).
+TIOCSCTTY = 0x540E
 
 # What the fork child reports through the error pipe before _exit: stage + errno.
 _ERR = struct.Struct(">ci")
 _STAGE_CWD = b"c"
 _STAGE_EXEC = b"e"
 _STAGE_SETUP = b"s"
+_STAGE_USER = b"u"
+_STAGE_RLIMIT = b"r"
+_STAGE_PTY = b"t"
+# The SpawnFailed stage of each of the child's reports (others: "exec").
+_STAGES: dict[bytes, SpawnStage] = {_STAGE_USER: "user", _STAGE_RLIMIT: "rlimit",
+                                    _STAGE_PTY: "pty"}
 # Exit status of a child that failed between fork and exec (never reported).
 _CHILD_FAILED = 127
 # RESIN_SPAWNER=python forces the pure-Python spawner, =c requires the C one.
@@ -78,8 +89,8 @@ class ChildSetup:
     """What a spawner needs to start one child (a plain class: no dataclasses
     import on resin's start-up path)."""
 
-    __slots__ = ("argv", "cgroup", "cgroup_clone", "cwd", "env", "path", "stderr", "stdin",
-                 "stdout")
+    __slots__ = ("argv", "cgroup", "cgroup_clone", "ctty", "cwd", "env", "gid", "groups", "path",
+                 "rlimits", "stderr", "stdin", "stdout", "uid")
 
     def __init__(self, path: bytes, argv: list[bytes], env: Mapping[bytes, bytes] | None,
                  cwd: bytes | None, stdin: int, stdout: int, stderr: int,
@@ -96,6 +107,15 @@ class ChildSetup:
         # before anything else.
         self.cgroup = cgroup
         self.cgroup_clone = cgroup_clone
+        # stdin is a terminal that becomes the child's controlling terminal.
+        self.ctty = False
+        # Identity: uid and gid to switch to (-1: keep), supplementary groups
+        # (None: keep). Resolved by the caller: the child looks up nothing.
+        self.uid = -1
+        self.gid = -1
+        self.groups: tuple[int, ...] | None = None
+        # (RLIMIT_*, soft, hard) set after the default RLIMIT_NOFILE; -1: infinity.
+        self.rlimits: tuple[tuple[int, int, int], ...] = ()
 
 
 # --- PATH lookup ---------------------------------------------------------------
@@ -219,10 +239,15 @@ def _load_extension() -> ModuleType | None:
     return _spawn
 
 
-def _failed(setup: ChildSetup, cwd_stage: bool, code: int) -> SpawnFailed:
+def _failed(setup: ChildSetup, cwd_stage: bool, code: int, stage: SpawnStage = "exec"
+            ) -> SpawnFailed:
     if cwd_stage:
         cwd = os.fsdecode(setup.cwd or b"")
         return SpawnFailed("cwd", code, f"cannot change to directory {cwd}: {os.strerror(code)}")
+    if stage != "exec":
+        what = {"user": "switch user or group", "rlimit": "set a resource limit",
+                "pty": "make the terminal the controlling terminal"}.get(stage, stage)
+        return SpawnFailed(stage, code, f"cannot {what}: {os.strerror(code)}")
     path = os.fsdecode(setup.path)
     return SpawnFailed("exec", code, f"cannot execute {path}: {os.strerror(code)}")
 
@@ -235,16 +260,19 @@ class CloneSpawner:
         self._nofile = nofile
         self._spawn = ext.spawn
         self._stage_cwd = ext.STAGE_CWD
+        self._stages: dict[int, SpawnStage] = {
+            ext.STAGE_USER: "user", ext.STAGE_RLIMIT: "rlimit", ext.STAGE_PTY: "pty"}
 
     def spawn(self, setup: ChildSetup) -> int:
         env = setup.env
         envp = None if env is None else [k + b"=" + v for k, v in env.items()]
         pid, stage, code = self._spawn(
             setup.path, setup.argv, envp, setup.cwd, setup.stdin, setup.stdout, setup.stderr,
-            self._parent, *self._nofile, setup.cgroup, setup.cgroup_clone,
+            self._parent, *self._nofile, setup.cgroup, setup.cgroup_clone, setup.ctty,
+            setup.uid, setup.gid, setup.groups, setup.rlimits,
         )
         if stage:
-            raise _failed(setup, stage == self._stage_cwd, code)
+            raise _failed(setup, stage == self._stage_cwd, code, self._stages.get(stage, "exec"))
         return int(pid)
 
 
@@ -295,7 +323,7 @@ class ForkSpawner:
             return pid
         os.waitpid(pid, 0)  # it has already _exit-ed; reap it here, not as an orphan
         stage, code = _ERR.unpack(report.ljust(_ERR.size, b"\0"))
-        raise _failed(setup, stage == _STAGE_CWD, code)
+        raise _failed(setup, stage == _STAGE_CWD, code, _STAGES.get(stage, "exec"))
 
     def _child(self, setup: ChildSetup, err_w: int, procs: int) -> None:  # pragma: no cover
         stage = _STAGE_SETUP
@@ -314,7 +342,21 @@ class ForkSpawner:
             # Leak nothing resin inherited without CLOEXEC; keep the error pipe.
             os.closerange(3, err_w)
             os.closerange(err_w + 1, self._maxfd)
+            if setup.ctty:
+                stage = _STAGE_PTY
+                fcntl.ioctl(0, TIOCSCTTY, 0)
+            stage = _STAGE_SETUP
             resource.setrlimit(resource.RLIMIT_NOFILE, self._nofile)
+            stage = _STAGE_RLIMIT
+            for which, soft, hard in setup.rlimits:
+                resource.setrlimit(which, (soft, hard))
+            if setup.uid >= 0 or setup.gid >= 0 or setup.groups is not None:
+                stage = _STAGE_USER
+                _switch_user(setup)
+                # A change of credentials clears the death signal: set it again.
+                prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+                if os.getppid() != self._parent:
+                    os._exit(_CHILD_FAILED)
             if setup.cwd is not None:
                 stage = _STAGE_CWD
                 os.chdir(setup.cwd)
@@ -328,6 +370,16 @@ class ForkSpawner:
             os.write(err_w, _ERR.pack(stage, code))
         finally:
             os._exit(_CHILD_FAILED)
+
+
+def _switch_user(setup: ChildSetup) -> None:  # pragma: no cover (runs in the child)
+    """Groups first: once the uid is not root, they can no longer change."""
+    if setup.groups is not None:
+        os.setgroups(list(setup.groups))
+    if setup.gid >= 0:
+        os.setresgid(setup.gid, setup.gid, setup.gid)
+    if setup.uid >= 0:
+        os.setresuid(setup.uid, setup.uid, setup.uid)
 
 
 def _setup_stdio(src: list[int]) -> None:  # pragma: no cover (runs in the child)

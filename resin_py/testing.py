@@ -87,6 +87,11 @@ class RunOpts(TypedDict, total=False):
     stderr: StderrMode  # "capture" (default), "stdout" or "discard"
     credit: int | None  # initial output credit in bytes per stream (None: infinity)
     cgroup: tuple[tuple[str, str], ...]  # cgroup files to write first: (("pids.max", "10"),)
+    pty: tuple[int, int]  # a pseudo-terminal of (rows, cols) as stdin, stdout and stderr
+    user: int | str | bytes  # run as this user (resin must be root)
+    group: int | str | bytes  # run with this group (resin must be root)
+    # (name, soft, hard) resource limits, None for infinity: (("nofile", 64, 64),)
+    rlimits: tuple[tuple[str, int | None, int | None], ...]
 
 
 class SpawnOpts(RunOpts, total=False):
@@ -431,8 +436,9 @@ class ResinClient:
         self._require_v1("send_spawn")
         self.send(v1.Spawn(id, _b(exe), tuple(_b(a) for a in args), _spawn_options(opts)))
 
-    def request(self, req: v1.Signal | v1.CloseStdin, timeout: float = DEFAULT_TIMEOUT) -> Term:
-        """Send a signal or close_stdin request and wait for its reply; the
+    def request(self, req: v1.Signal | v1.CloseStdin | v1.Resize,
+                timeout: float = DEFAULT_TIMEOUT) -> Term:
+        """Send a signal, close_stdin or resize request and wait for its reply; the
         result term (`OK`, or `(Atom("error"), reason)`)."""
         self._require_v1("request")
         self.send(req)
@@ -446,6 +452,11 @@ class ResinClient:
         left it if `group`); resin's result term."""
         self._require_v1("signal")
         return self.request(v1.Signal(id, self.make_ref(), signo, group))
+
+    def resize(self, id: int, rows: int, cols: int) -> Term:
+        """Set the window size of `pty` child `id`; resin's result term."""
+        self._require_v1("resize")
+        return self.request(v1.Resize(id, self.make_ref(), rows, cols))
 
     def close_child_stdin(self, id: int) -> Term:
         """EOF on the stdin of child process `id`, after the data written before;
@@ -522,7 +533,7 @@ def _b(value: str | bytes) -> bytes:
 
 def _spawn_options(opts: SpawnOpts) -> v1.SpawnOptions:
     kw: dict[str, Any] = {**opts}
-    for key in ("cd", "arg0"):
+    for key in ("cd", "arg0", "user", "group"):
         if isinstance(kw.get(key), str):
             kw[key] = os.fsencode(kw[key])
     if "env" in kw:

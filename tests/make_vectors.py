@@ -69,6 +69,14 @@ V1_CONTROL = [
     ("spawn_part_env", '{spawn_part,5,env,[{<<"LONG">>,<<"value">>},{<<"HOME">>,nil}]}'),
     ("spawn_parts_final", '{spawn,5,<<"sh">>,[<<"a2">>],[{credit,65536},{parts,4}]}'),
     ("spawn_cancel", "{spawn_cancel,5}"),
+    # Terminals, identity, resource limits (docs/protocol.md §4.3).
+    ("spawn_pty", '{spawn,6,<<"sh">>,[<<"-i">>],[{pty,{24,80}}]}'),
+    ("spawn_user_group",
+     '{spawn,7,<<"id">>,[],[{cd,<<"/">>},{user,<<"nobody">>},{group,65534}]}'),
+    ("spawn_rlimits",
+     '{spawn,8,<<"cat">>,[<<"/proc/self/limits">>],'
+     '[{rlimits,[{nofile,{64,64}},{as,{1073741824,infinity}},{core,0}]}]}'),
+    ("resize", "{resize,6,44,50,132}"),
 ]
 
 V1_C2R_RAW: list[tuple[str, v1.ClientFrame]] = [
@@ -115,6 +123,11 @@ V1_R2C: list[tuple[str, v1.ResinFrame]] = [
     ("spawn_error_e2big", v1.SpawnError(5, Atom("e2big"))),
     ("spawn_error_enomem", v1.SpawnError(5, Atom("enomem"))),
     ("spawn_error_badarg_parts", v1.SpawnError(5, (Atom("badarg"), Atom("parts")))),
+    ("reply_enotty", v1.Reply(1, 44, (ERR, Atom("enotty")))),
+    ("spawn_error_user_eperm", v1.SpawnError(7, (Atom("user"), Atom("eperm")))),
+    ("spawn_error_group_enoent", v1.SpawnError(7, (Atom("group"), Atom("enoent")))),
+    ("spawn_error_rlimit_eperm", v1.SpawnError(8, (Atom("rlimit"), Atom("eperm")))),
+    ("spawn_error_badarg_pty", v1.SpawnError(6, (Atom("badarg"), Atom("pty")))),
     ("error_too_many_pending_spawns",
      v1.ErrorEvent(5, (Atom("too_many_pending_spawns"), v1.MAX_PENDING_SPAWNS))),
 ]

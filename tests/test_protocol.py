@@ -302,7 +302,7 @@ def test_v1_frames_behave_as_frozen_dataclasses() -> None:
         (v1.Spawn(4, b"ls"), v1.Spawn(4, exec=b"ls", args=()),
          "Spawn(id=4, exec=b'ls', args=(), options=SpawnOptions(cd=None, env=(), "
          "clear_env=False, arg0=None, stdin='pipe', stderr='capture', credit=None, "
-         "cgroup=()), parts=0)"),
+         "cgroup=(), pty=None, user=None, group=None, rlimits=()), parts=0)"),
         (v1.Reply(5, Opaque(b"r"), Atom("ok")), v1.Reply(5, Opaque(b"r"), result=Atom("ok")),
          "Reply(id=5, ref=Opaque(raw=b'r'), result=Atom('ok'))"),
     ]:

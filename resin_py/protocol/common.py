@@ -197,3 +197,12 @@ class SpawnOptions(Record):
     # cgroup interface files to write in the child's cgroup before it starts,
     # as (file, content): ("memory.max", "1048576"), ("cpu.max", "50000 100000")
     cgroup: tuple[tuple[str, str], ...] = ()
+    # A pseudo-terminal of (rows, cols) as the child's stdin, stdout and
+    # stderr (its controlling terminal); None: pipes.
+    pty: tuple[int, int] | None = None
+    # Run as this user / group (a name, or a uid / gid); None: resin's own.
+    user: int | bytes | None = None
+    group: int | bytes | None = None
+    # Resource limits set in the child before exec, as (name, soft, hard),
+    # name as in the protocol ("nofile", "as", ...), None: RLIM_INFINITY.
+    rlimits: tuple[tuple[str, int | None, int | None], ...] = ()

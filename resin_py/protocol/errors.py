@@ -94,8 +94,9 @@ class BadArgument(V1Error):
 class SpawnFailed(ResinError):
     """The OS refused to start a child: at which `stage` ("path": not found on
     PATH, "cwd": the working directory, "exec": execve or the setup before
-    it, "cgroup": the cgroup limits asked for) and with which `errno`. Plain
-    OS facts: each session maps them to its own wire vocabulary."""
+    it, "cgroup": the cgroup limits asked for, "user" / "group": the identity
+    asked for, "rlimit": a resource limit, "pty": the terminal) and with which
+    `errno`. Plain OS facts: each session maps them to its own wire vocabulary."""
 
     def __init__(self, stage: SpawnStage, errno: int, message: str) -> None:
         super().__init__(message)
@@ -103,4 +104,4 @@ class SpawnFailed(ResinError):
         self.errno = errno
 
 
-SpawnStage: TypeAlias = "Literal['path', 'cwd', 'exec', 'cgroup']"
+SpawnStage: TypeAlias = "Literal['path', 'cwd', 'exec', 'cgroup', 'user', 'group', 'rlimit', 'pty']"

@@ -65,6 +65,9 @@ class Core(Protocol):
     def signal(self, child: ChildRef, signo: int, group: bool) -> None:
         """Send a signal; raise OSError (ESRCH once the child has exited,
         EINVAL for a bad signal number)."""
+    def resize(self, child: ChildRef, rows: int, cols: int) -> None:
+        """Set a `pty` child's window size; raise OSError (ENOTTY: no
+        terminal, ESRCH: the terminal is gone)."""
     def send(self, *parts: bytes | memoryview) -> None:
         """Queue bytes for resin's stdout (whole packets, in order)."""
 

@@ -154,6 +154,16 @@ class CloseStdin(Record):
     ref: Term
 
 
+class Resize(Record):
+    """`{resize, Id, Ref, Rows, Cols}`: set the window size of a `pty` child's
+    terminal (TIOCSWINSZ; the kernel sends its foreground group SIGWINCH)."""
+
+    id: int
+    ref: Term
+    rows: int
+    cols: int
+
+
 class Stdin(Record):
     id: int
     data: bytes
@@ -174,7 +184,7 @@ class Credit(Record):
         _set(self, "amount", amount)
 
 
-Request: TypeAlias = Spawn | SpawnPart | SpawnCancel | Signal | CloseStdin
+Request: TypeAlias = Spawn | SpawnPart | SpawnCancel | Signal | CloseStdin | Resize
 ClientFrame: TypeAlias = Hello | Request | Stdin | Credit
 
 
@@ -325,6 +335,12 @@ def parse_request(term: Term) -> Request:
         return Signal(id, ref, signo, group == TRUE)
     if tag == "close_stdin" and len(term) == 3:
         return CloseStdin(id, _check_ref("close_stdin", id, term[2]))
+    if tag == "resize" and len(term) == 5:
+        ref = _check_ref("resize", id, term[2])
+        for key, value in (("rows", term[3]), ("cols", term[4])):
+            if not (isinstance(value, int) and 0 < value <= MAX_WINSIZE):
+                raise BadArgument("resize", id, Atom(key), ref)
+        return Resize(id, ref, term[3], term[4])  # type: ignore[arg-type]  # checked above
     raise UnknownRequest(term)
 
 
@@ -383,12 +399,76 @@ def _parse_spawn(id: int, exe: Term, args: Term, opts: Term) -> Spawn:
         stderr=option("stderr", _opt_stderr, "capture"),
         credit=option("credit", _opt_credit, None),
         cgroup=option("cgroup", _opt_cgroup, ()),
+        pty=option("pty", _opt_pty, None),
+        user=option("user", _opt_id, None),
+        group=option("group", _opt_id, None),
+        rlimits=option("rlimits", _opt_rlimits, ()),
     )
+    # A terminal is stdin, stdout and stderr at once: its output is one stream.
+    if options.pty is not None and (options.stdin != "pipe" or options.stderr == "discard"):
+        raise bad(Atom("pty"))
     return Spawn(id, exe, argv, options, option("parts", _opt_parts, 0))
 
 
 _OPTION_KEYS = frozenset(
-    {"cd", "env", "clear_env", "arg0", "stdin", "stderr", "credit", "cgroup", "parts"})
+    {"cd", "env", "clear_env", "arg0", "stdin", "stderr", "credit", "cgroup", "parts", "pty",
+     "user", "group", "rlimits"})
+# A terminal's rows and columns are unsigned shorts (struct winsize).
+MAX_WINSIZE = 0xFFFF
+# Linux uids and gids are 32 bits; (uid_t) -1 means "unchanged" to the kernel.
+MAX_UID = 2**32 - 2
+# The rlimits option's names: setrlimit(2)'s RLIMIT_<NAME>, lowercase.
+RLIMIT_NAMES = ("as", "core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice",
+                "nofile", "nproc", "rss", "rtprio", "rttime", "sigpending", "stack")
+# RLIM_INFINITY is written `infinity`; finite limits fit a signed 64-bit
+# integer (what both spawners pass on; larger ones mean nothing more).
+MAX_RLIMIT = 2**63 - 1
+
+
+def _opt_pty(value: Term) -> tuple[int, int]:
+    """{Rows, Cols}: the terminal's initial window size."""
+    if (isinstance(value, tuple) and len(value) == 2
+            and all(isinstance(n, int) and 0 < n <= MAX_WINSIZE for n in value)):
+        return value  # type: ignore[return-value]  # checked: two ints
+    raise _Invalid
+
+
+def _opt_id(value: Term) -> int | bytes:
+    """A user or group: a name (binary) or a numeric id."""
+    if isinstance(value, int) and 0 <= value <= MAX_UID:
+        return value
+    if isinstance(value, bytes) and value and b"\0" not in value:
+        return value
+    raise _Invalid
+
+
+def _opt_rlimits(value: Term) -> tuple[tuple[str, int | None, int | None], ...]:
+    """[{Name, Limit} | {Name, {Soft, Hard}}], each limit an integer or
+    `infinity`; Limit alone sets both."""
+    if not isinstance(value, list):
+        raise _Invalid
+    limits: dict[str, tuple[int | None, int | None]] = {}
+    for item in value:
+        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], Atom)
+                and item[0].name in RLIMIT_NAMES):
+            raise _Invalid
+        pair = item[1]
+        if isinstance(pair, tuple) and len(pair) == 2:
+            soft, hard = _rlim(pair[0]), _rlim(pair[1])
+        else:
+            soft = hard = _rlim(pair)
+        if hard is not None and (soft is None or soft > hard):
+            raise _Invalid  # the soft limit may not exceed the hard one
+        limits.setdefault(item[0].name, (soft, hard))
+    return tuple((name, soft, hard) for name, (soft, hard) in limits.items())
+
+
+def _rlim(value: Term) -> int | None:
+    if value == INFINITY:
+        return None
+    if isinstance(value, int) and 0 <= value <= MAX_RLIMIT:
+        return value
+    raise _Invalid
 # cgroup limits: the interface file each one writes, and how its value reads.
 CGROUP_LIMITS = {"memory_max": "memory.max", "pids_max": "pids.max", "cpu_max": "cpu.max"}
 
@@ -594,7 +674,20 @@ def options_term(o: SpawnOptions) -> list[Term]:
         opts.append((Atom("cgroup"), [
             (Atom(names[file]), tuple(int(n) for n in text.split()) if " " in text else int(text))
             for file, text in o.cgroup]))
+    if o.pty is not None:
+        opts.append((Atom("pty"), o.pty))
+    if o.user is not None:
+        opts.append((Atom("user"), o.user))
+    if o.group is not None:
+        opts.append((Atom("group"), o.group))
+    if o.rlimits:
+        opts.append((Atom("rlimits"), [
+            (Atom(name), (_rlim_term(soft), _rlim_term(hard))) for name, soft, hard in o.rlimits]))
     return opts
+
+
+def _rlim_term(value: int | None) -> Term:
+    return INFINITY if value is None else value
 
 
 def request_term(req: Request) -> Term:
@@ -614,6 +707,8 @@ def request_term(req: Request) -> Term:
         return (Atom("spawn_cancel"), req.id)
     if isinstance(req, Signal):
         return (Atom("signal"), req.id, req.ref, req.signo, TRUE if req.group else FALSE)
+    if isinstance(req, Resize):
+        return (Atom("resize"), req.id, req.ref, req.rows, req.cols)
     return (Atom("close_stdin"), req.id, req.ref)
 
 

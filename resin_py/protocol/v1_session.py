@@ -49,10 +49,16 @@ def errno_atom(code: int) -> Atom:
 
 def spawn_reason(exc: SpawnFailed) -> Term:
     """The `spawn_error` reason: `Errno`, `{cwd, Errno}` for the directory,
-    `{cgroup, Errno}` for cgroup limits that cannot be applied."""
-    if exc.stage in ("cwd", "cgroup"):
+    `{cgroup, Errno}` for cgroup limits that cannot be applied, `{user |
+    group | rlimit | pty, Errno}` for the identity, a resource limit or the
+    terminal."""
+    if exc.stage in _STAGED:
         return (Atom(exc.stage), errno_atom(exc.errno))
     return errno_atom(exc.errno)
+
+
+# Spawn stages whose errors are reported as {Stage, Errno}.
+_STAGED = frozenset({"cwd", "cgroup", "user", "group", "rlimit", "pty"})
 
 
 class V1Session:
@@ -121,6 +127,8 @@ class V1Session:
             self._drop_assembly(frame.id)
         elif isinstance(frame, v1.Signal):
             self._signal(frame)
+        elif isinstance(frame, v1.Resize):
+            self._resize(frame)
         elif isinstance(frame, v1.CloseStdin):
             child = self.procs.get(frame.id)
             if child is None:
@@ -233,7 +241,8 @@ class V1Session:
             opts = req.options
             req = v1.Spawn(req.id, req.exec, (*asm.args, *req.args), v1.SpawnOptions(
                 opts.cd, (*asm.env, *opts.env), opts.clear_env, opts.arg0, opts.stdin,
-                opts.stderr, opts.credit, opts.cgroup))
+                opts.stderr, opts.credit, opts.cgroup, opts.pty, opts.user, opts.group,
+                opts.rlimits))
             del asm
         if req.id in self.procs:
             self.send(v1.SpawnError(req.id, Atom("id_in_use")))
@@ -257,6 +266,18 @@ class V1Session:
         else:
             try:
                 self.core.signal(child, req.signo, req.group)
+            except OSError as exc:
+                result = _error(errno_atom(exc.errno or errno.EINVAL))
+        self.send(v1.Reply(req.id, req.ref, result))
+
+    def _resize(self, req: v1.Resize) -> None:
+        child = self.procs.get(req.id)
+        result: Term = OK
+        if child is None:
+            result = _error(Atom("no_process"))
+        else:
+            try:
+                self.core.resize(child, req.rows, req.cols)
             except OSError as exc:
                 result = _error(errno_atom(exc.errno or errno.EINVAL))
         self.send(v1.Reply(req.id, req.ref, result))

@@ -71,7 +71,8 @@ class StdinState(Enum):
 class OutPipe:
     """The read end of a child's stdout or stderr pipe."""
 
-    __slots__ = ("boosted", "closed", "credit", "fd", "handler", "kind", "parked", "read_size")
+    __slots__ = ("boosted", "closed", "credit", "fd", "handler", "hung", "kind", "parked",
+                 "read_size")
 
     def __init__(self, fd: int, kind: StreamKind, credit: int | None) -> None:
         self.fd = fd
@@ -79,6 +80,9 @@ class OutPipe:
         self.credit = credit  # bytes resin may still read; None: unlimited
         self.closed = False
         self.parked = False  # unwatched while resin's output is backed up
+        # A terminal whose last slave closed before its child was reaped:
+        # unwatched, closed once the child is reaped (see Children._read).
+        self.hung = False
         self.boosted = False  # enlarged to CHILD_PIPE_SIZE (tried once)
         self.read_size = PIPE_DEFAULT_SIZE  # the pipe's capacity, as far as resin knows
         self.handler: Callable[[], None] = _nothing
@@ -93,10 +97,11 @@ class _Write:
 
 
 class _Close:
-    __slots__ = ("ref",)
+    __slots__ = ("eof", "ref")
 
-    def __init__(self, ref: Term) -> None:
+    def __init__(self, ref: Term, eof: bytes | None) -> None:
         self.ref = ref
+        self.eof = eof  # written before closing (a terminal's EOF character)
 
 
 class Child:
@@ -104,7 +109,8 @@ class Child:
 
     __slots__ = (
         "cgroup", "cookie", "finished", "id", "pid", "pipes", "queue", "queued_bytes",
-        "queued_writes", "reaped", "stdin_fd", "stdin_handler", "stdin_state", "wait_status",
+        "queued_writes", "reaped", "stdin_fd", "stdin_handler", "stdin_state", "tty",
+        "wait_status",
     )
 
     def __init__(self, id: int, pid: int, stdin_fd: int, pipes: list[OutPipe],
@@ -113,6 +119,9 @@ class Child:
         self.pid = pid
         self.cookie = cookie  # RESIN_TREE value of its descendants (runtime/tree.py)
         self.cgroup: str | None = None  # its cgroup (runtime/cgroups.py), if any
+        # On a pseudo-terminal: stdin_fd and the one pipe are two descriptors
+        # of its master side.
+        self.tty = False
         self.stdin_fd = stdin_fd  # -1: none (stdin is /dev/null)
         self.stdin_state = StdinState.OPEN if stdin_fd >= 0 else StdinState.CLOSED
         self.queue: deque[_Write | _Close] = deque()
@@ -182,7 +191,8 @@ class Children:
     # --- output ------------------------------------------------------------------
 
     def _watch_pipe(self, pipe: OutPipe) -> None:
-        want = not pipe.closed and not pipe.parked and (pipe.credit is None or pipe.credit > 0)
+        want = (not pipe.closed and not pipe.parked and not pipe.hung
+                and (pipe.credit is None or pipe.credit > 0))
         if not pipe.closed:
             self._poller.set_interest(pipe.fd, READ if want else 0, pipe.handler)
 
@@ -218,6 +228,12 @@ class Children:
         except OSError:
             data = b""
         if not data:
+            if child.tty and not child.reaped:
+                # Closing a terminal's master hangs it up: SIGHUP to a child
+                # that closed its stdio and is still on its way out. Wait.
+                pipe.hung = True
+                self._watch_pipe(pipe)
+                return Read.EOF
             self._close_pipe(pipe)
             return Read.EOF
         if pipe.credit is not None:
@@ -275,9 +291,19 @@ class Children:
         self.stdin_bytes += len(data)
         self._pump_stdin(child)
 
-    def close_stdin(self, child: Child, ref: Term) -> None:
-        child.queue.append(_Close(ref))
+    def close_stdin(self, child: Child, ref: Term, eof: bytes | None = None) -> None:
+        """Close the child's stdin after what is queued; `eof` (a terminal's
+        EOF character) is written first, if the child can still read it."""
+        child.queue.append(_Close(ref, eof))
         self._pump_stdin(child)
+
+    def tty_fd(self, child: Child) -> int:
+        """A descriptor of a pty child's terminal (master side), -1 once both
+        are closed."""
+        for pipe in child.pipes:
+            if not pipe.closed:
+                return pipe.fd
+        return child.stdin_fd if child.stdin_state is StdinState.OPEN else -1
 
     def _answer(self, child: Child, item: _Write, result: StdinResult) -> None:
         child.queue.popleft()
@@ -292,6 +318,14 @@ class Children:
         while queue:
             item = queue[0]
             if isinstance(item, _Close):
+                if item.eof and child.stdin_state is StdinState.OPEN:
+                    try:
+                        self._fds.write(child.stdin_fd, item.eof)
+                    except BlockingIOError:
+                        break  # the terminal's input is full: again when writable
+                    except OSError:
+                        pass  # the terminal is gone: nothing to end
+                    item.eof = None
                 queue.popleft()
                 self._close_stdin_fd(child, StdinState.CLOSED)
                 self.session.on_close_stdin_done(child, item.ref)

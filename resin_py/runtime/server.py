@@ -11,6 +11,7 @@ import errno
 import fcntl
 import os
 import resource
+import struct
 import sys
 import time
 
@@ -21,7 +22,7 @@ from resin_py.protocol.framing import PacketReader
 from resin_py.protocol.negotiate import Negotiator
 from resin_py.runtime import tree
 from resin_py.runtime.cgroups import Cgroups, LimitError
-from resin_py.runtime.children import Child, Children, OutPipe
+from resin_py.runtime.children import Child, Children, OutPipe, StdinState
 from resin_py.runtime.fdio import F_SETPIPE_SZ, OsFds
 from resin_py.runtime.loop import READ, WRITE, EpollPoller, Loop, wait_for
 from resin_py.runtime.outbox import Outbox, is_disconnect
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from typing import TypeVar
 
     from resin_py.protocol.common import SpawnOptions
+    from resin_py.protocol.errors import SpawnStage
     from resin_py.protocol.session import ChildRef, Session
     from resin_py.protocol.terms import Term
     from resin_py.runtime.fdio import Buffer, Fds
@@ -262,25 +264,36 @@ class Resin:
         argv = [opts.arg0 if opts.arg0 is not None else exe, *args]
         parent_fds: list[int] = []
         child_fds: list[int] = []
+        tty = -1
         try:
-            if opts.stdin == "pipe":
+            setup_extra = _identity_and_limits(opts)  # before any fd is opened
+            if opts.pty is not None:
+                tty, in_w, slave = _open_pty(opts.pty, parent_fds, child_fds)
+                in_r = out_w = err_w = slave
+                pipes = [OutPipe(tty, StreamKind.STDOUT, opts.credit)]
+            elif opts.stdin == "pipe":
                 in_r, in_w = os.pipe2(os.O_CLOEXEC)
                 parent_fds.append(in_w)
                 child_fds.append(in_r)
                 os.set_blocking(in_w, False)
             else:
                 in_r, in_w = self.devnull, -1
-            out_r, out_w = _out_pipe(parent_fds, child_fds)
-            pipes = [OutPipe(out_r, StreamKind.STDOUT, opts.credit)]
-            if opts.stderr == "capture":
-                err_r, err_w = _out_pipe(parent_fds, child_fds)
-                pipes.append(OutPipe(err_r, StreamKind.STDERR, opts.credit))
-            elif opts.stderr == "stdout":
-                err_w = out_w
-            else:
-                err_w = self.devnull
-            pid = self.spawner.spawn(ChildSetup(path, argv, env, opts.cd, in_r, out_w, err_w,
-                                                cgroup_dir, self._cgroup_clone(cgroup_dir)))
+            if opts.pty is None:
+                out_r, out_w = _out_pipe(parent_fds, child_fds)
+                pipes = [OutPipe(out_r, StreamKind.STDOUT, opts.credit)]
+                if opts.stderr == "capture":
+                    err_r, err_w = _out_pipe(parent_fds, child_fds)
+                    pipes.append(OutPipe(err_r, StreamKind.STDERR, opts.credit))
+                elif opts.stderr == "stdout":
+                    err_w = out_w
+                else:
+                    err_w = self.devnull
+            setup = ChildSetup(path, argv, env, opts.cd, in_r, out_w, err_w,
+                               cgroup_dir, self._cgroup_clone(cgroup_dir))
+            if setup_extra is not None:
+                setup.uid, setup.gid, setup.groups, setup.rlimits = setup_extra
+            setup.ctty = tty >= 0
+            pid = self.spawner.spawn(setup)
         except BaseException:
             for fd in parent_fds:
                 os.close(fd)
@@ -295,6 +308,7 @@ class Resin:
         # Its exit comes as SIGCHLD (to the reaper), also if that happened already.
         child = Child(id, pid, in_w, pipes, cookie)
         child.cgroup = cgroup
+        child.tty = tty >= 0
         self.children.add(child)
         return child
 
@@ -333,7 +347,31 @@ class Resin:
         return _own(child).queued_writes
 
     def close_stdin(self, child: ChildRef, ref: Term) -> None:
-        self.children.close_stdin(_own(child), ref)
+        own = _own(child)
+        eof = None
+        if own.tty and own.stdin_state is StdinState.OPEN:
+            # A terminal has no end of input: its EOF character (VEOF, ^D
+            # unless the child changed it) ends a read at the start of a line.
+            import termios
+
+            with suppress(termios.error):
+                eof = termios.tcgetattr(own.stdin_fd)[6][termios.VEOF]
+            if not isinstance(eof, bytes):
+                eof = b"\x04"
+        self.children.close_stdin(own, ref, eof)
+
+    def resize(self, child: ChildRef, rows: int, cols: int) -> None:
+        """TIOCSWINSZ on a pty child's terminal; the kernel sends SIGWINCH to
+        its foreground process group when the size changed."""
+        own = _own(child)
+        if not own.tty:
+            raise OSError(errno.ENOTTY, "not on a terminal")
+        fd = self.children.tty_fd(own)
+        if fd < 0:
+            raise OSError(errno.ESRCH, "the terminal is gone")
+        import termios
+
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, _WINSIZE.pack(rows, cols, 0, 0))
 
     def grant_credit(self, child: ChildRef, kind: StreamKind, amount: int) -> None:
         self.children.grant_credit(_own(child), kind, amount)
@@ -402,6 +440,81 @@ def cgroup_clone(now: float, last: float) -> bool:
 def _own(child: ChildRef) -> Child:
     assert isinstance(child, Child)
     return child
+
+
+# struct winsize: rows, columns, then pixel sizes (unused).
+_WINSIZE = struct.Struct("HHHH")
+
+
+def _open_pty(size: tuple[int, int], parent_fds: list[int], child_fds: list[int]
+              ) -> tuple[int, int, int]:
+    """A pseudo-terminal of `size` (rows, cols): (master for output, a
+    duplicate of it for input, slave). Two descriptors on the master so that
+    closing stdin (the duplicate) leaves the output readable, as with pipes."""
+    import termios
+
+    try:
+        master, slave = os.openpty()  # both close-on-exec
+    except OSError as exc:
+        raise SpawnFailed("pty", exc.errno or errno.EIO, f"no pseudo-terminal: {exc}") from exc
+    parent_fds.append(master)
+    child_fds.append(slave)
+    fcntl.ioctl(master, termios.TIOCSWINSZ, _WINSIZE.pack(*size, 0, 0))
+    os.set_blocking(master, False)
+    writer = fcntl.fcntl(master, fcntl.F_DUPFD_CLOEXEC, 3)
+    parent_fds.append(writer)
+    return master, writer, slave
+
+
+def _identity_and_limits(opts: SpawnOptions) -> tuple[int, int, tuple[int, ...] | None,
+                                                      tuple[tuple[int, int, int], ...]] | None:
+    """The `user`, `group` and `rlimits` options resolved for the spawner:
+    (uid, gid, supplementary groups, rlimits); None when none is given.
+    Raises SpawnFailed: a user or group that does not exist, or resin not
+    root (then nothing could switch identity)."""
+    if opts.user is None and opts.group is None and not opts.rlimits:
+        return None
+    rlimits = tuple((_RLIMITS[name], -1 if soft is None else soft, -1 if hard is None else hard)
+                    for name, soft, hard in opts.rlimits)
+    if opts.user is None and opts.group is None:
+        return -1, -1, None, rlimits
+    import grp
+    import pwd
+
+    if os.geteuid() != 0:
+        stage: SpawnStage = "user" if opts.user is not None else "group"
+        raise SpawnFailed(stage, errno.EPERM, "only a resin running as root can switch user")
+    gid = -1
+    if opts.group is not None:
+        try:
+            entry = (grp.getgrgid(opts.group) if isinstance(opts.group, int)
+                     else grp.getgrnam(os.fsdecode(opts.group)))
+            gid = entry.gr_gid
+        except KeyError:
+            if not isinstance(opts.group, int):
+                raise SpawnFailed("group", errno.ENOENT, "no such group") from None
+            gid = opts.group  # a numeric gid need not have a name
+    if opts.user is None:
+        return -1, gid, (gid,), rlimits
+    try:
+        user = (pwd.getpwuid(opts.user) if isinstance(opts.user, int)
+                else pwd.getpwnam(os.fsdecode(opts.user)))
+    except KeyError:
+        if not isinstance(opts.user, int) or gid < 0:
+            # No name: no primary group or supplementary groups to take.
+            raise SpawnFailed("user", errno.ENOENT, "no such user") from None
+        return opts.user, gid, (gid,), rlimits
+    if gid < 0:
+        gid = user.pw_gid
+    # initgroups(3): the groups listing the user, and gid.
+    groups = tuple(os.getgrouplist(user.pw_name, gid))
+    return user.pw_uid, gid, groups, rlimits
+
+
+# The rlimits option's names and their RLIMIT_* numbers (Linux).
+_RLIMITS = {"as": 9, "core": 4, "cpu": 0, "data": 2, "fsize": 1, "locks": 10, "memlock": 8,
+            "msgqueue": 12, "nice": 13, "nofile": 7, "nproc": 6, "rss": 5, "rtprio": 14,
+            "rttime": 15, "sigpending": 11, "stack": 3}
 
 
 def _out_pipe(parent_fds: list[int], child_fds: list[int]) -> tuple[int, int]:

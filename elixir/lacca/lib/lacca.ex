@@ -125,6 +125,59 @@ defmodule Lacca do
   `:messages` mode get `{:lacca, pid, {:error, :resin_down}}` and `run/3`
   returns `{:error, :resin_down}`; new work gets a new resin.
 
+  ## Running on other nodes
+
+  With `node: name` every entry point (`run/3`, `shell/2`, `stream!/3`,
+  `stream/3`, `start/3`, `start_link/3`, `child_spec/1`) starts the OS
+  process through the resin of another node of the cluster, where
+  `:lacca` runs (`nodes/0` lists them; `node: :any` picks one of them in
+  turn, this node included):
+
+      {:ok, %Lacca.Result{stdout: out}} = Lacca.run("uname", ["-n"], node: :"worker@host2")
+
+      Lacca.stream!("pg_dump", ["mydb"], node: :"db@host3")
+      |> Stream.into(File.stream!("mydb.sql"))
+      |> Stream.run()
+
+  The process server runs on that node, next to its resin, so output
+  frames never cross the network; the owner may be anywhere and gets its
+  messages across the distribution connection. Every function that takes
+  a server (`write_stdin/3`, `signal/3`, `await/2`, `read_stdout/2`, ...)
+  works on a remote one as on a local one, by pid or as `{name, node}`.
+  `run/3` and streams have no server on the caller's node: they start one
+  on the target in `:messages` mode and take its output as messages, so
+  `:into` collects on the caller's node.
+
+  Flow control holds across nodes: a stream's consumer (and a `run/3`
+  caller) grants the remote server credit counted in chunks, 32 at first
+  and 16 more for every 16 consumed. So at most 32 chunks (of at most
+  65,530 bytes) are in flight to the consumer and at most `:max_buffer`
+  bytes per stream wait on the target node: a slow consumer on one node
+  holds a fast producer on another in bounded memory on both.
+
+  What happens when a node goes away:
+
+  | what goes away | what happens |
+  |---|---|
+  | the owner's node (the caller of `start/3`, its `:owner`, a `start_link/3` caller, a `run/3` or stream caller) | the target node stops the OS processes it owned: stop signal, then SIGKILL after `:kill_timeout`; nothing is left running |
+  | the target node | owners in `:messages` mode get `{:lacca, pid, {:error, :noconnection}}` as their final message; `await/2`, `read_stdout/2`, `write_stdin/3`, ... return `{:error, :noconnection}`; `run/3` returns `{:error, :noconnection}`; `stream!/3` and `stream/3` raise `Lacca.Error` with reason `:noconnection`. The OS processes die with their resin when their BEAM dies |
+  | a `start_link/3` caller's or the server's node, for the other | the link fires as for any process: the server stops its OS process, the caller gets the exit signal `:noconnection` (and exits, unless it traps exits) |
+  | the target node, before the start answered | `{:error, {:nodedown, node}}` (`stream!/3`: `Lacca.Error`) |
+  | the connection only (a netsplit, both nodes live on) | each side does its part of the first two rows; once the connection is back (a call reconnects, as distributed Erlang does) the servers are gone: `{:error, :noproc}` |
+  | `:lacca` is not running on the target | `{:error, {:lacca_not_started, node}}` |
+
+  `{:error, :noconnection}` is sent by the owner's node, which watches the
+  remote server: when the connection breaks just after the server's own
+  final message left, the owner may get both; take the first final message
+  of a pid and ignore what follows.
+
+  A process started on another node with `start/3` in `:buffer` mode
+  without `:owner` outlives its caller, as a local one does, but not the
+  caller's node: once the caller's node disconnects, nobody could reach
+  the process (a netsplit would orphan it), so it is stopped. A connection
+  that comes back does not bring a process back: lacca does not reconnect
+  nodes, distributed Erlang (or libcluster, ...) does.
+
   ## When the server is gone
 
   A process server ends with its OS process (see "Lifetime of the server"
@@ -181,11 +234,23 @@ defmodule Lacca do
     * `{:cgroup, errno}`: the `:cgroup` limits cannot be applied
       (`:enotsup` without cgroups, `:enoent` for a controller that is not
       enabled, ...)
+    * `{:user, errno}`, `{:group, errno}`: the `:user` / `:group` cannot be
+      taken: `:eperm` when resin does not run as root (nothing starts),
+      `:enoent` for a name (or a uid without a group) that does not exist
+    * `{:rlimit, errno}`: a `:rlimits` limit cannot be set (`:eperm`:
+      raising a hard limit needs root)
+    * `{:pty, errno}`: no pseudo-terminal could be opened or made the
+      controlling terminal
     * `{:resin_not_found, message}`: no resin executable (see
       `Lacca.Resin`); the message says how to install one
     * `{:resin_failed, failure}`: resin was found but did not start (see
       `t:resin_failure/0`)
     * `:resin_down`: resin died before it answered
+    * with `:node` (see "Running on other nodes"): `{:nodedown, node}`, the
+      node is not connected (or went down before the start answered);
+      `{:lacca_not_started, node}`, `:lacca` does not run there;
+      `:noconnection`, the node went away while the process ran (`run/3`,
+      streams)
 
   Before the error reaches the caller, a spawn that a shared resin refused
   for lack of resources (`:emfile`, `:eagain`) is tried once on each other
@@ -195,9 +260,16 @@ defmodule Lacca do
           errno()
           | {:cwd, errno()}
           | {:cgroup, errno()}
+          | {:user, errno()}
+          | {:group, errno()}
+          | {:rlimit, errno()}
+          | {:pty, errno()}
           | {:resin_not_found, String.t()}
           | {:resin_failed, resin_failure()}
           | :resin_down
+          | {:nodedown, node()}
+          | {:lacca_not_started, node()}
+          | :noconnection
 
   @typedoc """
   The errno a spawn can fail with (the lowercase C name). An errno outside
@@ -256,6 +328,28 @@ defmodule Lacca do
           | {:pids_max, pos_integer()}
           | {:cpu_max, {pos_integer(), pos_integer()}}
 
+  @typedoc "A resource of the `:rlimits` option: setrlimit(2)'s `RLIMIT_*`, lowercase."
+  @type rlimit_name ::
+          :as
+          | :core
+          | :cpu
+          | :data
+          | :fsize
+          | :locks
+          | :memlock
+          | :msgqueue
+          | :nice
+          | :nofile
+          | :nproc
+          | :rss
+          | :rtprio
+          | :rttime
+          | :sigpending
+          | :stack
+
+  @typedoc "A resource limit: a non-negative integer (bytes, seconds, a count) or `:infinity`."
+  @type rlimit_value :: non_neg_integer() | :infinity
+
   @typedoc "Options accepted by `run/3`, `start/3` and friends to set up the process."
   @type spawn_option ::
           {:cd, Path.t()}
@@ -265,9 +359,14 @@ defmodule Lacca do
           | {:stderr, :capture | :stdout | :discard}
           | {:stdin, :pipe | :null}
           | {:cgroup, [cgroup_limit()]}
+          | {:pty, boolean() | [rows: pos_integer(), cols: pos_integer()]}
+          | {:user, String.t() | non_neg_integer()}
+          | {:group, String.t() | non_neg_integer()}
+          | {:rlimits, [{rlimit_name(), rlimit_value() | {rlimit_value(), rlimit_value()}}]}
           | {:daemon, :shared | :dedicated}
           | {:kill_timeout, non_neg_integer()}
           | {:stop_signal, Signal.signal()}
+          | {:node, node() | :any}
 
   @typedoc "Options of `start/3` and `start_link/3`."
   @type start_option ::
@@ -320,12 +419,45 @@ defmodule Lacca do
       When they cannot be applied the spawn fails with `{:cgroup, reason}`:
       `:enotsup` where resin does not use cgroups, `:enoent` where the
       controller is not enabled in resin's cgroup hierarchy
+    * `:pty` - run the process on a pseudo-terminal: `true` (24 rows, 80
+      columns) or `[rows: r, cols: c]` (default `false`). The terminal is
+      its stdin, stdout and stderr and its controlling terminal (it is the
+      session leader; `isatty/1` is true on 0, 1 and 2), so programs behave
+      as in an interactive terminal. stdout and stderr are one stream
+      (`:stderr` may only be `:stdout`; `:stdin` not `:null`); the terminal
+      echoes input and writes newlines as `"\\r\\n"` unless the program
+      changes its modes (`stty raw -echo`). End of input is the terminal's
+      EOF character: `close_stdin/1` (and the end of `:input`) sends it, so
+      a program reading lines sees end-of-file at the start of a line. Flow
+      control is as with pipes. `resize/3` changes the size
+    * `:user` - run as this user (a name or a uid); needs resin to run as
+      root. The group becomes the user's, and the supplementary groups the
+      user's groups (as `initgroups(3)`); the environment is unchanged (set
+      `HOME`, `USER` with `:env` if the program needs them) and `:cd` is
+      entered as that user (it must be allowed in). Without root
+      the spawn fails with `{:user, :eperm}` and nothing starts
+    * `:group` - run with this group (a name or a gid), also the only
+      supplementary group unless `:user` gives them; needs root
+      (`{:group, :eperm}`)
+    * `:rlimits` - resource limits set in the process before it starts
+      (`setrlimit(2)`): a keyword list of `:as`, `:core`, `:cpu`, `:data`,
+      `:fsize`, `:locks`, `:memlock`, `:msgqueue`, `:nice`, `:nofile`,
+      `:nproc`, `:rss`, `:rtprio`, `:rttime`, `:sigpending`, `:stack`, each
+      a limit (soft and hard) or `{soft, hard}`, integers or `:infinity`:
+      `rlimits: [nofile: 1024, core: 0, cpu: {10, 20}]`. Raising a hard
+      limit above resin's needs root: `{:rlimit, :eperm}`
     * `:daemon` - `:shared` (default: one resin serves many processes) or
       `:dedicated` (a resin of its own, for isolation)
     * `:kill_timeout` - milliseconds between the stop signal and SIGKILL when
       stopping (default `5000`)
     * `:stop_signal` - the signal that asks the process to stop (default
       `:sigterm`)
+    * `:node` - the node whose resin starts the process: a node name
+      (`:"name@host"`), or `:any` for one of `nodes/0` in turn (default:
+      this node). `:lacca` must run there; otherwise the start fails with
+      `{:nodedown, node}` or `{:lacca_not_started, node}`. Without `:cd` the
+      process starts in the working directory of that node's resin. See
+      "Running on other nodes" above
   """
 
   @stderr_option_doc """
@@ -378,7 +510,12 @@ defmodule Lacca do
           {:ok, Lacca.Result.t()} | {:error, spawn_error()}
   def run(cmd, args, opts \\ []) do
     {exec, args} = Options.command!(cmd, args)
-    Lacca.Runner.run(exec, args, Options.run!(opts))
+    spec = Options.run!(opts)
+
+    case Lacca.Remote.target(spec) do
+      :local -> Lacca.Runner.run(exec, args, spec)
+      {:remote, node} -> Lacca.Remote.run(node, exec, args, spec)
+    end
   end
 
   @doc """
@@ -660,7 +797,14 @@ defmodule Lacca do
 
   defp do_start(cmd, args, opts, link?) do
     {exec, args} = Options.command!(cmd, args)
-    Lacca.Process.start(exec, args, Options.start!(opts), link?)
+    start_on(exec, args, Options.start!(opts), link?)
+  end
+
+  defp start_on(exec, args, spec, link?) do
+    case Lacca.Remote.target(spec) do
+      :local -> Lacca.Process.start(exec, args, spec, link?)
+      {:remote, node} -> Lacca.Remote.start(node, exec, args, spec, link?)
+    end
   end
 
   @doc """
@@ -738,7 +882,7 @@ defmodule Lacca do
           {:ok, pid()} | {:error, spawn_error()} | :ignore
   def start_supervised(cmd, args, opts) do
     {exec, args} = Options.command!(cmd, args)
-    Lacca.Process.start(exec, args, %{Options.start!(opts) | supervised: true}, true)
+    start_on(exec, args, %{Options.start!(opts) | supervised: true}, true)
   end
 
   # -- reading ----------------------------------------------------------------
@@ -758,13 +902,13 @@ defmodule Lacca do
 
   Raises `ArgumentError` for a process started with `output: :messages`.
   """
-  @spec read_stdout(server(), timeout()) :: {:ok, binary()} | {:error, :noproc}
+  @spec read_stdout(server(), timeout()) :: {:ok, binary()} | {:error, :noproc | :noconnection}
   def read_stdout(pid, timeout \\ 1_000), do: read(pid, :stdout, timeout)
 
   @doc """
   Returns and clears what the process wrote to stderr, like `read_stdout/2`.
   """
-  @spec read_stderr(server(), timeout()) :: {:ok, binary()} | {:error, :noproc}
+  @spec read_stderr(server(), timeout()) :: {:ok, binary()} | {:error, :noproc | :noconnection}
   def read_stderr(pid, timeout \\ 1_000), do: read(pid, :stderr, timeout)
 
   defp read(pid, stream, timeout) do
@@ -792,7 +936,7 @@ defmodule Lacca do
   is delivered, resin gets no more credit: the process blocks once its
   `:max_buffer` is used.
   """
-  @spec set_active(server(), active() | integer()) :: :ok | {:error, :noproc}
+  @spec set_active(server(), active() | integer()) :: :ok | {:error, :noproc | :noconnection}
   def set_active(pid, active)
       when is_boolean(active) or active in [:once, :flow] or is_integer(active) do
     case call(pid, {:set_active, active}) do
@@ -834,7 +978,9 @@ defmodule Lacca do
   never a piece from its middle; later writes come after that prefix.
   """
   @spec write_stdin(server(), iodata(), timeout()) ::
-          :ok | {:error, :epipe | :closed | :exited | :resin_down | :timeout | :noproc}
+          :ok
+          | {:error,
+             :epipe | :closed | :exited | :resin_down | :timeout | :noproc | :noconnection}
   def write_stdin(pid, data, timeout \\ :infinity) do
     check_timeout!(timeout)
     iodata!(data)
@@ -850,8 +996,16 @@ defmodule Lacca do
   @doc """
   Closes the process's stdin (the process reads end-of-file) after every
   write queued before it was written. Returns once resin closed the pipe.
+
+  On a terminal (`:pty`) there is no pipe to close: resin writes the
+  terminal's EOF character (`VEOF`, usually Ctrl-D) and takes no more input.
+  A program reading lines then reads end-of-file if the EOF character comes
+  at the start of a line (after a newline); after a partial line it only
+  ends that line. A program that turned off canonical mode (`stty raw`)
+  reads it as a byte.
   """
-  @spec close_stdin(server()) :: :ok | {:error, :exited | :resin_down | :noproc}
+  @spec close_stdin(server()) ::
+          :ok | {:error, :exited | :resin_down | :noproc | :noconnection}
   def close_stdin(pid), do: call(pid, :close_stdin)
 
   # -- control --------------------------------------------------------------
@@ -884,6 +1038,27 @@ defmodule Lacca do
       {:ok, signo} -> call(pid, {:signal, signo, group})
       {:error, :unknown_signal} -> {:error, :unknown_signal}
     end
+  end
+
+  @doc """
+  Sets the window size of a process started with `:pty` to `rows` and
+  `cols` (`TIOCSWINSZ`); the kernel sends `SIGWINCH` to the terminal's
+  foreground process group when the size changed.
+
+  Returns `{:error, :not_a_pty}` for a process without terminal and
+  `{:error, :exited}` when the process (or its terminal) is gone. Raises
+  `ArgumentError` unless `rows` and `cols` are integers 1..65535.
+
+  ## Examples
+
+      {:ok, pid} = Lacca.start("vim", ["notes.txt"], pty: [rows: 24, cols: 80])
+      :ok = Lacca.resize(pid, 50, 132)
+  """
+  @spec resize(server(), pos_integer(), pos_integer()) ::
+          :ok | {:error, :not_a_pty | :exited | :resin_down | :noproc | atom()}
+  def resize(pid, rows, cols) do
+    {rows, cols} = Options.winsize!(rows, cols)
+    call(pid, {:resize, rows, cols})
   end
 
   @doc """
@@ -923,10 +1098,11 @@ defmodule Lacca do
   Returns `{:error, :timeout}` when it still runs after `timeout`
   milliseconds, `{:error, :resin_down}` when resin died, `{:error, :noproc}`
   when the server is gone (an `output: :messages` server ends after its final
-  message).
+  message), `{:error, :noconnection}` when the server's node went away (see
+  "Running on other nodes").
   """
   @spec await(server(), timeout()) ::
-          {:ok, status()} | {:error, :timeout | :resin_down | :noproc}
+          {:ok, status()} | {:error, :timeout | :resin_down | :noproc | :noconnection}
   def await(pid, timeout \\ :infinity) do
     check_timeout!(timeout)
     call(pid, {:await, timeout})
@@ -963,9 +1139,29 @@ defmodule Lacca do
   @spec os_pid(server()) :: pos_integer() | nil
   def os_pid(pid) do
     case call(pid, :os_pid) do
-      {:error, :noproc} -> nil
+      {:error, _} -> nil
       os_pid -> os_pid
     end
+  end
+
+  @doc """
+  The connected nodes where the `:lacca` application runs, this one
+  included, sorted: the nodes `node:` can name, and among which `node:
+  :any` picks.
+
+  Each node's `:lacca` joins a `:pg` group when it starts and leaves it
+  when it stops (or its node disconnects), so the list follows the
+  cluster as distributed Erlang sees it. Nodes are not connected by lacca:
+  connect them as usual (`Node.connect/1`, `libcluster`, ...). A node
+  just connected shows up once `:pg` has synchronized with it.
+
+      iex> node() in Lacca.nodes()
+      true
+  """
+  @spec nodes() :: [node()]
+  def nodes do
+    Lacca.Daemon.ensure_started!()
+    Lacca.Cluster.nodes()
   end
 
   @typedoc "How resin contains the processes it starts (see \"Containment\")."
@@ -1009,6 +1205,13 @@ defmodule Lacca do
 
     :exit, {:resin_down, {GenServer, :call, _}} ->
       {:error, :noproc}
+
+    # A server on another node, which went away with its node.
+    :exit, {:noconnection, {GenServer, :call, _}} ->
+      {:error, :noconnection}
+
+    :exit, {{:nodedown, _}, {GenServer, :call, _}} ->
+      {:error, :noconnection}
   end
 
   defp check_timeout!(:infinity), do: :ok

@@ -5,4 +5,7 @@
 #               checkout's .venv (also :external); `make test` includes it.
 #   :heavy    - gigabyte-sized transfers and the memory bound (a few seconds);
 #               `mix test --exclude heavy --exclude external` while iterating.
+#   :cluster  - real peer nodes (OTP's :peer) for the `node:` option: makes the
+#               test node distributed on first use (starts epmd if needed);
+#               a few seconds; `--exclude cluster` to leave them out.
 ExUnit.start()

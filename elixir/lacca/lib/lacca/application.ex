@@ -11,8 +11,10 @@ defmodule Lacca.Application do
     # daemon starts its resin on its first spawn (lazily).
     shared = for name <- names, do: {Lacca.Daemon, name: name}
 
+    # Lacca.nodes/0 and node: (the :pg group of the nodes running lacca).
     children =
-      shared ++
+      Lacca.Cluster.children() ++
+        shared ++
         [
           # Dedicated daemons (daemon: :dedicated), one per OS process.
           {DynamicSupervisor, name: Lacca.DaemonSupervisor, strategy: :one_for_one},

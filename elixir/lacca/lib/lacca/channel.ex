@@ -257,6 +257,12 @@ defmodule Lacca.Channel do
     do: command(port, Protocol.stdin(id, frame))
 
   @doc false
+  # {resize, Id, Ref, Rows, Cols}: the window size of a pty process.
+  @spec resize(t(), tag(), pos_integer(), pos_integer()) :: boolean()
+  def resize(%__MODULE__{port: port, id: id}, ref, rows, cols),
+    do: command(port, Protocol.control({:resize, id, ref, rows, cols}))
+
+  @doc false
   @spec close_stdin(t(), tag()) :: boolean()
   def close_stdin(%__MODULE__{port: port, id: id}, ref),
     do: command(port, Protocol.control({:close_stdin, id, ref}))

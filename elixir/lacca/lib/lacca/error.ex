@@ -54,7 +54,9 @@ defmodule Lacca.Error do
   # does not know: a resin bug) {:resin_failed, :protocol_error}.
   @spec spawn_reason(term()) :: Lacca.spawn_error()
   def spawn_reason(reason) when reason in @errnos, do: reason
-  def spawn_reason({stage, errno}) when stage in [:cwd, :cgroup], do: {stage, errno(errno)}
+
+  def spawn_reason({stage, errno}) when stage in [:cwd, :cgroup, :user, :group, :rlimit, :pty],
+    do: {stage, errno(errno)}
 
   def spawn_reason({:resin_not_found, message}) when is_binary(message),
     do: {:resin_not_found, message}

@@ -16,6 +16,10 @@ defmodule Lacca.Options do
           | {:stderr, :capture | :stdout | :discard}
           | {:stdin, :pipe | :null}
           | {:cgroup, [Lacca.cgroup_limit()]}
+          | {:pty, {pos_integer(), pos_integer()}}
+          | {:user, binary() | non_neg_integer()}
+          | {:group, binary() | non_neg_integer()}
+          | {:rlimits, [{Lacca.rlimit_name(), {Lacca.rlimit_value(), Lacca.rlimit_value()}}]}
 
   @typedoc """
   Validated options. Every entry point fills the common fields (`daemon`,
@@ -41,7 +45,9 @@ defmodule Lacca.Options do
           lines: pos_integer() | :infinity | nil,
           tagged: boolean(),
           timeout: timeout(),
-          into: Collectable.t()
+          into: Collectable.t(),
+          node: node() | :any | nil,
+          quiet: boolean()
         }
 
   defstruct daemon: :shared,
@@ -61,10 +67,17 @@ defmodule Lacca.Options do
             lines: nil,
             tagged: false,
             timeout: :infinity,
-            into: ""
+            into: "",
+            # nil: this node; a node name or :any (Lacca.Remote)
+            node: nil,
+            # a server that ends :normal whatever the exit status: the
+            # server of a remote run/3 or stream (Lacca.Remote), whose
+            # caller gets the status as a message (no crash report)
+            quiet: false
 
-  @spawn_keys [:cd, :env, :clear_env, :arg0, :stderr, :stdin, :cgroup]
-  @common [daemon: :shared, kill_timeout: 5_000, stop_signal: :sigterm]
+  @spawn_keys [:cd, :env, :clear_env, :arg0, :stderr, :stdin, :cgroup, :pty, :user, :group] ++
+                [:rlimits]
+  @common [daemon: :shared, kill_timeout: 5_000, stop_signal: :sigterm, node: nil]
   @start_defaults [output: :buffer, owner: nil, active: :flow, max_buffer: 1_048_576] ++
                     [name: nil, log_output: nil, log_prefix: nil, log_stderr: false]
   @run_defaults [input: nil, timeout: :infinity, into: ""]
@@ -164,6 +177,10 @@ defmodule Lacca.Options do
     unless is_boolean(log_stderr), do: bad!(:log_stderr, "a boolean", log_stderr)
 
     cond do
+      log_stderr and opts[:pty] not in [nil, false] ->
+        raise ArgumentError,
+              "log_stderr: true cannot be combined with :pty (stdout and stderr are one stream)"
+
       level == nil and (prefix != nil or log_stderr) ->
         raise ArgumentError, "the :log_prefix and :log_stderr options need :log_output"
 
@@ -188,7 +205,7 @@ defmodule Lacca.Options do
         @spawn_keys ++ @common ++ [max_buffer: @default_max_buffer, input: nil, lines: false]
       )
 
-    opts = Keyword.put_new(opts, :stderr, :discard)
+    opts = if pty?(opts), do: opts, else: Keyword.put_new(opts, :stderr, :discard)
     spec = common(opts)
 
     lines =
@@ -212,9 +229,12 @@ defmodule Lacca.Options do
         :ok
     end
 
-    # Without :input stdin is /dev/null, or with stdin: :pipe an empty pipe.
+    # Without :input stdin is /dev/null, or with stdin: :pipe an empty pipe
+    # (a terminal: its EOF character at once).
+    stdin = if pty?(opts), do: :pipe, else: opts[:stdin]
+
     {spawn, input} =
-      case {input, opts[:stdin]} do
+      case {input, stdin} do
         {nil, :pipe} -> {spec.spawn, []}
         {nil, _} -> {spec.spawn ++ [{:stdin, :null}], nil}
         _ -> {spec.spawn, input}
@@ -282,6 +302,10 @@ defmodule Lacca.Options do
       raise ArgumentError, "the :input option cannot be combined with stdin: :null"
     end
 
+    # A terminal has no /dev/null: without :input it gets its EOF character
+    # at once (unless stdin: :pipe keeps it open).
+    input = if input == nil and pty?(opts) and opts[:stdin] != :pipe, do: "", else: input
+
     timeout =
       case opts[:timeout] do
         :infinity -> :infinity
@@ -310,9 +334,23 @@ defmodule Lacca.Options do
       kill_timeout: non_neg_integer!(opts, :kill_timeout),
       stop_signal: stop_signal,
       spawn: spawn_opts!(opts),
-      max_buffer: Keyword.get(opts, :max_buffer, @default_max_buffer) |> max_buffer!()
+      max_buffer: Keyword.get(opts, :max_buffer, @default_max_buffer) |> max_buffer!(),
+      node: node!(opts[:node])
     }
   end
+
+  # :node: nil or this node (here), another node's name, or :any.
+  defp node!(nil), do: nil
+  defp node!(:any), do: :any
+  defp node!(node) when node == node(), do: nil
+
+  defp node!(node) when is_atom(node) and node not in [true, false] do
+    if String.contains?(Atom.to_string(node), "@"),
+      do: node,
+      else: bad!(:node, "a node name (name@host) or :any", node)
+  end
+
+  defp node!(other), do: bad!(:node, "a node name (an atom, name@host) or :any", other)
 
   defp validate!(opts, allowed) do
     unless Keyword.keyword?(opts) do
@@ -324,15 +362,16 @@ defmodule Lacca.Options do
 
   # lacca spawn options -> the Opts proplist of the v1 spawn request.
   defp spawn_opts!(opts) do
-    cd =
-      case opts[:cd] do
-        nil -> File.cwd!()
-        cd -> cd |> chardata!(:cd) |> Path.expand()
+    # On another node (:node), the default is the working directory of
+    # that node's resin, not a directory of this machine.
+    base =
+      case {opts[:cd], node!(opts[:node])} do
+        {nil, nil} -> [{:cd, File.cwd!()}]
+        {nil, _remote} -> []
+        {cd, _} -> [{:cd, cd |> chardata!(:cd) |> Path.expand()}]
       end
 
-    no_nul!(cd, ":cd option")
-
-    base = [{:cd, cd}]
+    Enum.each(base, fn {:cd, cd} -> no_nul!(cd, ":cd option") end)
 
     env =
       case opts[:env] do
@@ -372,8 +411,152 @@ defmodule Lacca.Options do
         _ -> [{:stdin, one_of!(opts, :stdin, [:pipe, :null])}]
       end
 
-    base ++ env ++ clear_env ++ arg0 ++ stderr ++ stdin ++ cgroup!(opts[:cgroup])
+    {stderr, stdin, pty} =
+      case pty!(opts) do
+        nil -> {stderr, stdin, []}
+        # The terminal is stdin: never /dev/null, whatever the entry point adds.
+        size -> {[], [{:stdin, :pipe}], [{:pty, size}]}
+      end
+
+    base ++
+      env ++
+      clear_env ++
+      arg0 ++
+      stderr ++
+      stdin ++
+      cgroup!(opts[:cgroup]) ++
+      pty ++
+      id!(opts, :user) ++ id!(opts, :group) ++ rlimits!(opts[:rlimits])
   end
+
+  defp pty?(opts), do: opts[:pty] not in [nil, false]
+
+  @default_pty [rows: 24, cols: 80]
+  # A terminal's rows and columns are unsigned shorts (struct winsize).
+  @max_winsize 65_535
+
+  # pty: true | [rows: r, cols: c] -> {rows, cols}; nil without a terminal.
+  defp pty!(opts) do
+    size =
+      case opts[:pty] do
+        nil -> nil
+        false -> nil
+        true -> {@default_pty[:rows], @default_pty[:cols]}
+        kw when is_list(kw) -> pty_size!(kw)
+        other -> bad!(:pty, "true, false or [rows: rows, cols: cols]", other)
+      end
+
+    cond do
+      size == nil ->
+        nil
+
+      opts[:stdin] == :null ->
+        raise ArgumentError,
+              "stdin: :null cannot be combined with :pty (the terminal is stdin)"
+
+      opts[:stderr] not in [nil, :stdout] ->
+        raise ArgumentError,
+              "stderr: #{inspect(opts[:stderr])} cannot be combined with :pty " <>
+                "(stdout and stderr are one stream)"
+
+      true ->
+        size
+    end
+  end
+
+  defp pty_size!(kw) do
+    expected = "true, false or [rows: rows, cols: cols] (integers 1..#{@max_winsize})"
+
+    kw =
+      try do
+        Keyword.validate!(kw, @default_pty)
+      rescue
+        ArgumentError -> bad!(:pty, expected, kw)
+      end
+
+    case {kw[:rows], kw[:cols]} do
+      {r, c} when r in 1..@max_winsize//1 and c in 1..@max_winsize//1 -> {r, c}
+      _ -> bad!(:pty, expected, kw)
+    end
+  end
+
+  @doc false
+  # Checks a terminal size given to Lacca.resize/3.
+  @spec winsize!(term(), term()) :: {pos_integer(), pos_integer()}
+  def winsize!(rows, cols) do
+    for {name, n} <- [rows: rows, cols: cols], not (is_integer(n) and n in 1..@max_winsize) do
+      raise ArgumentError,
+            "expected #{name} to be an integer 1..#{@max_winsize}, got: #{inspect(n)}"
+    end
+
+    {rows, cols}
+  end
+
+  # Linux uids and gids are 32 bits; 2^32 - 1 means "unchanged" to the kernel.
+  @max_id 4_294_967_294
+
+  # user: / group: a name or a numeric id.
+  defp id!(opts, key) do
+    case opts[key] do
+      nil ->
+        []
+
+      n when is_integer(n) and n >= 0 and n <= @max_id ->
+        [{key, n}]
+
+      name when is_binary(name) and name != "" ->
+        no_nul!(name, "#{inspect(key)} option")
+        [{key, name}]
+
+      other ->
+        bad!(key, "a name (a non-empty binary) or a numeric id 0..#{@max_id}", other)
+    end
+  end
+
+  @rlimit_names ~w(as core cpu data fsize locks memlock msgqueue nice nofile nproc rss rtprio
+    rttime sigpending stack)a
+  # RLIM_INFINITY is :infinity; finite limits fit a signed 64-bit integer.
+  @max_rlimit 9_223_372_036_854_775_807
+
+  @doc false
+  # The names the :rlimits option accepts (setrlimit(2)'s RLIMIT_*, lowercase).
+  @spec rlimit_names() :: [Lacca.rlimit_name()]
+  def rlimit_names, do: @rlimit_names
+
+  # rlimits: [nofile: n, cpu: {soft, hard}, as: :infinity, ...]
+  defp rlimits!(nil), do: []
+  defp rlimits!([]), do: []
+
+  defp rlimits!(limits) when is_list(limits) do
+    expected =
+      "a keyword list of #{Enum.map_join(@rlimit_names, ", ", &inspect/1)}, each a " <>
+        "limit (a non-negative integer or :infinity) or {soft, hard} with soft <= hard"
+
+    checked =
+      Enum.map(limits, fn
+        {name, {soft, hard}} when name in @rlimit_names ->
+          if rlimit?(soft) and rlimit?(hard) and rlimit_le?(soft, hard),
+            do: {name, {soft, hard}},
+            else: bad!(:rlimits, expected, limits)
+
+        {name, limit} when name in @rlimit_names ->
+          if rlimit?(limit), do: {name, {limit, limit}}, else: bad!(:rlimits, expected, limits)
+
+        _ ->
+          bad!(:rlimits, expected, limits)
+      end)
+
+    [{:rlimits, checked}]
+  end
+
+  defp rlimits!(other), do: bad!(:rlimits, "a keyword list", other)
+
+  defp rlimit?(:infinity), do: true
+  defp rlimit?(n), do: is_integer(n) and n >= 0 and n <= @max_rlimit
+
+  defp rlimit_le?(_soft, :infinity), do: true
+  defp rlimit_le?(:infinity, _hard), do: false
+  defp rlimit_le?(soft, hard), do: soft <= hard
 
   # cgroup: [memory_max: bytes, pids_max: n, cpu_max: {quota_us, period_us}]
   defp cgroup!(nil), do: []

@@ -55,7 +55,7 @@ defmodule Lacca.Process do
   @type active :: boolean() | :flow | :once | pos_integer()
 
   @typedoc "A call waiting for resin's reply to a CONTROL request."
-  @type call :: {:signal | :close | :kill, from()} | :ignore
+  @type call :: {:signal | :close | :kill | :resize, from()} | :ignore
 
   @typedoc "A write_stdin call waiting for the acks of its frames."
   @type write :: %{from: from(), remaining: pos_integer(), error: atom() | nil}
@@ -78,6 +78,8 @@ defmodule Lacca.Process do
     :stop_signal,
     phase: :spawning,
     owner_mref: nil,
+    # ends :normal whatever the status (Lacca.Options :quiet)
+    quiet: false,
     # false when nobody can read the buffered output (a supervised child:
     # its starter is a supervisor): the server then ends at the exit
     readable: true,
@@ -108,7 +110,7 @@ defmodule Lacca.Process do
     inflight: :queue.new(),
     inflight_n: 0,
     writes: %{},
-    # ref => {:signal | :close | :kill, from} | :ignore  (resin replies)
+    # ref => {:signal | :close | :kill | :resize, from} | :ignore  (resin replies)
     calls: %{},
     # parked await callers and timers of parked calls
     awaiters: [],
@@ -129,6 +131,7 @@ defmodule Lacca.Process do
           stop_signal: pos_integer(),
           phase: :spawning | :running | :done,
           owner_mref: reference() | nil,
+          quiet: boolean(),
           readable: boolean(),
           log: %{optional(stream()) => Lines.t()},
           log_level: Logger.level() | nil,
@@ -238,6 +241,10 @@ defmodule Lacca.Process do
     owner_mref =
       if spec.owner != nil or spec.output == :messages, do: Process.monitor(owner), else: nil
 
+    # Started from another node (node:) and bound to nobody: it goes when
+    # its starter's node goes, so that a netsplit orphans nothing.
+    if owner_mref == nil and node(starter) != node(), do: Node.monitor(node(starter), true)
+
     {log, readable} = log_setup(spec)
 
     state = %__MODULE__{
@@ -246,6 +253,7 @@ defmodule Lacca.Process do
       link: link?,
       owner: owner,
       owner_mref: owner_mref,
+      quiet: spec.quiet,
       mode: spec.output,
       readable: readable,
       log: log,
@@ -352,6 +360,10 @@ defmodule Lacca.Process do
   def handle_info({:EXIT, pid, reason}, %{link: true, starter: pid} = s),
     do: {:stop, owner_exit_reason(reason), s}
 
+  def handle_info({:nodedown, node}, %{owner_mref: nil, starter: starter} = s)
+      when node(starter) == node,
+      do: {:stop, {:shutdown, {:nodedown, node}}, s}
+
   def handle_info({:timeout, ref}, s), do: {:noreply, timed_out(ref, s)}
 
   def handle_info({:kill_timeout, ref}, %{kill_timer: {ref, _}} = s) do
@@ -387,6 +399,10 @@ defmodule Lacca.Process do
 
       {:kill, from} ->
         GenServer.reply(from, :ok)
+        {:noreply, s}
+
+      {:resize, from} ->
+        GenServer.reply(from, resize_result(result))
         {:noreply, s}
 
       {:close, from} ->
@@ -476,6 +492,7 @@ defmodule Lacca.Process do
 
   # The server's exit reason once the OS process is over (see "Lifetime of
   # the server" in Lacca.start/3): what :transient and :permanent act on.
+  defp exit_reason(%{quiet: true}), do: :normal
   defp exit_reason(%{status: {:exit, 0}}), do: :normal
   defp exit_reason(%{status: {:exit, code}}), do: {:exit_status, code}
   defp exit_reason(%{status: {:signal, name}}), do: {:signal, name}
@@ -554,6 +571,16 @@ defmodule Lacca.Process do
       {:reply, {:error, failure(s)}, s}
     else
       {:noreply, signal_ref(s, signo, group, {:signal, from})}
+    end
+  end
+
+  def handle_call({:resize, rows, cols}, from, s) do
+    if s.status != nil do
+      {:reply, {:error, failure(s)}, s}
+    else
+      ref = make_ref()
+      Channel.resize(s.chan, ref, rows, cols)
+      {:noreply, %{s | calls: Map.put(s.calls, ref, {:resize, from})}}
     end
   end
 
@@ -949,6 +976,11 @@ defmodule Lacca.Process do
   # resin reaped the process; its exit is on its way.
   defp signal_result({:error, :esrch}), do: {:error, :exited}
   defp signal_result({:error, reason}), do: {:error, reason}
+
+  defp resize_result(:ok), do: :ok
+  defp resize_result({:error, :enotty}), do: {:error, :not_a_pty}
+  defp resize_result({:error, reason}) when reason in [:no_process, :esrch], do: {:error, :exited}
+  defp resize_result({:error, reason}), do: {:error, reason}
 
   defp close_result(:ok), do: :ok
   defp close_result({:error, :no_process}), do: {:error, :exited}

@@ -27,6 +27,11 @@ defmodule Lacca.Stream do
   # id is free and nothing is left in the mailbox). When the consumer process
   # dies instead, the daemon's monitor kills the group, and the link kills
   # the writer.
+  #
+  # With node: (another node), there is a process server after all, on that
+  # node: see Lacca.Remote. The consumer takes its output as messages and
+  # grants it credit in chunks; lines, tags and statuses are handled here as
+  # for a local stream.
 
   alias Lacca.{Channel, Daemon, Lines}
 
@@ -47,6 +52,13 @@ defmodule Lacca.Stream do
   # -- start -----------------------------------------------------------------
 
   defp start(exec, args, cmd, spec, bang?) do
+    case Lacca.Remote.target(spec) do
+      :local -> start_local(exec, args, cmd, spec, bang?)
+      {:remote, node} -> start_remote(node, exec, args, cmd, spec, bang?)
+    end
+  end
+
+  defp start_local(exec, args, cmd, spec, bang?) do
     {daemon, dedicated?} =
       case spec.daemon do
         :shared ->
@@ -111,6 +123,63 @@ defmodule Lacca.Stream do
     end
   end
 
+  # The state of a stream on another node (Lacca.Remote): the fields of a
+  # local one, without a channel, with its server, the server's monitor and
+  # the chunks consumed but not yet granted again.
+  defp remote_state(cmd, args, spec, bang?, writer, stderr_mode, pid, mref) do
+    %{
+      chan: nil,
+      os_pid: nil,
+      daemon: nil,
+      server: pid,
+      mref: mref,
+      consumed: 0,
+      writer: writer,
+      cmd: cmd,
+      args: args,
+      bang?: bang?,
+      tagged: spec.tagged,
+      stderr_mode: stderr_mode,
+      stderr_tail: "",
+      lines: spec.lines && {Lines.new(spec.lines), Lines.new(spec.lines)},
+      stop_signal: spec.stop_signal,
+      kill_timeout: spec.kill_timeout,
+      # nil while running; then resin's status term, :resin_down or
+      # :noconnection (the node of a remote stream went away)
+      status: nil
+    }
+  end
+
+  # As in start_local/5: stderr: :discard (the default) still reads stderr,
+  # for its tail.
+  defp stderr_mode(spec) do
+    case List.keyfind(spec.spawn, :stderr, 0) do
+      {:stderr, :discard} ->
+        {List.keyreplace(spec.spawn, :stderr, 0, {:stderr, :capture}), :tail}
+
+      {:stderr, :stdout} ->
+        {spec.spawn, :merged}
+
+      _ ->
+        {spec.spawn, :emit}
+    end
+  end
+
+  # On another node: a Lacca.Process server there, in :messages mode, owned
+  # by the consumer, with credit counted in chunks (see Lacca.Remote).
+  defp start_remote(node, exec, args, cmd, spec, bang?) do
+    {spawn_opts, stderr_mode} = stderr_mode(spec)
+
+    case Lacca.Remote.start_owned(node, exec, args, %{spec | spawn: spawn_opts}) do
+      {:ok, pid, mref} ->
+        writer = if spec.input != nil, do: Lacca.Remote.start_writer(pid, spec.input)
+        remote_state(cmd, args, spec, bang?, writer, stderr_mode, pid, mref)
+
+      {:error, reason} ->
+        raise Lacca.Error, command: cmd, reason: reason
+    end
+  end
+
   defp spawn_process(daemon, exec, args, spec, writer) do
     Daemon.spawn(daemon, exec, args, spec.spawn, spec.max_buffer, self(), writer)
   catch
@@ -127,6 +196,38 @@ defmodule Lacca.Stream do
   end
 
   # -- next -------------------------------------------------------------------
+
+  defp next(%{status: nil, server: pid, mref: mref} = st) when is_pid(pid) do
+    writer = st.writer
+
+    receive do
+      {:lacca, ^pid, {:stdout, data}} ->
+        output(:stdout, data, %{st | consumed: Lacca.Remote.grant(pid, st.consumed)})
+
+      {:lacca, ^pid, {:stderr, data}} ->
+        st = %{st | consumed: Lacca.Remote.grant(pid, st.consumed)}
+        st = %{st | stderr_tail: tail(st.stderr_tail, data)}
+        if st.stderr_mode == :tail, do: {[], st}, else: output(:stderr, data, st)
+
+      {:lacca, ^pid, :passive} ->
+        {[], st}
+
+      {:lacca, ^pid, {:exit, status}} ->
+        Lacca.Remote.await_down(mref)
+        st = %{st | status: status, mref: nil}
+        {rest(st), st}
+
+      {:lacca, ^pid, {:error, reason}} ->
+        Lacca.Remote.await_down(mref)
+        {[], %{st | status: reason, mref: nil}}
+
+      {:"$lacca_input", ^writer, kind, reason, stacktrace} ->
+        :erlang.raise(kind, reason, stacktrace)
+
+      {:DOWN, ^mref, :process, _, reason} ->
+        {[], %{st | status: Lacca.Remote.down_reason(reason), mref: nil}}
+    end
+  end
 
   defp next(%{status: nil, chan: %Channel{port: port, id: id, dmref: dmref} = chan} = st) do
     writer = st.writer
@@ -163,8 +264,8 @@ defmodule Lacca.Stream do
   defp next(%{status: :done} = st), do: {:halt, st}
   defp next(%{status: {:exit, 0}, bang?: true} = st), do: {:halt, %{st | status: :done}}
 
-  defp next(%{status: :resin_down} = st),
-    do: raise(Lacca.Error, command: st.cmd, reason: :resin_down)
+  defp next(%{status: down} = st) when down in [:resin_down, :noconnection],
+    do: raise(Lacca.Error, command: st.cmd, reason: down)
 
   defp next(%{bang?: true, status: status} = st) do
     raise Lacca.ExitError,
@@ -216,9 +317,17 @@ defmodule Lacca.Stream do
   defp tag_all(%{tagged: false}, _stream, lines), do: lines
   defp tag_all(%{tagged: true}, stream, lines), do: Enum.map(lines, &{stream, &1})
 
+  # (A remote server's status has its signal named already.)
+  defp lacca_status({:signal, name} = status) when is_atom(name), do: status
   defp lacca_status(status), do: Channel.exit_status(status)
 
   # -- halt (the after function) ----------------------------------------------
+
+  defp halt(%{server: pid} = st) when is_pid(pid) do
+    Lacca.Remote.stop_writer(st.writer)
+    if st.mref, do: Lacca.Remote.halt(pid, st.mref)
+    :ok
+  end
 
   defp halt(st) do
     stop_writer(st.writer)
