@@ -221,23 +221,25 @@ defmodule Bench do
     n = 5_000
     cat = System.find_executable("cat")
     port = Port.open({:spawn_executable, cat}, [:binary, :stream, :exit_status])
+    {:ok, pid} = Lacca.start("cat", [], output: :messages)
 
-    port_samples =
-      samples(n, fn ->
-        Port.command(port, @msg)
-        port_recv(port, 0)
+    port_fun = fn ->
+      Port.command(port, @msg)
+      port_recv(port, 0)
+    end
+
+    lacca_fun = fn ->
+      :ok = Lacca.write_stdin(pid, @msg)
+      lacca_recv(pid, 0)
+    end
+
+    # Interleaved in blocks, so that drift (other load) hits both alike.
+    {port_samples, lacca_samples} =
+      Enum.reduce(1..10, {[], []}, fn _, {p, l} ->
+        {p ++ samples(div(n, 10), port_fun), l ++ samples(div(n, 10), lacca_fun)}
       end)
 
     Port.close(port)
-
-    {:ok, pid} = Lacca.start("cat", [], output: :messages)
-
-    lacca_samples =
-      samples(n, fn ->
-        :ok = Lacca.write_stdin(pid, @msg)
-        lacca_recv(pid, 0)
-      end)
-
     Lacca.stop(pid)
     emit(%{bench: "roundtrip", variant: "Port", unit: "us", samples: port_samples})
 
@@ -455,6 +457,38 @@ defmodule Bench do
         samples: [peak],
         baseline: "Port"
       })
+    end
+
+    # A process server whose owner does not read for 5 s: :messages with the
+    # default active mode, :messages with active: true (unbounded, for
+    # comparison), and :buffer.
+    for {variant, opts} <- [
+          {"messages", [output: :messages]},
+          {"messages active: true", [output: :messages, active: true]},
+          {"buffer", []}
+        ] do
+      peak =
+        measure_peak(fn ->
+          {:ok, pid} = Lacca.start("head", args, opts)
+          Process.sleep(5_000)
+          if opts == [], do: read_all(pid, 0), else: messages_loop(pid, 0)
+        end)
+
+      emit(%{
+        bench: "slow_consumer",
+        variant: variant,
+        unit: "MiB",
+        samples: [peak],
+        baseline: "Port"
+      })
+    end
+  end
+
+  # :buffer mode to the end: "" once the process exited and all was read.
+  defp read_all(pid, n) do
+    case Lacca.read_stdout(pid, :infinity) do
+      {:ok, ""} -> n
+      {:ok, data} -> read_all(pid, n + byte_size(data))
     end
   end
 

@@ -32,9 +32,10 @@ defmodule Lacca do
       `{:lacca, pid, {:error, :resin_down}}` when resin itself died
 
   How many chunks the owner gets is set by the `:active` option and
-  `set_active/2`, as for a `:gen_tcp` socket: `active: true` sends everything,
-  `active: n` sends `n` chunks and then `{:lacca, pid, :passive}`,
-  `active: :once` one chunk, `active: false` none.
+  `set_active/2`, as for a `:gen_tcp` socket: `active: :flow` (the default)
+  sends everything, in bounded memory (see "Flow control"), `active: true`
+  sends everything without a bound, `active: n` sends `n` chunks and then
+  `{:lacca, pid, :passive}`, `active: :once` one chunk, `active: false` none.
 
   ## Streams
 
@@ -58,11 +59,16 @@ defmodule Lacca do
       elements, so a consumer that sleeps holds any producer in bounded memory
     * `output: :buffer`: bytes in the server, returned by `read_stdout/2` and
       `read_stderr/2`
-    * `output: :messages`: bytes in the server, returned as they are sent to
-      the owner. With `active: n`, `:once` or `false` at most `n` chunks go
-      to the owner's mailbox and the rest waits in the server: bounded.
-      `active: true` sends everything as soon as it arrives, so, as with
-      `:gen_tcp`, an owner that does not keep up lets its mailbox grow
+    * `output: :messages`: bytes sent to the owner. With `active: :flow`
+      (the default) every chunk is sent as it arrives, but while the owner's
+      message queue holds more than 64 messages resin gets no more credit
+      (looked at again every 1 to 64 ms), so an owner that does not read
+      holds the process in a few MiB. With `active: n`, `:once` or `false`
+      at most `n` chunks go to the owner's mailbox and the rest waits in the
+      server: bounded. `active: true` sends everything as soon as it
+      arrives, so, as with `:gen_tcp`, an owner that does not keep up lets
+      its mailbox grow. (An owner on another node counts as keeping up:
+      `:flow` is then `true`.)
     * `run/3`: chunks are collected into `:into` as they arrive
 
   The lacca 0.2.3 API works as before:
@@ -388,8 +394,11 @@ defmodule Lacca do
           | {:lines, boolean() | pos_integer()}
           | {:max_buffer, pos_integer()}
 
-  @typedoc "Active mode of an `output: :messages` process, as in `:gen_tcp`."
-  @type active :: boolean() | :once | pos_integer()
+  @typedoc """
+  Active mode of an `output: :messages` process, as in `:gen_tcp`, plus
+  `:flow`: everything, in bounded memory (the default).
+  """
+  @type active :: :flow | boolean() | :once | pos_integer()
 
   @spawn_options_doc """
     * `:cd` - working directory of the process (default: the BEAM's current
@@ -678,8 +687,14 @@ defmodule Lacca do
       `child_spec/1`, `:ignore`: the supervisor keeps no child, restarts none)
     * `:active` - `:messages` mode only, as for a `:gen_tcp` socket (see
       `set_active/2`):
-        * `true` (default): every chunk is sent to the owner as it arrives
-          (no limit on the owner's mailbox)
+        * `:flow` (default): every chunk is sent to the owner as it
+          arrives, while the owner keeps up: when more than 64 messages
+          wait in its queue, resin gets no more credit until it caught up
+          (see "Flow control" in the module documentation). Messages of
+          any kind count: an owner that leaves many others unread holds
+          the process too
+        * `true`: every chunk is sent to the owner as it arrives (no limit on
+          the owner's mailbox, as before `:flow`)
         * a positive integer `n`: `n` chunks are sent, then
           `{:lacca, pid, :passive}`, and the server is passive until
           `set_active/2`
@@ -914,14 +929,16 @@ defmodule Lacca do
   Changes the active mode of an `output: :messages` process, as
   `:inet.setopts(socket, active: active)` does for a socket.
 
-  `true` delivers everything, `:once` one chunk, `false` nothing; an integer
+  `:flow` delivers everything while the owner keeps up (the default),
+  `true` everything, `:once` one chunk, `false` nothing; an integer
   is added to the current count (like `{:active, n}` in `:gen_tcp`): when the
   count reaches zero the owner gets `{:lacca, pid, :passive}`. While no output
   is delivered, resin gets no more credit: the process blocks once its
   `:max_buffer` is used.
   """
   @spec set_active(server(), active() | integer()) :: :ok | {:error, :noproc | :noconnection}
-  def set_active(pid, active) when is_boolean(active) or active == :once or is_integer(active) do
+  def set_active(pid, active)
+      when is_boolean(active) or active in [:once, :flow] or is_integer(active) do
     case call(pid, {:set_active, active}) do
       {:error, :not_messages} ->
         raise ArgumentError, "set_active/2 needs a process started with output: :messages"
@@ -933,7 +950,8 @@ defmodule Lacca do
 
   def set_active(_pid, active) do
     raise ArgumentError,
-          "expected active to be true, false, :once or an integer, got: #{inspect(active)}"
+          "expected active to be :flow, true, false, :once or an integer, got: " <>
+            inspect(active)
   end
 
   # -- writing ------------------------------------------------------------------

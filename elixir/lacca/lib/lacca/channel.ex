@@ -41,12 +41,14 @@ defmodule Lacca.Channel do
             threshold: 1,
             ungranted_out: 0,
             ungranted_err: 0,
+            held: false,
             credit: :metered
 
   @typedoc """
   One OS process's wire: resin's port, the process's id on it, the monitor
   of the daemon (nil once it is no longer needed), the credit regrant
-  threshold and the bytes consumed but not yet granted back. `credit` is
+  threshold and the bytes consumed but not yet granted back. `held`: grants
+  are withheld (hold/1) until release/1. `credit` is
   `:metered` while output comes back in grants, `:unlimited` once the
   process was unthrottled (killed), `:closed` once it is over.
   """
@@ -57,6 +59,7 @@ defmodule Lacca.Channel do
           threshold: pos_integer(),
           ungranted_out: non_neg_integer(),
           ungranted_err: non_neg_integer(),
+          held: boolean(),
           credit: :metered | :unlimited | :closed
         }
 
@@ -141,6 +144,22 @@ defmodule Lacca.Channel do
   # The message the daemon sends a receiver for a raw data frame.
   @spec forward(port(), binary()) :: {:"$lacca", port(), binary()}
   def forward(port, frame), do: {:"$lacca", port, frame}
+
+  @doc false
+  # Direct delivery (Lacca.Daemon.spawn/8 with an owner): the daemon sent
+  # `out` bytes of stdout and `err` bytes of stderr straight to the owner;
+  # the receiver accounts them as consumed (see Lacca.Process).
+  defmacro sent(port, id, out, err) do
+    quote do
+      {:"$lacca_sent", unquote(port), unquote(id), unquote(out), unquote(err)}
+    end
+  end
+
+  @doc false
+  # The stream and data of a raw STDOUT or STDERR packet (data: a sub-binary).
+  @spec split_output(binary()) :: {stream(), binary()}
+  def split_output(<<@t_stdout, _id::32, data::binary>>), do: {:stdout, data}
+  def split_output(<<@t_stderr, _id::32, data::binary>>), do: {:stderr, data}
 
   @doc false
   @spec forward_event(port(), tuple()) :: {:"$lacca_event", port(), tuple()}
@@ -264,12 +283,48 @@ defmodule Lacca.Channel do
 
   def consumed(chan, _stream, _bytes), do: chan
 
-  defp regrant(%{threshold: threshold} = chan, stream, ungranted) when ungranted >= threshold do
+  defp regrant(%{held: false, threshold: threshold} = chan, stream, ungranted)
+       when ungranted >= threshold do
     command(chan.port, Protocol.credit(chan.id, stream, ungranted))
     0
   end
 
   defp regrant(_chan, _stream, ungranted), do: ungranted
+
+  @doc false
+  # Whether consuming `bytes` more of `stream` would send a grant.
+  @spec grant_due?(t(), stream(), non_neg_integer()) :: boolean()
+  def grant_due?(%__MODULE__{credit: :metered, held: false} = chan, stream, bytes) do
+    ungranted = if stream == :stdout, do: chan.ungranted_out, else: chan.ungranted_err
+    ungranted + bytes >= chan.threshold
+  end
+
+  def grant_due?(_chan, _stream, _bytes), do: false
+
+  @doc false
+  # Grants are withheld (consumed bytes only add up) until release/1: the
+  # reader's consumer is behind (Lacca.Process, `active: :flow`).
+  @spec hold(t()) :: t()
+  def hold(chan), do: %{chan | held: true}
+
+  @doc false
+  # Grants resume: what was consumed meanwhile goes back to resin.
+  @spec release(t()) :: t()
+  def release(%__MODULE__{held: true} = chan) do
+    chan = %{chan | held: false}
+
+    if chan.credit == :metered do
+      %{
+        chan
+        | ungranted_out: regrant(chan, :stdout, chan.ungranted_out),
+          ungranted_err: regrant(chan, :stderr, chan.ungranted_err)
+      }
+    else
+      chan
+    end
+  end
+
+  def release(chan), do: chan
 
   @doc false
   # resin reports an exit only once it has read the pipes empty, and reads

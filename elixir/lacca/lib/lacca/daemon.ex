@@ -17,6 +17,16 @@ defmodule Lacca.Daemon do
   # There are a few shared daemons (pick/0 chooses one, round robin), each
   # restarted by the supervisor when its resin dies.
   #
+  # Direct delivery (spawn/8 with an `owner`, a Lacca.Process server in
+  # `:messages` mode with `active: true` or `:flow`): output is sent straight
+  # to the owner as {:lacca, receiver, {stream, data}}, one hop instead of
+  # two; the receiver gets a Channel.sent/4 note per quarter of :max_buffer
+  # (its credit accounting), and the owner gets the final {:exit, status}
+  # from the daemon too, after the last data (the order between two messages
+  # is guaranteed only when one process sends both), or {:error, :resin_down}
+  # when the daemon stops. undirect/2 hands delivery back to the receiver
+  # (the frames it gets from then on come after those the owner got).
+  #
   # Receivers write STDIN, CREDIT and CONTROL frames themselves through
   # Lacca.Channel (any process may write to the port); only spawn goes through
   # the daemon, which has to register the receiver first. The messages above
@@ -163,6 +173,8 @@ defmodule Lacca.Daemon do
   # (:emfile, :eagain: out of descriptors or processes) does not forward the
   # error: the spawn is tried on the next shared daemon, once on each, and
   # only the last one's answer reaches the receiver.
+  #
+  # `owner`: output goes straight to it (direct delivery, see the top).
   @spec spawn(
           GenServer.server(),
           binary(),
@@ -170,11 +182,12 @@ defmodule Lacca.Daemon do
           list(),
           pos_integer() | :infinity,
           pid(),
+          pid() | nil,
           pid() | nil
         ) ::
           {:ok, pid(), port(), Lacca.Protocol.id()} | {:error, term()}
-  def spawn(daemon, exec, args, spawn_opts, max_buffer, receiver, acker \\ nil) do
-    request = {:spawn, exec, args, spawn_opts, max_buffer, receiver, acker || receiver}
+  def spawn(daemon, exec, args, spawn_opts, max_buffer, receiver, acker \\ nil, owner \\ nil) do
+    request = {:spawn, exec, args, spawn_opts, max_buffer, receiver, acker || receiver, owner}
     spawn_on(daemon, request, if(is_atom(daemon), do: other_shared(daemon), else: []))
   end
 
@@ -228,6 +241,19 @@ defmodule Lacca.Daemon do
     :exit, {:noproc, _} -> {:error, :noproc}
     :exit, {{:shutdown, _}, _} -> {:error, :resin_down}
     :exit, {:normal, _} -> {:error, :resin_down}
+  end
+
+  @doc false
+  # Ends direct delivery for `id`: the receiver gets its frames from now on.
+  # {:ok, out, err}: the bytes the owner got that no Channel.sent/4 note
+  # reported yet; :gone when the process is over (its exit, already sent to
+  # the owner, is in the receiver's mailbox) or the daemon is gone.
+  @spec undirect(pid(), Lacca.Protocol.id()) ::
+          {:ok, non_neg_integer(), non_neg_integer()} | :gone
+  def undirect(daemon, id) do
+    GenServer.call(daemon, {:undirect, id}, :infinity)
+  catch
+    :exit, _ -> :gone
   end
 
   @doc false
@@ -298,7 +324,9 @@ defmodule Lacca.Daemon do
        # RESIN_TREE prefix of this resin's descendants (Lacca.Cleanup)
        cookie: nil,
        # id => {from, reply, retry?}: spawn_wait calls awaiting resin's answer
-       waiting: %{}
+       waiting: %{},
+       # id => {owner, receiver, note_every, out, err}: direct delivery
+       direct: %{}
      }}
   end
 
@@ -314,7 +342,7 @@ defmodule Lacca.Daemon do
     end
   end
 
-  def handle_call({:spawn, exec, args, opts, max_buffer, receiver, acker}, _from, state) do
+  def handle_call({:spawn, exec, args, opts, max_buffer, receiver, acker, owner}, _from, state) do
     case ensure_port(state) do
       {:ok, state} ->
         {id, state} = next_id(state)
@@ -334,7 +362,8 @@ defmodule Lacca.Daemon do
             state = %{
               state
               | procs: Map.put(state.procs, id, {receiver, acker, mref, nil}),
-                mrefs: Map.put(state.mrefs, mref, id)
+                mrefs: Map.put(state.mrefs, mref, id),
+                direct: direct(state.direct, id, owner, receiver, max_buffer)
             }
 
             {:reply, {:ok, self(), state.port, id}, state}
@@ -346,6 +375,13 @@ defmodule Lacca.Daemon do
 
       {:error, reason, state} ->
         {:reply, {:error, reason}, state}
+    end
+  end
+
+  def handle_call({:undirect, id}, _from, state) do
+    case Map.pop(state.direct, id) do
+      {{_, _, _, out, err}, direct} -> {:reply, {:ok, out, err}, %{state | direct: direct}}
+      {nil, _} -> {:reply, :gone, state}
     end
   end
 
@@ -377,11 +413,20 @@ defmodule Lacca.Daemon do
 
   def handle_cast(:release, state) do
     close_port(state)
-    {:stop, :normal, %{state | port: nil, procs: %{}}}
+    {:stop, :normal, %{state | port: nil, procs: %{}, direct: %{}}}
   end
 
   @impl true
   # STDOUT / STDERR: forwarded as they are. This is the hot path.
+  def handle_info(
+        {port, {:data, Channel.raw_output(type, id) = frame}},
+        %{port: port, direct: direct} = state
+      )
+      when Channel.is_output_type(type) and is_map_key(direct, id) do
+    route = deliver(frame, port, id, :erlang.map_get(id, direct))
+    {:noreply, %{state | direct: %{direct | id => route}}}
+  end
+
   def handle_info({port, {:data, Channel.raw_output(type, id) = frame}}, %{port: port} = state)
       when Channel.is_output_type(type) do
     case state.procs do
@@ -434,7 +479,7 @@ defmodule Lacca.Daemon do
   def handle_info({:DOWN, mref, :process, _, _}, %{client: {_, mref}} = state) do
     # Our only client died: resin kills everything when its stdin closes.
     close_port(state)
-    {:stop, :normal, %{state | port: nil, procs: %{}}}
+    {:stop, :normal, %{state | port: nil, procs: %{}, direct: %{}}}
   end
 
   def handle_info({:DOWN, mref, :process, _, _}, state) do
@@ -450,7 +495,7 @@ defmodule Lacca.Daemon do
         end
 
         procs = Map.update!(state.procs, id, fn {_, _, _, os_pid} -> {nil, nil, nil, os_pid} end)
-        {:noreply, %{state | mrefs: mrefs, procs: procs}}
+        {:noreply, %{state | mrefs: mrefs, procs: procs, direct: Map.delete(state.direct, id)}}
     end
   end
 
@@ -464,6 +509,51 @@ defmodule Lacca.Daemon do
   def terminate(_reason, state) do
     # Closing resin's stdin makes resin kill every process group and exit.
     close_port(state)
+
+    # Direct owners of running processes get their final message from here,
+    # after their data (their receivers see our :DOWN and leave it to us).
+    for {id, {owner, receiver, _, _, _}} <- state.direct,
+        match?(%{^id => {_, _, _, os_pid}} when os_pid != nil, state.procs),
+        do: send(owner, {:lacca, receiver, {:error, :resin_down}})
+
+    :ok
+  end
+
+  # -- direct delivery -------------------------------------------------------
+
+  defp direct(direct, _id, nil, _receiver, _max_buffer), do: direct
+
+  defp direct(direct, id, owner, receiver, max_buffer),
+    do: Map.put(direct, id, {owner, receiver, Channel.threshold(max_buffer), 0, 0})
+
+  # One output frame to the owner; the receiver hears of the bytes in notes.
+  defp deliver(frame, port, id, {owner, receiver, every, out, err}) do
+    {stream, data} = Channel.split_output(frame)
+    send(owner, {:lacca, receiver, {stream, data}})
+
+    {out, err} =
+      if stream == :stdout, do: {out + byte_size(data), err}, else: {out, err + byte_size(data)}
+
+    if out >= every or err >= every do
+      send(receiver, Channel.sent(port, id, out, err))
+      {owner, receiver, every, 0, 0}
+    else
+      {owner, receiver, every, out, err}
+    end
+  end
+
+  # The exit goes to a direct owner after its last data.
+  defp direct_end({tag, id, status}, state) do
+    case Map.pop(state.direct, id) do
+      {nil, _} ->
+        state
+
+      {{owner, receiver, _, _, _}, direct} ->
+        if tag == :exit,
+          do: send(owner, {:lacca, receiver, {:exit, Channel.exit_status(status)}})
+
+        %{state | direct: direct}
+    end
   end
 
   # -- events --------------------------------------------------------------
@@ -504,6 +594,8 @@ defmodule Lacca.Daemon do
   end
 
   defp event({tag, id, _} = ev, state) when tag in [:exit, :spawn_error] do
+    state = direct_end(ev, state)
+
     case Map.pop(state.procs, id) do
       {nil, _} ->
         state

@@ -35,7 +35,7 @@ defmodule Lacca.Options do
           max_buffer: pos_integer(),
           output: :buffer | :messages,
           owner: pid() | nil,
-          active: boolean() | :once | pos_integer(),
+          active: Lacca.active(),
           name: GenServer.name() | nil,
           log_output: Logger.level() | nil,
           log_prefix: binary() | nil,
@@ -57,7 +57,7 @@ defmodule Lacca.Options do
             max_buffer: 1_048_576,
             output: :buffer,
             owner: nil,
-            active: true,
+            active: :flow,
             name: nil,
             log_output: nil,
             log_prefix: nil,
@@ -78,7 +78,7 @@ defmodule Lacca.Options do
   @spawn_keys [:cd, :env, :clear_env, :arg0, :stderr, :stdin, :cgroup, :pty, :user, :group] ++
                 [:rlimits]
   @common [daemon: :shared, kill_timeout: 5_000, stop_signal: :sigterm, node: nil]
-  @start_defaults [output: :buffer, owner: nil, active: true, max_buffer: 1_048_576] ++
+  @start_defaults [output: :buffer, owner: nil, active: :flow, max_buffer: 1_048_576] ++
                     [name: nil, log_output: nil, log_prefix: nil, log_stderr: false]
   @run_defaults [input: nil, timeout: :infinity, into: ""]
 
@@ -135,10 +135,10 @@ defmodule Lacca.Options do
 
     active = opts[:active]
 
-    unless active in [true, false, :once] or (is_integer(active) and active > 0) do
+    unless active in [:flow, true, false, :once] or (is_integer(active) and active > 0) do
       raise ArgumentError,
-            "invalid value for :active option: expected true, false, :once or a positive " <>
-              "integer, got: #{inspect(active)}"
+            "invalid value for :active option: expected :flow, true, false, :once or a " <>
+              "positive integer, got: #{inspect(active)}"
     end
 
     common(opts)

@@ -8,6 +8,19 @@ defmodule Lacca.Process do
   # own port and id (and daemon monitor ref), so frames of an older process
   # or another port can never be taken for ours.
   #
+  # In :messages mode with `active: true` or `:flow` (and no log_output) the
+  # daemon delivers output straight to the owner, and the final {:exit, _}
+  # or {:error, :resin_down} after it ("direct", Lacca.Daemon.spawn/8): we
+  # only hear how many bytes went (Channel.sent/4) and keep the credit and
+  # control. Any other active mode, and our own termination, hand delivery
+  # back to us for good (leave_direct/1).
+  #
+  # `active: :flow` (the default) is `true` with bounded memory: before a
+  # credit grant goes to resin, the owner's message queue is looked at; above
+  # @flow_backlog messages the grant is withheld (the OS process blocks once
+  # its :max_buffer is used) and looked at again on a timer, backing off from
+  # @flow_check_first to @flow_check_max ms, until the owner caught up.
+  #
   # Callers that have to wait (read_stdout with an empty buffer, await,
   # write_stdin until its frames are acked, close_stdin, signal, stop) are
   # parked and answered with GenServer.reply/2 when the answer arrives.
@@ -25,10 +38,21 @@ defmodule Lacca.Process do
   # writes a newline costs at most this much memory here.
   @log_line_max 4_096
 
+  # active: :flow. Above this many messages in the owner's queue no more
+  # credit goes to resin: with chunks of at most 64 KiB that bounds the
+  # owner's mailbox at about 4 MiB plus :max_buffer per stream, while an
+  # owner that keeps up (a few chunks queued) never sees it.
+  @flow_backlog 64
+  # While credit is withheld, the owner's queue is looked at again after
+  # this many ms, doubling up to @flow_check_max: prompt for an owner that
+  # catches up, cheap for one that sleeps.
+  @flow_check_first 1
+  @flow_check_max 64
+
   @type stream :: :stdout | :stderr
   @type status :: Channel.status() | :resin_down
   @type from :: GenServer.from()
-  @type active :: boolean() | :once | pos_integer()
+  @type active :: boolean() | :flow | :once | pos_integer()
 
   @typedoc "A call waiting for resin's reply to a CONTROL request."
   @type call :: {:signal | :close | :kill | :resize, from()} | :ignore
@@ -72,7 +96,12 @@ defmodule Lacca.Process do
     buf: %{stdout: {[], 0}, stderr: {[], 0}},
     readers: %{stdout: [], stderr: []},
     # :messages mode
-    active: true,
+    active: :flow,
+    # output goes from the daemon straight to the owner (see the top)
+    direct: false,
+    daemon: nil,
+    # active: :flow while credit is withheld: {timer ref, delay}
+    flow: nil,
     pending: :queue.new(),
     exit_pending: false,
     # stdin: queued items, refs of unacked frames in order, writes by ref
@@ -113,6 +142,9 @@ defmodule Lacca.Process do
           buf: %{stdout: {iodata(), non_neg_integer()}, stderr: {iodata(), non_neg_integer()}},
           readers: %{stdout: [{reference(), from()}], stderr: [{reference(), from()}]},
           active: active(),
+          direct: boolean(),
+          daemon: pid() | nil,
+          flow: {reference(), pos_integer()} | nil,
           pending: :queue.queue({stream(), binary()}),
           exit_pending: boolean(),
           stdin: :open | :closing | :closed,
@@ -270,11 +302,19 @@ defmodule Lacca.Process do
           Daemon.start_dedicated(self())
       end
 
+    # Only to a local owner: a send to another node can block the sender
+    # (a busy distribution port), and the daemon is shared.
+    direct? =
+      state.mode == :messages and state.active in [true, :flow] and state.log == %{} and
+        node(state.owner) == node()
+
+    owner = if direct?, do: state.owner
+
     with {:ok, daemon} <- daemon,
          {:ok, dpid, port, id} <-
-           Daemon.spawn(daemon, exec, args, spec.spawn, spec.max_buffer, self()) do
+           Daemon.spawn(daemon, exec, args, spec.spawn, spec.max_buffer, self(), nil, owner) do
       chan = Channel.open(port, id, dpid, spec.max_buffer)
-      {:noreply, %{state | chan: chan}}
+      {:noreply, %{state | chan: chan, direct: direct?, daemon: dpid}}
     else
       {:error, reason} ->
         send(state.starter, {state.tag, {:error, reason}})
@@ -294,12 +334,24 @@ defmodule Lacca.Process do
   def handle_info(Channel.stdin_ack(port, id, code), %{chan: %Channel{port: port, id: id}} = s),
     do: {:noreply, s |> acked(Channel.ack_status(code)) |> pump()}
 
+  # Direct delivery: the daemon sent these bytes to the owner.
+  def handle_info(Channel.sent(port, id, out, err), %{chan: %Channel{port: port, id: id}} = s),
+    do: {:noreply, s |> delivered(:stdout, out) |> delivered(:stderr, err)}
+
+  def handle_info({:flow_check, ref}, %{flow: {ref, delay}} = s) do
+    if backlogged?(s.owner),
+      do: {:noreply, flow_timer(s, min(2 * delay, @flow_check_max))},
+      else: {:noreply, release(s)}
+  end
+
   def handle_info(Channel.event(port, event), %{chan: %Channel{port: port, id: id}} = s)
       when elem(event, 1) == id,
       do: event(event, s)
 
-  def handle_info({:DOWN, mref, :process, _, _}, %{chan: %Channel{dmref: mref}} = s),
-    do: resin_down(s)
+  # A daemon that stopped sent a direct owner its {:error, :resin_down};
+  # one that was killed could not.
+  def handle_info({:DOWN, mref, :process, _, reason}, %{chan: %Channel{dmref: mref}} = s),
+    do: resin_down(if reason == :killed, do: %{s | direct: false}, else: s)
 
   # The owner is gone: stop the OS process (terminate/2 does it gracefully).
   def handle_info({:DOWN, mref, :process, _, _}, %{owner_mref: mref} = s),
@@ -590,6 +642,8 @@ defmodule Lacca.Process do
   def handle_cast(_request, s), do: {:noreply, s}
 
   defp set_active(s, active) do
+    s = if active in [true, :flow], do: s, else: leave_direct(s)
+
     active =
       case {s.active, active} do
         {n, m} when is_integer(n) and is_integer(m) -> n + m
@@ -605,6 +659,7 @@ defmodule Lacca.Process do
         %{s | active: active}
       end
 
+    s = if s.active == :flow, do: s, else: release(s)
     deliver(s)
   end
 
@@ -614,6 +669,8 @@ defmodule Lacca.Process do
   def terminate(_reason, %{phase: :running, status: nil} = s) do
     # Our owner or supervisor is gone: stop the OS process before we go,
     # dropping its output meanwhile (in bounded memory, see Channel.halt/3).
+    s = s |> leave_direct() |> release()
+
     _ =
       if s.chan.credit == :unlimited do
         Channel.kill(s.chan)
@@ -691,11 +748,13 @@ defmodule Lacca.Process do
     end
   end
 
-  # :messages, active: true and nothing held back: straight to the owner.
-  defp output(stream, data, %{active: true, exit_pending: false} = s) do
+  # :messages, active: true or :flow and nothing held back: straight to the
+  # owner.
+  defp output(stream, data, %{active: active, exit_pending: false} = s)
+       when active in [true, :flow] do
     if :queue.is_empty(s.pending) do
       send(s.owner, {:lacca, self(), {stream, data}})
-      consumed(s, stream, byte_size(data))
+      delivered(s, stream, byte_size(data))
     else
       output_queued(stream, data, s)
     end
@@ -719,10 +778,10 @@ defmodule Lacca.Process do
 
       {{:value, {stream, data} = chunk}, pending} ->
         send(s.owner, {:lacca, self(), chunk})
-        s = consumed(%{s | pending: pending}, stream, byte_size(data))
+        s = delivered(%{s | pending: pending}, stream, byte_size(data))
 
         case s.active do
-          true ->
+          active when active in [true, :flow] ->
             deliver(s)
 
           :once ->
@@ -749,6 +808,9 @@ defmodule Lacca.Process do
 
   defp maybe_end(s), do: {:noreply, s}
 
+  # Direct: the daemon sent it, after the last data.
+  defp notify_end(%{direct: true}), do: :ok
+
   defp notify_end(%{status: :resin_down} = s),
     do: send(s.owner, {:lacca, self(), {:error, :resin_down}})
 
@@ -757,6 +819,55 @@ defmodule Lacca.Process do
   # Bytes handed to the reader: give resin that much credit back, in batches
   # (none once the process is over or was unthrottled).
   defp consumed(s, stream, size), do: %{s | chan: Channel.consumed(s.chan, stream, size)}
+
+  # :messages mode: `size` bytes of `stream` went to the owner. With active:
+  # :flow a grant they make due waits while the owner is behind.
+  defp delivered(s, _stream, 0), do: s
+
+  defp delivered(%{active: :flow, flow: nil} = s, stream, size) do
+    if Channel.grant_due?(s.chan, stream, size) and backlogged?(s.owner) do
+      consumed(flow_timer(%{s | chan: Channel.hold(s.chan)}, @flow_check_first), stream, size)
+    else
+      consumed(s, stream, size)
+    end
+  end
+
+  defp delivered(s, stream, size), do: consumed(s, stream, size)
+
+  # Whether the owner is behind: more than @flow_backlog messages queued.
+  # An owner on another node (whose queue cannot be read from here) never
+  # is: the hook where a remote owner would need credit of its own (its
+  # output then flows as with active: true).
+  defp backlogged?(owner) when node(owner) != node(), do: false
+
+  defp backlogged?(owner) do
+    case Process.info(owner, :message_queue_len) do
+      {:message_queue_len, n} -> n > @flow_backlog
+      nil -> false
+    end
+  end
+
+  defp flow_timer(s, delay) do
+    ref = make_ref()
+    Process.send_after(self(), {:flow_check, ref}, delay)
+    %{s | flow: {ref, delay}}
+  end
+
+  # Withheld credit goes out (a pending timer message is then ignored).
+  defp release(%{flow: nil} = s), do: s
+  defp release(s), do: %{s | flow: nil, chan: Channel.release(s.chan)}
+
+  # Delivery back from the daemon to us, for good: the bytes the owner got
+  # since the last note are consumed. :gone: the process is over, its exit
+  # (already sent to the owner by the daemon) is in our mailbox.
+  defp leave_direct(%{direct: true, chan: %Channel{credit: credit}} = s) when credit != :closed do
+    case Daemon.undirect(s.daemon, s.chan.id) do
+      {:ok, out, err} -> %{s | direct: false} |> consumed(:stdout, out) |> consumed(:stderr, err)
+      :gone -> s
+    end
+  end
+
+  defp leave_direct(s), do: s
 
   # SIGKILL goes out: unlimited credit first (see Channel.unthrottle/1).
   defp unthrottle(s), do: %{s | chan: Channel.unthrottle(s.chan)}
