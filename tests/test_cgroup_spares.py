@@ -163,3 +163,30 @@ def test_a_child_after_a_killed_one_runs() -> None:
             assert client.signal(id, signal.SIGKILL, group=True) == OK
             assert client.collect(id).exit == v1.Exit(id, "signal", signal.SIGKILL)
             assert client.run(100 + id, "echo", ["alive"]).stdout == b"alive\n"
+
+
+def test_a_cgroup_whose_leader_a_signal_ended_is_not_reused(tmp_path: Path) -> None:
+    """Something other than resin (the child itself) may have killed it
+    through cgroup.kill: removed, not kept."""
+    cgroups = Cgroups(str(tmp_path))
+    path = _open(cgroups, 1)
+    Path(path, "cgroup.events").write_text("populated 0\nfrozen 0\n")
+    cgroups.try_remove(path, reusable=False)
+    assert not cgroups.spares
+    assert _open(cgroups, 2) == str(tmp_path / "c2")
+
+
+@pytest.mark.skipif(not CGROUPS, reason="no usable cgroup v2 here")
+def test_a_child_that_kills_its_own_cgroup_does_not_poison_the_next_ones() -> None:
+    """End to end: a (root) child writes its own cgroup.kill; every child
+    after it still runs (its cgroup must not come back as a spare)."""
+    script = ('cg=$(grep "^0::" /proc/self/cgroup | cut -d: -f3); '
+              'echo 1 > "$(grep -m1 " cgroup2 " /proc/self/mounts | cut -d" " -f2)$cg/cgroup.kill"')
+    with ResinClient() as client:
+        assert client.hello() == 1
+        for id in range(1, 4):
+            killed = client.run(id, "sh", ["-c", script])
+            assert killed.exit == v1.Exit(id, "signal", 9), killed
+            for n in range(10):
+                ran = client.run(100 * id + n, "echo", ["alive"])
+                assert ran.stdout == b"alive\n", (id, n, ran)

@@ -182,11 +182,11 @@ class Cgroups:
         (killed processes take a moment to leave it)."""
         self.try_remove(path)
 
-    def try_remove(self, path: str) -> bool:
+    def try_remove(self, path: str, reusable: bool = True) -> bool:
         """Remove the cgroup if it is empty (or keep it as a spare, see
-        CGROUP_SPARES); else keep it to be removed once it is (see sweep).
-        Whether it is empty."""
-        if path in self.limited or path in self.killed:
+        CGROUP_SPARES, when `reusable`); else keep it to be removed once it
+        is (see sweep). Whether it is empty."""
+        if path in self.limited or path in self.killed or not reusable:
             self.limited.discard(path)
             self.killed.discard(path)
         elif len(self.spares) < CGROUP_SPARES and not populated(path):

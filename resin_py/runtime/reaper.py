@@ -219,10 +219,14 @@ class Reaper:
                 status = 0
             self.children.exited(child, status)
             # If its cgroup can be removed, nothing is left in it to kill: the
-            # common case costs one rmdir.
+            # common case costs one rmdir. Only the cgroup of a leader that
+            # exited on its own is kept for reuse: one whose leader a signal
+            # ended may have been killed through cgroup.kill by something
+            # other than resin (the child itself: it may be root), and Linux
+            # SIGKILLs every child later created in such a cgroup.
             cgroup, cgroups = child.cgroup, self.cgroups
             if (cgroup is not None and cgroups is not None and not self.children.closing
-                    and not cgroups.try_remove(cgroup)):
+                    and not cgroups.try_remove(cgroup, reusable=os.WIFEXITED(status))):
                 cgroups.kill_child(cgroup)
 
     def kill_descendants(self, deadline: float) -> None:
