@@ -445,7 +445,10 @@ defmodule Lacca do
       `:nproc`, `:rss`, `:rtprio`, `:rttime`, `:sigpending`, `:stack`, each
       a limit (soft and hard) or `{soft, hard}`, integers or `:infinity`:
       `rlimits: [nofile: 1024, core: 0, cpu: {10, 20}]`. Raising a hard
-      limit above resin's needs root: `{:rlimit, :eperm}`
+      limit above resin's needs root: `{:rlimit, :eperm}`. The limits apply
+      to the program's own loading too: with `nofile` below about 4 the
+      dynamic loader cannot open the C library, and the program exits 127
+      with that message on its stderr
     * `:daemon` - `:shared` (default: one resin serves many processes) or
       `:dedicated` (a resin of its own, for isolation)
     * `:kill_timeout` - milliseconds between the stop signal and SIGKILL when
