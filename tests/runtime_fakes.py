@@ -254,7 +254,8 @@ class Rig:
     """Outbox + Children + Loop over the fakes, wired as resin wires them."""
 
     def __init__(self, *, high_water: int = 64, low_water: int = 16,
-                 outbox_class: type[Outbox] = Outbox, stdout_pipe: bool = True) -> None:
+                 outbox_class: type[Outbox] = Outbox, stdout_pipe: bool = True,
+                 splice_min: int = 1) -> None:
         self.fds = FakeFds()
         self.fds.stdout_pipe = stdout_pipe
         self.poller = FakePoller(self.fds)
@@ -262,6 +263,8 @@ class Rig:
                                    low_water=low_water)
         self.session = RecordingSession(self.outbox)
         self.children = Children(self.fds, self.poller, self.outbox, self.session)
+        # 1: every output is spliced (tests of the splice path use small outputs).
+        self.children.splice_min = splice_min
         self.outbox.on_pause_change = self.children.on_pause_change
         self.outbox.on_idle = self.children.on_idle
         self.loop = Loop(self.poller, self.outbox.flush)

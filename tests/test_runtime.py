@@ -451,3 +451,52 @@ def test_shutdown_reads_the_rest_of_a_pending_frame() -> None:
     streams, exits, _ = parse_output(bytes(rig.fds.stdout))
     assert streams == {(1, "o"): b"s" * 12} and exits == [1]
     frames(bytes(rig.fds.stdout))
+
+
+def test_small_output_is_read_not_spliced() -> None:
+    """Output under splice_min is read (one read, its frame in the turn's
+    writev); a read of splice_min or more, or one that fills what it asked
+    for (150 of 300: the rest is spliced), turns splicing back on; the bytes
+    and their order are the same either way."""
+    rig = Rig(high_water=1000, low_water=10, splice_min=64)
+    rig.session.read_limit = 150
+    child = rig.spawn(1, stderr=False)
+    out = child.pipes[0]
+    pipe = rig.fds.pipes[out.fd]
+    rig.fds.stdout_room = 10**6
+    sent = b""
+    for chunk, spliced, small in [(b"a" * 10, 0, True), (b"b" * 63, 0, True),
+                                  (b"c" * 100, 0, False), (b"d" * 80, 80, False),
+                                  (b"e" * 5, 80, True), (b"f" * 70, 80, False),
+                                  (b"g" * 9, 80, True), (b"h" * 300, 230, False),
+                                  (b"i", 230, True)]:
+        pipe.data += chunk
+        sent += chunk
+        rig.turn()
+        assert (rig.fds.spliced, out.small) == (spliced, small), chunk[:1]
+        assert parse_output(bytes(rig.fds.stdout))[0] == {(1, "o"): sent}
+        frames(bytes(rig.fds.stdout))
+
+
+def test_a_small_pipe_waits_for_its_pending_frame() -> None:
+    """A spliced frame part way out: the pipe's next output, however small,
+    is not read before that frame is finished (it would tear it)."""
+    rig = Rig(high_water=1000, low_water=10, splice_min=16)
+    child = rig.spawn(1, stderr=False)
+    pipe = rig.fds.pipes[child.pipes[0].fd]
+    pipe.data += b"p" * 40
+    rig.fds.stdout_room = 12  # the header and 3 bytes
+    rig.turn()
+    assert rig.outbox._src == child.pipes[0].fd
+    pipe.data += b"s" * 3
+    for _ in range(20):
+        rig.fds.stdout_room = 4
+        rig.turn()
+        assert rig.stalled() is None
+    rig.fds.stdout_room = 10**6
+    for _ in range(3):
+        rig.turn()
+    assert parse_output(bytes(rig.fds.stdout))[0] == {(1, "o"): b"p" * 40 + b"s" * 3}
+    frames(bytes(rig.fds.stdout))
+    # the last 10 "p" and the "s" (13 < 16) were read, behind the finished frame
+    assert rig.fds.spliced == 30 and child.pipes[0].small

@@ -74,13 +74,15 @@ class LoopModel(RuleBasedStateMachine):
     splice: ClassVar[st.SearchStrategy[bool]] = st.sampled_from([True, True, True, False])
 
     @initialize(high=st.integers(8, 80), low=st.integers(1, 8), read_limit=st.integers(1, 24),
-                splice_limit=st.integers(0, 24), data=st.data())
-    def setup(self, high: int, low: int, read_limit: int, splice_limit: int,
+                splice_limit=st.integers(0, 24), splice_min=st.integers(1, 12),
+                data=st.data())
+    def setup(self, high: int, low: int, read_limit: int, splice_limit: int, splice_min: int,
               data: st.DataObject) -> None:
         self.rig = Rig(high_water=high, low_water=low, outbox_class=self.outbox_class,
                        stdout_pipe=data.draw(self.splice))
         self.rig.session.read_limit = read_limit
         self.rig.session.splice_limit = splice_limit
+        self.rig.children.splice_min = splice_min  # under it, output is read
 
     # --- children ---
 

@@ -12,6 +12,9 @@ Rules kept here (and checked by tests/test_runtime*.py):
   frame must not overtake queued bytes, so a pipe that fires while anything
   waits for stdout is parked until nothing does (`Outbox.want_idle`); the
   credit is charged when a frame is begun, as for a read;
+- a splicing pipe whose output is small (under `Children.splice_min`) is
+  read instead, until a read brings that much again or fills what it asked
+  for; it is only ever read with no spliced frame of its own pending;
 - an exited child's exit is reported after every byte its pipes held was
   handed to the session, or when the pipe holding data has no credit and
   resin is shutting down; a held child is drained again when credit comes or
@@ -57,6 +60,12 @@ PIPE_DEFAULT_SIZE = 64 * 1024
 # Reads of one pipe per wakeup while each one fills its whole buffer: fewer
 # trips through epoll for a chatty child, without starving the others.
 READS_PER_WAKEUP = 4
+# Output smaller than this is read, not spliced: for a small output a splice
+# costs three syscalls (FIONREAD, the header's write, the splice) against a
+# read (its frame goes out in the loop turn's one writev with whatever else is
+# queued), and the copy of a few KiB is cheap (measured, 100 B echo round
+# trips: docs/performance.md, "resin's share").
+SPLICE_MIN = 4096
 
 
 class Read(Enum):
@@ -80,7 +89,7 @@ class OutPipe:
     """The read end of a child's stdout or stderr pipe."""
 
     __slots__ = ("boosted", "closed", "credit", "fd", "handler", "hung", "kind", "parked",
-                 "read_size", "splice")
+                 "read_size", "small", "splice")
 
     def __init__(self, fd: int, kind: StreamKind, credit: int | None) -> None:
         self.fd = fd
@@ -94,6 +103,8 @@ class OutPipe:
         self.boosted = False  # enlarged to CHILD_PIPE_SIZE (tried once)
         self.read_size = PIPE_DEFAULT_SIZE  # the pipe's capacity, as far as resin knows
         self.splice: bool | None = None  # output by splice(2); None: not decided yet
+        # A splicing pipe whose last output was under splice_min: read, not spliced.
+        self.small = False
         self.handler: Callable[[], None] = _nothing
 
 
@@ -179,6 +190,7 @@ class Children:
         self.closing = False  # shutting down: exits no longer wait for credit
         self.boosted = 0  # open pipes enlarged to CHILD_PIPE_SIZE
         self.stdin_bytes = 0  # queued for all children's stdin, not yet written
+        self.splice_min = SPLICE_MIN  # tests splice smaller outputs
 
     def __len__(self) -> int:
         return len(self.by_pid) + len(self.held)
@@ -238,6 +250,8 @@ class Children:
             pipe.splice = (outbox.splicing and self.session.splice_limit > 0
                            and self._fds.is_pipe(pipe.fd))
         if pipe.splice and outbox.splicing:
+            if pipe.small:  # never spliced while small: no frame of its own pending
+                return self._read(child, pipe)
             if not outbox.size:
                 return self._splice(child, pipe)
             if not self.closing and not self._empty(pipe):
@@ -266,6 +280,9 @@ class Children:
         except OSError:
             avail = 0
         if not avail:  # at its end, or empty (or written to just now): a read tells
+            return self._read(child, pipe)
+        if avail < self.splice_min:  # little: a read is cheaper
+            pipe.small = True
             return self._read(child, pipe)
         if (avail >= size and not pipe.boosted and CHILD_PIPE_SIZE
                 and self.boosted < CHILD_PIPE_BOOST_LIMIT):
@@ -314,6 +331,8 @@ class Children:
             return Read.EOF
         if pipe.credit is not None:
             pipe.credit -= len(data)
+        if pipe.small and (len(data) >= self.splice_min or len(data) == limit):
+            pipe.small = False  # much output (or more waiting): spliced from the next wakeup
         if (len(data) == size and not pipe.boosted and CHILD_PIPE_SIZE
                 and self.boosted < CHILD_PIPE_BOOST_LIMIT):
             self._boost(pipe)
