@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 
+from resin_py.lite import TYPE_CHECKING
 from resin_py.protocol import v1
 from resin_py.protocol.common import StreamKind
 from resin_py.protocol.errors import BadArgument, ProtocolError, SpawnFailed
@@ -12,6 +13,9 @@ from resin_py.protocol.framing import MAX_PACKET, packet_header
 from resin_py.protocol.session import ChildRef, Core, StdinResult
 from resin_py.protocol.terms import OK, Atom, Term
 from resin_py.protocol.v1 import AckStatus
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 _ACK: dict[StdinResult, AckStatus] = {
     StdinResult.WRITTEN: AckStatus.WRITTEN,
@@ -262,28 +266,26 @@ class V1Session:
         self._send_payload(v1.encode_spawned(req.id, child.pid))
 
     def _signal(self, req: v1.Signal) -> None:
-        child = self.procs.get(req.id)
-        result: Term = OK
-        if child is None:
-            result = _error(Atom("no_process"))
-        else:
-            try:
-                self.core.signal(child, req.signo, req.group)
-            except OSError as exc:
-                result = _error(errno_atom(exc.errno or errno.EINVAL))
-        self.send(v1.Reply(req.id, req.ref, result))
+        self._on_child(req.id, req.ref,
+                       lambda child: self.core.signal(child, req.signo, req.group))
 
     def _resize(self, req: v1.Resize) -> None:
-        child = self.procs.get(req.id)
+        self._on_child(req.id, req.ref,
+                       lambda child: self.core.resize(child, req.rows, req.cols))
+
+    def _on_child(self, id: int, ref: Term, act: Callable[[ChildRef], None]) -> None:
+        """Answer a request about one child: ok, no_process, or the errno
+        `act` failed with."""
+        child = self.procs.get(id)
         result: Term = OK
         if child is None:
             result = _error(Atom("no_process"))
         else:
             try:
-                self.core.resize(child, req.rows, req.cols)
+                act(child)
             except OSError as exc:
                 result = _error(errno_atom(exc.errno or errno.EINVAL))
-        self.send(v1.Reply(req.id, req.ref, result))
+        self.send(v1.Reply(id, ref, result))
 
     def on_framing_error(self, exc: ProtocolError) -> None:
         self.send(v1.error_event(exc))
