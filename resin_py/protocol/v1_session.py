@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 
-from resin_py.lite import TYPE_CHECKING
 from resin_py.protocol import v1
 from resin_py.protocol.common import StreamKind
 from resin_py.protocol.errors import BadArgument, ProtocolError, SpawnFailed
@@ -14,6 +13,7 @@ from resin_py.protocol.session import ChildRef, Core, StdinResult
 from resin_py.protocol.terms import OK, Atom, Term
 from resin_py.protocol.v1 import AckStatus
 
+TYPE_CHECKING = False  # no `typing` at run time (see protocol/common.py)
 if TYPE_CHECKING:
     from collections.abc import Callable
 
