@@ -354,10 +354,12 @@ defmodule Lacca.Remote do
   @spec stop_writer(pid() | nil) :: :ok
   def stop_writer(nil), do: :ok
 
+  # Also stream!'s local writer (Lacca.Stream): the same messages.
   def stop_writer(writer) do
     Process.unlink(writer)
     Process.exit(writer, :kill)
 
+    # An input error it may have reported meanwhile.
     receive do
       {:"$lacca_input", ^writer, _, _, _} -> :ok
     after

@@ -185,12 +185,12 @@ defmodule Lacca.Stream do
   catch
     # (The :lacca application is not started, ...)
     kind, reason ->
-      stop_writer(writer)
+      Lacca.Remote.stop_writer(writer)
       :erlang.raise(kind, reason, __STACKTRACE__)
   end
 
   defp failed_start(writer, daemon, dedicated?, cmd, reason) do
-    stop_writer(writer)
+    Lacca.Remote.stop_writer(writer)
     if dedicated?, do: Daemon.release(daemon)
     raise Lacca.Error, command: cmd, reason: reason
   end
@@ -330,7 +330,7 @@ defmodule Lacca.Stream do
   end
 
   defp halt(st) do
-    stop_writer(st.writer)
+    Lacca.Remote.stop_writer(st.writer)
 
     _ = if st.status == nil, do: Channel.halt(st.chan, st.stop_signal, st.kill_timeout)
 
@@ -343,20 +343,6 @@ defmodule Lacca.Stream do
   defp start_writer(input) do
     consumer = self()
     spawn_link(fn -> writer(consumer, input) end)
-  end
-
-  defp stop_writer(nil), do: :ok
-
-  defp stop_writer(writer) do
-    Process.unlink(writer)
-    Process.exit(writer, :kill)
-
-    # An input error it may have reported meanwhile.
-    receive do
-      {:"$lacca_input", ^writer, _, _, _} -> :ok
-    after
-      0 -> :ok
-    end
   end
 
   defp writer(consumer, input) do
