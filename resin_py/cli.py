@@ -45,18 +45,21 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     from importlib.resources import files
 
     protocol_doc = files("resin_py") / "docs" / "protocol.md"  # shipped with the package
+    # Raw text: a wrapped help would break the path at a hyphen, which no one
+    # can paste back.
     parser = argparse.ArgumentParser(
         prog="resin",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
-            "Port program for lacca: reads {packet,2} frames on stdin, spawns and "
-            "supervises OS processes, multiplexes their stdio onto stdout. Speaks the "
-            "legacy v0 protocol (lacca 0.2.3) or v1 (handshake 00 01). Exits when stdin "
+            "Port program for lacca: reads {packet,2} frames on stdin, spawns and\n"
+            "supervises OS processes, multiplexes their stdio onto stdout. Speaks the\n"
+            "legacy v0 protocol (lacca 0.2.3) or v1 (handshake 00 01). Exits when stdin\n"
             "closes, killing its children."
         ),
         epilog=(
-            f"Both protocols are documented in {protocol_doc}. To drive resin from "
-            "Python (and in pytest: fixtures resin_v0, resin_v1), see "
-            "resin_py.testing.ResinClient."
+            f"Both protocols are documented in\n  {protocol_doc}\n"
+            "To drive resin from Python (and in pytest: fixtures resin_v0, resin_v1),\n"
+            "see resin_py.testing.ResinClient."
         ),
     )
     parser.add_argument("--version", action="version", version=f"resin {__version__}")
