@@ -775,7 +775,7 @@ defmodule Lacca do
   `status/1` and `os_pid/1` return `nil`.
   """
   @spec start(String.t(), [String.t()], [start_option()]) ::
-          {:ok, pid()} | {:error, spawn_error() | :owner_down}
+          {:ok, pid()} | {:error, spawn_error() | :owner_down | {:already_started, pid()}}
   def start(cmd, args, opts \\ []), do: do_start(cmd, args, opts, false)
 
   @doc """
@@ -795,7 +795,7 @@ defmodule Lacca do
   The options of `start/3`.
   """
   @spec start_link(String.t(), [String.t()], [start_option()]) ::
-          {:ok, pid()} | {:error, spawn_error() | :owner_down}
+          {:ok, pid()} | {:error, spawn_error() | :owner_down | {:already_started, pid()}}
   def start_link(cmd, args, opts \\ []), do: do_start(cmd, args, opts, true)
 
   defp do_start(cmd, args, opts, link?) do
