@@ -243,7 +243,8 @@ defmodule Lacca.Process do
     # handle_continue/2 collects the answer.
     pending =
       if spec.daemon == :shared,
-        do: Daemon.spawn_async(Daemon.pick(), exec, args, spec.spawn, spec.max_buffer, direct_owner)
+        do:
+          Daemon.spawn_async(Daemon.pick(), exec, args, spec.spawn, spec.max_buffer, direct_owner)
 
     Process.flag(:trap_exit, true)
 
