@@ -10,7 +10,7 @@ defmodule Lacca.Process do
   #
   # In :messages mode with `active: true` or `:flow` (and no log_output) the
   # daemon delivers output straight to the owner, and the final {:exit, _}
-  # or {:error, :resin_down} after it ("direct", Lacca.Daemon.spawn/8): we
+  # or {:error, :resin_down} after it ("direct", Lacca.Daemon.spawn_async/6): we
   # only hear how many bytes went (Channel.sent/4) and keep the credit and
   # control. Any other active mode, and our own termination, hand delivery
   # back to us for good (leave_direct/1).
