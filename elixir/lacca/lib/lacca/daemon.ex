@@ -50,6 +50,9 @@ defmodule Lacca.Daemon do
   require Channel
 
   @handshake_timeout 15_000
+  # Spawn errors that another shared resin may not give (out of descriptors
+  # or processes there): the spawn is tried on the next one.
+  @refused [:emfile, :eagain]
   @max_id 4_294_967_295
 
   # -- the pool of shared daemons --------------------------------------------
@@ -188,7 +191,7 @@ defmodule Lacca.Daemon do
           {:ok, pid(), port(), Lacca.Protocol.id()} | {:error, term()}
   def spawn(daemon, exec, args, spawn_opts, max_buffer, receiver, acker \\ nil, owner \\ nil) do
     request = {:spawn, exec, args, spawn_opts, max_buffer, receiver, acker || receiver, owner}
-    spawn_on(daemon, request, if(is_atom(daemon), do: other_shared(daemon), else: []))
+    spawn_on(daemon, request, if(is_atom(daemon), do: :not_yet, else: []))
   end
 
   # The shared daemons after `daemon`, in round robin order.
@@ -199,10 +202,18 @@ defmodule Lacca.Daemon do
     MatchError -> []
   end
 
+  # `others`: the shared daemons still to try after a refusal, or
+  # :not_yet (listed on the first refusal only, not on every spawn).
   defp spawn_on(daemon, request, others) do
-    case call_spawn(daemon, {:spawn_wait, request, others != []}) do
-      {:refused, _reason} -> spawn_on(hd(others), request, tl(others))
-      other -> other
+    case call_spawn(daemon, {:spawn_wait, request, others == :not_yet or others != []}) do
+      {:refused, reason} ->
+        case if(others == :not_yet, do: other_shared(daemon), else: others) do
+          [] -> {:error, reason}
+          [next | rest] -> spawn_on(next, request, rest)
+        end
+
+      other ->
+        other
     end
   end
 
@@ -225,6 +236,87 @@ defmodule Lacca.Daemon do
       other -> other
     end
   end
+
+  @typedoc "A spawn sent with spawn_async/6, awaited with await_spawn/1."
+  @type pending :: {GenServer.server(), reference(), tuple(), [atom()] | :not_yet}
+
+  @doc false
+  # spawn/8 for a receiver that does not wait at once (a Lacca.Process
+  # server, from its init/1): the request leaves now, the receiver (the
+  # caller) collects the answer later with await_spawn/1. The daemon answers
+  # with {:"$lacca_spawning", ref, {:ok, daemon_pid, port, id} | {:error,
+  # reason}} as soon as the request went to resin, before any event about
+  # the id; the daemon is monitored meanwhile (by name for a shared one).
+  @spec spawn_async(
+          GenServer.server(),
+          binary(),
+          [binary()],
+          list(),
+          pos_integer() | :infinity,
+          pid() | nil
+        ) :: pending()
+  def spawn_async(daemon, exec, args, spawn_opts, max_buffer, owner) do
+    request = {:spawn, exec, args, spawn_opts, max_buffer, self(), self(), owner}
+    send_spawn(daemon, request, if(is_atom(daemon), do: :not_yet, else: []))
+  end
+
+  defp send_spawn(daemon, request, others) do
+    mref = Process.monitor(daemon)
+    GenServer.cast(daemon, {:spawn_async, self(), mref, request})
+    {daemon, mref, request, others}
+  end
+
+  @doc false
+  # Waits for resin's answer to spawn_async/6: {:ok, daemon_pid, port, id,
+  # os_pid} once the OS process runs (its `spawned` event consumed here), or
+  # {:error, reason} as from spawn/8, with the same retries: a shared
+  # daemon being restarted is waited for once, a resource refusal (:emfile,
+  # :eagain) is tried on each other shared daemon in turn.
+  @spec await_spawn(pending(), boolean()) ::
+          {:ok, pid(), port(), Lacca.Protocol.id(), pos_integer()} | {:error, term()}
+  def await_spawn({daemon, mref, request, others}, restarted? \\ false) do
+    receive do
+      {:"$lacca_spawning", ^mref, {:ok, dpid, port, id}} ->
+        await_event(daemon, mref, request, others, dpid, port, id)
+
+      {:"$lacca_spawning", ^mref, {:error, reason}} ->
+        Process.demonitor(mref, [:flush])
+        {:error, reason}
+
+      # The shared daemon is being restarted (resin just died): see
+      # call_spawn/2.
+      {:DOWN, ^mref, :process, _, :noproc} when is_atom(daemon) and not restarted? ->
+        sync_supervisor!()
+        await_spawn(send_spawn(daemon, request, others), true)
+
+      {:DOWN, ^mref, :process, _, _} ->
+        {:error, :resin_down}
+    end
+  end
+
+  defp await_event(daemon, mref, request, others, dpid, port, id) do
+    receive do
+      Channel.event(^port, {:spawned, ^id, os_pid}) ->
+        Process.demonitor(mref, [:flush])
+        {:ok, dpid, port, id, os_pid}
+
+      Channel.event(^port, {:spawn_error, ^id, reason}) ->
+        Process.demonitor(mref, [:flush])
+        retry(daemon, request, others, reason)
+
+      {:DOWN, ^mref, :process, _, _} ->
+        {:error, :resin_down}
+    end
+  end
+
+  defp retry(daemon, request, others, reason) when reason in @refused do
+    case if(others == :not_yet, do: other_shared(daemon), else: others) do
+      [next | rest] -> await_spawn(send_spawn(next, request, rest))
+      [] -> {:error, reason}
+    end
+  end
+
+  defp retry(_daemon, _request, _others, reason), do: {:error, reason}
 
   defp sync_supervisor! do
     _ = Supervisor.which_children(Lacca.Supervisor)
@@ -400,6 +492,13 @@ defmodule Lacca.Daemon do
   end
 
   @impl true
+  # spawn_async/6: answered at once, before any event about the id.
+  def handle_cast({:spawn_async, receiver, ref, request}, state) do
+    {:reply, reply, state} = handle_call(request, nil, state)
+    send(receiver, {:"$lacca_spawning", ref, reply})
+    {:noreply, state}
+  end
+
   def handle_cast(:prestart, state) do
     case ensure_port(state, &preload/0) do
       {:ok, state} ->
@@ -557,8 +656,6 @@ defmodule Lacca.Daemon do
   end
 
   # -- events --------------------------------------------------------------
-
-  @refused [:emfile, :eagain]
 
   # resin answered a spawn_wait: reply, after the event went to the
   # receiver; or, for a resource refusal that another shared resin may

@@ -10,7 +10,7 @@ defmodule Lacca.Process do
   #
   # In :messages mode with `active: true` or `:flow` (and no log_output) the
   # daemon delivers output straight to the owner, and the final {:exit, _}
-  # or {:error, :resin_down} after it ("direct", Lacca.Daemon.spawn/8): we
+  # or {:error, :resin_down} after it ("direct", Lacca.Daemon.spawn_async/6): we
   # only hear how many bytes went (Channel.sent/4) and keep the credit and
   # control. Any other active mode, and our own termination, hand delivery
   # back to us for good (leave_direct/1).
@@ -235,8 +235,18 @@ defmodule Lacca.Process do
   end
 
   defp init_alive({exec, args, spec, starter, tag, link?}) do
-    Process.flag(:trap_exit, true)
     owner = spec.owner || starter
+    direct_owner = direct_owner(spec, owner)
+
+    # To a shared daemon the request leaves first, so that resin spawns
+    # while the rest of the start runs (this init, the supervisor's reply);
+    # handle_continue/2 collects the answer.
+    pending =
+      if spec.daemon == :shared,
+        do:
+          Daemon.spawn_async(Daemon.pick(), exec, args, spec.spawn, spec.max_buffer, direct_owner)
+
+    Process.flag(:trap_exit, true)
 
     owner_mref =
       if spec.owner != nil or spec.output == :messages, do: Process.monitor(owner), else: nil
@@ -265,7 +275,17 @@ defmodule Lacca.Process do
       active: spec.active
     }
 
-    {:ok, state, {:continue, {:spawn, exec, args, spec}}}
+    {:ok, state, {:continue, {:spawn, pending, exec, args, spec, direct_owner}}}
+  end
+
+  # In :messages mode with `active: true` or `:flow` and no log_output, the
+  # owner to which the daemon delivers output (see the top). Only a local
+  # one: a send to another node can block the sender (a busy distribution
+  # port), and the daemon is shared.
+  defp direct_owner(spec, owner) do
+    if spec.output == :messages and spec.active in [true, :flow] and spec.log_output == nil and
+         node(owner) == node(),
+       do: owner
   end
 
   # Which streams go to the Logger, and whether anybody can read the output
@@ -292,33 +312,31 @@ defmodule Lacca.Process do
   end
 
   @impl true
-  def handle_continue({:spawn, exec, args, spec}, state) do
-    daemon =
-      case spec.daemon do
-        :shared ->
-          {:ok, Daemon.pick()}
+  # Waits, as a start does, until the OS process runs or failed to spawn
+  # (a call that arrives meanwhile waits in the mailbox).
+  def handle_continue({:spawn, pending, exec, args, spec, direct_owner}, state) do
+    result =
+      case pending do
+        nil ->
+          with {:ok, daemon} <- Daemon.start_dedicated(self()) do
+            daemon
+            |> Daemon.spawn_async(exec, args, spec.spawn, spec.max_buffer, direct_owner)
+            |> Daemon.await_spawn()
+          end
 
-        :dedicated ->
-          Daemon.start_dedicated(self())
+        pending ->
+          Daemon.await_spawn(pending)
       end
 
-    # Only to a local owner: a send to another node can block the sender
-    # (a busy distribution port), and the daemon is shared.
-    direct? =
-      state.mode == :messages and state.active in [true, :flow] and state.log == %{} and
-        node(state.owner) == node()
+    case result do
+      {:ok, dpid, port, id, os_pid} ->
+        chan = Channel.open(port, id, dpid, spec.max_buffer)
+        state = %{state | chan: chan, direct: direct_owner != nil, daemon: dpid}
+        event({:spawned, id, os_pid}, state)
 
-    owner = if direct?, do: state.owner
-
-    with {:ok, daemon} <- daemon,
-         {:ok, dpid, port, id} <-
-           Daemon.spawn(daemon, exec, args, spec.spawn, spec.max_buffer, self(), nil, owner) do
-      chan = Channel.open(port, id, dpid, spec.max_buffer)
-      {:noreply, %{state | chan: chan, direct: direct?, daemon: dpid}}
-    else
       {:error, reason} ->
         send(state.starter, {state.tag, {:error, reason}})
-        {:stop, :normal, state}
+        {:stop, :normal, %{state | phase: :done, status: :spawn_error}}
     end
   end
 
