@@ -54,6 +54,7 @@ class FakeFds:
         self.not_pipes: set[int] = set()  # output fds that are no pipe (a pty master)
         self.refuse_splice: set[int] = set()  # pipes whose splice fails with EINVAL
         self.spliced = 0  # bytes moved by splice
+        self.fionreads = 0  # calls of available()
 
     def new_pipe(self) -> int:
         fd = self.next_fd
@@ -115,6 +116,7 @@ class FakeFds:
         raise OSError("fake pipes keep their size")
 
     def available(self, fd: int) -> int:
+        self.fionreads += 1
         return len(self._open(fd).data)
 
     def is_pipe(self, fd: int) -> bool:

@@ -332,6 +332,30 @@ def test_spliced_output_never_exceeds_credit() -> None:
     assert rig.fds.spliced == 19
 
 
+def test_bytes_known_in_the_pipe_spare_fionread_and_later_bytes_still_come() -> None:
+    """What FIONREAD said, less what was spliced since, is still in the pipe
+    (only resin reads it): batches go on without asking again, and bytes
+    written meanwhile are found once the known ones are used up."""
+    rig = Rig(high_water=1000, low_water=10)
+    child = rig.spawn(1, stderr=False)
+    pipe = rig.fds.pipes[child.pipes[0].fd]
+    pipe.data += bytes(range(40))
+    for room in [12, 3, 30, 0, 8, 10**6]:
+        rig.fds.stdout_room = room
+        rig.turn()
+        if room == 3:
+            pipe.data += b"later"
+        assert rig.stalled() is None
+    for _ in range(3):
+        rig.turn()
+    assert parse_output(bytes(rig.fds.stdout))[0] == {(1, "o"): bytes(range(40)) + b"later"}
+    assert rig.fds.spliced == 45 and all(n <= 5 for _, _, n in frames(bytes(rig.fds.stdout)))
+    # 45 bytes in batches of up to 7 (read_limit): 7 batches, FIONREAD only
+    # when fewer than a frame's worth were known (at the start, at "later",
+    # at the end).
+    assert rig.fds.fionreads <= 4
+
+
 def test_exit_after_a_pending_frame_and_the_rest_of_the_pipe() -> None:
     """Reaped while a frame of its output is part way out: the exit comes
     after that frame and everything left in the pipe."""

@@ -210,6 +210,19 @@ class LoopModel(RuleBasedStateMachine):
                 type(self).pending += 1
 
     @invariant()
+    def known_bytes_are_in_the_pipe(self) -> None:
+        """A pipe's `known` count never claims bytes its pipe does not hold
+        (besides those of its pending frame, already taken)."""
+        if hasattr(self, "rig"):
+            for child in self.rig.children.all():
+                for pipe in child.pipes:
+                    if not pipe.closed and pipe.fd in self.rig.fds.pipes:
+                        held = len(self.rig.fds.pipes[pipe.fd].data)
+                        if self.rig.outbox._src == pipe.fd:
+                            held -= self.rig.outbox._left
+                        assert 0 <= pipe.known <= held
+
+    @invariant()
     def stdin_answered_at_most_once(self) -> None:
         if hasattr(self, "rig"):
             for id, results in self.rig.session.stdin_results.items():

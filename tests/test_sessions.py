@@ -18,7 +18,7 @@ from resin_py.protocol.negotiate import Negotiator
 from resin_py.protocol.session import ChildRef, Session, StdinResult
 from resin_py.protocol.terms import OK, Atom, Term
 from resin_py.protocol.v0_session import V0Session
-from resin_py.protocol.v1_session import V1Session
+from resin_py.protocol.v1_session import OUTPUT_FRAME_DATA, V1Session
 
 ERROR = Atom("error")
 PREFIX = "resin daemon error: "
@@ -281,6 +281,26 @@ def test_v1_output_is_split_into_frames() -> None:
     frames = core.frames()
     assert [type(f) for f in frames] == [v1.Stderr] * 3
     assert b"".join(f.data for f in frames if isinstance(f, v1.Stderr)) == data
+
+
+def test_v1_full_output_frames_are_64_kib_on_the_wire() -> None:
+    """Read or spliced, a full data frame is exactly the BEAM's 64 KiB port
+    read (packet length included), never one byte more."""
+    core, session = v1_session()
+    child = spawned(core, session, 1)
+    data = os.urandom(3 * OUTPUT_FRAME_DATA + 10)
+    session.on_output(child, StreamKind.STDOUT, data)
+    wire = bytes(core.sent)
+    sizes = []
+    while wire:
+        n = int.from_bytes(wire[:2], "big")
+        sizes.append(2 + n)
+        wire = wire[2 + n:]
+    assert sizes == [65_536] * 3 + [2 + 5 + 10]
+    assert b"".join(f.data for f in core.frames() if isinstance(f, v1.Stdout)) == data
+    assert session.splice_limit == OUTPUT_FRAME_DATA <= v1.MAX_DATA
+    header = session.output_header(child, StreamKind.STDOUT, OUTPUT_FRAME_DATA)
+    assert len(header) + OUTPUT_FRAME_DATA == 65_536
 
 
 def test_v1_exit_by_signal() -> None:

@@ -15,6 +15,7 @@ from resin_py.protocol import v1
 from resin_py.protocol.etf import encode_term
 from resin_py.protocol.terms import NIL, OK, Atom
 from resin_py.protocol.v1 import AckStatus, StreamKind
+from resin_py.protocol.v1_session import OUTPUT_FRAME_DATA
 from resin_py.testing import ResinClient
 
 ERROR = Atom("error")
@@ -457,4 +458,4 @@ def test_big_reads_split_into_frames_keep_every_byte_in_order(client: ResinClien
     r = client.run(1, "cat", [str(tmp_path / "data")])
     assert r.stdout == data
     sizes = [len(f.data) for f in r.frames if isinstance(f, v1.Stdout)]
-    assert max(sizes) == v1.MAX_DATA and len(sizes) < 2 * len(data) // v1.MAX_DATA
+    assert max(sizes) == OUTPUT_FRAME_DATA and len(sizes) < 2 * len(data) // v1.MAX_DATA

@@ -65,6 +65,18 @@ def spawn_reason(exc: SpawnFailed) -> Term:
 _STAGED = frozenset({"cwd", "cgroup", "user", "group", "rlimit", "pty"})
 
 
+# Data bytes per STDOUT/STDERR frame resin sends: one less than MAX_DATA, so
+# that a full frame is 65,536 bytes on the wire (2-byte packet length, type,
+# id, data). That is the BEAM's read buffer for a port (ERTS_SYS_READ_BUF_SZ
+# in erts/emulator/sys/unix/sys_drivers.c): a {packet, 2} frame one byte
+# longer never fits one read, so the driver copies what it got aside and
+# reads the last byte alone, two reads per frame; at 65,536 each read takes a
+# whole frame (measured: BEAM reads per GiB 32,300 -> 18,700,
+# docs/performance.md "Frames of 64 KiB").
+OUTPUT_FRAME_DATA = 65_536 - 2 - 5
+assert OUTPUT_FRAME_DATA <= v1.MAX_DATA
+
+
 class V1Session:
     """The multi-process protocol: an id registry over the core's children."""
 
@@ -74,8 +86,8 @@ class V1Session:
     # Every id's queue is bounded by STDIN_WINDOW frames of at most MAX_DATA.
     stdin_backlog: int | None = None
     # Output may be spliced: a STDOUT/STDERR frame is a fixed header and the
-    # bytes, up to a packet's worth.
-    splice_limit = v1.MAX_DATA
+    # bytes, up to OUTPUT_FRAME_DATA of them.
+    splice_limit = OUTPUT_FRAME_DATA
 
     def __init__(self, core: Core) -> None:
         self.core = core
@@ -297,13 +309,14 @@ class V1Session:
     def on_output(self, child: ChildRef, kind: StreamKind, data: bytes) -> None:
         frame_type = v1.STDOUT if kind == StreamKind.STDOUT else v1.STDERR
         n = len(data)
-        if n <= v1.MAX_DATA:
+        step = OUTPUT_FRAME_DATA
+        if n <= step:
             self.core.send(v1.data_header(frame_type, child.id, n), data)
             return
         view = memoryview(data)  # frames share the read's buffer: no copies
         parts: list[bytes | memoryview] = []
-        for start in range(0, n, v1.MAX_DATA):
-            chunk = view[start:start + v1.MAX_DATA]
+        for start in range(0, n, step):
+            chunk = view[start:start + step]
             parts.append(v1.data_header(frame_type, child.id, len(chunk)))
             parts.append(chunk)
         self.core.send(*parts)

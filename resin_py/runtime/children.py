@@ -88,8 +88,8 @@ class StdinState(Enum):
 class OutPipe:
     """The read end of a child's stdout or stderr pipe."""
 
-    __slots__ = ("boosted", "closed", "credit", "fd", "handler", "hung", "kind", "parked",
-                 "read_size", "small", "splice")
+    __slots__ = ("boosted", "closed", "credit", "fd", "full_header", "handler", "hung", "kind",
+                 "known", "parked", "read_size", "small", "splice")
 
     def __init__(self, fd: int, kind: StreamKind, credit: int | None) -> None:
         self.fd = fd
@@ -105,6 +105,12 @@ class OutPipe:
         self.splice: bool | None = None  # output by splice(2); None: not decided yet
         # A splicing pipe whose last output was under splice_min: read, not spliced.
         self.small = False
+        # Bytes known to wait in the pipe: what FIONREAD said, less what resin
+        # took since (only resin reads it, so they are still there). While a
+        # frame's worth is known, the next batch needs no FIONREAD.
+        self.known = 0
+        # The header of a full spliced frame (always the same for this pipe).
+        self.full_header = b""
         self.handler: Callable[[], None] = _nothing
 
 
@@ -275,10 +281,13 @@ class Children:
         limit = size if pipe.credit is None else min(size, pipe.credit)
         if limit <= 0:
             return Read.HELD
-        try:
-            avail = self._fds.available(pipe.fd)
-        except OSError:
-            avail = 0
+        frame_max = self.session.splice_limit
+        avail = pipe.known
+        if avail < min(limit, frame_max) or avail < self.splice_min:
+            try:
+                avail = self._fds.available(pipe.fd)
+            except OSError:
+                avail = 0
         if not avail:  # at its end, or empty (or written to just now): a read tells
             return self._read(child, pipe)
         if avail < self.splice_min:  # little: a read is cheaper
@@ -288,17 +297,20 @@ class Children:
                 and self.boosted < CHILD_PIPE_BOOST_LIMIT):
             self._boost(pipe)
         total = left = min(avail, limit)
-        frame_max = self.session.splice_limit
         header = self.session.output_header
+        full = pipe.full_header
+        if not full:
+            full = pipe.full_header = header(child, pipe.kind, frame_max)
         outbox = self.outbox
         while left:
-            n = min(left, frame_max)
+            n = frame_max if left >= frame_max else left
             left -= n
-            got = outbox.splice(pipe.fd, header(child, pipe.kind, n), n)
+            got = outbox.splice(pipe.fd, full if n == frame_max else header(child, pipe.kind, n), n)
             if got is not Spliced.ALL:
                 if got is Spliced.READ:
                     pipe.splice = False
                 break
+        pipe.known = avail - (total - left) if pipe.splice else 0
         if pipe.credit is not None:
             pipe.credit -= total - left
             if pipe.credit == 0:
@@ -314,6 +326,7 @@ class Children:
         limit = size if pipe.credit is None else min(size, pipe.credit)
         if limit <= 0 or (self.outbox.paused and not self.closing):
             return Read.HELD
+        pipe.known = 0  # a read takes an unknown share of them
         try:
             data = self._fds.read(pipe.fd, limit)
         except BlockingIOError:

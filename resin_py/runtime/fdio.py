@@ -17,8 +17,9 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ, which Python 3.11 does not export
-# termios.FIONREAD on Linux: named here so that the hot path (one ioctl per
-# spliced batch) does not import termios.
+# termios.FIONREAD on Linux: named here so that neither the hot path (one
+# ioctl per spliced batch) nor a child's exit imports termios (a v1 session
+# must not: tests/test_startup.py).
 FIONREAD = 0x541B
 # Output by splice(2) (runtime/outbox.py) unless RESIN_SPLICE=0: a switch for
 # tests and for comparing against the read path.
@@ -63,11 +64,9 @@ class OsFds:
 
     @staticmethod
     def pipe_empty(fd: int) -> bool:
-        import termios  # when a child exits: not on the start-up path
-
         buf = bytearray(4)
         try:
-            fcntl.ioctl(fd, termios.FIONREAD, buf)
+            fcntl.ioctl(fd, FIONREAD, buf)
         except OSError:
             return True
         return int.from_bytes(buf, sys.byteorder) == 0
