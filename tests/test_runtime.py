@@ -367,8 +367,10 @@ def test_fallback_to_reads() -> None:
         out, err = (rig.fds.pipes[p.fd] for p in child.pipes)
         for pipe in (out, err):
             pipe.data += b"d" * 23
-            pipe.writer_closed = True
         rig.fds.stdout_room = 10**6
+        rig.turn()  # while it runs (an exit's drain only reads)
+        for pipe in (out, err):
+            pipe.writer_closed = True
         rig.children.exited(child, 0)
         for _ in range(5):
             rig.turn()
