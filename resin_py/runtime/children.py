@@ -499,7 +499,7 @@ class Children:
                 if got is Read.EMPTY:
                     self._close_pipe(pipe)  # the leader's output is all read
                 elif got is Read.HELD or got is Read.BUSY:
-                    if self.closing or self._fds.pipe_empty(pipe.fd):
+                    if self.closing or self._empty(pipe):
                         # Shutting down (no credit, no wait), or nothing is left
                         # to read: a stream without credit must not hold the exit.
                         self._close_pipe(pipe)
