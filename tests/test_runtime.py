@@ -367,10 +367,8 @@ def test_fallback_to_reads() -> None:
         out, err = (rig.fds.pipes[p.fd] for p in child.pipes)
         for pipe in (out, err):
             pipe.data += b"d" * 23
-        rig.fds.stdout_room = 10**6
-        rig.turn()  # while it runs (an exit's drain only reads)
-        for pipe in (out, err):
             pipe.writer_closed = True
+        rig.fds.stdout_room = 10**6
         rig.children.exited(child, 0)
         for _ in range(5):
             rig.turn()

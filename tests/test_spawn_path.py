@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import pytest
-from runtime_fakes import FakeFds, Rig, parse_output
+from runtime_fakes import FakeFds, Rig
 
 from resin_py.protocol.common import SpawnOptions, StreamKind
 from resin_py.runtime import reaper, server, tree
@@ -187,31 +187,3 @@ def test_one_read_empties_the_wakeup_pipe(monkeypatch: pytest.MonkeyPatch) -> No
         os.close(r)
         os.close(w)
 
-
-def test_an_exit_drains_its_pipes_by_reading() -> None:
-    """At an exit with nothing queued for stdout, each pipe is read until its
-    EOF without FIONREAD first (nearly always it is empty); what is left is
-    still all handed on, before the exit."""
-    rig = Rig(high_water=1000, low_water=10)
-    fds = rig.fds
-    asked: list[int] = []
-    real_available = fds.available
-
-    def available(fd: int) -> int:
-        asked.append(fd)
-        return real_available(fd)
-
-    fds.available = available  # type: ignore[method-assign]
-    fds.stdout_room = 10**6
-    for id, left in ((1, b""), (2, b"left")):
-        child = rig.spawn(id)
-        out, err = (fds.pipes[p.fd] for p in child.pipes)
-        out.data += left
-        out.writer_closed = err.writer_closed = True
-        rig.children.exited(child, 0)
-        rig.turn()
-        assert child.finished
-        if not left:
-            assert not asked  # two reads, each its EOF
-    streams, exits, _ = parse_output(bytes(fds.stdout))
-    assert streams == {(2, "o"): b"left"} and exits == [1, 2]

@@ -276,11 +276,6 @@ class Children:
     def _splice(self, child: Child, pipe: OutPipe) -> Read:
         """Frames of what the pipe holds (up to the read size and the credit),
         each spliced after its header; the bytes never enter resin."""
-        if child.reaped:
-            # Draining an exit: the pipe is nearly always empty, which one
-            # read tells (its EOF) without asking FIONREAD first; what is
-            # left of a chatty child's output is read (at most a pipeful).
-            return self._read(child, pipe)
         size = min(self.session.read_limit, pipe.read_size)
         limit = size if pipe.credit is None else min(size, pipe.credit)
         if limit <= 0:
