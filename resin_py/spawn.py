@@ -89,8 +89,8 @@ class ChildSetup:
     """What a spawner needs to start one child (a plain class: no dataclasses
     import on resin's start-up path)."""
 
-    __slots__ = ("argv", "cgroup", "cgroup_clone", "ctty", "cwd", "env", "gid", "groups", "path",
-                 "rlimits", "stderr", "stdin", "stdout", "uid")
+    __slots__ = ("argv", "cgroup", "cgroup_clone", "ctty", "cwd", "env", "envp", "gid", "groups",
+                 "path", "rlimits", "stderr", "stdin", "stdout", "uid")
 
     def __init__(self, path: bytes, argv: list[bytes], env: Mapping[bytes, bytes] | None,
                  cwd: bytes | None, stdin: int, stdout: int, stderr: int,
@@ -98,6 +98,9 @@ class ChildSetup:
         self.path = path  # executable, already resolved on PATH
         self.argv = argv
         self.env = env  # None: resin's own environment, unchanged
+        # The environment as execve takes it (KEY=VALUE), used instead of
+        # `env` when set: resin keeps its own ready (no copy per spawn).
+        self.envp: list[bytes] | None = None
         self.cwd = cwd
         self.stdin = stdin  # descriptors that become the child's 0, 1 and 2
         self.stdout = stdout
@@ -264,8 +267,9 @@ class CloneSpawner:
             ext.STAGE_USER: "user", ext.STAGE_RLIMIT: "rlimit", ext.STAGE_PTY: "pty"}
 
     def spawn(self, setup: ChildSetup) -> int:
-        env = setup.env
-        envp = None if env is None else [k + b"=" + v for k, v in env.items()]
+        env, envp = setup.env, setup.envp
+        if envp is None and env is not None:
+            envp = [k + b"=" + v for k, v in env.items()]
         pid, stage, code = self._spawn(
             setup.path, setup.argv, envp, setup.cwd, setup.stdin, setup.stdout, setup.stderr,
             self._parent, *self._nofile, setup.cgroup, setup.cgroup_clone, setup.ctty,
@@ -305,11 +309,14 @@ class ForkSpawner:
                 os.close(procs)
 
     def _fork(self, setup: ChildSetup, procs: int) -> int:
+        env: Mapping[bytes, bytes] = os.environb if setup.env is None else setup.env
+        if setup.envp is not None:  # made in the parent: the child only execs
+            env = dict(_split_env(setup.envp))
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         try:
             pid = os.fork()
             if pid == 0:  # pragma: no cover (runs in the child)
-                self._child(setup, err_w, procs)
+                self._child(setup, err_w, procs, env)
             os.close(err_w)
             err_w = -1
             report = b""
@@ -325,7 +332,8 @@ class ForkSpawner:
         stage, code = _ERR.unpack(report.ljust(_ERR.size, b"\0"))
         raise _failed(setup, stage == _STAGE_CWD, code, _STAGES.get(stage, "exec"))
 
-    def _child(self, setup: ChildSetup, err_w: int, procs: int) -> None:  # pragma: no cover
+    def _child(self, setup: ChildSetup, err_w: int, procs: int,
+               env: Mapping[bytes, bytes]) -> None:  # pragma: no cover
         stage = _STAGE_SETUP
         try:
             signal.set_wakeup_fd(-1)
@@ -361,7 +369,7 @@ class ForkSpawner:
                 stage = _STAGE_CWD
                 os.chdir(setup.cwd)
             stage = _STAGE_EXEC
-            os.execve(setup.path, setup.argv, os.environb if setup.env is None else setup.env)
+            os.execve(setup.path, setup.argv, env)
         except OSError as exc:
             code = exc.errno or errno.EINVAL
         except BaseException:
@@ -370,6 +378,15 @@ class ForkSpawner:
             os.write(err_w, _ERR.pack(stage, code))
         finally:
             os._exit(_CHILD_FAILED)
+
+
+def _split_env(envp: list[bytes]) -> list[tuple[bytes, bytes]]:
+    """KEY=VALUE strings as (KEY, VALUE) (a string without "=": an empty value)."""
+    pairs = []
+    for entry in envp:
+        key, _, value = entry.partition(b"=")
+        pairs.append((key, value))
+    return pairs
 
 
 def _switch_user(setup: ChildSetup) -> None:  # pragma: no cover (runs in the child)

@@ -109,9 +109,6 @@ class FakeFds:
     def close(self, fd: int) -> None:
         self._open(fd).closed = True
 
-    def pipe_empty(self, fd: int) -> bool:
-        return not self._open(fd).data
-
     def set_pipe_size(self, fd: int, size: int) -> int:
         raise OSError("fake pipes keep their size")
 

@@ -119,6 +119,54 @@ def test_making_a_spare_ahead_stops_after_a_failure(tmp_path: Path) -> None:
     assert not cgroups.spares
 
 
+def test_a_spare_is_kept_open_for_the_spawner(tmp_path: Path) -> None:
+    """A spare's directory is opened when it becomes a spare, not on the way
+    from a spawn request to the child (its descriptor goes to the spawner)."""
+    cgroups = Cgroups(str(tmp_path))
+    cgroups._usable = True
+    cgroups.prepare(1)
+    spare = str(tmp_path / "c1")
+    fd = cgroups.spare_fds[spare]
+    assert os.path.samestat(os.fstat(fd), os.stat(spare))
+    assert cgroups.create(1) == (spare, fd)  # the same descriptor, now the caller's
+    assert not cgroups.spare_fds
+    os.close(fd)
+    # One back from an exit is opened then; one taken for limits is closed.
+    Path(spare, "cgroup.events").write_text("populated 0\nfrozen 0\n")
+    assert cgroups.try_remove(spare) and spare in cgroups.spare_fds
+    fd = cgroups.spare_fds[spare]
+    Path(spare, "pids.max").write_text("")
+    path, limited_fd = cgroups.create(1, (("pids.max", "7"),))
+    os.close(limited_fd)
+    assert path == spare and not cgroups.spares and not cgroups.spare_fds
+    with pytest.raises(OSError):
+        os.fstat(fd)  # closed with the spare
+
+
+def test_released_cgroups_are_settled_after_the_exit(tmp_path: Path) -> None:
+    """Reaper.reap leaves the exited child's cgroup to settle_released (run
+    after the exit is flushed): empty and exited on its own, a spare; empty
+    after a signal, removed (never reused); populated, killed and removed
+    once empty."""
+    cgroups = Cgroups(str(tmp_path))
+    clean, signalled, busy = (_open(cgroups, i) for i in (1, 2, 3))
+    for path, populated in ((clean, False), (signalled, False), (busy, True)):
+        Path(path, "cgroup.events").write_text(f"populated {int(populated)}\nfrozen 0\n")
+        Path(path, "cgroup.kill").write_text("")
+    cgroups.release_later(clean, reusable=True)
+    cgroups.release_later(signalled, reusable=False)
+    cgroups.release_later(busy, reusable=True)
+    assert not cgroups.spares  # nothing decided before settle_released
+    cgroups.settle_released()
+    assert cgroups.spares == [clean] and not cgroups.released
+    assert Path(busy, "cgroup.kill").read_text() == "1"  # what was left is killed
+    # The stand-ins hold files, so neither can be removed here (a real empty
+    # cgroup would be): both pending, killed as any cgroup that outlives its
+    # leader's exit, and never reused.
+    assert cgroups.pending == {signalled, busy}
+    assert {signalled, busy} <= cgroups.killed
+
+
 def test_at_most_cgroup_spares_are_kept(tmp_path: Path) -> None:
     cgroups = Cgroups(str(tmp_path))
     paths = [_open(cgroups, i) for i in range(CGROUP_SPARES + 3)]

@@ -134,6 +134,28 @@ def test_environment(spawner: Spawner, devnull: int, monkeypatch: pytest.MonkeyP
     assert out == b"unset|x\n"
 
 
+def test_envp_is_used_instead_of_env(spawner: Spawner, devnull: int) -> None:
+    """ChildSetup.envp (KEY=VALUE, as resin keeps its own environment ready)
+    is the child's whole environment, whatever `env` says."""
+    r, w = os.pipe2(os.O_CLOEXEC)
+    try:
+        setup = ChildSetup(b"/bin/sh", [b"sh", b"-c", b'echo "$A|$B|${C-unset}"'],
+                           {b"C": b"ignored"}, None, devnull, w, w)
+        setup.envp = [b"A=1", b"B=x=y"]
+        pid = spawner.spawn(setup)
+        os.close(w)
+        w = -1
+        out = b""
+        while chunk := os.read(r, 65536):
+            out += chunk
+        os.waitpid(pid, 0)
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+    assert out == b"1|x=y|unset\n"
+
+
 def test_cwd(spawner: Spawner, devnull: int, tmp_path: Path) -> None:
     _, out = run(spawner, "pwd", devnull, cwd=os.fsencode(tmp_path))
     assert out == os.fsencode(tmp_path) + b"\n"

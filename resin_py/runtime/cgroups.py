@@ -72,6 +72,13 @@ class Cgroups:
         # by clone3(CLONE_INTO_CGROUP) (measured: its kill count no longer
         # matches the one the fork started with).
         self.killed: set[str] = set()
+        # The spares' directories, open: the spawner gets the child's cgroup
+        # as a descriptor, which a spare then costs no open on the spawn's path.
+        self.spare_fds: dict[str, int] = {}
+        # Cgroups of children whose exit was just handled, with whether their
+        # leader exited on its own (may be kept): kept, removed or killed by
+        # settle_released, after the exit is handed on (see there).
+        self.released: list[tuple[str, bool]] = []
         self.preparing = True  # False once making a spare ahead failed: not tried again
         self._usable: bool | None = None  # not tried yet
 
@@ -121,7 +128,17 @@ class Cgroups:
         except OSError:
             self.preparing = False
             return
+        self._keep_spare(path)
+
+    def _keep_spare(self, path: str) -> None:
+        """Keep an empty cgroup for a later child, its directory open."""
         self.spares.append(path)
+        with suppress(OSError):  # opened when used, then
+            self.spare_fds[path] = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def _drop_spare_fd(self, path: str) -> int:
+        """The spare's open directory, now the caller's (-1: none)."""
+        return self.spare_fds.pop(path, -1)
 
     def create(self, serial: int, limits: tuple[tuple[str, str], ...] = ()) -> tuple[str, int]:
         """A cgroup for a new child, with `limits` written to its interface
@@ -130,6 +147,9 @@ class Cgroups:
         (LimitError for a limit)."""
         if not limits and self.spares:
             path = self.spares.pop()
+            fd = self._drop_spare_fd(path)
+            if fd >= 0:
+                return path, fd
             try:
                 return path, os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             except OSError:
@@ -137,6 +157,9 @@ class Cgroups:
         path = os.path.join(self.base, f"c{serial}")
         if path in self.spares:  # made ahead for this child (prepare): limits go in it
             self.spares.remove(path)
+            fd = self._drop_spare_fd(path)
+            if fd >= 0:
+                os.close(fd)
         with suppress(FileExistsError):
             os.mkdir(path)
         try:
@@ -190,12 +213,32 @@ class Cgroups:
             self.limited.discard(path)
             self.killed.discard(path)
         elif len(self.spares) < CGROUP_SPARES and not populated(path):
-            self.spares.append(path)
+            self._keep_spare(path)
             return True
         if _rmdir(path):
             return True
         self.pending.add(path)
         return False
+
+    def release_later(self, path: str, reusable: bool) -> None:
+        """The child's exit was handled: its cgroup is dealt with by
+        settle_released (see there)."""
+        self.released.append((path, reusable))
+
+    def settle_released(self) -> None:
+        """The cgroups of the exits handled since the last call, called once
+        those exits are handed on (resin calls it after flushing its stdout):
+        each is kept as a spare if empty and `reusable` (see try_remove), else
+        removed if empty, else what is left in it is killed (cgroup.kill) and
+        it is removed once empty. Deciding costs a read of cgroup.events (an
+        open, a read, a close) or an rmdir per exit, which would otherwise
+        delay each exit's report; the leader's group was SIGKILLed before
+        its exit was reported (Reaper.reap), the rest of its cgroup follows
+        within the same turn of resin's loop."""
+        released, self.released = self.released, []
+        for path, reusable in released:
+            if not self.try_remove(path, reusable):
+                self.kill_child(path)
 
     def sweep(self) -> None:
         """Remove the released cgroups that have emptied since."""

@@ -88,10 +88,11 @@ class StdinState(Enum):
 class OutPipe:
     """The read end of a child's stdout or stderr pipe."""
 
-    __slots__ = ("boosted", "closed", "credit", "fd", "full_header", "handler", "hung", "kind",
-                 "known", "parked", "read_size", "small", "splice")
+    __slots__ = ("boosted", "closed", "credit", "fd", "full_header", "handler", "hung", "is_pipe",
+                 "kind", "known", "parked", "read_size", "small", "splice")
 
-    def __init__(self, fd: int, kind: StreamKind, credit: int | None) -> None:
+    def __init__(self, fd: int, kind: StreamKind, credit: int | None,
+                 is_pipe: bool | None = None) -> None:
         self.fd = fd
         self.kind = kind
         self.credit = credit  # bytes resin may still read; None: unlimited
@@ -103,6 +104,9 @@ class OutPipe:
         self.boosted = False  # enlarged to CHILD_PIPE_SIZE (tried once)
         self.read_size = PIPE_DEFAULT_SIZE  # the pipe's capacity, as far as resin knows
         self.splice: bool | None = None  # output by splice(2); None: not decided yet
+        # Whether fd is a pipe, where its maker knows (None: asked of the fd
+        # layer, one fstat, when splice is decided).
+        self.is_pipe = is_pipe
         # A splicing pipe whose last output was under splice_min: read, not spliced.
         self.small = False
         # Bytes known to wait in the pipe: what FIONREAD said, less what resin
@@ -254,7 +258,8 @@ class Children:
         outbox = self.outbox
         if pipe.splice is None:  # decided once, at the pipe's first output
             pipe.splice = (outbox.splicing and self.session.splice_limit > 0
-                           and self._fds.is_pipe(pipe.fd))
+                           and (self._fds.is_pipe(pipe.fd) if pipe.is_pipe is None
+                                else pipe.is_pipe))
         if pipe.splice and outbox.splicing:
             if pipe.small:  # never spliced while small: no frame of its own pending
                 return self._read(child, pipe)
@@ -502,7 +507,7 @@ class Children:
                 if got is Read.EMPTY:
                     self._close_pipe(pipe)  # the leader's output is all read
                 elif got is Read.HELD or got is Read.BUSY:
-                    if self.closing or self._fds.pipe_empty(pipe.fd):
+                    if self.closing or self._empty(pipe):
                         # Shutting down (no credit, no wait), or nothing is left
                         # to read: a stream without credit must not hold the exit.
                         self._close_pipe(pipe)

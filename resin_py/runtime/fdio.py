@@ -37,8 +37,6 @@ class Fds(Protocol):
     def write(self, fd: int, data: Buffer) -> int: ...
     def writev(self, fd: int, bufs: Sequence[Buffer]) -> int: ...
     def close(self, fd: int) -> None: ...
-    def pipe_empty(self, fd: int) -> bool:
-        """No bytes wait in the pipe (without reading any)."""
     def set_pipe_size(self, fd: int, size: int) -> int:
         """Ask for a pipe capacity; return the capacity granted (OSError: refused)."""
     def available(self, fd: int) -> int:
@@ -61,15 +59,6 @@ class OsFds:
     @staticmethod
     def readinto(fd: int, buf: bytearray) -> int:
         return os.readv(fd, [buf])
-
-    @staticmethod
-    def pipe_empty(fd: int) -> bool:
-        buf = bytearray(4)
-        try:
-            fcntl.ioctl(fd, FIONREAD, buf)
-        except OSError:
-            return True
-        return int.from_bytes(buf, sys.byteorder) == 0
 
     @staticmethod
     def set_pipe_size(fd: int, size: int) -> int:

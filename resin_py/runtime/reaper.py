@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 
 # Signals whose arrival the loop handles (the wakeup pipe carries them).
 WAKE_SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGUSR1)
+# One read of the wakeup pipe: a short read emptied it, so the common wakeup
+# (one signal) costs one read, not a second one to see EAGAIN.
+WAKE_READ = 4096
 
 
 def become_subreaper() -> None:
@@ -72,8 +75,10 @@ class Reaper:
     def _drain_wake(self) -> bytes:
         signals = b""
         try:
-            while chunk := os.read(self.wake, 4096):
+            while chunk := os.read(self.wake, WAKE_READ):
                 signals += chunk
+                if len(chunk) < WAKE_READ:
+                    break  # emptied (a signal after this read wakes the loop again)
         except BlockingIOError:
             pass
         return signals
@@ -218,16 +223,16 @@ class Reaper:
             except ChildProcessError:
                 status = 0
             self.children.exited(child, status)
-            # If its cgroup can be removed, nothing is left in it to kill: the
-            # common case costs one rmdir. Only the cgroup of a leader that
-            # exited on its own is kept for reuse: one whose leader a signal
-            # ended may have been killed through cgroup.kill by something
-            # other than resin (the child itself: it may be root), and Linux
-            # SIGKILLs every child later created in such a cgroup.
+            # Its cgroup: kept, removed, or what is left in it killed, once
+            # the exit is handed on (Cgroups.settle_released). Only the cgroup
+            # of a leader that exited on its own is kept for reuse: one whose
+            # leader a signal ended may have been killed through cgroup.kill
+            # by something other than resin (the child itself: it may be
+            # root), and Linux SIGKILLs every child later created in such a
+            # cgroup.
             cgroup, cgroups = child.cgroup, self.cgroups
-            if (cgroup is not None and cgroups is not None and not self.children.closing
-                    and not cgroups.try_remove(cgroup, reusable=os.WIFEXITED(status))):
-                cgroups.kill_child(cgroup)
+            if cgroup is not None and cgroups is not None and not self.children.closing:
+                cgroups.release_later(cgroup, reusable=os.WIFEXITED(status))
 
     def kill_descendants(self, deadline: float) -> None:
         """SIGKILL every group still alive and whatever else is our child
