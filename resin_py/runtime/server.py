@@ -98,6 +98,7 @@ class Resin:
         self.devnull = devnull
         self.stdin_pollable = stdin_pollable
         self.reader = PacketReader()
+        self.stdin_watched = 0  # the events settle() last asked for on stdin_fd
         self.in_buf = bytearray(STDIN_READ_SIZE)  # reused: no allocation per read
         self.in_view = memoryview(self.in_buf)
         self.outbox = Outbox(stdout_fd, fds, poller, blocking=not stdout_pollable)
@@ -134,10 +135,12 @@ class Resin:
         if self.cgroups is not None and not self.closing:
             self.cgroups.prepare(self.spawned + 1)  # a spare for the next child, if none
         if self.stdin_pollable and not self.closing:
-            if self.reading_stdin():
-                self.poller.set_interest(self.stdin_fd, READ, self._on_stdin)
-            else:
-                self.poller.set_interest(self.stdin_fd, HANGUP, self._on_stdin_hangup)
+            # Stated only when it changes: unchanged between most turns.
+            want = READ if self.reading_stdin() else HANGUP
+            if want != self.stdin_watched:
+                self.stdin_watched = want
+                self.poller.set_interest(self.stdin_fd, want, self._on_stdin if want == READ
+                                         else self._on_stdin_hangup)
 
     def reading_stdin(self) -> bool:
         """Backpressure: resin reads its stdin unless its stdout is backed up,
@@ -192,7 +195,14 @@ class Resin:
         if not n:
             self.begin_shutdown()
             return
-        self.reader.feed(self.in_view[:n])
+        reader = self.reader
+        if (not reader.buffered and n > 2 and (self.in_buf[0] << 8 | self.in_buf[1]) == n - 2
+                and not self.closing):
+            # Exactly one whole packet and nothing before it (a client that
+            # waits for each answer, as in an echo): no reassembly.
+            self._dispatch(self.session.on_packet, bytes(self.in_view[2:n]))
+            return
+        reader.feed(self.in_view[:n])
         while not self.closing:
             try:
                 payload = self.reader.next_packet()
@@ -422,6 +432,7 @@ class Resin:
         self.shutdown_at = time.monotonic()
         if self.stdin_pollable:
             self.poller.set_interest(self.stdin_fd, 0, self._on_stdin)
+            self.stdin_watched = 0
         for child in list(self.children.by_pid.values()):
             if not child.reaped:
                 with suppress(OSError):
