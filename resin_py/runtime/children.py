@@ -398,24 +398,26 @@ class Children:
     # --- stdin -------------------------------------------------------------------
 
     def write_stdin(self, child: Child, data: bytes) -> None:
-        item = _Write(data)
+        written = 0
         if not child.queue and child.stdin_state is StdinState.OPEN:
             # Nothing queued before it: write at once, and answer without
             # queueing when the pipe took it all (the common case: a child
             # reading what it gets, as in an echo). The pipe's interest stays
             # 0, as it is whenever the queue is empty.
             try:
-                item.pos = self._fds.write(child.stdin_fd, data) if data else 0
+                written = self._fds.write(child.stdin_fd, data) if data else 0
             except BlockingIOError:
                 pass  # the pipe is full: queued, written when it is writable
             except OSError:  # EPIPE: the child closed its stdin (or exited)
                 self._close_stdin_fd(child, StdinState.BROKEN)
                 self.session.on_stdin_result(child, StdinResult.BROKEN)
                 return
-            if item.pos == len(data):
+            if written == len(data):
                 self.session.on_stdin_result(child, StdinResult.WRITTEN)
                 return
-        left = len(data) - item.pos
+        item = _Write(data)
+        item.pos = written
+        left = len(data) - written
         child.queue.append(item)
         child.queued_writes += 1
         child.queued_bytes += left

@@ -196,13 +196,13 @@ class Resin:
             self.begin_shutdown()
             return
         reader = self.reader
-        if (not reader.buffered and n > 2 and (self.in_buf[0] << 8 | self.in_buf[1]) == n - 2
-                and not self.closing):
-            # Exactly one whole packet and nothing before it (a client that
-            # waits for each answer, as in an echo): no reassembly.
-            self._dispatch(self.session.on_packet, bytes(self.in_view[2:n]))
+        data = self.in_view[:n]
+        payload = reader.whole(data)
+        if payload is not None:  # one packet alone (an echo's): handed on at once
+            if not self.closing:
+                self._dispatch(self.session.on_packet, payload)
             return
-        reader.feed(self.in_view[:n])
+        reader.feed(data)
         while not self.closing:
             try:
                 payload = self.reader.next_packet()
