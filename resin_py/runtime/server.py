@@ -356,10 +356,12 @@ class Resin:
         bytes(HEAP_NUDGE)  # allocated and freed at once: see HEAP_NUDGE
 
     def write_stdin(self, child: ChildRef, data: bytes) -> None:
-        self.children.write_stdin(_own(child), data)
+        assert isinstance(child, Child)  # as _own(), inline: on every write's path
+        self.children.write_stdin(child, data)
 
     def stdin_queued(self, child: ChildRef) -> int:
-        return _own(child).queued_writes
+        assert isinstance(child, Child)
+        return child.queued_writes
 
     def close_stdin(self, child: ChildRef, ref: Term) -> None:
         own = _own(child)
