@@ -398,6 +398,8 @@ class Children:
     # --- stdin -------------------------------------------------------------------
 
     def write_stdin(self, child: Child, data: bytes) -> None:
+        """Write `data` to the child's stdin after what is queued; the
+        session hears what became of it once, in order (`on_stdin_result`)."""
         written = 0
         if not child.queue and child.stdin_state is StdinState.OPEN:
             # Nothing queued before it: write at once, and answer without
