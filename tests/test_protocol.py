@@ -64,6 +64,35 @@ def test_framing_is_split_invariant(items: list[bytes], cuts: list[int]) -> None
     assert got == items and reader.buffered == 0
 
 
+@given(payloads, st.lists(st.integers(min_value=0), max_size=30))
+def test_whole_packets_and_feeding_agree(items: list[bytes], cuts: list[int]) -> None:
+    """resin's read path: `whole` takes a read that is exactly one packet with
+    nothing buffered, else it is fed: same packets, same order."""
+    stream = b"".join(encode_packet(p) for p in items)
+    reader = PacketReader()
+    got: list[bytes] = []
+    for piece in [*split_at(stream, cuts), *(encode_packet(p) for p in items)]:
+        payload = reader.whole(memoryview(piece))
+        if payload is not None:
+            assert isinstance(payload, bytes)
+            got.append(payload)
+            continue
+        reader.feed(piece)
+        got += read_all(reader)
+    assert got == items * 2 and reader.buffered == 0
+
+
+def test_whole_refuses_all_but_exactly_one_packet() -> None:
+    reader = PacketReader()
+    assert reader.whole(encode_packet(b"ab")) == b"ab"
+    assert reader.whole(b"\x00\x00") is None  # zero length: fed, and reported
+    assert reader.whole(encode_packet(b"ab") + b"\x00") is None  # more than one
+    assert reader.whole(encode_packet(b"abc")[:-1]) is None  # not all of it
+    reader.feed(b"\x00")  # half a header buffered: nothing is whole now
+    assert reader.whole(encode_packet(b"ab")) is None
+    assert reader.whole(b"") is None
+
+
 def test_zero_length_packet_is_consumed() -> None:
     reader = PacketReader()
     reader.feed(b"\x00\x00" + encode_packet(b"next"))

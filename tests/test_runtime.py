@@ -3,13 +3,18 @@ subprocess, no timing. The model-based test is in test_runtime_model.py."""
 
 from __future__ import annotations
 
-from runtime_fakes import STDOUT_FD, Rig, parse_output
+from collections.abc import Callable
+
+from runtime_fakes import STDOUT_FD, FakeFds, FakePoller, RecordingSession, Rig, parse_output
 
 from resin_py.protocol.common import StreamKind
+from resin_py.protocol.framing import encode_packet
 from resin_py.protocol.session import StdinResult
 from resin_py.runtime.children import Child, OutPipe
-from resin_py.runtime.loop import WRITE
+from resin_py.runtime.loop import READ, WRITE
 from resin_py.runtime.outbox import Outbox
+from resin_py.runtime.server import HANGUP, Resin
+from resin_py.spawn import ChildSetup
 
 
 class LegacyOutbox(Outbox):
@@ -200,6 +205,86 @@ def test_stdin_answers_once_in_order_and_broken_at_exit() -> None:
     assert rig.session.stdin_results[1][3:] == [StdinResult.BROKEN]
     assert rig.children.stdin_bytes == 0
     assert stdin.closed
+
+
+class CountingPoller:
+    """Counts what is stated about one descriptor."""
+
+    def __init__(self, rig: Rig, fd: int) -> None:
+        self.calls: list[int] = []
+        real = rig.poller.set_interest
+
+        def spy(fd_: int, events: int, handler: Callable[[], None]) -> None:
+            if fd_ == fd:
+                self.calls.append(events)
+            real(fd_, events, handler)
+
+        rig.poller.set_interest = spy  # type: ignore[method-assign]
+
+
+def test_stdin_write_with_nothing_queued_is_written_at_once() -> None:
+    """The fast path: one write, answered at once, never queued or watched."""
+    rig = Rig()
+    child = rig.spawn(1)
+    stdin = rig.fds.pipes[child.stdin_fd]
+    spy = CountingPoller(rig, child.stdin_fd)
+    rig.children.write_stdin(child, b"abc")
+    rig.children.write_stdin(child, b"")  # no bytes: answered without a write
+    rig.children.write_stdin(child, b"de")
+    assert rig.session.stdin_results[1] == [StdinResult.WRITTEN] * 3
+    assert bytes(stdin.data) == b"abcde"
+    assert spy.calls == []
+    assert child.queued_writes == 0 and child.queued_bytes == 0
+    assert rig.children.stdin_bytes == 0 and not child.queue
+
+
+def test_stdin_partial_write_queues_the_rest_and_watches() -> None:
+    rig = Rig()
+    child = rig.spawn(1)
+    stdin = rig.fds.pipes[child.stdin_fd]
+    stdin.room = 2
+    rig.children.write_stdin(child, b"abcd")
+    assert rig.session.stdin_results.get(1) is None  # not all written: no answer yet
+    assert child.queued_writes == 1 and child.queued_bytes == 2
+    assert rig.children.stdin_bytes == 2
+    assert rig.poller.interest(child.stdin_fd) & WRITE
+    rig.children.write_stdin(child, b"ef")  # behind the queued rest, not before it
+    stdin.room = 100
+    rig.turn()
+    assert rig.session.stdin_results[1] == [StdinResult.WRITTEN] * 2
+    assert bytes(stdin.data) == b"abcdef"
+    assert not rig.poller.interest(child.stdin_fd)
+    assert child.queued_writes == 0 and rig.children.stdin_bytes == 0
+    rig.children.write_stdin(child, b"g")  # empty queue again: at once
+    assert rig.session.stdin_results[1][-1] == StdinResult.WRITTEN
+    assert bytes(stdin.data) == b"abcdefg"
+
+
+def test_stdin_full_pipe_queues_the_write() -> None:
+    rig = Rig()
+    child = rig.spawn(1)
+    stdin = rig.fds.pipes[child.stdin_fd]
+    stdin.room = 0
+    rig.children.write_stdin(child, b"ab")
+    rig.children.close_stdin(child, "ref")  # after the queued write, not before
+    assert rig.session.stdin_results.get(1) is None and not rig.session.closed_refs
+    assert child.queued_bytes == 2 and rig.poller.interest(child.stdin_fd) & WRITE
+    stdin.room = 10
+    rig.turn()
+    assert rig.session.stdin_results[1] == [StdinResult.WRITTEN]
+    assert rig.session.closed_refs == [(1, "ref")]
+    assert bytes(stdin.data) == b"ab" and stdin.closed
+
+
+def test_stdin_epipe_with_nothing_queued_closes_and_answers_broken() -> None:
+    rig = Rig()
+    child = rig.spawn(1)
+    stdin = rig.fds.pipes[child.stdin_fd]
+    stdin.reader_closed = True
+    rig.children.write_stdin(child, b"abc")
+    assert rig.session.stdin_results[1] == [StdinResult.BROKEN]
+    assert stdin.closed and not rig.poller.interest(child.stdin_fd)
+    assert child.queued_writes == 0 and rig.children.stdin_bytes == 0
 
 
 def test_stdin_after_close_is_answered_closed() -> None:
@@ -524,3 +609,107 @@ def test_a_small_pipe_waits_for_its_pending_frame() -> None:
     frames(bytes(rig.fds.stdout))
     # the last 10 "p" and the "s" (13 < 16) were read, behind the finished frame
     assert rig.fds.spliced == 30 and child.pipes[0].small
+
+
+# --- resin's own stdin: packets to the session, and its interest ----------------
+
+STDIN_FD = 0
+
+
+class StdinFds(FakeFds):
+    """FakeFds whose resin stdin yields the chunks a test queues, one per read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stdin_chunks: list[bytes] = []
+        self.stdin_reads = 0
+
+    def readinto(self, fd: int, buf: bytearray) -> int:
+        assert fd == STDIN_FD
+        if not self.stdin_chunks:
+            raise BlockingIOError
+        self.stdin_reads += 1
+        chunk = self.stdin_chunks.pop(0)
+        buf[:len(chunk)] = chunk
+        return len(chunk)
+
+
+class PacketSession(RecordingSession):
+    """Records the packets the runtime hands the session."""
+
+    def __init__(self, outbox: Outbox) -> None:
+        super().__init__(outbox)
+        self.packets: list[bytes] = []
+
+    def on_packet(self, payload: bytes) -> None:
+        assert isinstance(payload, bytes)
+        self.packets.append(payload)
+
+
+class NoSpawner:
+    def spawn(self, setup: ChildSetup) -> int:
+        raise AssertionError("not used")
+
+
+def stdin_resin() -> tuple[Resin, StdinFds, PacketSession, list[int]]:
+    """A Resin over fakes with a recording session; the list gets every
+    interest stated on resin's stdin."""
+    fds = StdinFds()
+    poller = FakePoller(fds)
+    stated: list[int] = []
+    real = poller.set_interest
+
+    def spy(fd: int, events: int, handler: Callable[[], None]) -> None:
+        if fd == STDIN_FD:
+            stated.append(events)
+        else:
+            real(fd, events, handler)
+
+    poller.set_interest = spy  # type: ignore[method-assign]
+    resin = Resin(STDIN_FD, STDOUT_FD, fds=fds, poller=poller, spawner=NoSpawner(), devnull=-1)
+    session = PacketSession(resin.outbox)
+    resin.session = resin.children.session = session
+    return resin, fds, session, stated
+
+
+def test_stdin_packets_whole_split_and_batched_arrive_in_order() -> None:
+    resin, fds, session, _ = stdin_resin()
+    one, two, three = b"\x11one", b"\x11two!", b"\x11three"
+    fds.stdin_chunks = [
+        encode_packet(one),  # exactly one packet: the fast path
+        encode_packet(two)[:3],  # a packet in two reads: reassembled
+        encode_packet(two)[3:] + encode_packet(three)[:1],
+        encode_packet(three)[1:],  # whole-looking, but after buffered bytes
+        encode_packet(one) + encode_packet(two),  # two in one read
+    ]
+    for _ in range(5):
+        resin._on_stdin()
+    assert session.packets == [one, two, three, one, two]
+    assert resin.reader.buffered == 0
+
+
+def test_stdin_packet_is_not_handed_on_while_shutting_down() -> None:
+    resin, fds, session, _ = stdin_resin()
+    resin.closing = True
+    fds.stdin_chunks = [encode_packet(b"\x11late")]
+    resin._on_stdin()
+    assert session.packets == []
+
+
+def test_stdin_interest_is_stated_only_when_it_changes() -> None:
+    resin, _, session, stated = stdin_resin()
+    resin.settle()
+    resin.settle()
+    assert stated == [READ]
+    # Too much waits for the children's stdin (v0's bound): only a hangup
+    # is watched, until it is written.
+    session.stdin_backlog = 0
+    resin.children.stdin_bytes = 1
+    resin.settle()
+    resin.settle()
+    resin.children.stdin_bytes = 0
+    resin.settle()
+    assert stated == [READ, HANGUP, READ]
+    resin.begin_shutdown()
+    resin.settle()
+    assert stated == [READ, HANGUP, READ, 0]

@@ -13,7 +13,7 @@ import pytest
 from resin_py.protocol import v0, v0_session, v1
 from resin_py.protocol.common import SpawnOptions, StreamKind
 from resin_py.protocol.errors import SpawnFailed, ZeroLengthPacket
-from resin_py.protocol.framing import PacketReader
+from resin_py.protocol.framing import PacketReader, encode_packet
 from resin_py.protocol.negotiate import Negotiator
 from resin_py.protocol.session import ChildRef, Session, StdinResult
 from resin_py.protocol.terms import OK, Atom, Term
@@ -239,6 +239,8 @@ def test_v1_stdin_results_become_acks(result: StdinResult, status: v1.AckStatus)
     core, session = v1_session()
     child = spawned(core, session, 2)
     session.on_stdin_result(child, result)
+    # Packed in one go on the hot path: the same bytes as the encoder's.
+    assert core.sent == encode_packet(v1.encode_stdin_ack(2, status))
     assert core.frames() == [v1.StdinAck(2, status)]
 
 

@@ -314,6 +314,42 @@ def test_close_stdin_after_queued_data(client: ResinClient) -> None:
     assert client.collect(1).exit == v1.Exit(1, "signal", 9)
 
 
+def test_echo_round_trips_then_a_backed_up_write_keep_order(client: ResinClient) -> None:
+    """Small writes to a reading child take resin's direct path (one packet
+    per read, nothing queued); a write into a full pipe is queued and a close
+    waits behind it. Every write is acked in order, the bytes arrive in order."""
+    client.spawn(1, "cat")
+    echoed = b""
+    for i in range(200):
+        msg = b"%03d" % i
+        assert client.write(1, msg) == AckStatus.WRITTEN
+        while len(echoed) < 3 * (i + 1):
+            frame = client.expect(lambda f: isinstance(f, v1.Stdout))
+            assert isinstance(frame, v1.Stdout)
+            echoed += frame.data
+    assert echoed == b"".join(b"%03d" % i for i in range(200))
+    # A child that stopped itself before reading: its pipe fills, the rest of
+    # the writes and the close wait in resin's queue.
+    spawned = client.spawn(2, "sh", ["-c", "kill -STOP $$; cat; echo EOF"])
+    assert isinstance(spawned, v1.Spawned)
+    wait_until(lambda: proc_state(spawned.os_pid) == "T", what="the child to stop")
+    big = bytes(range(256)) * 1024  # 256 KiB: more than the pipe holds
+    frames = range(0, len(big), v1.MAX_DATA)
+    for i in frames:
+        client.send(v1.Stdin(2, big[i:i + v1.MAX_DATA]))
+    ref = client.make_ref()
+    client.send(v1.CloseStdin(2, ref))
+    assert client.write(1, b"go") == AckStatus.WRITTEN  # the other child is not held up
+    assert not [f for f in barrier(client) if isinstance(f, v1.Reply) and f.id == 2]
+    client.signal(2, signal.SIGCONT)
+    acks = [client.expect(lambda f: isinstance(f, v1.StdinAck) and f.id == 2) for _ in frames]
+    assert {a.status for a in acks if isinstance(a, v1.StdinAck)} == {AckStatus.WRITTEN}
+    assert client.expect(lambda f: isinstance(f, v1.Reply) and f.id == 2) == v1.Reply(2, ref, OK)
+    assert client.collect(2).stdout == big + b"EOF\n"
+    assert client.close_child_stdin(1) == OK
+    assert client.collect(1).stdout == b"go"
+
+
 def test_stdin_ack_epipe_and_no_process(client: ResinClient) -> None:
     client.spawn(1, "sh", ["-c", "exec 0<&-; echo ready; exec sleep 1000"])
     client.expect(lambda f: isinstance(f, v1.Stdout) and f.data == b"ready\n")

@@ -36,6 +36,15 @@ class PacketReader:
         self._buf = bytearray()
         self._pos = 0
 
+    def whole(self, data: bytes | memoryview) -> bytes | None:
+        """The payload if nothing is buffered and `data` is exactly one
+        non-empty packet (a client that waits for each answer sends one per
+        read): no reassembly. None otherwise: `feed` it then."""
+        n = len(data)
+        if n > 2 and len(self._buf) == self._pos and (data[0] << 8 | data[1]) == n - 2:
+            return bytes(data[2:])
+        return None
+
     def feed(self, data: bytes | memoryview) -> None:
         if self._pos:
             # Drop consumed bytes once per feed, not once per packet.

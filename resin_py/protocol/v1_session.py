@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import errno
+import struct
 
 from resin_py.protocol import v1
 from resin_py.protocol.common import StreamKind
@@ -22,6 +23,9 @@ _ACK: dict[StdinResult, AckStatus] = {
     StdinResult.BROKEN: AckStatus.EPIPE,
     StdinResult.CLOSED: AckStatus.CLOSED,
 }
+# A whole STDIN_ACK packet: {packet,2} length (6), type, id, status. One
+# pack per ack: it is on the path of every write (an echo's round trip).
+_ACK_PACKET = struct.Struct(">HBIB")
 # The error event for a STDIN frame beyond STDIN_WINDOW unanswered ones.
 WINDOW_EXCEEDED = (Atom("stdin_window_exceeded"), v1.STDIN_WINDOW)
 
@@ -115,7 +119,12 @@ class V1Session:
         # as decode_client_frame, which handles everything else).
         kind = payload[0] if payload else -1
         if kind == v1.STDIN and len(payload) >= 5:
-            self._stdin(int.from_bytes(payload[1:5], "big"), payload[5:])
+            id = int.from_bytes(payload[1:5], "big")
+            child = self.procs.get(id)
+            if child is not None and self.core.stdin_queued(child) < v1.STDIN_WINDOW:
+                self.core.write_stdin(child, payload[5:])  # the common case, inline
+            else:
+                self._stdin(id, payload[5:])
             return
         if kind == v1.CREDIT and len(payload) == 10 and payload[5] in (1, 2):
             self._credit(int.from_bytes(payload[1:5], "big"), StreamKind(payload[5]),
@@ -325,7 +334,9 @@ class V1Session:
         return v1.data_header(v1.STDOUT if kind == StreamKind.STDOUT else v1.STDERR, child.id, n)
 
     def on_stdin_result(self, child: ChildRef, result: StdinResult) -> None:
-        self._send_payload(v1.encode_stdin_ack(child.id, _ACK[result]))
+        # The bytes of _send_payload(encode_stdin_ack(...)), packed at once.
+        self.core.send(_ACK_PACKET.pack(_ACK_PACKET.size - 2, v1.STDIN_ACK, child.id,
+                                        _ACK[result]))
 
     def on_close_stdin_done(self, child: ChildRef, ref: Term) -> None:
         self.send(v1.Reply(child.id, ref, OK))

@@ -20,7 +20,10 @@ Rules kept here (and checked by tests/test_runtime*.py):
   resin is shutting down; a held child is drained again when credit comes or
   the backlog clears;
 - every stdin write is answered exactly once, in order; at the exit, what is
-  still queued is answered `BROKEN` before the exit is reported.
+  still queued is answered `BROKEN` before the exit is reported. A write
+  with nothing queued before it is tried at once and, if the pipe takes it
+  all, answered without being queued; a child's stdin is watched exactly
+  when its queue is not empty.
 """
 
 from __future__ import annotations
@@ -413,10 +416,32 @@ class Children:
     # --- stdin -------------------------------------------------------------------
 
     def write_stdin(self, child: Child, data: bytes) -> None:
-        child.queue.append(_Write(data))
+        """Write `data` to the child's stdin after what is queued; the
+        session hears what became of it once, in order (`on_stdin_result`)."""
+        written = 0
+        if not child.queue and child.stdin_state is StdinState.OPEN:
+            # Nothing queued before it: write at once, and answer without
+            # queueing when the pipe took it all (the common case: a child
+            # reading what it gets, as in an echo). The pipe's interest stays
+            # 0, as it is whenever the queue is empty.
+            try:
+                written = self._fds.write(child.stdin_fd, data) if data else 0
+            except BlockingIOError:
+                pass  # the pipe is full: queued, written when it is writable
+            except OSError:  # EPIPE: the child closed its stdin (or exited)
+                self._close_stdin_fd(child, StdinState.BROKEN)
+                self.session.on_stdin_result(child, StdinResult.BROKEN)
+                return
+            if written == len(data):
+                self.session.on_stdin_result(child, StdinResult.WRITTEN)
+                return
+        item = _Write(data)
+        item.pos = written
+        left = len(data) - written
+        child.queue.append(item)
         child.queued_writes += 1
-        child.queued_bytes += len(data)
-        self.stdin_bytes += len(data)
+        child.queued_bytes += left
+        self.stdin_bytes += left
         self._pump_stdin(child)
 
     def close_stdin(self, child: Child, ref: Term, eof: bytes | None = None) -> None:

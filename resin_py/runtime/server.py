@@ -103,6 +103,7 @@ class Resin:
         self.devnull = devnull
         self.stdin_pollable = stdin_pollable
         self.reader = PacketReader()
+        self.stdin_watched = 0  # the events settle() last asked for on stdin_fd
         self.in_buf = bytearray(STDIN_READ_SIZE)  # reused: no allocation per read
         self.in_view = memoryview(self.in_buf)
         self.outbox = Outbox(stdout_fd, fds, poller, blocking=not stdout_pollable)
@@ -149,10 +150,12 @@ class Resin:
             if self.spawned and len(self.spare_pipes) < PIPE_SPARES:
                 self._make_pipes()
         if self.stdin_pollable and not self.closing:
-            if self.reading_stdin():
-                self.poller.set_interest(self.stdin_fd, READ, self._on_stdin)
-            else:
-                self.poller.set_interest(self.stdin_fd, HANGUP, self._on_stdin_hangup)
+            # Stated only when it changes: unchanged between most turns.
+            want = READ if self.reading_stdin() else HANGUP
+            if want != self.stdin_watched:
+                self.stdin_watched = want
+                self.poller.set_interest(self.stdin_fd, want, self._on_stdin if want == READ
+                                         else self._on_stdin_hangup)
 
     def reading_stdin(self) -> bool:
         """Backpressure: resin reads its stdin unless its stdout is backed up,
@@ -207,7 +210,14 @@ class Resin:
         if not n:
             self.begin_shutdown()
             return
-        self.reader.feed(self.in_view[:n])
+        reader = self.reader
+        data = self.in_view[:n]
+        payload = reader.whole(data)
+        if payload is not None:  # one packet alone (an echo's): handed on at once
+            if not self.closing:
+                self._dispatch(self.session.on_packet, payload)
+            return
+        reader.feed(data)
         while not self.closing:
             try:
                 payload = self.reader.next_packet()
@@ -402,10 +412,12 @@ class Resin:
         bytes(HEAP_NUDGE)  # allocated and freed at once: see HEAP_NUDGE
 
     def write_stdin(self, child: ChildRef, data: bytes) -> None:
-        self.children.write_stdin(_own(child), data)
+        assert isinstance(child, Child)  # as _own(), inline: on every write's path
+        self.children.write_stdin(child, data)
 
     def stdin_queued(self, child: ChildRef) -> int:
-        return _own(child).queued_writes
+        assert isinstance(child, Child)
+        return child.queued_writes
 
     def close_stdin(self, child: ChildRef, ref: Term) -> None:
         own = _own(child)
@@ -478,6 +490,7 @@ class Resin:
         self.shutdown_at = time.monotonic()
         if self.stdin_pollable:
             self.poller.set_interest(self.stdin_fd, 0, self._on_stdin)
+            self.stdin_watched = 0
         for child in list(self.children.by_pid.values()):
             if not child.reaped:
                 with suppress(OSError):
