@@ -646,3 +646,56 @@ def test_spawn_option_first_occurrence_wins() -> None:
     term = (Atom("spawn"), 1, b"x", [], [(Atom("cd"), b"/a"), (Atom("cd"), b"/b")])
     frame = v1.decode_client_frame(b"\x10" + encode_term(term))
     assert isinstance(frame, v1.Spawn) and frame.options.cd == b"/a"
+
+
+def _spawn_with(opts: list[tuple[Atom, object]]) -> v1.ClientFrame:
+    return v1.decode_client_frame(b"\x10" + encode_term((Atom("spawn"), 1, b"x", [], opts)))
+
+
+def test_spawn_options_parsed_from_the_table_match_the_fields() -> None:
+    # Every SpawnOptions field has exactly one option parser (at its index),
+    # and together with `parts` they are the options the decoder accepts.
+    keys = [key for key, _, _ in v1._SPAWN_PARSERS]
+    assert keys == list(SpawnOptions._fields)
+    assert [index for _, index, _ in v1._SPAWN_PARSERS] == list(range(len(keys)))
+    assert {*keys, "parts"} == v1._OPTION_KEYS
+    assert SpawnOptions(*v1._SPAWN_DEFAULTS) == SpawnOptions()
+    # No option: the defaults; lacca's usual set: just those fields changed.
+    assert _spawn_with([]) == v1.Spawn(1, b"x", (), SpawnOptions())
+    frame = _spawn_with([(Atom("cd"), b"/d"), (Atom("stdin"), Atom("null")),
+                         (Atom("credit"), 7), (Atom("parts"), 2)])
+    assert frame == v1.Spawn(1, b"x", (), SpawnOptions(cd=b"/d", stdin="null", credit=7), 2)
+    assert _spawn_with([(Atom("credit"), Atom("infinity"))]).options.credit is None  # type: ignore[union-attr]
+    assert _spawn_with([(Atom("stderr"), Atom("discard"))]).options.stderr == "discard"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("opt", "value"), [
+    ("stdin", b"null"), ("stdin", Atom("capture")), ("stderr", Atom("null")),
+    ("stderr", b"stdout"), ("credit", -1), ("credit", Atom("nil")), ("credit", b"1"),
+    ("cd", Atom("nil")), ("parts", 0),
+])
+def test_spawn_option_of_the_wrong_shape_is_named(opt: str, value: object) -> None:
+    with pytest.raises(ProtocolError) as info:
+        _spawn_with([(Atom(opt), value)])
+    assert v1.error_event(info.value) == v1.SpawnError(1, (Atom("badarg"), Atom(opt)))
+
+
+def test_two_bad_spawn_options_report_the_same_one_whatever_their_order() -> None:
+    bad = [(Atom("stdin"), b"no"), (Atom("cd"), 5)]
+    for opts in (bad, bad[::-1]):
+        with pytest.raises(ProtocolError) as info:
+            _spawn_with(opts)  # type: ignore[arg-type]
+        assert v1.error_event(info.value) == v1.SpawnError(1, (Atom("badarg"), Atom("cd")))
+
+
+def test_record_built_by_position_equals_one_built_by_keyword() -> None:
+    # Record.__init__'s all-positional fast path sets the same fields.
+    values = (b"/d", ((b"A", b"1"),), True, b"a0", "null", "stdout", 5, (("pids.max", "9"),),
+              None, 0, b"g", (("nofile", 1, 2),))
+    by_position = SpawnOptions(*values)
+    assert by_position == SpawnOptions(**dict(zip(SpawnOptions._fields, values, strict=True)))
+    assert by_position._values() == values
+    with pytest.raises(TypeError):
+        SpawnOptions(*values, 1)  # type: ignore[call-arg]
+    with pytest.raises(AttributeError):
+        by_position.cd = b"/x"  # type: ignore[misc]

@@ -71,10 +71,15 @@ class Record(metaclass=_RecordType):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         fields = self._fields
+        setter = object.__setattr__
+        if not kwargs and len(args) == len(fields):
+            # Every field by position (what the hot paths build): no checks left.
+            for key, value in zip(fields, args, strict=True):
+                setter(self, key, value)
+            return
         if len(args) > len(fields):
             raise TypeError(f"{type(self).__name__}() takes {len(fields)} arguments "
                             f"but {len(args)} were given")
-        setter = object.__setattr__
         for key, value in zip(fields, args, strict=False):
             if key in kwargs:
                 raise TypeError(f"{type(self).__name__}() got multiple values for {key!r}")

@@ -207,7 +207,17 @@ def _sequence(data: bytes, i: int, n: int, depth: int, left: list[int]
               ) -> tuple[list[Term], int]:
     """n terms from data[i] (the elements of a tuple or list at `depth`): (terms, end)."""
     size = len(data)
-    _enter(data, i, n, depth, left)
+    # The container's bounds, checked inline: this runs for every tuple and list.
+    if n > size - i:  # each element takes at least one byte
+        raise _truncated()
+    if depth >= MAX_DEPTH:
+        raise BadTerm(f"nested deeper than {MAX_DEPTH}")
+    left[0] -= n
+    left[1] -= 1
+    if left[0] < 0:
+        raise BadTerm("too many terms")
+    if left[1] < 0:
+        raise BadTerm("too many tuples, lists and maps")
     depth += 1
     items: list[Term] = []
     append = items.append
@@ -267,20 +277,6 @@ def _sequence(data: bytes, i: int, n: int, depth: int, left: list[int]
     if i > size:
         raise _truncated()
     return items, i
-
-
-def _enter(data: bytes, i: int, n: int, depth: int, left: list[int]) -> None:
-    """Account for a container of n elements at data[i] (depth: the container's)."""
-    if n > len(data) - i:  # each element takes at least one byte
-        raise _truncated()
-    if depth >= MAX_DEPTH:
-        raise BadTerm(f"nested deeper than {MAX_DEPTH}")
-    left[0] -= n
-    left[1] -= 1
-    if left[0] < 0:
-        raise BadTerm("too many terms")
-    if left[1] < 0:
-        raise BadTerm("too many tuples, lists and maps")
 
 
 def _charlist(left: list[int]) -> None:

@@ -41,7 +41,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
     from enum import IntEnum
-    from typing import Literal, TypeAlias, TypeVar
+    from typing import Any, Literal, TypeAlias, TypeVar
 
     from resin_py.protocol.common import StderrMode, StdinMode
     from resin_py.protocol.terms import Term
@@ -382,32 +382,29 @@ def _parse_spawn(id: int, exe: Term, args: Term, opts: Term) -> Spawn:
             raise bad(opt[0])
         given.setdefault(opt[0].name, opt[1])  # the first occurrence wins, as in proplists
 
-    def option(key: str, parse: Callable[[Term], _T], default: _T) -> _T:
-        if key not in given:
-            return default
-        try:
-            return parse(given[key])
-        except _Invalid:
-            raise bad(Atom(key)) from None
-
-    options = SpawnOptions(
-        cd=option("cd", _opt_bin, None),
-        env=option("env", _opt_env, ()),
-        clear_env=option("clear_env", _opt_bool, False),
-        arg0=option("arg0", _opt_bin, None),
-        stdin=option("stdin", _opt_stdin, "pipe"),
-        stderr=option("stderr", _opt_stderr, "capture"),
-        credit=option("credit", _opt_credit, None),
-        cgroup=option("cgroup", _opt_cgroup, ()),
-        pty=option("pty", _opt_pty, None),
-        user=option("user", _opt_id, None),
-        group=option("group", _opt_id, None),
-        rlimits=option("rlimits", _opt_rlimits, ()),
-    )
+    # SpawnOptions' fields by position, the defaults where no option is
+    # given: only the options given are parsed (lacca sends 2 or 3 of 12).
+    values: list[Any] = list(_SPAWN_DEFAULTS)  # each checked by its parser
+    if given:
+        # In the fields' order, not the client's: with two bad options the
+        # one reported does not depend on their order in the list.
+        for key, index, parse in _SPAWN_PARSERS:
+            if key in given:
+                try:
+                    values[index] = parse(given[key])
+                except _Invalid:
+                    raise bad(Atom(key)) from None
+    options = SpawnOptions(*values)
     # A terminal is stdin, stdout and stderr at once: its output is one stream.
     if options.pty is not None and (options.stdin != "pipe" or options.stderr == "discard"):
         raise bad(Atom("pty"))
-    return Spawn(id, exe, argv, options, option("parts", _opt_parts, 0))
+    parts = 0
+    if "parts" in given:
+        try:
+            parts = _opt_parts(given["parts"])
+        except _Invalid:
+            raise bad(Atom("parts")) from None
+    return Spawn(id, exe, argv, options, parts)
 
 
 _OPTION_KEYS = frozenset(
@@ -537,30 +534,44 @@ def _opt_parts(value: Term) -> int:
     raise _Invalid
 
 
+# The stdin and stderr options' atoms by name, and their modes.
+_STDIN_MODES: dict[str, StdinMode] = {"pipe": "pipe", "null": "null"}
+_STDERR_MODES: dict[str, StderrMode] = {
+    "capture": "capture", "stdout": "stdout", "discard": "discard"}
+
+
 def _opt_stdin(value: Term) -> StdinMode:
-    if value == Atom("pipe"):
-        return "pipe"
-    if value == Atom("null"):
-        return "null"
-    raise _Invalid
+    mode = _STDIN_MODES.get(value.name) if isinstance(value, Atom) else None
+    if mode is None:
+        raise _Invalid
+    return mode
 
 
 def _opt_stderr(value: Term) -> StderrMode:
-    if value == Atom("capture"):
-        return "capture"
-    if value == Atom("stdout"):
-        return "stdout"
-    if value == Atom("discard"):
-        return "discard"
-    raise _Invalid
+    mode = _STDERR_MODES.get(value.name) if isinstance(value, Atom) else None
+    if mode is None:
+        raise _Invalid
+    return mode
 
 
 def _opt_credit(value: Term) -> int | None:
-    if value == INFINITY:
+    if isinstance(value, int):  # first: an int compared to an atom calls Atom.__eq__
+        if value >= 0:
+            return value
+    elif value == INFINITY:
         return None
-    if isinstance(value, int) and value >= 0:
-        return value
     raise _Invalid
+
+
+# SpawnOptions' fields by position as no option sets them, and each field's
+# option with its parser, in the fields' order (what _parse_spawn reads).
+_SPAWN_DEFAULTS: tuple[object, ...] = tuple(SpawnOptions()._values())
+_SPAWN_PARSERS: tuple[tuple[str, int, Callable[[Term], object]], ...] = tuple(
+    (key, SpawnOptions._fields.index(key), parse) for key, parse in (
+        ("cd", _opt_bin), ("env", _opt_env), ("clear_env", _opt_bool), ("arg0", _opt_bin),
+        ("stdin", _opt_stdin), ("stderr", _opt_stderr), ("credit", _opt_credit),
+        ("cgroup", _opt_cgroup), ("pty", _opt_pty), ("user", _opt_id), ("group", _opt_id),
+        ("rlimits", _opt_rlimits)))
 
 
 # --- resin side: encoding ----------------------------------------------------

@@ -282,7 +282,7 @@ class Resin:
         if env is not None:
             env[tree.COOKIE_VAR] = cookie  # last: a client cannot remove or forge it
         else:  # resin's own environment, as execve takes it, and the cookie
-            envp = [*self._own_envp(), tree.COOKIE_VAR + b"=" + cookie]
+            envp = [*(self.own_envp or self._own_envp()), tree.COOKIE_VAR + b"=" + cookie]
         cgroup: str | None = None
         cgroup_dir = -1
         if opts.cgroup and self.cgroups is None:
@@ -301,7 +301,9 @@ class Resin:
         child_fds: list[int] = []
         tty = -1
         try:
-            setup_extra = _identity_and_limits(opts)  # before any fd is opened
+            setup_extra = (  # before any fd is opened; no call for the usual spawn
+                _identity_and_limits(opts)
+                if opts.user is not None or opts.group is not None or opts.rlimits else None)
             if opts.pty is not None:
                 tty, in_w, slave = _open_pty(opts.pty, parent_fds, child_fds)
                 in_r = out_w = err_w = slave
