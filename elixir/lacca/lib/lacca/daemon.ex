@@ -261,8 +261,13 @@ defmodule Lacca.Daemon do
   end
 
   defp send_spawn(daemon, request, others) do
-    mref = Process.monitor(daemon)
-    GenServer.cast(daemon, {:spawn_async, self(), mref, request})
+    # One lookup of a shared daemon's name for both the monitor and the
+    # request: a daemon restarted between two lookups would get the request
+    # while the monitor watched its predecessor (a start failing as
+    # :resin_down). Not registered: the monitor says :noproc at once.
+    target = (is_atom(daemon) && Process.whereis(daemon)) || daemon
+    mref = Process.monitor(target)
+    GenServer.cast(target, {:spawn_async, self(), mref, request})
     {daemon, mref, request, others}
   end
 
