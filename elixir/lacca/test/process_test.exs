@@ -13,6 +13,14 @@ defmodule Lacca.ProcessTest do
     refute Process.alive?(pid)
   end
 
+  test "a server's start makes no garbage collection (it starts with a heap that holds it)" do
+    {:ok, pid} = Lacca.start("sleep", ["1000"], stdin: :null)
+    {:garbage_collection, gc} = Process.info(pid, :garbage_collection)
+    assert gc[:min_heap_size] >= 987
+    assert gc[:minor_gcs] == 0
+    assert Lacca.stop(pid) == :ok
+  end
+
   test "legacy API: read_stderr, status, alive?" do
     # start/3: at the end the server exits with {:exit_status, 4}.
     {:ok, pid} = Lacca.start("sh", ["-c", "echo oops >&2; read x; exit 4"])
