@@ -79,20 +79,11 @@ def spawner_true() -> Callable[[], None]:
     return run
 
 
-class RawV1:
-    """Just enough of v1 to run `/bin/true` repeatedly: fixed bytes out, a tiny parser in."""
+class PacketPipe:
+    """{packet,2} packets read from resin's stdout (`r`), blocking."""
 
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen(RESIN, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     bufsize=0)
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.w = self.proc.stdin.fileno()
-        self.r = self.proc.stdout.fileno()
-        self.buf = b""
-        os.write(self.w, b"\x00\x02\x00\x01")
-        if self.packet() != b"\x01\x01":
-            raise RuntimeError("no handshake reply")
-        self.id = 0
+    r: int
+    buf: bytes
 
     def packet(self) -> bytes:
         while True:
@@ -106,6 +97,22 @@ class RawV1:
             if not chunk:
                 raise EOFError
             self.buf += chunk
+
+
+class RawV1(PacketPipe):
+    """Just enough of v1 to run `/bin/true` repeatedly: fixed bytes out, a tiny parser in."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(RESIN, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     bufsize=0)
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.w = self.proc.stdin.fileno()
+        self.r = self.proc.stdout.fileno()
+        self.buf = b""
+        os.write(self.w, b"\x00\x02\x00\x01")
+        if self.packet() != b"\x01\x01":
+            raise RuntimeError("no handshake reply")
+        self.id = 0
 
     def run_true(self) -> None:
         self.id += 1

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import select
 import statistics
 import struct
 import subprocess
 import time
+
+from resin_spawn import PacketPipe  # bench/ is the script's directory
 
 from resin_py.protocol.etf import encode_term
 from resin_py.protocol.terms import Atom
@@ -29,7 +30,7 @@ CREDIT = 1_048_576  # lacca's default window
 WARMUP = 50
 
 
-class Bare:
+class Bare(PacketPipe):
     """One resin over pipes: the v1 hello, then spawns of /bin/true."""
 
     def __init__(self, spec: str) -> None:
@@ -49,19 +50,6 @@ class Bare:
             raise RuntimeError(f"{spec}: no handshake reply")
         self.id = 0
         self.cwd = os.getcwd().encode()
-
-    def packet(self) -> bytes:
-        while True:
-            if len(self.buf) >= 2:
-                n = (self.buf[0] << 8) | self.buf[1]
-                if len(self.buf) >= 2 + n:
-                    p, self.buf = self.buf[2:2 + n], self.buf[2 + n:]
-                    return p
-            select.select([self.r], [], [])
-            chunk = os.read(self.r, 65536)
-            if not chunk:
-                raise EOFError
-            self.buf += chunk
 
     def run_true(self) -> tuple[float, float]:
         """(request -> spawned, spawned -> exit) in seconds."""
