@@ -352,26 +352,17 @@ class Resin:
 
     def _out_pipe(self, parent_fds: list[int], child_fds: list[int]) -> tuple[int, int]:
         """A child's output pipe (read end non-blocking): one made ahead if any."""
-        if self.spare_pipes:
-            r, w = self.spare_pipes.pop()
-            parent_fds.append(r)
-            child_fds.append(w)
-            return r, w
-        return _out_pipe(parent_fds, child_fds)
+        r, w = self.spare_pipes.pop() if self.spare_pipes else _new_out_pipe()
+        parent_fds.append(r)
+        child_fds.append(w)
+        return r, w
 
     def _make_pipes(self) -> None:
         """Make output pipes ahead, up to PIPE_SPARES (resin is about to wait).
         Out of descriptors, tried again at the next wait: one failed pipe2."""
         try:
             while len(self.spare_pipes) < PIPE_SPARES:
-                r, w = os.pipe2(os.O_CLOEXEC)
-                try:
-                    os.set_blocking(r, False)
-                except OSError:
-                    os.close(r)
-                    os.close(w)
-                    raise
-                self.spare_pipes.append((r, w))
+                self.spare_pipes.append(_new_out_pipe())
         except OSError:  # out of descriptors: the spawns make theirs (and fail)
             pass
 
@@ -593,11 +584,15 @@ _RLIMITS = {"as": 9, "core": 4, "cpu": 0, "data": 2, "fsize": 1, "locks": 10, "m
             "rttime": 15, "sigpending": 11, "stack": 3}
 
 
-def _out_pipe(parent_fds: list[int], child_fds: list[int]) -> tuple[int, int]:
+def _new_out_pipe() -> tuple[int, int]:
+    """An output pipe whose read end (resin's) does not block."""
     r, w = os.pipe2(os.O_CLOEXEC)
-    parent_fds.append(r)
-    child_fds.append(w)
-    os.set_blocking(r, False)
+    try:
+        os.set_blocking(r, False)
+    except OSError:
+        os.close(r)
+        os.close(w)
+        raise
     return r, w
 
 
