@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any, Literal, Self, TypeAlias, TypedDict, Unpack
 
 from resin_py.protocol import v0, v1
-from resin_py.protocol.common import StderrMode, StdinMode
+from resin_py.protocol.common import StderrMode, StdinMode, StreamKind
 from resin_py.protocol.framing import PacketReader, encode_packet
 from resin_py.protocol.terms import Term
 
@@ -92,6 +92,8 @@ class RunOpts(TypedDict, total=False):
     group: int | str | bytes  # run with this group (resin must be root)
     # (name, soft, hard) resource limits, None for infinity: (("nofile", 64, 64),)
     rlimits: tuple[tuple[str, int | None, int | None], ...]
+    # streams this client reads itself (see `open_direct`): (StreamKind.STDOUT,)
+    direct: tuple[StreamKind, ...]
 
 
 class SpawnOpts(RunOpts, total=False):
@@ -435,6 +437,23 @@ class ResinClient:
         """Send a spawn request without waiting for the answer (see `spawn`)."""
         self._require_v1("send_spawn")
         self.send(v1.Spawn(id, _b(exe), tuple(_b(a) for a in args), _spawn_options(opts)))
+
+    def open_direct(self, spawned: v1.Spawned) -> dict[StreamKind, int]:
+        """Open this client's own descriptors of a child's direct pipes (the
+        `direct` spawn option) through /proc/<resin>/fd/<fd>, checking each
+        one's inode: blocking read ends, by stream. Close them when done."""
+        opened: dict[StreamKind, int] = {}
+        try:
+            for kind, fd, inode in spawned.direct:
+                own = os.open(f"/proc/{self.pid}/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+                opened[kind] = own
+                if os.fstat(own).st_ino != inode:
+                    raise OSError(f"/proc/{self.pid}/fd/{fd} is not the pipe of inode {inode}")
+        except BaseException:
+            for own in opened.values():
+                os.close(own)
+            raise
+        return opened
 
     def request(self, req: v1.Signal | v1.CloseStdin | v1.Resize,
                 timeout: float = DEFAULT_TIMEOUT) -> Term:

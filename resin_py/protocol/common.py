@@ -211,3 +211,6 @@ class SpawnOptions(Record):
     # Resource limits set in the child before exec, as (name, soft, hard),
     # name as in the protocol ("nofile", "as", ...), None: RLIM_INFINITY.
     rlimits: tuple[tuple[str, int | None, int | None], ...] = ()
+    # Streams whose pipe the client reads itself ("direct output", docs/
+    # protocol.md §4.3.3): resin keeps the read end open but never reads it.
+    direct: tuple[StreamKind, ...] = ()

@@ -62,6 +62,11 @@ class Core(Protocol):
         """Close the child's stdin after what is queued; then
         `Session.on_close_stdin_done`."""
     def grant_credit(self, child: ChildRef, kind: StreamKind, amount: int) -> None: ...
+    def direct_pipes(self, child: ChildRef) -> tuple[tuple[StreamKind, int, int], ...]:
+        """The child's direct streams (spawn option `direct`) as (stream, fd of
+        the read end in resin, the pipe's inode)."""
+    def relay(self, child: ChildRef) -> None:
+        """Read the child's direct streams from now on, as captured ones."""
     def signal(self, child: ChildRef, signo: int, group: bool) -> None:
         """Send a signal; raise OSError (ESRCH once the child has exited,
         EINVAL for a bad signal number)."""

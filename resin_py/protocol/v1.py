@@ -164,6 +164,13 @@ class Resize(Record):
     cols: int
 
 
+class Relay(Record):
+    """`{relay, Id}`: resin reads Id's direct streams itself from now on (as if
+    they had not been direct, under the spawn's credit). No reply."""
+
+    id: int
+
+
 class Stdin(Record):
     id: int
     data: bytes
@@ -184,7 +191,7 @@ class Credit(Record):
         _set(self, "amount", amount)
 
 
-Request: TypeAlias = Spawn | SpawnPart | SpawnCancel | Signal | CloseStdin | Resize
+Request: TypeAlias = Spawn | SpawnPart | SpawnCancel | Signal | CloseStdin | Resize | Relay
 ClientFrame: TypeAlias = Hello | Request | Stdin | Credit
 
 
@@ -198,6 +205,9 @@ class HelloReply(Record):
 class Spawned(Record):
     id: int
     os_pid: int
+    # The direct streams (only if asked for): (stream, fd of the pipe's read
+    # end in resin, the pipe's inode number).
+    direct: tuple[tuple[StreamKind, int, int], ...] = ()
 
 
 class SpawnError(Record):
@@ -325,6 +335,8 @@ def parse_request(term: Term) -> Request:
             raise BadArgument("spawn_part", id, _ENV) from None
     if tag == "spawn_cancel" and len(term) == 2:
         return SpawnCancel(id)
+    if tag == "relay" and len(term) == 2:
+        return Relay(id)
     if tag == "signal" and len(term) == 5:
         ref = _check_ref("signal", id, term[2])
         signo, group = term[3], term[4]
@@ -398,6 +410,11 @@ def _parse_spawn(id: int, exe: Term, args: Term, opts: Term) -> Spawn:
     # A terminal is stdin, stdout and stderr at once: its output is one stream.
     if options.pty is not None and (options.stdin != "pipe" or options.stderr == "discard"):
         raise bad(Atom("pty"))
+    # Only a pipe of its own can be direct: not a terminal, not stderr merged
+    # into stdout or discarded.
+    if options.direct and (options.pty is not None or (
+            StreamKind.STDERR in options.direct and options.stderr != "capture")):
+        raise bad(Atom("direct"))
     parts = 0
     if "parts" in given:
         try:
@@ -409,7 +426,7 @@ def _parse_spawn(id: int, exe: Term, args: Term, opts: Term) -> Spawn:
 
 _OPTION_KEYS = frozenset(
     {"cd", "env", "clear_env", "arg0", "stdin", "stderr", "credit", "cgroup", "parts", "pty",
-     "user", "group", "rlimits"})
+     "user", "group", "rlimits", "direct"})
 # A terminal's rows and columns are unsigned shorts (struct winsize).
 MAX_WINSIZE = 0xFFFF
 # Linux uids and gids are 32 bits; (uid_t) -1 means "unchanged" to the kernel.
@@ -554,6 +571,22 @@ def _opt_stderr(value: Term) -> StderrMode:
     return mode
 
 
+# The direct option's atoms by name.
+_STREAMS = {"stdout": StreamKind.STDOUT, "stderr": StreamKind.STDERR}
+
+
+def _opt_direct(value: Term) -> tuple[StreamKind, ...]:
+    if not isinstance(value, list):
+        raise _Invalid
+    kinds: list[StreamKind] = []
+    for item in value:
+        kind = _STREAMS.get(item.name) if isinstance(item, Atom) else None
+        if kind is None or kind in kinds:
+            raise _Invalid
+        kinds.append(kind)
+    return tuple(kinds)
+
+
 def _opt_credit(value: Term) -> int | None:
     if isinstance(value, int):  # first: an int compared to an atom calls Atom.__eq__
         if value >= 0:
@@ -571,7 +604,7 @@ _SPAWN_PARSERS: tuple[tuple[str, int, Callable[[Term], object]], ...] = tuple(
         ("cd", _opt_bin), ("env", _opt_env), ("clear_env", _opt_bool), ("arg0", _opt_bin),
         ("stdin", _opt_stdin), ("stderr", _opt_stderr), ("credit", _opt_credit),
         ("cgroup", _opt_cgroup), ("pty", _opt_pty), ("user", _opt_id), ("group", _opt_id),
-        ("rlimits", _opt_rlimits)))
+        ("rlimits", _opt_rlimits), ("direct", _opt_direct)))
 
 
 # --- resin side: encoding ----------------------------------------------------
@@ -584,6 +617,9 @@ def data_header(kind: int, id: int, length: int) -> bytes:
 
 def event_term(event: Event) -> Term:
     if isinstance(event, Spawned):
+        if event.direct:
+            return (Atom("spawned"), event.id, event.os_pid,
+                    [(Atom(kind.name.lower()), fd, inode) for kind, fd, inode in event.direct])
         return (Atom("spawned"), event.id, event.os_pid)
     if isinstance(event, SpawnError):
         return (Atom("spawn_error"), event.id, event.reason)
@@ -621,7 +657,7 @@ def encode_stdin_ack(id: int, status: int) -> bytes:
 
 def encode_resin_frame(frame: ResinFrame) -> bytes:
     """The packet payload of a resin -> client frame."""
-    if isinstance(frame, Spawned):
+    if isinstance(frame, Spawned) and not frame.direct:
         return encode_spawned(frame.id, frame.os_pid)
     if isinstance(frame, Exit):
         return encode_exit(frame.id, frame.kind, frame.value)
@@ -694,6 +730,8 @@ def options_term(o: SpawnOptions) -> list[Term]:
     if o.rlimits:
         opts.append((Atom("rlimits"), [
             (Atom(name), (_rlim_term(soft), _rlim_term(hard))) for name, soft, hard in o.rlimits]))
+    if o.direct:
+        opts.append((Atom("direct"), [Atom(kind.name.lower()) for kind in o.direct]))
     return opts
 
 
@@ -720,6 +758,8 @@ def request_term(req: Request) -> Term:
         return (Atom("signal"), req.id, req.ref, req.signo, TRUE if req.group else FALSE)
     if isinstance(req, Resize):
         return (Atom("resize"), req.id, req.ref, req.rows, req.cols)
+    if isinstance(req, Relay):
+        return (Atom("relay"), req.id)
     return (Atom("close_stdin"), req.id, req.ref)
 
 
@@ -751,6 +791,18 @@ def decode_resin_frame(payload: bytes) -> ResinFrame:
     raise BadFrame(kind, why="not a resin frame")
 
 
+def _parse_direct(items: Term) -> tuple[tuple[StreamKind, int, int], ...]:
+    """The direct streams of a `spawned` event: [{Stream, Fd, Inode}]."""
+    found: list[tuple[StreamKind, int, int]] = []
+    for item in items if isinstance(items, list) else [None]:
+        if not (isinstance(item, tuple) and len(item) == 3 and isinstance(item[0], Atom)
+                and item[0].name in _STREAMS and isinstance(item[1], int)
+                and isinstance(item[2], int)):
+            raise UnknownRequest(items)
+        found.append((_STREAMS[item[0].name], item[1], item[2]))
+    return tuple(found)
+
+
 def parse_event(term: Term) -> Event:
     if isinstance(term, tuple) and len(term) >= 3 and isinstance(term[0], Atom):
         tag, id = term[0].name, term[1]
@@ -761,6 +813,8 @@ def parse_event(term: Term) -> Event:
                 return ErrorEvent(id, term[2])
             if tag == "spawned" and len(term) == 3 and isinstance(term[2], int):
                 return Spawned(id, term[2])
+            if tag == "spawned" and len(term) == 4 and isinstance(term[2], int):
+                return Spawned(id, term[2], _parse_direct(term[3]))
             if tag == "spawn_error" and len(term) == 3:
                 return SpawnError(id, term[2])
             if tag == "reply" and len(term) == 4:

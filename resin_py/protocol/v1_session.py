@@ -153,6 +153,10 @@ class V1Session:
             self._spawn_part(frame)
         elif isinstance(frame, v1.SpawnCancel):
             self._drop_assembly(frame.id)
+        elif isinstance(frame, v1.Relay):
+            child = self.procs.get(frame.id)
+            if child is not None:  # an unknown id may just have exited
+                self.core.relay(child)
         elif isinstance(frame, v1.Signal):
             self._signal(frame)
         elif isinstance(frame, v1.Resize):
@@ -270,7 +274,7 @@ class V1Session:
             req = v1.Spawn(req.id, req.exec, (*asm.args, *req.args), v1.SpawnOptions(
                 opts.cd, (*asm.env, *opts.env), opts.clear_env, opts.arg0, opts.stdin,
                 opts.stderr, opts.credit, opts.cgroup, opts.pty, opts.user, opts.group,
-                opts.rlimits))
+                opts.rlimits, opts.direct))
             del asm
         if req.id in self.procs:
             self.send(v1.SpawnError(req.id, Atom("id_in_use")))
@@ -284,7 +288,10 @@ class V1Session:
             self.send(v1.SpawnError(req.id, errno_atom(exc.errno or errno.EIO)))
             return
         self.procs[req.id] = child
-        self._send_payload(v1.encode_spawned(req.id, child.pid))
+        if req.options.direct:
+            self.send(v1.Spawned(req.id, child.pid, self.core.direct_pipes(child)))
+        else:
+            self._send_payload(v1.encode_spawned(req.id, child.pid))
 
     def _signal(self, req: v1.Signal) -> None:
         self._on_child(req.id, req.ref,

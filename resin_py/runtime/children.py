@@ -69,6 +69,13 @@ READS_PER_WAKEUP = 4
 # queued), and the copy of a few KiB is cheap (measured, 100 B echo round
 # trips: docs/performance.md, "resin's share").
 SPLICE_MIN = 4096
+# A direct pipe (read by the client itself) is never watched: nothing tells
+# resin when the client has emptied it. An exit held for one is looked at
+# again after this long, doubling up to DIRECT_RECHECK_MAX while nothing
+# changes: the first checks come soon after an exit (the client is usually
+# reading), and a client that pauses for long costs resin few wakeups.
+DIRECT_RECHECK_MIN = 0.001
+DIRECT_RECHECK_MAX = 0.064
 
 
 class Read(Enum):
@@ -91,15 +98,20 @@ class StdinState(Enum):
 class OutPipe:
     """The read end of a child's stdout or stderr pipe."""
 
-    __slots__ = ("boosted", "closed", "credit", "fd", "full_header", "handler", "hung", "is_pipe",
-                 "kind", "known", "parked", "read_size", "small", "splice")
+    __slots__ = ("boosted", "closed", "credit", "direct", "fd", "full_header", "handler", "hung",
+                 "is_pipe", "kind", "known", "parked", "read_size", "small", "splice")
 
     def __init__(self, fd: int, kind: StreamKind, credit: int | None,
-                 is_pipe: bool | None = None) -> None:
+                 is_pipe: bool | None = None, direct: bool = False) -> None:
         self.fd = fd
         self.kind = kind
         self.credit = credit  # bytes resin may still read; None: unlimited
         self.closed = False
+        # The client reads this pipe itself (through its own descriptor of it,
+        # docs/protocol.md §4.3.3): resin keeps fd open, never reads it, and
+        # reports the exit once it is empty. Until a `relay` makes it an
+        # ordinary pipe again.
+        self.direct = direct
         self.parked = False  # unwatched while resin's output is backed up
         # A terminal whose last slave closed before its child was reaped:
         # unwatched, closed once the child is reaped (see Children._read).
@@ -204,6 +216,10 @@ class Children:
         self.boosted = 0  # open pipes enlarged to CHILD_PIPE_SIZE
         self.stdin_bytes = 0  # queued for all children's stdin, not yet written
         self.splice_min = SPLICE_MIN  # tests splice smaller outputs
+        # Held exits that wait for the client to empty a direct pipe, and when
+        # to look at them again (see DIRECT_RECHECK_MIN).
+        self.direct_held: dict[int, Child] = {}
+        self.direct_delay = DIRECT_RECHECK_MIN
 
     def __len__(self) -> int:
         return len(self.by_pid) + len(self.held)
@@ -225,7 +241,7 @@ class Children:
     # --- output ------------------------------------------------------------------
 
     def _watch_pipe(self, pipe: OutPipe) -> None:
-        want = (not pipe.closed and not pipe.parked and not pipe.hung
+        want = (not pipe.closed and not pipe.parked and not pipe.hung and not pipe.direct
                 and (pipe.credit is None or pipe.credit > 0))
         if not pipe.closed:
             self._poller.set_interest(pipe.fd, READ if want else 0, pipe.handler)
@@ -382,6 +398,7 @@ class Children:
     def grant_credit(self, child: Child, kind: StreamKind, amount: int) -> None:
         for pipe in child.pipes:
             if pipe.kind == kind and pipe.credit is not None and not pipe.closed:
+                # A direct pipe's credit waits, unused, for a `relay`.
                 pipe.credit += amount
                 self._watch_pipe(pipe)
                 if child.reaped:
@@ -520,13 +537,24 @@ class Children:
         if self.by_pid.get(child.pid) is child:
             del self.by_pid[child.pid]
         self.drain(child)
+        if id(child) in self.direct_held:  # a fresh wait: look again soon
+            self.direct_delay = DIRECT_RECHECK_MIN
 
     def drain(self, child: Child) -> None:
         """Read what is left in an exited child's pipes; report the exit once
         they are empty (or hold it until credit comes or the backlog clears)."""
         if child.finished:
             return
+        waiting = False  # for the client to empty a direct pipe
         for pipe in child.pipes:
+            if pipe.direct:
+                # The client's to read: its exit waits until it has read all.
+                # resin's descriptor stays open until then, so the client can
+                # still open its own (the child may exit before it did).
+                if not pipe.closed and (self.closing or self._empty(pipe)):
+                    self._close_pipe(pipe)
+                waiting |= not pipe.closed
+                continue
             while not pipe.closed:
                 got = self._take(child, pipe)
                 if got is Read.EMPTY:
@@ -540,12 +568,39 @@ class Children:
                         break
         if all(p.closed for p in child.pipes):
             self._finish(child)
+            return
+        self.held[id(child)] = child
+        if waiting:
+            self.direct_held[id(child)] = child
+
+    def relay(self, child: Child) -> None:
+        """The client no longer reads the child's direct pipes (`relay`): they
+        are read and framed as any captured stream, under their credit."""
+        for pipe in child.pipes:
+            if pipe.direct:
+                pipe.direct = False
+                self._watch_pipe(pipe)
+        if child.reaped:
+            self.direct_held.pop(id(child), None)
+            self.drain(child)
+
+    def recheck_direct(self) -> None:
+        """Look again at the exits held for direct pipes (the loop calls this
+        every `direct_delay` seconds while there are any): report those the
+        client has emptied; wait longer the next time if none was."""
+        before = len(self.direct_held)
+        for child in list(self.direct_held.values()):
+            self.direct_held.pop(id(child))
+            self.drain(child)
+        if self.direct_held and len(self.direct_held) == before:
+            self.direct_delay = min(self.direct_delay * 2, DIRECT_RECHECK_MAX)
         else:
-            self.held[id(child)] = child
+            self.direct_delay = DIRECT_RECHECK_MIN
 
     def _finish(self, child: Child) -> None:
         child.finished = True
         self.held.pop(id(child), None)
+        self.direct_held.pop(id(child), None)
         if self.by_pid.get(child.pid) is child:
             del self.by_pid[child.pid]
         self._close_stdin_fd(child, StdinState.BROKEN)

@@ -143,8 +143,13 @@ class Reaper:
         if signo == signal.SIGKILL:
             if self.children.closing:
                 return sent  # shutdown kills every cgroup at once (Resin.begin_shutdown)
-            if exited:
+            if exited and not any(p.direct and not p.closed for p in child.pipes):
                 return sent  # the cgroup is dealt with after the exit report (reap)
+            if exited:
+                # Its exit waits until the client has read its direct pipes:
+                # nothing left in the cgroup may keep writing to them.
+                self._kill_cgroup(cgroup)
+                return True
             if sent:
                 self._kill_cgroup(cgroup)
                 return True

@@ -139,6 +139,8 @@ class Resin:
     def settle(self) -> None:
         """Before every wait: flush stdout (which watches it while bytes are
         left), then decide whether to read stdin."""
+        if self.children.direct_held:
+            self.children.recheck_direct()  # exits waiting for the client's reads
         self.outbox.flush()
         if not self.closing:
             # After the flush: what the exits and spawns just reported leave
@@ -178,6 +180,9 @@ class Resin:
                 timeout = 0.0
                 if self.reading_stdin():
                     self._on_stdin()
+            if self.children.direct_held:
+                delay = self.children.direct_delay
+                timeout = delay if timeout is None else min(timeout, delay)
             self.loop.turn(timeout)
         if self.reaper is not None:
             self.reaper.kill_descendants(self._deadline(SHUTDOWN_DESCENDANTS))
@@ -317,10 +322,12 @@ class Resin:
                 in_r, in_w = self.devnull, -1
             if opts.pty is None:
                 out_r, out_w = self._out_pipe(parent_fds, child_fds)
-                pipes = [OutPipe(out_r, StreamKind.STDOUT, opts.credit, is_pipe=True)]
+                pipes = [OutPipe(out_r, StreamKind.STDOUT, opts.credit, is_pipe=True,
+                                 direct=StreamKind.STDOUT in opts.direct)]
                 if opts.stderr == "capture":
                     err_r, err_w = self._out_pipe(parent_fds, child_fds)
-                    pipes.append(OutPipe(err_r, StreamKind.STDERR, opts.credit, is_pipe=True))
+                    pipes.append(OutPipe(err_r, StreamKind.STDERR, opts.credit, is_pipe=True,
+                                         direct=StreamKind.STDERR in opts.direct))
                 elif opts.stderr == "stdout":
                     err_w = out_w
                 else:
@@ -441,6 +448,15 @@ class Resin:
 
     def grant_credit(self, child: ChildRef, kind: StreamKind, amount: int) -> None:
         self.children.grant_credit(_own(child), kind, amount)
+
+    def direct_pipes(self, child: ChildRef) -> tuple[tuple[StreamKind, int, int], ...]:
+        # The inode lets the client check that the descriptor it opened
+        # (/proc/<resin>/fd/<fd>) is this pipe.
+        return tuple((pipe.kind, pipe.fd, os.fstat(pipe.fd).st_ino)
+                     for pipe in _own(child).pipes if pipe.direct)
+
+    def relay(self, child: ChildRef) -> None:
+        self.children.relay(_own(child))
 
     def signal(self, child: ChildRef, signo: int, group: bool) -> None:
         """Send a signal; raise OSError (ESRCH once the child is reaped, EINVAL...)."""
