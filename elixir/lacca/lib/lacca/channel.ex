@@ -19,7 +19,9 @@ defmodule Lacca.Channel do
   #   * the wait for :spawned (await_spawned/1), signals and their names
   #     (signal/4, kill_group/2, exit_status/1);
   #   * halt/3 and kill/1: stop the process group and wait, in bounded
-  #     memory, for resin's exit report.
+  #     memory, for resin's exit report;
+  #   * direct output (see "Direct output" below): the receiver reads the
+  #     child's stdout pipe itself instead of through resin.
   #
   # Lacca.Protocol is the pure codec underneath.
 
@@ -42,7 +44,11 @@ defmodule Lacca.Channel do
             ungranted_out: 0,
             ungranted_err: 0,
             held: false,
-            credit: :metered
+            credit: :metered,
+            dport: nil,
+            dfile: nil,
+            dfd: nil,
+            dpaused: false
 
   @typedoc """
   One OS process's wire: resin's port, the process's id on it, the monitor
@@ -51,6 +57,10 @@ defmodule Lacca.Channel do
   are withheld (hold/1) until release/1. `credit` is
   `:metered` while output comes back in grants, `:unlimited` once the
   process was unthrottled (killed), `:closed` once it is over.
+
+  Direct output (nil without it): `dport` the fd port reading the child's
+  stdout pipe (the last one while `dpaused`: its data may still be in the
+  mailbox), `dfile` the pipe opened through /proc, `dfd` its descriptor.
   """
   @type t :: %__MODULE__{
           port: port(),
@@ -60,7 +70,11 @@ defmodule Lacca.Channel do
           ungranted_out: non_neg_integer(),
           ungranted_err: non_neg_integer(),
           held: boolean(),
-          credit: :metered | :unlimited | :closed
+          credit: :metered | :unlimited | :closed,
+          dport: port() | nil,
+          dfile: :file.io_device() | nil,
+          dfd: non_neg_integer() | nil,
+          dpaused: boolean()
         }
 
   @typedoc "A status as resin reports it in its exit event."
@@ -191,12 +205,16 @@ defmodule Lacca.Channel do
 
   @doc false
   # Waits for resin's answer to the spawn. The daemon monitor is dropped
-  # when the spawn failed.
-  @spec await_spawned(t()) :: {:ok, pos_integer()} | {:error, Lacca.spawn_error()}
-  def await_spawned(%__MODULE__{port: port, id: id, dmref: dmref}) do
+  # when the spawn failed. A spawn with direct output (direct_opts/1) comes
+  # back with its reader open (open_direct/2).
+  @spec await_spawned(t()) :: {:ok, pos_integer(), t()} | {:error, Lacca.spawn_error()}
+  def await_spawned(%__MODULE__{port: port, id: id, dmref: dmref} = chan) do
     receive do
       event(^port, {:spawned, ^id, os_pid}) ->
-        {:ok, os_pid}
+        {:ok, os_pid, chan}
+
+      event(^port, {:spawned, ^id, os_pid, direct}) ->
+        {:ok, os_pid, open_direct(chan, direct)}
 
       event(^port, {:spawn_error, ^id, reason}) ->
         Process.demonitor(dmref, [:flush])
@@ -209,10 +227,239 @@ defmodule Lacca.Channel do
 
   @doc false
   # The process is over (its exit arrived): no more credit, no monitor.
+  # (A direct reader is ended before, with direct_end/1: its last data
+  # comes before the exit.)
   @spec close(t()) :: t()
   def close(%__MODULE__{dmref: dmref} = chan) do
     if dmref, do: Process.demonitor(dmref, [:flush])
     %{chan | dmref: nil, credit: :closed}
+  end
+
+  # -- direct output -------------------------------------------------------------
+  #
+  # Relayed, every stdout byte is copied four times (pipe -> resin -> its
+  # stdout pipe -> the BEAM -> the receiver). With direct output the receiver
+  # reads the child's pipe itself: spawned with {direct, [stdout]}, resin
+  # answers with the pipe's descriptor number in its own process and the
+  # pipe's inode; the receiver opens /proc/<resin>/fd/<fd> (a new descriptor
+  # of the same pipe), checks the inode, and reads it with an fd port, which
+  # sends it {dport, {:data, bin}} messages (direct_data/2 matches them).
+  #
+  #   * Flow control is pause/1 (the fd port is closed: the descriptor stays
+  #     open, nobody reads the pipe, the child blocks once it is full) and
+  #     resume/1 (a new fd port on the same descriptor). Port.close/1 is
+  #     synchronous: the old port's data is in the mailbox when it returns,
+  #     and is taken before the new port's (a receive on the old port first).
+  #   * resin reports the exit only once the pipe is empty, so at the exit
+  #     event every byte was read by our port: direct_end/1 closes it and
+  #     takes the data still in the mailbox, to be delivered before the exit.
+  #   * Any failure to open or verify the pipe falls back to the relay:
+  #     {relay, Id} makes resin read the pipe itself from then on (relay/1),
+  #     as it does for a receiver that leaves direct output (halt, a
+  #     Lacca.Process leaving active: true / :flow) or dies (the daemon).
+  #
+  # config :lacca, :direct_output (default true) turns it off; `:relay`
+  # (for tests) asks for it and then always falls back to the relay.
+
+  @doc false
+  # Whether direct output is configured (config :lacca, :direct_output).
+  @spec direct_output() :: boolean() | :relay
+  def direct_output do
+    case Application.get_env(:lacca, :direct_output, true) do
+      value when is_boolean(value) or value == :relay ->
+        value
+
+      other ->
+        raise ArgumentError,
+              "config :lacca, :direct_output must be true or false, got: #{inspect(other)}"
+    end
+  end
+
+  @doc false
+  # The spawn options that ask resin for direct stdout, for spawn options
+  # `spawn_opts` of a process whose receiver can read it (a local one):
+  # none with a pty (one stream, resin's) or when direct output is off.
+  # (Without /proc the open fails and the output is relayed.)
+  @spec direct_opts(list()) :: list()
+  def direct_opts(spawn_opts) do
+    if direct_output() != false and not List.keymember?(spawn_opts, :pty, 0),
+      do: [{:direct, [:stdout]}],
+      else: []
+  end
+
+  @doc false
+  # The fd port's data (usable in receive patterns; `dport` is the
+  # channel's dport field, the last port while paused).
+  defmacro direct_data(dport, data) do
+    quote do
+      {unquote(dport), {:data, unquote(data)}}
+    end
+  end
+
+  @doc false
+  # The fd port's end of file (the child and its descendants closed the
+  # pipe): nothing more comes from it; the exit follows.
+  defmacro direct_eof(dport) do
+    quote do
+      {unquote(dport), :eof}
+    end
+  end
+
+  @doc false
+  # Opens the direct reader of the spawned event's `direct` part, as the
+  # daemon forwards it: {:direct, resin_os_pid, [{stream, fd, inode}]}.
+  # Anything wrong (no /proc, another pipe, an fd port refused) falls back
+  # to the relay.
+  @spec open_direct(t(), term()) :: t()
+  def open_direct(chan, {:direct, resin_pid, streams}) do
+    with {:stdout, fd, inode} <- List.keyfind(streams, :stdout, 0),
+         true <- direct_output() == true,
+         {:ok, file, n} <- open_pipe(resin_pid, fd, inode),
+         {:ok, dport} <- fd_port(n, file) do
+      %{chan | dport: dport, dfile: file, dfd: n}
+    else
+      _ -> send_relay(chan)
+    end
+  end
+
+  def open_direct(chan, _other), do: chan
+
+  defp open_pipe(resin_pid, fd, inode) do
+    path = ~c"/proc/#{resin_pid}/fd/#{fd}"
+
+    case :file.open(path, [:read, :raw, :binary]) do
+      {:ok, file} ->
+        with {:ok, info} <- :prim_file.read_handle_info(file),
+             ^inode <- elem(info, 11),
+             <<n::native-32>> <- :prim_file.get_handle(file) do
+          {:ok, file, n}
+        else
+          _ ->
+            :file.close(file)
+            :error
+        end
+
+      {:error, _} ->
+        :error
+    end
+  end
+
+  defp fd_port(n, file) do
+    {:ok, :erlang.open_port({:fd, n, n}, [:in, :binary, :eof])}
+  rescue
+    ArgumentError ->
+      :file.close(file)
+      :error
+
+    ErlangError ->
+      :file.close(file)
+      :error
+  end
+
+  defp send_relay(chan) do
+    command(chan.port, Protocol.control({:relay, chan.id}))
+    chan
+  end
+
+  @doc false
+  # Whether stdout comes from the fd port (and its reader is paused).
+  @spec direct?(t()) :: boolean()
+  def direct?(%__MODULE__{dfile: file}), do: file != nil
+
+  @doc false
+  @spec paused?(t()) :: boolean()
+  def paused?(%__MODULE__{dpaused: paused}), do: paused
+
+  @doc false
+  # Stops reading the pipe (the consumer is behind). Not once unthrottled:
+  # a killed process's output must drain.
+  @spec pause(t()) :: t()
+  def pause(%__MODULE__{dfile: file, dpaused: false, credit: :metered} = chan)
+      when file != nil do
+    close_fd_port(chan.dport)
+    %{chan | dpaused: true}
+  end
+
+  def pause(chan), do: chan
+
+  @doc false
+  # Reads the pipe again. The caller took the paused port's data first.
+  @spec resume(t()) :: t()
+  def resume(%__MODULE__{dpaused: true} = chan) do
+    case fd_port(chan.dfd, chan.dfile) do
+      {:ok, dport} ->
+        %{chan | dport: dport, dpaused: false}
+
+      :error ->
+        # (fd_port/2 closed the file.) resin reads from now on.
+        send_relay(%{chan | dport: nil, dfile: nil, dfd: nil, dpaused: false})
+    end
+  end
+
+  def resume(chan), do: chan
+
+  @doc false
+  # Pauses when more than `bound` messages wait in our own mailbox: the
+  # receiver (Lacca.Runner, Lacca.Stream) consumes slower than the pipe fills.
+  @spec check_backlog(t(), non_neg_integer()) :: t()
+  def check_backlog(chan, bound) do
+    case Process.info(self(), :message_queue_len) do
+      {:message_queue_len, n} when n > bound -> pause(chan)
+      _ -> chan
+    end
+  end
+
+  @doc false
+  # The message queue length above which a receiver pauses its direct
+  # reader: 64 chunks of at most 64 KiB (4 MiB) above what was queued when
+  # it started (messages that are not ours must not pause it for good).
+  @spec backlog_bound() :: non_neg_integer()
+  def backlog_bound do
+    {:message_queue_len, n} = Process.info(self(), :message_queue_len)
+    n + 64
+  end
+
+  @doc false
+  # The direct reader ends: the exit arrived (so the pipe is empty) or the
+  # receiver leaves direct output. Returns the data still in the mailbox,
+  # in order, to be delivered before anything that follows.
+  @spec direct_end(t()) :: {[binary()], t()}
+  def direct_end(%__MODULE__{dfile: nil} = chan), do: {[], chan}
+
+  def direct_end(%__MODULE__{dport: dport} = chan) do
+    if not chan.dpaused, do: close_fd_port(dport)
+    chunks = take_direct(dport, [])
+    :file.close(chan.dfile)
+    {chunks, %{chan | dport: nil, dfile: nil, dfd: nil, dpaused: false}}
+  end
+
+  defp take_direct(dport, acc) do
+    receive do
+      direct_data(^dport, data) -> take_direct(dport, [data | acc])
+      direct_eof(^dport) -> take_direct(dport, acc)
+    after
+      0 -> Enum.reverse(acc)
+    end
+  end
+
+  @doc false
+  # Leaves direct output for good: the reader ends (direct_end/1, its
+  # data returned) and resin reads the pipe from then on ({relay, Id}), so
+  # whatever it sends comes after that data.
+  @spec relay(t()) :: {[binary()], t()}
+  def relay(%__MODULE__{dfile: nil} = chan), do: {[], chan}
+
+  def relay(chan) do
+    {chunks, chan} = direct_end(chan)
+    {chunks, send_relay(chan)}
+  end
+
+  # An fd port that met the end of its file is still open (:eof); one that
+  # failed is gone.
+  defp close_fd_port(dport) do
+    Port.close(dport)
+  rescue
+    ArgumentError -> true
   end
 
   # -- writing -----------------------------------------------------------------
@@ -334,7 +581,7 @@ defmodule Lacca.Channel do
   @spec unthrottle(t()) :: t()
   def unthrottle(%__MODULE__{credit: :metered} = chan) do
     unlimited(chan.port, chan.id)
-    %{chan | credit: :unlimited}
+    resume(%{chan | credit: :unlimited})
   end
 
   def unthrottle(chan), do: chan
@@ -425,6 +672,13 @@ defmodule Lacca.Channel do
   @spec kill(t()) :: {:ok, wire_status()} | :resin_down
   def kill(chan) do
     drain(kill_group(chan, :halt), :infinity)
+  end
+
+  defp drain(%__MODULE__{dfile: file} = chan, deadline) when file != nil do
+    # Output is dropped here anyway: resin reads it (under the credit given
+    # back below), as for any relayed process.
+    {_chunks, chan} = relay(chan)
+    drain(chan, deadline)
   end
 
   defp drain(%__MODULE__{port: port, id: id, dmref: dmref} = chan, deadline) do

@@ -41,6 +41,14 @@ defmodule Lacca.Daemon do
   #
   # A dedicated daemon (`client: pid`) serves one client and stops when that
   # client dies or calls release/1.
+  #
+  # Direct output (Lacca.Channel, "direct output"): a spawn with the option
+  # {direct, [stdout]} is answered {spawned, Id, OsPid, [{stdout, Fd, Inode}]};
+  # the daemon forwards it as {:spawned, id, os_pid, {:direct, resin_os_pid,
+  # streams}}, so that the receiver can open /proc/<resin>/fd/<Fd>. resin
+  # holds such a process's exit back until its pipe is empty: when the
+  # receiver dies first, {relay, Id} goes with the SIGKILL (resin reads the
+  # pipe itself and reports the exit).
 
   use GenServer
   require Logger
@@ -277,8 +285,9 @@ defmodule Lacca.Daemon do
   # {:error, reason} as from spawn/8, with the same retries: a shared
   # daemon being restarted is waited for once, a resource refusal (:emfile,
   # :eagain) is tried on each other shared daemon in turn.
+  # The 6th element: the direct part of the spawned event (nil without).
   @spec await_spawn(pending(), boolean()) ::
-          {:ok, pid(), port(), Lacca.Protocol.id(), pos_integer()} | {:error, term()}
+          {:ok, pid(), port(), Lacca.Protocol.id(), pos_integer(), term()} | {:error, term()}
   def await_spawn({daemon, mref, request, others}, restarted? \\ false) do
     receive do
       {:"$lacca_spawning", ^mref, {:ok, dpid, port, id}} ->
@@ -303,7 +312,11 @@ defmodule Lacca.Daemon do
     receive do
       Channel.event(^port, {:spawned, ^id, os_pid}) ->
         Process.demonitor(mref, [:flush])
-        {:ok, dpid, port, id, os_pid}
+        {:ok, dpid, port, id, os_pid, nil}
+
+      Channel.event(^port, {:spawned, ^id, os_pid, direct}) ->
+        Process.demonitor(mref, [:flush])
+        {:ok, dpid, port, id, os_pid, direct}
 
       Channel.event(^port, {:spawn_error, ^id, reason}) ->
         Process.demonitor(mref, [:flush])
@@ -420,6 +433,8 @@ defmodule Lacca.Daemon do
        client: client,
        # RESIN_TREE prefix of this resin's descendants (Lacca.Cleanup)
        cookie: nil,
+       # resin's OS pid (direct output: /proc/<pid>/fd/<fd>)
+       resin_pid: nil,
        # id => {from, reply, retry?}: spawn_wait calls awaiting resin's answer
        waiting: %{},
        # id => {owner, receiver, note_every, out, err}: direct delivery
@@ -556,6 +571,11 @@ defmodule Lacca.Daemon do
 
   def handle_info({port, {:data, Channel.raw_event(etf)}}, %{port: port} = state) do
     case Protocol.decode_term(etf) do
+      {:ok, {:spawned, id, os_pid, streams}} ->
+        # Direct output: the receiver needs resin's pid to open the pipe.
+        {:noreply,
+         answer_waiting({:spawned, id, os_pid, {:direct, state.resin_pid, streams}}, state)}
+
       {:ok, event} ->
         {:noreply, answer_waiting(event, state)}
 
@@ -594,7 +614,9 @@ defmodule Lacca.Daemon do
       {id, mrefs} ->
         # The receiver died: its process group goes with it. Unlimited
         # credit lets resin drain the pipes and report (and free) the exit.
+        # A direct reader died with it: resin reads the pipe from now on.
         if state.port != nil do
+          Channel.command(state.port, Protocol.control({:relay, id}))
           Channel.kill_group(state.port, id, :receiver_down)
         end
 
@@ -665,6 +687,14 @@ defmodule Lacca.Daemon do
   # resin answered a spawn_wait: reply, after the event went to the
   # receiver; or, for a resource refusal that another shared resin may
   # accept, reply {:refused, reason} and drop the event (and the id).
+  defp answer_waiting({:spawned, id, _, _} = ev, %{waiting: waiting} = state)
+       when is_map_key(waiting, id) do
+    {{from, ok, _retry?}, waiting} = Map.pop(waiting, id)
+    state = event(ev, %{state | waiting: waiting})
+    GenServer.reply(from, ok)
+    state
+  end
+
   defp answer_waiting({tag, id, reason} = ev, %{waiting: waiting} = state)
        when tag in [:spawned, :spawn_error] and is_map_key(waiting, id) do
     {{from, ok, retry?}, waiting} = Map.pop(waiting, id)
@@ -684,7 +714,7 @@ defmodule Lacca.Daemon do
 
   defp answer_waiting(event, state), do: event(event, state)
 
-  defp event({:spawned, id, os_pid} = ev, state) do
+  defp spawned(id, os_pid, ev, state) do
     case state.procs do
       %{^id => {receiver, acker, mref, _}} ->
         forward(receiver, ev, state)
@@ -694,6 +724,9 @@ defmodule Lacca.Daemon do
         state
     end
   end
+
+  defp event({:spawned, id, os_pid, _direct} = ev, state), do: spawned(id, os_pid, ev, state)
+  defp event({:spawned, id, os_pid} = ev, state), do: spawned(id, os_pid, ev, state)
 
   defp event({tag, id, _} = ev, state) when tag in [:exit, :spawn_error] do
     state = direct_end(ev, state)
@@ -758,13 +791,14 @@ defmodule Lacca.Daemon do
          {:ok, port} <- open(resin),
          :ok <- handshake(port, meanwhile) do
       # nil when resin died right after the handshake (its exit comes next).
-      cookie =
+      resin_pid =
         case Port.info(port, :os_pid) do
-          {:os_pid, os_pid} -> Lacca.Cleanup.cookie_prefix(os_pid)
+          {:os_pid, os_pid} -> os_pid
           nil -> nil
         end
 
-      {:ok, %{state | port: port, cookie: cookie}}
+      cookie = resin_pid && Lacca.Cleanup.cookie_prefix(resin_pid)
+      {:ok, %{state | port: port, cookie: cookie, resin_pid: resin_pid}}
     else
       {:error, reason} -> {:error, reason, state}
     end

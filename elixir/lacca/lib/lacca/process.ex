@@ -15,6 +15,15 @@ defmodule Lacca.Process do
   # control. Any other active mode, and our own termination, hand delivery
   # back to us for good (leave_direct/1).
   #
+  # Where stdout can be read from the child's pipe directly (Lacca.Channel,
+  # "direct output": :messages mode, active: true or :flow, no log_output, a
+  # local owner, no pty), it is: an fd port sends it to us and we send it on
+  # to the owner (the daemon then delivers only stderr, through us), and at
+  # the exit the last of it goes before the {:exit, _}. With active: :flow
+  # the reader is paused while the owner is behind, as credit is withheld.
+  # Any other active mode, and our termination, leave it for good
+  # (leave_direct/1: resin reads the pipe from then on).
+  #
   # `active: :flow` (the default) is `true` with bounded memory: before a
   # credit grant goes to resin, the owner's message queue is looked at; above
   # @flow_backlog messages the grant is withheld (the OS process blocks once
@@ -245,6 +254,16 @@ defmodule Lacca.Process do
     owner = spec.owner || starter
     direct_owner = direct_owner(spec, owner)
 
+    # Direct output: stdout from the pipe to us, and everything else too
+    # (the exit must come after the pipe's last data).
+    {spawn_opts, direct_owner} =
+      case direct_owner && Channel.direct_opts(spec.spawn) do
+        [_ | _] = direct -> {spec.spawn ++ direct, nil}
+        _ -> {spec.spawn, direct_owner}
+      end
+
+    spec = %{spec | spawn: spawn_opts}
+
     # To a shared daemon the request leaves first, so that resin spawns
     # while the rest of the start runs (this init, the supervisor's reply);
     # handle_continue/2 collects the answer.
@@ -336,8 +355,8 @@ defmodule Lacca.Process do
       end
 
     case result do
-      {:ok, dpid, port, id, os_pid} ->
-        chan = Channel.open(port, id, dpid, spec.max_buffer)
+      {:ok, dpid, port, id, os_pid, direct} ->
+        chan = port |> Channel.open(id, dpid, spec.max_buffer) |> Channel.open_direct(direct)
         state = %{state | chan: chan, direct: direct_owner != nil, daemon: dpid}
         event({:spawned, id, os_pid}, state)
 
@@ -359,6 +378,13 @@ defmodule Lacca.Process do
   def handle_info(Channel.stdin_ack(port, id, code), %{chan: %Channel{port: port, id: id}} = s),
     do: {:noreply, s |> acked(Channel.ack_status(code)) |> pump()}
 
+  # Direct output: the child's pipe, read by our fd port.
+  def handle_info(Channel.direct_data(dport, data), %{chan: %Channel{dport: dport}} = s)
+      when is_port(dport) do
+    send(s.owner, {:lacca, self(), {:stdout, data}})
+    {:noreply, direct_flow(s)}
+  end
+
   # Direct delivery: the daemon sent these bytes to the owner.
   def handle_info(Channel.sent(port, id, out, err), %{chan: %Channel{port: port, id: id}} = s),
     do: {:noreply, s |> delivered(:stdout, out) |> delivered(:stderr, err)}
@@ -375,8 +401,10 @@ defmodule Lacca.Process do
 
   # A daemon that stopped sent a direct owner its {:error, :resin_down};
   # one that was killed could not.
-  def handle_info({:DOWN, mref, :process, _, reason}, %{chan: %Channel{dmref: mref}} = s),
-    do: resin_down(if reason == :killed, do: %{s | direct: false}, else: s)
+  def handle_info({:DOWN, mref, :process, _, reason}, %{chan: %Channel{dmref: mref}} = s) do
+    s = direct_end(s)
+    resin_down(if reason == :killed, do: %{s | direct: false}, else: s)
+  end
 
   # The owner is gone: stop the OS process (terminate/2 does it gracefully).
   def handle_info({:DOWN, mref, :process, _, _}, %{owner_mref: mref} = s),
@@ -440,6 +468,9 @@ defmodule Lacca.Process do
   end
 
   defp event({:exit, _id, status}, s) do
+    # The pipe is empty: the last direct data (in our mailbox) goes first.
+    s = direct_end(s)
+
     finish(%{s | status: Channel.exit_status(status), chan: Channel.close(s.chan)})
   end
 
@@ -878,9 +909,28 @@ defmodule Lacca.Process do
     %{s | flow: {ref, delay}}
   end
 
-  # Withheld credit goes out (a pending timer message is then ignored).
+  # Withheld credit goes out (a pending timer message is then ignored), a
+  # paused direct reader resumes (the paused port's data, queued before the
+  # message that got us here, was handled).
   defp release(%{flow: nil} = s), do: s
-  defp release(s), do: %{s | flow: nil, chan: Channel.release(s.chan)}
+  defp release(s), do: %{s | flow: nil, chan: s.chan |> Channel.release() |> Channel.resume()}
+
+  # Direct output with active: :flow: the reader pauses while the owner is
+  # behind (a flow timer looks again, release/1 resumes it).
+  defp direct_flow(%{active: :flow, flow: nil} = s) do
+    if backlogged?(s.owner),
+      do: flow_timer(%{s | chan: Channel.pause(s.chan)}, @flow_check_first),
+      else: s
+  end
+
+  defp direct_flow(%{active: :flow} = s), do: %{s | chan: Channel.pause(s.chan)}
+  defp direct_flow(s), do: s
+
+  # The direct reader ends (the exit, resin gone): its last data in order.
+  defp direct_end(s) do
+    {chunks, chan} = Channel.direct_end(s.chan)
+    Enum.reduce(chunks, %{s | chan: chan}, &output(:stdout, &1, &2))
+  end
 
   # Delivery back from the daemon to us, for good: the bytes the owner got
   # since the last note are consumed. :gone: the process is over, its exit
@@ -890,6 +940,16 @@ defmodule Lacca.Process do
       {:ok, out, err} -> %{s | direct: false} |> consumed(:stdout, out) |> consumed(:stderr, err)
       :gone -> s
     end
+  end
+
+  # Direct output: the reader ends, its last data is queued (delivered as
+  # active allows), and resin reads the pipe from now on. (Those chunks are
+  # granted as credit when delivered although resin never charged them: a
+  # one-time extra of at most the chunks in our mailbox.)
+  defp leave_direct(%{chan: %Channel{dfile: file}} = s) when file != nil do
+    {chunks, chan} = Channel.relay(s.chan)
+    pending = Enum.reduce(chunks, s.pending, &:queue.in({:stdout, &1}, &2))
+    %{s | chan: chan, pending: pending}
   end
 
   defp leave_direct(s), do: s

@@ -6,6 +6,13 @@ defmodule Lacca.Runner do
   # collects frames with a selective receive on its own port and id.
 
   # Frames, stdin, credit and signals go through Lacca.Channel.
+  #
+  # stdout is read from the child's pipe directly where it can be (Lacca.Channel,
+  # "direct output"): an fd port sends its data to the caller. Bounded
+  # memory: when more than Channel.backlog_bound/0 messages wait in the
+  # caller's mailbox (:into is slower than the child), the reader is paused;
+  # it resumes once the mailbox holds nothing more of ours (a receive with
+  # `after 0`), never leaving the caller waiting on a paused pipe.
 
   alias Lacca.{Channel, Daemon, Result}
 
@@ -17,6 +24,8 @@ defmodule Lacca.Runner do
       if spec.input == nil and not List.keymember?(spec.spawn, :stdin, 0),
         do: spec.spawn ++ [{:stdin, :null}],
         else: spec.spawn
+
+    spawn_opts = spawn_opts ++ Channel.direct_opts(spawn_opts)
 
     case daemon(spec) do
       {:ok, daemon, dedicated?} ->
@@ -46,7 +55,7 @@ defmodule Lacca.Runner do
         chan = Channel.open(port, id, dpid, spec.max_buffer)
 
         case Channel.await_spawned(chan) do
-          {:ok, _os_pid} -> collect_started(chan, spec)
+          {:ok, _os_pid, chan} -> collect_started(chan, spec)
           {:error, reason} -> {:error, reason}
         end
 
@@ -70,7 +79,8 @@ defmodule Lacca.Runner do
       deadline: if(spec.timeout == :infinity, do: :infinity, else: now + spec.timeout),
       kill_timeout: spec.kill_timeout,
       stop_signal: spec.stop_signal,
-      timed_out: false
+      timed_out: false,
+      bound: Channel.backlog_bound()
     }
 
     try do
@@ -82,10 +92,17 @@ defmodule Lacca.Runner do
     end
   end
 
-  defp loop(%{chan: %Channel{port: port, id: id, dmref: dmref} = chan} = st) do
+  defp loop(%{chan: %Channel{port: port, id: id, dmref: dmref, dport: dport} = chan} = st) do
     receive do
+      Channel.direct_data(^dport, data) ->
+        acc = feed(st, chan, data)
+        loop(%{st | acc: acc, chan: Channel.check_backlog(chan, st.bound)})
+
+      Channel.direct_eof(^dport) ->
+        loop(st)
+
       Channel.stdout(^port, ^id, data) ->
-        acc = st.into.(st.acc, {:cont, data})
+        acc = feed(st, chan, data)
         loop(%{st | acc: acc, chan: Channel.consumed(chan, :stdout, byte_size(data))})
 
       Channel.stderr(^port, ^id, data) ->
@@ -99,6 +116,9 @@ defmodule Lacca.Runner do
         loop(pump(st))
 
       Channel.event(^port, {:exit, ^id, status}) ->
+        # The pipe is empty: the last direct data is in the mailbox.
+        {chunks, chan} = Channel.direct_end(chan)
+        st = %{st | acc: Enum.reduce(chunks, st.acc, &st.into.(&2, {:cont, &1}))}
         _ = Channel.close(chan)
         status = if st.timed_out, do: :timeout, else: Channel.exit_status(status)
 
@@ -116,13 +136,29 @@ defmodule Lacca.Runner do
         loop(st)
 
       {:DOWN, ^dmref, :process, _, _} ->
+        _ = Channel.direct_end(chan)
         st.into.(st.acc, :halt)
         {:error, :resin_down}
     after
-      timeout(st) -> loop(deadline_passed(st))
+      timeout(st) ->
+        if Channel.paused?(chan),
+          do: loop(%{st | chan: Channel.resume(chan)}),
+          else: loop(deadline_passed(st))
     end
   end
 
+  # :into raising ends the direct reader (the caller may go on living):
+  # resin reads the rest, under credit.
+  defp feed(st, chan, data) do
+    st.into.(st.acc, {:cont, data})
+  catch
+    kind, reason ->
+      _ = Channel.relay(chan)
+      :erlang.raise(kind, reason, __STACKTRACE__)
+  end
+
+  # Paused: caught up once nothing of ours is left in the mailbox.
+  defp timeout(%{chan: %Channel{dpaused: true}}), do: 0
   defp timeout(%{deadline: :infinity}), do: :infinity
 
   defp timeout(%{deadline: deadline}),

@@ -28,6 +28,12 @@ defmodule Lacca.Stream do
   # dies instead, the daemon's monitor kills the group, and the link kills
   # the writer.
   #
+  # stdout is read from the child's pipe directly where it can be
+  # (Lacca.Channel, "direct output"): an fd port sends its data to the
+  # consumer. Its bound is the consumer's mailbox: above
+  # Channel.backlog_bound/0 messages the reader is paused, and resumed once
+  # nothing of ours is left in the mailbox (a receive with `after 0`).
+  #
   # With node: (another node), there is a process server after all, on that
   # node: see Lacca.Remote. The consumer takes its output as messages and
   # grants it credit in chunks; lines, tags and statuses are handled here as
@@ -87,12 +93,14 @@ defmodule Lacca.Stream do
           {spec.spawn, :emit}
       end
 
+    spawn_opts = spawn_opts ++ Channel.direct_opts(spawn_opts)
+
     case spawn_process(daemon, exec, args, %{spec | spawn: spawn_opts}, writer) do
       {:ok, dpid, port, id} ->
         chan = Channel.open(port, id, dpid, spec.max_buffer)
 
         case Channel.await_spawned(chan) do
-          {:ok, os_pid} ->
+          {:ok, os_pid, chan} ->
             if writer, do: send(writer, {:go, chan})
             if spec.input == [], do: Channel.close_stdin(chan, :stream)
 
@@ -110,6 +118,7 @@ defmodule Lacca.Stream do
               lines: spec.lines && {Lines.new(spec.lines), Lines.new(spec.lines)},
               stop_signal: spec.stop_signal,
               kill_timeout: spec.kill_timeout,
+              bound: Channel.backlog_bound(),
               # nil while running; then resin's status term or :resin_down
               status: nil
             }
@@ -231,8 +240,15 @@ defmodule Lacca.Stream do
 
   defp next(%{status: nil, chan: %Channel{port: port, id: id, dmref: dmref} = chan} = st) do
     writer = st.writer
+    dport = chan.dport
 
     receive do
+      Channel.direct_data(^dport, data) ->
+        output(:stdout, data, %{st | chan: Channel.check_backlog(chan, st.bound)})
+
+      Channel.direct_eof(^dport) ->
+        {[], st}
+
       Channel.stdout(^port, ^id, data) ->
         output(:stdout, data, %{st | chan: Channel.consumed(chan, :stdout, byte_size(data))})
 
@@ -242,14 +258,18 @@ defmodule Lacca.Stream do
         if st.stderr_mode == :tail, do: {[], st}, else: output(:stderr, data, st)
 
       Channel.event(^port, {:exit, ^id, status}) ->
-        st = %{st | status: status, chan: Channel.close(chan)}
-        {rest(st), st}
+        # The pipe is empty: the last direct data is in the mailbox.
+        {chunks, chan} = Channel.direct_end(chan)
+        {elements, st} = output_all(chunks, %{st | chan: chan}, [])
+        st = %{st | status: status, chan: Channel.close(st.chan)}
+        {elements ++ rest(st), st}
 
       {:"$lacca_input", ^writer, kind, reason, stacktrace} ->
         # halt/1 (with this state: running) stops the process.
         :erlang.raise(kind, reason, stacktrace)
 
       {:DOWN, ^dmref, :process, _, _} ->
+        {_, chan} = Channel.direct_end(chan)
         {[], %{st | status: :resin_down, chan: %{chan | dmref: nil}}}
 
       Channel.any_frame(^port, ^id) ->
@@ -257,6 +277,10 @@ defmodule Lacca.Stream do
 
       Channel.event(^port, event) when elem(event, 1) == id ->
         {[], st}
+    after
+      # Paused: caught up once nothing of ours is left in the mailbox.
+      if(chan.dpaused, do: 0, else: :infinity) ->
+        next(%{st | chan: Channel.resume(chan)})
     end
   end
 
@@ -303,6 +327,13 @@ defmodule Lacca.Stream do
   defp output(:stderr, data, %{lines: {out, err}} = st) do
     {lines, err} = Lines.feed(err, data)
     {tag_all(st, :stderr, lines), %{st | lines: {out, err}}}
+  end
+
+  defp output_all([], st, acc), do: {acc, st}
+
+  defp output_all([data | rest], st, acc) do
+    {elements, st} = output(:stdout, data, st)
+    output_all(rest, st, acc ++ elements)
   end
 
   # The unfinished last lines, at the exit.
