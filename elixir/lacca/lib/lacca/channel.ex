@@ -58,9 +58,10 @@ defmodule Lacca.Channel do
   `:metered` while output comes back in grants, `:unlimited` once the
   process was unthrottled (killed), `:closed` once it is over.
 
-  Direct output (nil without it): `dport` the fd port reading the child's
-  stdout pipe (the last one while `dpaused`: its data may still be in the
-  mailbox), `dfile` the pipe opened through /proc, `dfd` its descriptor.
+  Direct output (nil without it): `dport` the reader of the child's stdout
+  pipe: an fd port of ours (open_direct/2; the last one while `dpaused`:
+  its data may still be in the mailbox), with `dfile` the pipe opened
+  through /proc and `dfd` its descriptor; or a Lacca.Pump (open_pump/3).
   """
   @type t :: %__MODULE__{
           port: port(),
@@ -71,7 +72,7 @@ defmodule Lacca.Channel do
           ungranted_err: non_neg_integer(),
           held: boolean(),
           credit: :metered | :unlimited | :closed,
-          dport: port() | nil,
+          dport: port() | pid() | nil,
           dfile: :file.io_device() | nil,
           dfd: non_neg_integer() | nil,
           dpaused: boolean()
@@ -205,16 +206,16 @@ defmodule Lacca.Channel do
 
   @doc false
   # Waits for resin's answer to the spawn. The daemon monitor is dropped
-  # when the spawn failed. A spawn with direct output (direct_opts/1) comes
-  # back with its reader open (open_direct/2).
-  @spec await_spawned(t()) :: {:ok, pos_integer(), t()} | {:error, Lacca.spawn_error()}
-  def await_spawned(%__MODULE__{port: port, id: id, dmref: dmref} = chan) do
+  # when the spawn failed. The third element is the direct part of a spawn
+  # with direct output (direct_opts/1), nil without (open_pump/3 takes it).
+  @spec await_spawned(t()) :: {:ok, pos_integer(), term()} | {:error, Lacca.spawn_error()}
+  def await_spawned(%__MODULE__{port: port, id: id, dmref: dmref}) do
     receive do
       event(^port, {:spawned, ^id, os_pid}) ->
-        {:ok, os_pid, chan}
+        {:ok, os_pid, nil}
 
       event(^port, {:spawned, ^id, os_pid, direct}) ->
-        {:ok, os_pid, open_direct(chan, direct)}
+        {:ok, os_pid, direct}
 
       event(^port, {:spawn_error, ^id, reason}) ->
         Process.demonitor(dmref, [:flush])
@@ -244,8 +245,11 @@ defmodule Lacca.Channel do
   # pipe's inode; the receiver opens /proc/<resin>/fd/<fd> (a new descriptor
   # of the same pipe), checks the inode, and reads it with an fd port, which
   # sends it {dport, {:data, bin}} messages (direct_data/2 matches them).
+  # A receiver that runs user code between its receives (run/3's :into, a
+  # stream's consumer) has a Lacca.Pump read for it instead (open_pump/3):
+  # it could not pause in time while that code runs, the pump can.
   #
-  #   * Flow control is pause/1 (the fd port is closed: the descriptor stays
+  #   * Flow control of an fd port of our own (Lacca.Process) is pause/1 (the fd port is closed: the descriptor stays
   #     open, nobody reads the pipe, the child blocks once it is full) and
   #     resume/1 (a new fd port on the same descriptor). Port.close/1 is
   #     synchronous: the old port's data is in the mailbox when it returns,
@@ -324,7 +328,37 @@ defmodule Lacca.Channel do
 
   def open_direct(chan, _other), do: chan
 
-  defp open_pipe(resin_pid, fd, inode) do
+  @doc false
+  # The same for a receiver that runs user code between its receives (a
+  # run/3 caller, a stream's consumer): the reader is a Lacca.Pump, which
+  # keeps at most `max_buffer` bytes in flight to us, as resin's credit does.
+  @spec open_pump(t(), term(), pos_integer()) :: t()
+  def open_pump(chan, {:direct, resin_pid, streams}, max_buffer) do
+    with {:stdout, fd, inode} <- List.keyfind(streams, :stdout, 0),
+         true <- direct_output() == true,
+         {:ok, pump} <- Lacca.Pump.start(resin_pid, fd, inode, max_buffer, chan.port, chan.id) do
+      %{chan | dport: pump}
+    else
+      _ -> send_relay(chan)
+    end
+  end
+
+  def open_pump(chan, _other, _max_buffer), do: chan
+
+  @doc false
+  # A pump's data (usable in receive patterns; `pump` is the channel's dport).
+  defmacro pumped(pump, data) do
+    quote do
+      {:"$lacca_direct", unquote(pump), unquote(data)}
+    end
+  end
+
+  @doc false
+  # Opens /proc/<resin_pid>/fd/<fd>, checks that it is the pipe of inode
+  # `inode`: {:ok, file, descriptor} or :error (nothing left open).
+  @spec open_pipe(pos_integer(), non_neg_integer(), non_neg_integer()) ::
+          {:ok, :file.io_device(), non_neg_integer()} | :error
+  def open_pipe(resin_pid, fd, inode) do
     path = ~c"/proc/#{resin_pid}/fd/#{fd}"
 
     case :file.open(path, [:read, :raw, :binary]) do
@@ -344,15 +378,16 @@ defmodule Lacca.Channel do
     end
   end
 
-  defp fd_port(n, file) do
+  @doc false
+  # An fd port reading descriptor `n` ({port, {:data, bin}} messages, and
+  # {port, :eof} at the end of the pipe instead of an exit signal). On
+  # failure `file` (if any) is closed.
+  @spec fd_port(non_neg_integer(), :file.io_device() | nil) :: {:ok, port()} | :error
+  def fd_port(n, file) do
     {:ok, :erlang.open_port({:fd, n, n}, [:in, :binary, :eof])}
   rescue
-    ArgumentError ->
-      :file.close(file)
-      :error
-
-    ErlangError ->
-      :file.close(file)
+    _ in [ArgumentError, ErlangError] ->
+      if file, do: :file.close(file)
       :error
   end
 
@@ -362,9 +397,9 @@ defmodule Lacca.Channel do
   end
 
   @doc false
-  # Whether stdout comes from the fd port (and its reader is paused).
+  # Whether stdout comes from a direct reader (fd port or pump).
   @spec direct?(t()) :: boolean()
-  def direct?(%__MODULE__{dfile: file}), do: file != nil
+  def direct?(%__MODULE__{dport: dport}), do: dport != nil
 
   @doc false
   @spec paused?(t()) :: boolean()
@@ -399,38 +434,30 @@ defmodule Lacca.Channel do
   def resume(chan), do: chan
 
   @doc false
-  # Pauses when more than `bound` messages wait in our own mailbox: the
-  # receiver (Lacca.Runner, Lacca.Stream) consumes slower than the pipe fills.
-  @spec check_backlog(t(), non_neg_integer()) :: t()
-  def check_backlog(chan, bound) do
-    case Process.info(self(), :message_queue_len) do
-      {:message_queue_len, n} when n > bound -> pause(chan)
-      _ -> chan
-    end
-  end
-
-  @doc false
-  # The message queue length above which a receiver pauses its direct
-  # reader: 64 chunks of at most 64 KiB (4 MiB) above what was queued when
-  # it started (messages that are not ours must not pause it for good).
-  @spec backlog_bound() :: non_neg_integer()
-  def backlog_bound do
-    {:message_queue_len, n} = Process.info(self(), :message_queue_len)
-    n + 64
-  end
-
-  @doc false
   # The direct reader ends: the exit arrived (so the pipe is empty) or the
   # receiver leaves direct output. Returns the data still in the mailbox,
   # in order, to be delivered before anything that follows.
   @spec direct_end(t()) :: {[binary()], t()}
-  def direct_end(%__MODULE__{dfile: nil} = chan), do: {[], chan}
+  def direct_end(%__MODULE__{dport: nil} = chan), do: {[], chan}
+
+  def direct_end(%__MODULE__{dport: pump} = chan) when is_pid(pump) do
+    ref = make_ref()
+    send(pump, {:finish, ref})
+    {take_pumped(pump, ref, []), %{chan | dport: nil}}
+  end
 
   def direct_end(%__MODULE__{dport: dport} = chan) do
     if not chan.dpaused, do: close_fd_port(dport)
     chunks = take_direct(dport, [])
     :file.close(chan.dfile)
     {chunks, %{chan | dport: nil, dfile: nil, dfd: nil, dpaused: false}}
+  end
+
+  defp take_pumped(pump, ref, acc) do
+    receive do
+      pumped(^pump, data) -> take_pumped(pump, ref, [data | acc])
+      {:"$lacca_direct_end", ^pump, ^ref} -> Enum.reverse(acc)
+    end
   end
 
   defp take_direct(dport, acc) do
@@ -447,7 +474,7 @@ defmodule Lacca.Channel do
   # data returned) and resin reads the pipe from then on ({relay, Id}), so
   # whatever it sends comes after that data.
   @spec relay(t()) :: {[binary()], t()}
-  def relay(%__MODULE__{dfile: nil} = chan), do: {[], chan}
+  def relay(%__MODULE__{dport: nil} = chan), do: {[], chan}
 
   def relay(chan) do
     {chunks, chan} = direct_end(chan)
@@ -456,7 +483,9 @@ defmodule Lacca.Channel do
 
   # An fd port that met the end of its file is still open (:eof); one that
   # failed is gone.
-  defp close_fd_port(dport) do
+  @doc false
+  @spec close_fd_port(port()) :: true
+  def close_fd_port(dport) do
     Port.close(dport)
   rescue
     ArgumentError -> true
@@ -520,6 +549,19 @@ defmodule Lacca.Channel do
   # `bytes` of `stream` were consumed: they go back to resin as credit once
   # the ungranted bytes reach the threshold (batching grants).
   @spec consumed(t(), stream(), non_neg_integer()) :: t()
+  def consumed(%__MODULE__{credit: :metered, dport: pump} = chan, :stdout, bytes)
+      when is_pid(pump) do
+    # Direct output read by a pump: the credit goes to it, not to resin.
+    case chan.ungranted_out + bytes do
+      ungranted when ungranted >= chan.threshold ->
+        send(pump, {:credit, ungranted})
+        %{chan | ungranted_out: 0}
+
+      ungranted ->
+        %{chan | ungranted_out: ungranted}
+    end
+  end
+
   def consumed(%__MODULE__{credit: :metered} = chan, :stdout, bytes) do
     %{chan | ungranted_out: regrant(chan, :stdout, chan.ungranted_out + bytes)}
   end
@@ -581,6 +623,7 @@ defmodule Lacca.Channel do
   @spec unthrottle(t()) :: t()
   def unthrottle(%__MODULE__{credit: :metered} = chan) do
     unlimited(chan.port, chan.id)
+    if is_pid(chan.dport), do: send(chan.dport, :unlimited)
     resume(%{chan | credit: :unlimited})
   end
 
@@ -674,7 +717,7 @@ defmodule Lacca.Channel do
     drain(kill_group(chan, :halt), :infinity)
   end
 
-  defp drain(%__MODULE__{dfile: file} = chan, deadline) when file != nil do
+  defp drain(%__MODULE__{dport: dport} = chan, deadline) when dport != nil do
     # Output is dropped here anyway: resin reads it (under the credit given
     # back below), as for any relayed process.
     {_chunks, chan} = relay(chan)

@@ -7,12 +7,9 @@ defmodule Lacca.Runner do
 
   # Frames, stdin, credit and signals go through Lacca.Channel.
   #
-  # stdout is read from the child's pipe directly where it can be (Lacca.Channel,
-  # "direct output"): an fd port sends its data to the caller. Bounded
-  # memory: when more than Channel.backlog_bound/0 messages wait in the
-  # caller's mailbox (:into is slower than the child), the reader is paused;
-  # it resumes once the mailbox holds nothing more of ours (a receive with
-  # `after 0`), never leaving the caller waiting on a paused pipe.
+  # stdout is read from the child's pipe directly where it can be
+  # (Lacca.Channel, "direct output"): a Lacca.Pump sends its data to the
+  # caller, at most :max_buffer bytes ahead of what :into consumed.
 
   alias Lacca.{Channel, Daemon, Result}
 
@@ -55,8 +52,11 @@ defmodule Lacca.Runner do
         chan = Channel.open(port, id, dpid, spec.max_buffer)
 
         case Channel.await_spawned(chan) do
-          {:ok, _os_pid, chan} -> collect_started(chan, spec)
-          {:error, reason} -> {:error, reason}
+          {:ok, _os_pid, direct} ->
+            collect_started(Channel.open_pump(chan, direct, spec.max_buffer), spec)
+
+          {:error, reason} ->
+            {:error, reason}
         end
 
       {:error, reason} ->
@@ -79,8 +79,7 @@ defmodule Lacca.Runner do
       deadline: if(spec.timeout == :infinity, do: :infinity, else: now + spec.timeout),
       kill_timeout: spec.kill_timeout,
       stop_signal: spec.stop_signal,
-      timed_out: false,
-      bound: Channel.backlog_bound()
+      timed_out: false
     }
 
     try do
@@ -94,12 +93,9 @@ defmodule Lacca.Runner do
 
   defp loop(%{chan: %Channel{port: port, id: id, dmref: dmref, dport: dport} = chan} = st) do
     receive do
-      Channel.direct_data(^dport, data) ->
+      Channel.pumped(^dport, data) ->
         acc = feed(st, chan, data)
-        loop(%{st | acc: acc, chan: Channel.check_backlog(chan, st.bound)})
-
-      Channel.direct_eof(^dport) ->
-        loop(st)
+        loop(%{st | acc: acc, chan: Channel.consumed(chan, :stdout, byte_size(data))})
 
       Channel.stdout(^port, ^id, data) ->
         acc = feed(st, chan, data)
@@ -140,10 +136,7 @@ defmodule Lacca.Runner do
         st.into.(st.acc, :halt)
         {:error, :resin_down}
     after
-      timeout(st) ->
-        if Channel.paused?(chan),
-          do: loop(%{st | chan: Channel.resume(chan)}),
-          else: loop(deadline_passed(st))
+      timeout(st) -> loop(deadline_passed(st))
     end
   end
 
@@ -157,8 +150,6 @@ defmodule Lacca.Runner do
       :erlang.raise(kind, reason, __STACKTRACE__)
   end
 
-  # Paused: caught up once nothing of ours is left in the mailbox.
-  defp timeout(%{chan: %Channel{dpaused: true}}), do: 0
   defp timeout(%{deadline: :infinity}), do: :infinity
 
   defp timeout(%{deadline: deadline}),

@@ -29,10 +29,9 @@ defmodule Lacca.Stream do
   # the writer.
   #
   # stdout is read from the child's pipe directly where it can be
-  # (Lacca.Channel, "direct output"): an fd port sends its data to the
-  # consumer. Its bound is the consumer's mailbox: above
-  # Channel.backlog_bound/0 messages the reader is paused, and resumed once
-  # nothing of ours is left in the mailbox (a receive with `after 0`).
+  # (Lacca.Channel, "direct output"): a Lacca.Pump sends its data to the
+  # consumer, at most :max_buffer bytes ahead, under the same credit rule
+  # (granted back as elements are taken).
   #
   # With node: (another node), there is a process server after all, on that
   # node: see Lacca.Remote. The consumer takes its output as messages and
@@ -100,7 +99,9 @@ defmodule Lacca.Stream do
         chan = Channel.open(port, id, dpid, spec.max_buffer)
 
         case Channel.await_spawned(chan) do
-          {:ok, os_pid, chan} ->
+          {:ok, os_pid, direct} ->
+            chan = Channel.open_pump(chan, direct, spec.max_buffer)
+
             if writer, do: send(writer, {:go, chan})
             if spec.input == [], do: Channel.close_stdin(chan, :stream)
 
@@ -118,7 +119,6 @@ defmodule Lacca.Stream do
               lines: spec.lines && {Lines.new(spec.lines), Lines.new(spec.lines)},
               stop_signal: spec.stop_signal,
               kill_timeout: spec.kill_timeout,
-              bound: Channel.backlog_bound(),
               # nil while running; then resin's status term or :resin_down
               status: nil
             }
@@ -243,11 +243,8 @@ defmodule Lacca.Stream do
     dport = chan.dport
 
     receive do
-      Channel.direct_data(^dport, data) ->
-        output(:stdout, data, %{st | chan: Channel.check_backlog(chan, st.bound)})
-
-      Channel.direct_eof(^dport) ->
-        {[], st}
+      Channel.pumped(^dport, data) ->
+        output(:stdout, data, %{st | chan: Channel.consumed(chan, :stdout, byte_size(data))})
 
       Channel.stdout(^port, ^id, data) ->
         output(:stdout, data, %{st | chan: Channel.consumed(chan, :stdout, byte_size(data))})
@@ -277,10 +274,6 @@ defmodule Lacca.Stream do
 
       Channel.event(^port, event) when elem(event, 1) == id ->
         {[], st}
-    after
-      # Paused: caught up once nothing of ours is left in the mailbox.
-      if(chan.dpaused, do: 0, else: :infinity) ->
-        next(%{st | chan: Channel.resume(chan)})
     end
   end
 
