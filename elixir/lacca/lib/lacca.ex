@@ -71,6 +71,14 @@ defmodule Lacca do
       `:flow` is then `true`.)
     * `run/3`: chunks are collected into `:into` as they arrive
 
+  Where it can (`run/3`, streams and `output: :messages` with `active: true`
+  or `:flow`, locally, without a pty), lacca reads stdout from the process's
+  pipe itself instead of through resin ("direct output", half the copies);
+  the same bounds hold: the reader stops at `:max_buffer` bytes ahead of the
+  consumer (or, for `:messages`, while the owner is behind), so the process
+  blocks in `write(2)` as it does without credit. `config :lacca,
+  :direct_output, false` leaves every stream to resin.
+
   The lacca 0.2.3 API works as before:
 
       {:ok, pid} = Lacca.start "echo", ["hello, world."]

@@ -369,7 +369,7 @@ defmodule Lacca.Channel do
           {:ok, file, n}
         else
           _ ->
-            :file.close(file)
+            _ = :file.close(file)
             :error
         end
 
@@ -387,7 +387,7 @@ defmodule Lacca.Channel do
     {:ok, :erlang.open_port({:fd, n, n}, [:in, :binary, :eof])}
   rescue
     _ in [ArgumentError, ErlangError] ->
-      if file, do: :file.close(file)
+      _ = if file, do: :file.close(file)
       :error
   end
 
@@ -395,15 +395,6 @@ defmodule Lacca.Channel do
     command(chan.port, Protocol.control({:relay, chan.id}))
     chan
   end
-
-  @doc false
-  # Whether stdout comes from a direct reader (fd port or pump).
-  @spec direct?(t()) :: boolean()
-  def direct?(%__MODULE__{dport: dport}), do: dport != nil
-
-  @doc false
-  @spec paused?(t()) :: boolean()
-  def paused?(%__MODULE__{dpaused: paused}), do: paused
 
   @doc false
   # Stops reading the pipe (the consumer is behind). Not once unthrottled:
@@ -449,7 +440,7 @@ defmodule Lacca.Channel do
   def direct_end(%__MODULE__{dport: dport} = chan) do
     if not chan.dpaused, do: close_fd_port(dport)
     chunks = take_direct(dport, [])
-    :file.close(chan.dfile)
+    _ = :file.close(chan.dfile)
     {chunks, %{chan | dport: nil, dfile: nil, dfd: nil, dpaused: false}}
   end
 

@@ -95,7 +95,7 @@ defmodule Lacca.Pump do
 
       {:finish, ref} ->
         st = if is_port(port), do: close(st), else: st
-        :file.close(st.file)
+        _ = :file.close(st.file)
         send(st.consumer, {:"$lacca_direct_end", self(), ref})
         # Exit without an exit signal to the consumer (which may trap exits).
         Process.unlink(st.consumer)
