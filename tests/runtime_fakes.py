@@ -270,12 +270,15 @@ class Rig:
         self.next_pid = 1000
 
     def spawn(self, id: int, credit: int | None = None, stderr: bool = True,
-              source: str = "pipe") -> Child:
+              source: str = "pipe", direct: tuple[StreamKind, ...] = ()) -> Child:
         """A child; `source`: its output fds are pipes, or pipes that refuse
-        splice ("refuses"), or no pipes ("pty")."""
-        pipes = [OutPipe(self.fds.new_pipe(), StreamKind.STDOUT, credit)]
+        splice ("refuses"), or no pipes ("pty"); `direct`: streams the client
+        reads itself."""
+        pipes = [OutPipe(self.fds.new_pipe(), StreamKind.STDOUT, credit,
+                         direct=StreamKind.STDOUT in direct)]
         if stderr:
-            pipes.append(OutPipe(self.fds.new_pipe(), StreamKind.STDERR, credit))
+            pipes.append(OutPipe(self.fds.new_pipe(), StreamKind.STDERR, credit,
+                                 direct=StreamKind.STDERR in direct))
         for p in pipes:
             if source == "refuses":
                 self.fds.refuse_splice.add(p.fd)
