@@ -77,6 +77,9 @@ V1_CONTROL = [
      '{spawn,8,<<"cat">>,[<<"/proc/self/limits">>],'
      '[{rlimits,[{nofile,{64,64}},{as,{1073741824,infinity}},{core,0}]}]}'),
     ("resize", "{resize,6,44,50,132}"),
+    # Direct output (docs/protocol.md §4.3.3).
+    ("spawn_direct", '{spawn,9,<<"head">>,[<<"-c">>,<<"1000">>],[{direct,[stdout]}]}'),
+    ("relay", "{relay,9}"),
 ]
 
 V1_C2R_RAW: list[tuple[str, v1.ClientFrame]] = [
@@ -128,6 +131,8 @@ V1_R2C: list[tuple[str, v1.ResinFrame]] = [
     ("spawn_error_group_enoent", v1.SpawnError(7, (Atom("group"), Atom("enoent")))),
     ("spawn_error_rlimit_eperm", v1.SpawnError(8, (Atom("rlimit"), Atom("eperm")))),
     ("spawn_error_badarg_pty", v1.SpawnError(6, (Atom("badarg"), Atom("pty")))),
+    ("spawned_direct", v1.Spawned(9, 4242, ((v1.StreamKind.STDOUT, 11, 7713379),))),
+    ("spawn_error_badarg_direct", v1.SpawnError(9, (Atom("badarg"), Atom("direct")))),
     ("error_too_many_pending_spawns",
      v1.ErrorEvent(5, (Atom("too_many_pending_spawns"), v1.MAX_PENDING_SPAWNS))),
 ]
