@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import select
+import struct
 import time
 
 import pytest
@@ -255,3 +256,132 @@ def test_direct_spawn_refused_with_a_terminal(client: ResinClient) -> None:
     r = client.spawn(1, "true", [], direct=(OUT,), pty=(24, 80))
     assert r == v1.SpawnError(1, (Atom("badarg"), DIRECT))
     assert client.run(2, "echo", ["still serving"]).stdout == b"still serving\n"
+
+
+# --- direct_after: resin relays the start, then hands the pipe over ----------------
+
+def _records(out: bytes) -> list[tuple[str, int, bytes]]:
+    """resin's stdout under the fake session, record by record, in order."""
+    records, pos = [], 0
+    while pos < len(out):
+        tag, id, n = struct.unpack_from(">cII", out, pos)
+        pos += 9
+        records.append((tag.decode(), id, out[pos:pos + n]))
+        pos += n
+    return records
+
+
+def test_direct_after_option_parses_and_keeps_the_plain_spawned() -> None:
+    frame = v1.decode_client_frame(_spawn_term([(DIRECT, [Atom("stdout")]),
+                                                (Atom("direct_after"), 65536)]))
+    assert isinstance(frame, v1.Spawn) and frame.options.direct_after == 65536
+    assert v1.decode_client_frame(v1.encode_client_frame(frame)) == frame
+    with pytest.raises(BadArgument):
+        v1.decode_client_frame(_spawn_term([(Atom("direct_after"), -1)]))
+    core, session = v1_session()
+    v1_send(session, v1.Spawn(5, b"cat", options=v1.SpawnOptions(direct=(OUT,),
+                                                                   direct_after=10)))
+    assert core.frames() == [v1.Spawned(5, 501)]
+    session.on_direct(session.procs[5], ((OUT, 12, 345),))
+    ev = v1.Direct(5, ((OUT, 12, 345),))
+    assert core.frames() == [ev]
+    payload = v1.encode_resin_frame(ev)
+    assert decode_term(payload[1:]) == (Atom("direct"), 5, [(Atom("stdout"), 12, 345)])
+
+
+def test_pipe_goes_direct_once_resin_took_enough_and_frames_come_first() -> None:
+    rig = _rig()
+    child = rig.spawn(1, stderr=False, direct=(OUT,), direct_after=10)
+    out = child.pipes[0]
+    fake = rig.fds.pipes[out.fd]
+    fake.data += b"0123"
+    rig.turn()
+    assert not out.direct and rig.poller.interest(out.fd)  # 4 bytes: still relayed
+    fake.data += b"456789abcdefghij"
+    for _ in range(5):
+        rig.turn()
+    assert out.direct and not rig.poller.interest(out.fd)
+    records = _records(bytes(rig.fds.stdout))
+    assert records[-1] == ("d", 1, out.fd.to_bytes(4, "big"))  # the hand-over, last
+    relayed = b"".join(data for tag, _, data in records if tag == "o")
+    assert len(relayed) >= 10 and b"0123456789abcdefghij".startswith(relayed)
+    assert bytes(fake.data) == b"0123456789abcdefghij"[len(relayed):]  # the client's now
+    fake.data.clear()
+    rig.children.exited(child, 0)
+    rig.turn()
+    assert _records(bytes(rig.fds.stdout))[-1] == ("x", 1, b"")
+
+
+def test_a_short_output_never_goes_direct() -> None:
+    rig = _rig()
+    child = rig.spawn(1, stderr=False, direct=(OUT,), direct_after=100)
+    rig.fds.pipes[child.pipes[0].fd].data += b"short"
+    rig.fds.pipes[child.pipes[0].fd].writer_closed = True
+    rig.turn()
+    rig.children.exited(child, 0)
+    rig.turn()
+    assert [tag for tag, _, _ in _records(bytes(rig.fds.stdout))] == ["o", "x"]
+
+
+def test_direct_after_end_to_end_relays_the_start_then_the_client_reads(
+        client: ResinClient) -> None:
+    size, after = 8 * 1024 * 1024, 1024 * 1024
+    sp = client.spawn(1, "head", ["-c", str(size), "/dev/zero"], direct=(OUT,),
+                      direct_after=after)
+    assert sp == v1.Spawned(1, sp.os_pid)  # no pipes in it: they come later
+    relayed = 0
+    while True:
+        frame = client.expect(lambda f: getattr(f, "id", None) == 1)
+        if isinstance(frame, v1.Direct):
+            break
+        assert isinstance(frame, v1.Stdout), frame
+        relayed += len(frame.data)
+    assert after <= relayed < size
+    own = client.open_direct(v1.Spawned(1, sp.os_pid, frame.pipes))[OUT]
+    rest = _read_all(own)
+    assert relayed + len(rest) == size and rest.count(0) == len(rest)
+    r = client.collect(1)
+    assert r.exit == v1.Exit(1, "exit", 0) and r.stdout == b""
+
+
+def test_direct_after_with_a_short_output_is_all_frames(client: ResinClient) -> None:
+    sp = client.spawn(1, "echo", ["just frames"], direct=(OUT,), direct_after=65536)
+    assert isinstance(sp, v1.Spawned) and not sp.direct
+    r = client.collect(1)
+    assert r.stdout == b"just frames\n" and not any(isinstance(f, v1.Direct) for f in r.frames)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_going_direct_with_stdout_backed_up_never_tears_nor_loses(seed: int) -> None:
+    """resin's stdout takes a few bytes at a time (frames pending, pipes
+    parked) when the hand-over is due: every byte is either in a frame before
+    the `direct` record or still in the pipe for the client, in order."""
+    import random
+
+    rnd = random.Random(seed)
+    rig = Rig(high_water=rnd.choice([20, 64, 1000]), low_water=10)
+    child = rig.spawn(1, stderr=False, direct=(OUT,), direct_after=rnd.randint(1, 30))
+    other = rig.spawn(2, stderr=False)
+    fake = rig.fds.pipes[child.pipes[0].fd]
+    sent = bytes(rnd.randrange(256) for _ in range(200))
+    fed = 0
+    for _ in range(300):
+        if fed < len(sent) and not child.pipes[0].direct:
+            n = rnd.randint(0, 17)
+            fake.data += sent[fed:fed + n]
+            fed += n
+        rig.fds.pipes[other.pipes[0].fd].data += b"x" * rnd.randint(0, 3)
+        rig.fds.stdout_room = rnd.choice([0, 1, 3, 7, 20])
+        rig.turn()
+        assert rig.stalled() is None
+    rig.fds.stdout_room = 10**6
+    for _ in range(10):
+        rig.turn()
+    records = _records(bytes(rig.fds.stdout))
+    tags = [tag for tag, id, _ in records if id == 1]
+    relayed = b"".join(data for tag, id, data in records if id == 1 and tag == "o")
+    if "d" in tags:
+        assert tags.index("d") == len(tags) - 1  # nothing of it after the hand-over
+        assert relayed + bytes(fake.data) == sent[:fed]
+    else:
+        assert relayed == sent[:fed] and not fake.data
