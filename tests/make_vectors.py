@@ -77,6 +77,11 @@ V1_CONTROL = [
      '{spawn,8,<<"cat">>,[<<"/proc/self/limits">>],'
      '[{rlimits,[{nofile,{64,64}},{as,{1073741824,infinity}},{core,0}]}]}'),
     ("resize", "{resize,6,44,50,132}"),
+    # Direct output (docs/protocol.md §4.3.3).
+    ("spawn_direct", '{spawn,9,<<"head">>,[<<"-c">>,<<"1000">>],[{direct,[stdout]}]}'),
+    ("spawn_direct_after",
+     '{spawn,9,<<"cat">>,[],[{direct,[stdout,stderr]},{direct_after,1048576}]}'),
+    ("relay", "{relay,9}"),
 ]
 
 V1_C2R_RAW: list[tuple[str, v1.ClientFrame]] = [
@@ -128,6 +133,9 @@ V1_R2C: list[tuple[str, v1.ResinFrame]] = [
     ("spawn_error_group_enoent", v1.SpawnError(7, (Atom("group"), Atom("enoent")))),
     ("spawn_error_rlimit_eperm", v1.SpawnError(8, (Atom("rlimit"), Atom("eperm")))),
     ("spawn_error_badarg_pty", v1.SpawnError(6, (Atom("badarg"), Atom("pty")))),
+    ("spawned_direct", v1.Spawned(9, 4242, ((v1.StreamKind.STDOUT, 11, 7713379),))),
+    ("direct", v1.Direct(9, ((v1.StreamKind.STDOUT, 11, 7713379),))),
+    ("spawn_error_badarg_direct", v1.SpawnError(9, (Atom("badarg"), Atom("direct")))),
     ("error_too_many_pending_spawns",
      v1.ErrorEvent(5, (Atom("too_many_pending_spawns"), v1.MAX_PENDING_SPAWNS))),
 ]
@@ -146,7 +154,8 @@ def raw_form(frame: v1.ClientFrame | v1.ResinFrame) -> str:
         return f"{{credit,{frame.id},{frame.stream.name.lower()},{frame.amount}}}"
     if isinstance(frame, v1.StdinAck):
         return f"{{stdin_ack,{frame.id},{frame.status.name.lower()}}}"
-    if isinstance(frame, v1.Spawned | v1.SpawnError | v1.Reply | v1.Exit | v1.ErrorEvent):
+    if isinstance(frame, v1.Spawned | v1.SpawnError | v1.Reply | v1.Exit | v1.ErrorEvent
+                  | v1.Direct):
         return format_term(v1.event_term(frame))
     return format_term(v1.request_term(frame))
 

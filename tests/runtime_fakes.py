@@ -121,6 +121,10 @@ class FakeFds:
             return self.stdout_pipe
         return fd not in self.not_pipes
 
+    def inode(self, fd: int) -> int:
+        self._open(fd)
+        return 7000 + fd
+
     def splice(self, src: int, dst: int, n: int) -> int:
         assert dst == STDOUT_FD and self.stdout_pipe and src not in self.not_pipes
         pipe = self._open(src)
@@ -224,6 +228,13 @@ class RecordingSession:
     def on_close_stdin_done(self, child: ChildRef, ref: object) -> None:
         self.closed_refs.append((child.id, ref))
 
+    def on_direct(self, child: ChildRef, pipes: tuple[tuple[StreamKind, int, int], ...]
+                  ) -> None:
+        # A record per pipe handed over: "d"/"D" (stdout/stderr), with its fd.
+        for kind, fd, _inode in pipes:
+            self.outbox.push(_REC.pack(b"d" if kind == StreamKind.STDOUT else b"D", child.id, 4),
+                             fd.to_bytes(4, "big"))
+
     def on_exit(self, child: ChildRef) -> None:
         self.outbox.push(_REC.pack(b"x", child.id, 0))
 
@@ -270,13 +281,19 @@ class Rig:
         self.next_pid = 1000
 
     def spawn(self, id: int, credit: int | None = None, stderr: bool = True,
-              source: str = "pipe") -> Child:
+              source: str = "pipe", direct: tuple[StreamKind, ...] = (),
+              direct_after: int = 0) -> Child:
         """A child; `source`: its output fds are pipes, or pipes that refuse
-        splice ("refuses"), or no pipes ("pty")."""
-        pipes = [OutPipe(self.fds.new_pipe(), StreamKind.STDOUT, credit)]
+        splice ("refuses"), or no pipes ("pty"); `direct`: streams the client
+        reads itself."""
+        pipes = [OutPipe(self.fds.new_pipe(), StreamKind.STDOUT, credit,
+                         direct=StreamKind.STDOUT in direct)]
         if stderr:
-            pipes.append(OutPipe(self.fds.new_pipe(), StreamKind.STDERR, credit))
+            pipes.append(OutPipe(self.fds.new_pipe(), StreamKind.STDERR, credit,
+                                 direct=StreamKind.STDERR in direct))
         for p in pipes:
+            if p.direct and direct_after:
+                p.direct, p.direct_after = False, direct_after
             if source == "refuses":
                 self.fds.refuse_splice.add(p.fd)
             elif source == "pty":
@@ -306,12 +323,12 @@ class Rig:
             return "pipes parked while resin's stdout is not backed up"
         for child in self.children.all():
             for pipe in child.pipes:
-                can = (not pipe.closed and not pipe.parked
+                can = (not pipe.closed and not pipe.parked and not pipe.direct
                        and (pipe.credit is None or pipe.credit > 0))
                 if can and not self.poller.interest(pipe.fd) & READ:
                     return f"pipe {pipe.fd} of {child.id} could be read but is not watched"
             if id(child) in self.children.held and not waiting and not any(
-                    self.fds.pipes[p.fd].data and p.credit == 0
+                    self.fds.pipes[p.fd].data and (p.credit == 0 or p.direct)
                     for p in child.pipes if not p.closed):
                 return f"exit of {child.id} held with nothing holding it"
         return None

@@ -69,6 +69,12 @@ class FakeCore:
     def grant_credit(self, child: ChildRef, kind: StreamKind, amount: int) -> None:
         self.calls.append(("credit", child.id, kind, amount))
 
+    def direct_pipes(self, child: ChildRef) -> tuple[tuple[StreamKind, int, int], ...]:
+        return ((StreamKind.STDOUT, 40 + child.id, 9000 + child.id),)
+
+    def relay(self, child: ChildRef) -> None:
+        self.calls.append(("relay", child.id))
+
     def signal(self, child: ChildRef, signo: int, group: bool) -> None:
         self.calls.append(("signal", child.id, signo, group))
         if self.signal_error is not None:

@@ -69,11 +69,11 @@ def test_names_are_unique_and_coverage_is_complete() -> None:
     kinds = {type(v1.decode_resin_frame(v.payloads[0])).__name__ for v in ALL
              if v.protocol == "v1" and v.direction == "r2c"}
     assert kinds == {"HelloReply", "Spawned", "SpawnError", "Reply", "Exit", "ErrorEvent",
-                     "Stdout", "Stderr", "StdinAck"}
+                     "Direct", "Stdout", "Stderr", "StdinAck"}
     kinds = {type(v1.decode_client_frame(v.payloads[0])).__name__ for v in ALL
              if v.protocol == "v1" and v.direction == "c2r"}
     assert kinds == {"Hello", "Spawn", "SpawnPart", "SpawnCancel", "Signal", "CloseStdin", "Resize",
-                     "Stdin", "Credit"}
+                     "Relay", "Stdin", "Credit"}
 
 
 def session_of(vec: Vector) -> str | None:

@@ -214,3 +214,5 @@ class SpawnOptions(Record):
     # Streams whose pipe the client reads itself ("direct output", docs/
     # protocol.md §4.3.3): resin keeps the read end open but never reads it.
     direct: tuple[StreamKind, ...] = ()
+    # ... after resin relayed this many bytes of the stream (0: from the start).
+    direct_after: int = 0

@@ -65,5 +65,9 @@ class Negotiator:
     def on_close_stdin_done(self, child: ChildRef, ref: Term) -> None:
         raise AssertionError("stdin before a session")
 
+    def on_direct(self, child: ChildRef, pipes: tuple[tuple[StreamKind, int, int], ...]
+                  ) -> None:
+        raise AssertionError("output before a session")
+
     def on_exit(self, child: ChildRef) -> None:
         raise AssertionError("exit before a session")

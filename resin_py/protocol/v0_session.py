@@ -176,6 +176,10 @@ class V0Session:
     def on_close_stdin_done(self, child: ChildRef, ref: Term) -> None:
         pass  # v0 has no close_stdin
 
+    def on_direct(self, child: ChildRef, pipes: tuple[tuple[StreamKind, int, int], ...]
+                  ) -> None:
+        raise AssertionError("v0 has no direct output")
+
     def on_exit(self, child: ChildRef) -> None:
         self.exited = True
         payload = v0.encode_exit_status(child.exit_code)

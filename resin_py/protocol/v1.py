@@ -215,6 +215,14 @@ class SpawnError(Record):
     reason: Term
 
 
+class Direct(Record):
+    """`{direct, Id, [{Stream, Fd, Inode}]}`: from now on the client reads these
+    pipes itself (a spawn with `direct_after`: the streams have relayed that much)."""
+
+    id: int
+    pipes: tuple[tuple[StreamKind, int, int], ...]
+
+
 class Reply(Record):
     id: int
     ref: Term
@@ -267,7 +275,7 @@ class StdinAck(Record):
         _set(self, "status", status)
 
 
-Event: TypeAlias = Spawned | SpawnError | Reply | Exit | ErrorEvent
+Event: TypeAlias = Spawned | SpawnError | Reply | Exit | ErrorEvent | Direct
 ResinFrame: TypeAlias = HelloReply | Event | Stdout | Stderr | StdinAck
 
 
@@ -426,7 +434,7 @@ def _parse_spawn(id: int, exe: Term, args: Term, opts: Term) -> Spawn:
 
 _OPTION_KEYS = frozenset(
     {"cd", "env", "clear_env", "arg0", "stdin", "stderr", "credit", "cgroup", "parts", "pty",
-     "user", "group", "rlimits", "direct"})
+     "user", "group", "rlimits", "direct", "direct_after"})
 # A terminal's rows and columns are unsigned shorts (struct winsize).
 MAX_WINSIZE = 0xFFFF
 # Linux uids and gids are 32 bits; (uid_t) -1 means "unchanged" to the kernel.
@@ -587,6 +595,12 @@ def _opt_direct(value: Term) -> tuple[StreamKind, ...]:
     return tuple(kinds)
 
 
+def _opt_size(value: Term) -> int:
+    if isinstance(value, int) and 0 <= value <= MAX_ID:
+        return value
+    raise _Invalid
+
+
 def _opt_credit(value: Term) -> int | None:
     if isinstance(value, int):  # first: an int compared to an atom calls Atom.__eq__
         if value >= 0:
@@ -604,7 +618,7 @@ _SPAWN_PARSERS: tuple[tuple[str, int, Callable[[Term], object]], ...] = tuple(
         ("cd", _opt_bin), ("env", _opt_env), ("clear_env", _opt_bool), ("arg0", _opt_bin),
         ("stdin", _opt_stdin), ("stderr", _opt_stderr), ("credit", _opt_credit),
         ("cgroup", _opt_cgroup), ("pty", _opt_pty), ("user", _opt_id), ("group", _opt_id),
-        ("rlimits", _opt_rlimits), ("direct", _opt_direct)))
+        ("rlimits", _opt_rlimits), ("direct", _opt_direct), ("direct_after", _opt_size)))
 
 
 # --- resin side: encoding ----------------------------------------------------
@@ -618,9 +632,10 @@ def data_header(kind: int, id: int, length: int) -> bytes:
 def event_term(event: Event) -> Term:
     if isinstance(event, Spawned):
         if event.direct:
-            return (Atom("spawned"), event.id, event.os_pid,
-                    [(Atom(kind.name.lower()), fd, inode) for kind, fd, inode in event.direct])
+            return (Atom("spawned"), event.id, event.os_pid, _pipes_term(event.direct))
         return (Atom("spawned"), event.id, event.os_pid)
+    if isinstance(event, Direct):
+        return (Atom("direct"), event.id, _pipes_term(event.pipes))
     if isinstance(event, SpawnError):
         return (Atom("spawn_error"), event.id, event.reason)
     if isinstance(event, Reply):
@@ -628,6 +643,10 @@ def event_term(event: Event) -> Term:
     if isinstance(event, Exit):
         return (Atom("exit"), event.id, (Atom(event.kind), event.value))
     return (Atom("error"), NIL if event.id is None else event.id, event.reason)
+
+
+def _pipes_term(pipes: tuple[tuple[StreamKind, int, int], ...]) -> Term:
+    return [(Atom(kind.name.lower()), fd, inode) for kind, fd, inode in pipes]
 
 
 # The two events of every process, encoded directly (same bytes as
@@ -732,6 +751,8 @@ def options_term(o: SpawnOptions) -> list[Term]:
             (Atom(name), (_rlim_term(soft), _rlim_term(hard))) for name, soft, hard in o.rlimits]))
     if o.direct:
         opts.append((Atom("direct"), [Atom(kind.name.lower()) for kind in o.direct]))
+    if o.direct_after:
+        opts.append((Atom("direct_after"), o.direct_after))
     return opts
 
 
@@ -815,6 +836,8 @@ def parse_event(term: Term) -> Event:
                 return Spawned(id, term[2])
             if tag == "spawned" and len(term) == 4 and isinstance(term[2], int):
                 return Spawned(id, term[2], _parse_direct(term[3]))
+            if tag == "direct" and len(term) == 3:
+                return Direct(id, _parse_direct(term[2]))
             if tag == "spawn_error" and len(term) == 3:
                 return SpawnError(id, term[2])
             if tag == "reply" and len(term) == 4:

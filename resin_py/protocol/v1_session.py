@@ -274,7 +274,7 @@ class V1Session:
             req = v1.Spawn(req.id, req.exec, (*asm.args, *req.args), v1.SpawnOptions(
                 opts.cd, (*asm.env, *opts.env), opts.clear_env, opts.arg0, opts.stdin,
                 opts.stderr, opts.credit, opts.cgroup, opts.pty, opts.user, opts.group,
-                opts.rlimits, opts.direct))
+                opts.rlimits, opts.direct, opts.direct_after))
             del asm
         if req.id in self.procs:
             self.send(v1.SpawnError(req.id, Atom("id_in_use")))
@@ -288,7 +288,7 @@ class V1Session:
             self.send(v1.SpawnError(req.id, errno_atom(exc.errno or errno.EIO)))
             return
         self.procs[req.id] = child
-        if req.options.direct:
+        if req.options.direct and not req.options.direct_after:
             self.send(v1.Spawned(req.id, child.pid, self.core.direct_pipes(child)))
         else:
             self._send_payload(v1.encode_spawned(req.id, child.pid))
@@ -347,6 +347,10 @@ class V1Session:
 
     def on_close_stdin_done(self, child: ChildRef, ref: Term) -> None:
         self.send(v1.Reply(child.id, ref, OK))
+
+    def on_direct(self, child: ChildRef, pipes: tuple[tuple[StreamKind, int, int], ...]
+                  ) -> None:
+        self.send(v1.Direct(child.id, pipes))
 
     def on_exit(self, child: ChildRef) -> None:
         del self.procs[child.id]

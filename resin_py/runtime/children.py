@@ -98,8 +98,9 @@ class StdinState(Enum):
 class OutPipe:
     """The read end of a child's stdout or stderr pipe."""
 
-    __slots__ = ("boosted", "closed", "credit", "direct", "fd", "full_header", "handler", "hung",
-                 "is_pipe", "kind", "known", "parked", "read_size", "small", "splice")
+    __slots__ = ("boosted", "closed", "credit", "direct", "direct_after", "fd", "full_header",
+                 "handler", "hung", "is_pipe", "kind", "known", "parked", "read_size", "small",
+                 "splice", "taken")
 
     def __init__(self, fd: int, kind: StreamKind, credit: int | None,
                  is_pipe: bool | None = None, direct: bool = False) -> None:
@@ -112,6 +113,10 @@ class OutPipe:
         # reports the exit once it is empty. Until a `relay` makes it an
         # ordinary pipe again.
         self.direct = direct
+        # Becomes direct once resin has taken this many bytes from it (None:
+        # never): a short output costs the client nothing more than frames.
+        self.direct_after: int | None = None
+        self.taken = 0  # bytes resin read or spliced from it
         self.parked = False  # unwatched while resin's output is backed up
         # A terminal whose last slave closed before its child was reaped:
         # unwatched, closed once the child is reaped (see Children._read).
@@ -247,7 +252,7 @@ class Children:
             self._poller.set_interest(pipe.fd, READ if want else 0, pipe.handler)
 
     def _on_pipe(self, child: Child, pipe: OutPipe) -> None:
-        if pipe.closed:
+        if pipe.closed or pipe.direct:  # (a wakeup polled before it went direct)
             return
         if self.outbox.paused and not self.closing:
             self._park(child, pipe)
@@ -266,6 +271,26 @@ class Children:
                 self.outbox.flush()  # hand it on now rather than pile it up
                 if self.outbox.paused:
                     break
+        if pipe.direct_after is not None and not pipe.parked:
+            self._direct_due(child, pipe)
+
+    def _direct_due(self, child: Child, pipe: OutPipe) -> bool:
+        """Hand the pipe over if resin took `direct_after` bytes of it (not
+        parked, nothing spliced from it pending); whether it is direct now."""
+        after = pipe.direct_after
+        if after is not None and pipe.taken >= after and not pipe.closed:
+            self._go_direct(child, pipe)
+        return pipe.direct
+
+    def _go_direct(self, child: Child, pipe: OutPipe) -> None:
+        """Hand the pipe to the client (`direct_after` reached): what resin
+        took from it goes out first, in frames, then the `direct` event."""
+        self.outbox.release(pipe.fd)  # a frame pending from it: read and queued now
+        pipe.direct = True
+        pipe.direct_after = None
+        pipe.known = 0
+        self._watch_pipe(pipe)
+        self.session.on_direct(child, ((pipe.kind, pipe.fd, self._fds.inode(pipe.fd)),))
 
     def _park(self, child: Child, pipe: OutPipe) -> None:
         pipe.parked = True
@@ -335,6 +360,7 @@ class Children:
                     pipe.splice = False
                 break
         pipe.known = avail - (total - left) if pipe.splice else 0
+        pipe.taken += total - left
         if pipe.credit is not None:
             pipe.credit -= total - left
             if pipe.credit == 0:
@@ -368,6 +394,7 @@ class Children:
             return Read.EOF
         if pipe.credit is not None:
             pipe.credit -= len(data)
+        pipe.taken += len(data)
         if pipe.small and (len(data) >= self.splice_min or len(data) == limit):
             pipe.small = False  # much output (or more waiting): spliced from the next wakeup
         if (len(data) == size and not pipe.boosted and CHILD_PIPE_SIZE
@@ -416,6 +443,8 @@ class Children:
         parked, self.parked = self.parked, []
         for child, pipe in parked:
             pipe.parked = False
+            if pipe.direct or (pipe.direct_after is not None and self._direct_due(child, pipe)):
+                continue  # the client's to read
             if pipe.splice and not pipe.closed and not child.reaped and not self.outbox.paused:
                 # Splice now rather than watch the pipe and wait for it to fire
                 # (it was readable when parked): a full stdout pipe wakes resin

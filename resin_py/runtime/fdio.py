@@ -43,6 +43,8 @@ class Fds(Protocol):
         """Bytes waiting in the pipe now (FIONREAD), without reading them."""
     def is_pipe(self, fd: int) -> bool:
         """The descriptor is a pipe (a FIFO): splice(2) can move bytes from or to it."""
+    def inode(self, fd: int) -> int:
+        """The inode number of what the descriptor refers to (fstat)."""
     def splice(self, src: int, dst: int, n: int) -> int:
         """Move up to `n` bytes from pipe `src` to pipe `dst` in the kernel,
         without blocking; the count moved (BlockingIOError: none fit)."""
@@ -76,6 +78,10 @@ class OsFds:
             return stat.S_ISFIFO(os.fstat(fd).st_mode)
         except OSError:
             return False
+
+    @staticmethod
+    def inode(fd: int) -> int:
+        return os.fstat(fd).st_ino
 
     @staticmethod
     def splice(src: int, dst: int, n: int) -> int:

@@ -322,16 +322,20 @@ class Resin:
                 in_r, in_w = self.devnull, -1
             if opts.pty is None:
                 out_r, out_w = self._out_pipe(parent_fds, child_fds)
-                pipes = [OutPipe(out_r, StreamKind.STDOUT, opts.credit, is_pipe=True,
-                                 direct=StreamKind.STDOUT in opts.direct)]
+                pipes = [OutPipe(out_r, StreamKind.STDOUT, opts.credit, is_pipe=True)]
                 if opts.stderr == "capture":
                     err_r, err_w = self._out_pipe(parent_fds, child_fds)
-                    pipes.append(OutPipe(err_r, StreamKind.STDERR, opts.credit, is_pipe=True,
-                                         direct=StreamKind.STDERR in opts.direct))
+                    pipes.append(OutPipe(err_r, StreamKind.STDERR, opts.credit, is_pipe=True))
                 elif opts.stderr == "stdout":
                     err_w = out_w
                 else:
                     err_w = self.devnull
+                for pipe in pipes if opts.direct else ():
+                    if pipe.kind in opts.direct:
+                        if opts.direct_after:
+                            pipe.direct_after = opts.direct_after
+                        else:
+                            pipe.direct = True
             setup = ChildSetup(path, argv, env, opts.cd, in_r, out_w, err_w,
                                cgroup_dir, self._cgroup_clone(cgroup_dir))
             setup.envp = envp
@@ -452,7 +456,7 @@ class Resin:
     def direct_pipes(self, child: ChildRef) -> tuple[tuple[StreamKind, int, int], ...]:
         # The inode lets the client check that the descriptor it opened
         # (/proc/<resin>/fd/<fd>) is this pipe.
-        return tuple((pipe.kind, pipe.fd, os.fstat(pipe.fd).st_ino)
+        return tuple((pipe.kind, pipe.fd, self.fds.inode(pipe.fd))
                      for pipe in _own(child).pipes if pipe.direct)
 
     def relay(self, child: ChildRef) -> None:
