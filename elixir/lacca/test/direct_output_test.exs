@@ -11,9 +11,11 @@ defmodule Lacca.DirectOutputTest do
   @mib 1_048_576
   @max_data 65_530
 
-  # true: direct; false: relayed; :relay: direct asked for, then the
-  # fallback to the relay (as when the pipe cannot be opened or verified).
-  @modes [true, false, :relay]
+  # {direct_output, direct_after}: true: direct; false: relayed; :relay:
+  # direct asked for, then the fallback to the relay (as when the pipe
+  # cannot be opened or verified). direct_after nil: the default (relayed
+  # for the first MiB, then handed over); 0: direct from the first byte.
+  @modes [{true, nil}, {true, 0}, {false, nil}, {:relay, nil}, {:relay, 0}]
 
   setup_all do
     data = :crypto.strong_rand_bytes(6 * @mib + 12_345)
@@ -24,17 +26,33 @@ defmodule Lacca.DirectOutputTest do
   end
 
   setup do
-    saved = Application.fetch_env(:lacca, :direct_output)
+    saved =
+      for key <- [:direct_output, :direct_after], do: {key, Application.fetch_env(:lacca, key)}
 
     on_exit(fn ->
-      case saved do
-        {:ok, value} -> Application.put_env(:lacca, :direct_output, value)
-        :error -> Application.delete_env(:lacca, :direct_output)
+      for {key, value} <- saved do
+        case value do
+          {:ok, value} -> Application.put_env(:lacca, key, value)
+          :error -> Application.delete_env(:lacca, key)
+        end
       end
     end)
   end
 
-  defp mode!(mode), do: Application.put_env(:lacca, :direct_output, mode)
+  defp mode!({direct, nil}) do
+    Application.put_env(:lacca, :direct_output, direct)
+    Application.delete_env(:lacca, :direct_after)
+  end
+
+  defp mode!({direct, after_bytes}) do
+    Application.put_env(:lacca, :direct_output, direct)
+    Application.put_env(:lacca, :direct_after, after_bytes)
+  end
+
+  # Direct from the first byte.
+  defp mode!(true), do: mode!({true, 0})
+  defp mode!(false), do: mode!({false, nil})
+  defp mode!(:relay), do: mode!({:relay, 0})
 
   defp refute_leftovers do
     refute_received {:"$lacca", _, _}
@@ -73,8 +91,8 @@ defmodule Lacca.DirectOutputTest do
         mode!(mode)
         assert {:ok, result} = Lacca.run("cat", [path])
         assert result.status == {:exit, 0}
-        assert byte_size(result.stdout) == byte_size(data), "mode #{mode}"
-        assert result.stdout == data, "mode #{mode}"
+        assert byte_size(result.stdout) == byte_size(data), "mode #{inspect(mode)}"
+        assert result.stdout == data, "mode #{inspect(mode)}"
         refute_leftovers()
       end
     end
@@ -86,7 +104,7 @@ defmodule Lacca.DirectOutputTest do
         assert {:ok, result} = Lacca.run("sh", ["-c", script], stderr: :capture)
         assert result.status == {:exit, 3}
         assert result.stderr == "oops\n"
-        assert result.stdout == data <> data, "mode #{mode}"
+        assert result.stdout == data <> data, "mode #{inspect(mode)}"
         refute_leftovers()
       end
     end
@@ -99,7 +117,7 @@ defmodule Lacca.DirectOutputTest do
         mode!(mode)
         chunks = Lacca.stream!("cat", [path]) |> Enum.to_list()
         assert Enum.all?(chunks, &(byte_size(&1) in 1..@max_data))
-        assert IO.iodata_to_binary(chunks) == data, "mode #{mode}"
+        assert IO.iodata_to_binary(chunks) == data, "mode #{inspect(mode)}"
 
         chunks =
           Lacca.stream!("head", ["-c", "100000", path], max_buffer: 1_024) |> Enum.to_list()
@@ -126,7 +144,7 @@ defmodule Lacca.DirectOutputTest do
 
         File.rm!(text)
         assert List.last(elements) == {:exit, {:exit, 4}}
-        assert for({:stdout, line} <- elements, do: line) == lines, "mode #{mode}"
+        assert for({:stdout, line} <- elements, do: line) == lines, "mode #{inspect(mode)}"
         assert for({:stderr, line} <- elements, do: line) == ["done\n"]
         refute_leftovers()
         _ = path
@@ -138,7 +156,7 @@ defmodule Lacca.DirectOutputTest do
         mode!(mode)
         {:ok, pid} = Lacca.start_link("cat", [path], output: :messages, active: active)
         assert {out, {:exit, 0}} = collect(pid, [])
-        assert out == data, "mode #{mode}, active: #{active}"
+        assert out == data, "mode #{inspect(mode)}, active: #{active}"
         refute_leftovers()
       end
     end
@@ -158,6 +176,37 @@ defmodule Lacca.DirectOutputTest do
   end
 
   describe "the direct reader" do
+    test "short outputs stay relayed; from the first MiB on a pump reads", %{path: path} do
+      mode!({true, nil})
+      me = self()
+      probe = fn _ -> send(me, {:pumps, pumps()}) end
+
+      Lacca.stream!("head", ["-c", "500000", path]) |> Stream.each(probe) |> Stream.run()
+      assert_received {:pumps, []}
+      refute_received {:pumps, [_]}
+
+      Lacca.stream!("cat", [path]) |> Stream.each(probe) |> Stream.run()
+      assert_received {:pumps, []}
+      assert_received {:pumps, [_]}
+      refute_leftovers_but_probes()
+    end
+
+    test ":messages: the server's fd port takes over after the first MiB", %{
+      data: data,
+      path: path
+    } do
+      mode!({true, nil})
+      {:ok, pid} = Lacca.start_link("cat", [path, path, path], output: :messages)
+      assert_receive {:lacca, ^pid, {:stdout, first}}, 5_000
+      assert :sys.get_state(pid).chan.dport == nil
+      # Handed over after the first MiB; the owner not reading meanwhile
+      # holds the rest (18 MiB) back, so the server is still there.
+      head = take_bytes(pid, 2 * @mib, [first])
+      assert is_port(:sys.get_state(pid).chan.dport)
+      assert {out, {:exit, 0}} = collect(pid, [head])
+      assert out == data <> data <> data
+    end
+
     test "run/3 and stream!/3 read through a pump (none with direct output off)", %{path: path} do
       mode!(true)
       me = self()
@@ -237,25 +286,29 @@ defmodule Lacca.DirectOutputTest do
       data: data,
       path: path
     } do
-      mode!(true)
+      for mode <- [{true, 0}, {true, nil}] do
+        mode!(mode)
 
-      count =
-        Lacca.stream!("cat", [path])
-        |> Enum.reduce(0, fn
-          chunk, 0 ->
-            # Nothing read from here on until the pump stopped reading.
-            [pump] = pumps()
-            assert wait_until(fn -> not port_linked?(pump) end, 10_000)
-            held = pumped_bytes()
-            # :max_buffer (1 MiB), plus what the port read before it closed.
-            assert held <= @mib + 4 * 65_536
-            byte_size(chunk)
+        {count, checked} =
+          Lacca.stream!("cat", [path])
+          |> Enum.reduce({0, false}, fn chunk, {n, checked} ->
+            case {checked, pumps()} do
+              {false, [pump]} ->
+                # Nothing read from here on until the pump stopped reading.
+                assert wait_until(fn -> not port_linked?(pump) end, 10_000)
+                held = pumped_bytes()
+                # :max_buffer (1 MiB), plus what the port read before it closed.
+                assert held <= @mib + 4 * 65_536
+                {n + byte_size(chunk), true}
 
-          chunk, n ->
-            n + byte_size(chunk)
-        end)
+              _ ->
+                {n + byte_size(chunk), checked}
+            end
+          end)
 
-      assert count == byte_size(data)
+        assert checked, "mode #{inspect(mode)}"
+        assert count == byte_size(data)
+      end
     end
 
     test "run/3 with a slow :into holds the producer too", %{data: data, path: path} do
@@ -394,6 +447,14 @@ defmodule Lacca.DirectOutputTest do
     end
   end
 
+  defp refute_leftovers_but_probes do
+    receive do
+      {:pumps, _} -> refute_leftovers_but_probes()
+    after
+      0 -> refute_leftovers()
+    end
+  end
+
   # :messages: everything until the exit, which must come last.
   defp collect(pid, acc) do
     receive do
@@ -401,6 +462,18 @@ defmodule Lacca.DirectOutputTest do
       {:lacca, ^pid, {:exit, status}} -> {IO.iodata_to_binary(acc), status}
     after
       30_000 -> flunk("no exit")
+    end
+  end
+
+  defp take_bytes(pid, at_least, acc) do
+    if IO.iodata_length(acc) >= at_least do
+      acc
+    else
+      receive do
+        {:lacca, ^pid, {:stdout, data}} -> take_bytes(pid, at_least, [acc | data])
+      after
+        30_000 -> flunk("no output")
+      end
     end
   end
 

@@ -262,8 +262,23 @@ defmodule Lacca.Channel do
   #     as it does for a receiver that leaves direct output (halt, a
   #     Lacca.Process leaving active: true / :flow) or dies (the daemon).
   #
+  # The handover: lacca asks for {direct_after, @direct_after}, so a
+  # stream starts relayed, and once resin has read that many bytes of it,
+  # it sends every frame of what it read and then {direct, Id, Streams}
+  # (the daemon forwards it as {:direct, id, {:direct, resin_os_pid,
+  # streams}}): the receiver opens the pipe then, and the next byte it reads
+  # is the one after the last frame's. Short outputs (most processes) never
+  # pay for a descriptor, a port or a pump. (Without direct_after, the
+  # spawned event carries the pipes and the receiver reads from the start.)
+  #
   # config :lacca, :direct_output (default true) turns it off; `:relay`
   # (for tests) asks for it and then always falls back to the relay.
+
+  # Bytes relayed before a stream is handed over: below it a spawn costs
+  # nothing more (opening the pipe through /proc, an fd port and a pump
+  # cost more than a short process's whole output through resin), above it
+  # the relay's two extra copies cost more than that.
+  @direct_after 1_048_576
 
   @doc false
   # Whether direct output is configured (config :lacca, :direct_output).
@@ -286,10 +301,15 @@ defmodule Lacca.Channel do
   # (Without /proc the open fails and the output is relayed.)
   @spec direct_opts(list()) :: list()
   def direct_opts(spawn_opts) do
-    if direct_output() != false and not List.keymember?(spawn_opts, :pty, 0),
-      do: [{:direct, [:stdout]}],
-      else: []
+    cond do
+      direct_output() == false or List.keymember?(spawn_opts, :pty, 0) -> []
+      direct_after() == 0 -> [{:direct, [:stdout]}]
+      true -> [{:direct, [:stdout]}, {:direct_after, direct_after()}]
+    end
   end
+
+  # (config :lacca, :direct_after: for tests, 0 reads from the first byte.)
+  defp direct_after, do: Application.get_env(:lacca, :direct_after, @direct_after)
 
   @doc false
   # The fd port's data (usable in receive patterns; `dport` is the
@@ -337,7 +357,8 @@ defmodule Lacca.Channel do
     with {:stdout, fd, inode} <- List.keyfind(streams, :stdout, 0),
          true <- direct_output() == true,
          {:ok, pump} <- Lacca.Pump.start(resin_pid, fd, inode, max_buffer, chan.port, chan.id) do
-      %{chan | dport: pump}
+      # Bytes consumed from the relay are resin's credit, not the pump's.
+      %{chan | dport: pump, ungranted_out: 0}
     else
       _ -> send_relay(chan)
     end
@@ -391,7 +412,11 @@ defmodule Lacca.Channel do
       :error
   end
 
-  defp send_relay(chan) do
+  @doc false
+  # Declines direct output (a handover that came when the receiver cannot
+  # read it): resin goes on relaying.
+  @spec send_relay(t()) :: t()
+  def send_relay(chan) do
     command(chan.port, Protocol.control({:relay, chan.id}))
     chan
   end
@@ -733,6 +758,10 @@ defmodule Lacca.Channel do
       event(^port, {:exit, ^id, status}) ->
         if dmref, do: Process.demonitor(dmref, [:flush])
         {:ok, status}
+
+      event(^port, {:direct, ^id, _}) ->
+        # Handed over while we stop it: resin must read (and drop) it.
+        drain(send_relay(chan), deadline)
 
       any_frame(^port, ^id) ->
         drain(chan, deadline)

@@ -45,7 +45,9 @@ defmodule Lacca.Daemon do
   # Direct output (Lacca.Channel, "direct output"): a spawn with the option
   # {direct, [stdout]} is answered {spawned, Id, OsPid, [{stdout, Fd, Inode}]};
   # the daemon forwards it as {:spawned, id, os_pid, {:direct, resin_os_pid,
-  # streams}}, so that the receiver can open /proc/<resin>/fd/<Fd>. resin
+  # streams}}, so that the receiver can open /proc/<resin>/fd/<Fd>; with
+  # {direct_after, N} the pipes come later, in {direct, Id, Streams}
+  # (forwarded as {:direct, id, {:direct, resin_os_pid, streams}}). resin
   # holds such a process's exit back until its pipe is empty: when the
   # receiver dies first, {relay, Id} goes with the SIGKILL (resin reads the
   # pipe itself and reports the exit).
@@ -575,6 +577,20 @@ defmodule Lacca.Daemon do
         # Direct output: the receiver needs resin's pid to open the pipe.
         {:noreply,
          answer_waiting({:spawned, id, os_pid, {:direct, state.resin_pid, streams}}, state)}
+
+      {:ok, {:direct, id, streams}} ->
+        # The handover of a spawn with direct_after (Lacca.Channel).
+        case state.procs do
+          %{^id => {receiver, _, _, _}} when receiver != nil ->
+            forward(receiver, {:direct, id, {:direct, state.resin_pid, streams}}, state)
+
+          _ ->
+            # Its receiver died (the relay sent then came too soon):
+            # nobody reads the pipe, resin must.
+            Channel.command(state.port, Protocol.control({:relay, id}))
+        end
+
+        {:noreply, state}
 
       {:ok, event} ->
         {:noreply, answer_waiting(event, state)}

@@ -474,6 +474,15 @@ defmodule Lacca.Process do
     finish(%{s | status: Channel.exit_status(status), chan: Channel.close(s.chan)})
   end
 
+  # Direct output handed over (direct_after): every relayed frame came first.
+  # Declined (resin goes on relaying) when the active mode changed since
+  # the spawn: only true and :flow take it (see the top).
+  defp event({:direct, _id, direct}, %{active: active} = s) when active in [true, :flow],
+    do: {:noreply, %{s | chan: Channel.open_direct(s.chan, direct)}}
+
+  defp event({:direct, _id, _direct}, s),
+    do: {:noreply, %{s | chan: Channel.send_relay(s.chan)}}
+
   defp event({:error, _id, reason}, s) do
     require Logger
     Logger.warning("lacca: resin reported an error for os pid #{s.os_pid}: #{inspect(reason)}")

@@ -79,7 +79,8 @@ defmodule Lacca.Runner do
       deadline: if(spec.timeout == :infinity, do: :infinity, else: now + spec.timeout),
       kill_timeout: spec.kill_timeout,
       stop_signal: spec.stop_signal,
-      timed_out: false
+      timed_out: false,
+      max_buffer: spec.max_buffer
     }
 
     try do
@@ -124,6 +125,10 @@ defmodule Lacca.Runner do
            stderr: IO.iodata_to_binary(st.err),
            status: status
          }}
+
+      Channel.event(^port, {:direct, ^id, direct}) ->
+        # Handed over: every relayed frame was taken before this event.
+        loop(%{st | chan: Channel.open_pump(chan, direct, st.max_buffer)})
 
       Channel.event(^port, {_, ^id, _}) ->
         loop(st)

@@ -119,6 +119,7 @@ defmodule Lacca.Stream do
               lines: spec.lines && {Lines.new(spec.lines), Lines.new(spec.lines)},
               stop_signal: spec.stop_signal,
               kill_timeout: spec.kill_timeout,
+              max_buffer: spec.max_buffer,
               # nil while running; then resin's status term or :resin_down
               status: nil
             }
@@ -271,6 +272,10 @@ defmodule Lacca.Stream do
 
       Channel.any_frame(^port, ^id) ->
         {[], st}
+
+      Channel.event(^port, {:direct, ^id, direct}) ->
+        # Handed over: every relayed frame was taken before this event.
+        {[], %{st | chan: Channel.open_pump(chan, direct, st.max_buffer)}}
 
       Channel.event(^port, event) when elem(event, 1) == id ->
         {[], st}
