@@ -249,9 +249,10 @@ defmodule Lacca.Channel do
   # stream's consumer) has a Lacca.Pump read for it instead (open_pump/3):
   # it could not pause in time while that code runs, the pump can.
   #
-  #   * Flow control of an fd port of our own (Lacca.Process) is pause/1 (the fd port is closed: the descriptor stays
-  #     open, nobody reads the pipe, the child blocks once it is full) and
-  #     resume/1 (a new fd port on the same descriptor). Port.close/1 is
+  #   * Flow control of an fd port of our own (Lacca.Process) is pause/1
+  #     (the fd port is closed: the descriptor stays open, nobody reads the
+  #     pipe, the child blocks once it is full) and resume/1 (a new fd port
+  #     on the same descriptor). Port.close/1 is
   #     synchronous: the old port's data is in the mailbox when it returns,
   #     and is taken before the new port's (a receive on the old port first).
   #   * resin reports the exit only once the pipe is empty, so at the exit
@@ -457,7 +458,7 @@ defmodule Lacca.Channel do
   def direct_end(%__MODULE__{dport: nil} = chan), do: {[], chan}
 
   def direct_end(%__MODULE__{dport: pump} = chan) when is_pid(pump) do
-    ref = make_ref()
+    ref = Process.monitor(pump)
     send(pump, {:finish, ref})
     {take_pumped(pump, ref, []), %{chan | dport: nil}}
   end
@@ -469,10 +470,19 @@ defmodule Lacca.Channel do
     {chunks, %{chan | dport: nil, dfile: nil, dfd: nil, dpaused: false}}
   end
 
+  # (A pump that crashed took its consumer along, unless that one traps
+  # exits: the monitor.)
   defp take_pumped(pump, ref, acc) do
     receive do
-      pumped(^pump, data) -> take_pumped(pump, ref, [data | acc])
-      {:"$lacca_direct_end", ^pump, ^ref} -> Enum.reverse(acc)
+      pumped(^pump, data) ->
+        take_pumped(pump, ref, [data | acc])
+
+      {:"$lacca_direct_end", ^pump, ^ref} ->
+        Process.demonitor(ref, [:flush])
+        Enum.reverse(acc)
+
+      {:DOWN, ^ref, :process, _, _} ->
+        Enum.reverse(acc)
     end
   end
 
