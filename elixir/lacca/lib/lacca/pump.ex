@@ -39,9 +39,20 @@ defmodule Lacca.Pump do
     pump =
       spawn_link(fn -> init(consumer, ref, resin_pid, fd, inode, max_buffer, resin_port, id) end)
 
+    mref = Process.monitor(pump)
+
     receive do
-      {^ref, :ok} -> {:ok, pump}
-      {^ref, :error} -> :error
+      {^ref, :ok} ->
+        Process.demonitor(mref, [:flush])
+        {:ok, pump}
+
+      {^ref, :error} ->
+        Process.demonitor(mref, [:flush])
+        :error
+
+      # (Only seen by a consumer that traps exits.)
+      {:DOWN, ^mref, :process, _, _} ->
+        :error
     end
   end
 
