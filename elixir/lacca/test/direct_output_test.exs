@@ -392,12 +392,15 @@ defmodule Lacca.DirectOutputTest do
             end)
           end)
 
-        assert_receive {:proc, {_daemon, _id, os_pid}, [pump]}, 5_000
+        assert_receive {:proc, {daemon, id, os_pid}, [pump]}, 5_000
         if paused, do: assert(wait_until(fn -> not port_linked?(pump) end, 10_000))
         mref = Process.monitor(pump)
         Process.exit(consumer, :kill)
         assert_receive {:DOWN, ^mref, :process, _, _}, 5_000
         assert wait_gone([os_pid], 10_000) == []
+        # resin reported the exit (the daemon's {relay, Id} let it read the
+        # pipe nobody reads any more): the id is free.
+        assert wait_until(fn -> not daemon_has?(daemon, id) end, 10_000)
       end
 
       assert {:ok, %{stdout: "ok\n"}} = Lacca.run("echo", ["ok"])
