@@ -128,6 +128,54 @@ defmodule Lacca.PumpTest do
     refute_received {:EXIT, _, _}
   end
 
+  describe "a Lacca.Process's own fd port (Lacca.Channel)" do
+    setup ctx do
+      chan = %Channel{port: ctx.port, id: 1}
+      direct = {:direct, ctx.beam, [{:stdout, ctx.fd, ctx.inode}]}
+      %{chan: Channel.open_direct(chan, direct)}
+    end
+
+    test "reads, pauses (nothing read meanwhile), resumes, ends with the rest", ctx do
+      chan = ctx.chan
+      dport = chan.dport
+      assert is_port(dport)
+      :ok = :file.write(ctx.fifo, "one")
+      assert_receive Channel.direct_data(^dport, "one"), 5_000
+
+      chan = Channel.pause(chan)
+      assert chan.dpaused
+      :ok = :file.write(ctx.fifo, "two")
+      # Paused: the fd port is closed, its descriptor open, nothing read.
+      refute Port.info(dport)
+      {:links, links} = Process.info(self(), :links)
+      refute dport in links
+
+      chan = Channel.resume(chan)
+      refute chan.dpaused
+      new = chan.dport
+      assert new != dport
+      assert_receive Channel.direct_data(^new, "two"), 5_000
+
+      :ok = :file.write(ctx.fifo, "three")
+      assert_receive Channel.direct_data(^new, "three"), 5_000
+      {[], chan} = Channel.direct_end(chan)
+      assert chan.dport == nil and chan.dfile == nil
+    end
+
+    test "no pause once unthrottled: a killed process's output drains", ctx do
+      chan = %{ctx.chan | credit: :unlimited}
+      assert Channel.pause(chan) == chan
+      {[], _} = Channel.direct_end(chan)
+    end
+
+    test "a pipe of another inode falls back to the relay", ctx do
+      chan = %Channel{port: ctx.port, id: 1}
+      direct = {:direct, ctx.beam, [{:stdout, ctx.fd, ctx.inode + 1}]}
+      assert Channel.open_direct(chan, direct).dport == nil
+      {[], _} = Channel.direct_end(ctx.chan)
+    end
+  end
+
   # Gives credit for what arrived until `total` bytes came.
   defp drain(_pump, got, acc, total) when got >= total, do: IO.iodata_to_binary(acc)
 
