@@ -125,6 +125,9 @@ class FakeFds:
         self._open(fd)
         return 7000 + fd
 
+    def hung_up(self, fd: int) -> bool:
+        return self._open(fd).writer_closed
+
     def splice(self, src: int, dst: int, n: int) -> int:
         assert dst == STDOUT_FD and self.stdout_pipe and src not in self.not_pipes
         pipe = self._open(src)

@@ -111,8 +111,19 @@ def test_a_direct_pipe_is_never_watched_nor_read() -> None:
     assert parse_output(bytes(rig.fds.stdout))[0] == {(1, "e"): b"oops"}
 
 
+class Clock:
+    """A time.monotonic() the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_exit_waits_until_the_client_emptied_the_direct_pipe() -> None:
     rig = _rig()
+    clock = rig.children.clock = Clock()
     child = rig.spawn(1, stderr=False, direct=(OUT,))
     pipe = rig.fds.pipes[child.pipes[0].fd]
     pipe.data += b"unread"
@@ -121,15 +132,83 @@ def test_exit_waits_until_the_client_emptied_the_direct_pipe() -> None:
     rig.turn()
     assert parse_output(bytes(rig.fds.stdout))[1] == []
     assert id(child) in rig.children.direct_held and not pipe.closed  # resin's fd stays
+    assert rig.children.direct_due == clock.now + DIRECT_RECHECK_MIN
+    for _ in range(50):  # wakeups before it is due: no look, no backoff
+        rig.children.recheck_direct(clock.now)
     assert rig.children.direct_delay == DIRECT_RECHECK_MIN
     for _ in range(10):  # nothing read yet: looked at less and less often
-        rig.children.recheck_direct()
+        clock.now = rig.children.direct_due
+        rig.children.recheck_direct(clock.now)
     assert rig.children.direct_delay == DIRECT_RECHECK_MAX
+    assert rig.children.direct_due == clock.now + DIRECT_RECHECK_MAX
     pipe.data.clear()  # the client read it all
-    rig.children.recheck_direct()
+    rig.children.recheck_direct(clock.now + 0.01)  # not due yet
+    assert id(child) in rig.children.direct_held
+    clock.now = rig.children.direct_due
+    rig.children.recheck_direct(clock.now)
     rig.turn()
     assert parse_output(bytes(rig.fds.stdout))[1] == [1]
     assert pipe.closed and not rig.children.direct_held and len(rig.children) == 0
+    assert rig.children.direct_delay == DIRECT_RECHECK_MIN
+
+
+def test_an_empty_direct_pipe_still_written_to_holds_the_exit() -> None:
+    """A killed writer may still be inside one write(2): an empty pipe with a
+    writer left and members alive holds the exit until either is gone."""
+    rig = _rig()
+    alive = {"members": True}
+    rig.children.members_alive = lambda child: alive["members"]
+    child = rig.spawn(1, stderr=False, direct=(OUT,))
+    pipe = rig.fds.pipes[child.pipes[0].fd]
+    rig.children.exited(child, 0)  # empty, but not hung up
+    rig.turn()
+    assert parse_output(bytes(rig.fds.stdout))[1] == [] and not pipe.closed
+    pipe.data += b"late page"  # the writer's last page
+    alive["members"] = False  # then it died
+    rig.children.recheck_direct(rig.children.direct_due)
+    assert parse_output(bytes(rig.fds.stdout))[1] == []  # not empty
+    pipe.data.clear()
+    rig.children.recheck_direct(rig.children.direct_due)
+    rig.turn()
+    assert parse_output(bytes(rig.fds.stdout))[1] == [1]
+    # With members alive, a hang-up (no writer left) is enough.
+    alive["members"] = True
+    child = rig.spawn(2, stderr=False, direct=(OUT,))
+    rig.fds.pipes[child.pipes[0].fd].writer_closed = True
+    rig.children.exited(child, 0)
+    rig.turn()
+    assert parse_output(bytes(rig.fds.stdout))[1] == [1, 2]
+
+
+def test_direct_fd_stays_open_until_the_exit_is_reported() -> None:
+    """Another stream holding the exit (no credit, or a second direct pipe
+    unread) keeps an emptied direct pipe's descriptor open: the client may
+    still open /proc/<resin>/fd/<fd> until the exit."""
+    rig = _rig()
+    child = rig.spawn(1, credit=0, direct=(OUT,))  # stderr captured, no credit
+    out, err = child.pipes
+    rig.fds.pipes[out.fd].writer_closed = True
+    rig.fds.pipes[err.fd].data += b"waits for credit"
+    rig.children.exited(child, 0)
+    rig.turn()
+    assert parse_output(bytes(rig.fds.stdout))[1] == []
+    assert not rig.fds.pipes[out.fd].closed
+    rig.children.grant_credit(child, ERR, 100)
+    rig.turn()
+    assert parse_output(bytes(rig.fds.stdout))[1] == [1]
+    assert rig.fds.pipes[out.fd].closed and rig.fds.pipes[err.fd].closed
+    child = rig.spawn(2, direct=(OUT, ERR))
+    out, err = child.pipes
+    rig.fds.pipes[out.fd].writer_closed = rig.fds.pipes[err.fd].writer_closed = True
+    rig.fds.pipes[err.fd].data += b"unread"
+    rig.children.exited(child, 0)
+    rig.turn()
+    assert not rig.fds.pipes[out.fd].closed and not rig.fds.pipes[err.fd].closed
+    rig.fds.pipes[err.fd].data.clear()
+    rig.children.recheck_direct(rig.children.direct_due)
+    rig.turn()
+    assert parse_output(bytes(rig.fds.stdout))[1] == [1, 2]
+    assert rig.fds.pipes[out.fd].closed and rig.fds.pipes[err.fd].closed
 
 
 def test_an_empty_direct_pipe_does_not_hold_the_exit() -> None:
@@ -385,3 +464,72 @@ def test_going_direct_with_stdout_backed_up_never_tears_nor_loses(seed: int) -> 
         assert relayed + bytes(fake.data) == sent[:fed]
     else:
         assert relayed == sent[:fed] and not fake.data
+
+
+def test_direct_after_without_direct_is_badarg() -> None:
+    with pytest.raises(BadArgument) as info:
+        v1.decode_client_frame(_spawn_term([(Atom("direct_after"), 10)]))
+    assert v1.error_event(info.value) == v1.SpawnError(1, (Atom("badarg"), Atom("direct_after")))
+
+
+def test_relay_before_the_hand_over_keeps_the_stream_relayed() -> None:
+    rig = _rig()
+    child = rig.spawn(1, stderr=False, direct=(OUT,), direct_after=4)
+    out = child.pipes[0]
+    rig.children.relay(child)
+    rig.fds.pipes[out.fd].data += b"0123456789"
+    for _ in range(3):
+        rig.turn()
+    assert not out.direct
+    assert parse_output(bytes(rig.fds.stdout))[0] == {(1, "o"): b"0123456789"}
+
+
+def test_a_reaped_childs_pipe_is_not_handed_over() -> None:
+    # Parked with enough taken, then the child exits, then stdout clears: the
+    # rest is relayed (drain), never handed over after the exit.
+    rig = Rig(high_water=8, low_water=4)
+    child = rig.spawn(1, stderr=False, direct=(OUT,), direct_after=4)
+    out = child.pipes[0]
+    fake = rig.fds.pipes[out.fd]
+    fake.data += b"x" * 40
+    rig.fds.stdout_room = 0
+    for _ in range(3):
+        rig.turn()
+    fake.writer_closed = True
+    rig.children.exited(child, 0)
+    rig.fds.stdout_room = 10**6
+    for _ in range(5):
+        rig.turn()
+    assert not out.direct
+    records = _records(bytes(rig.fds.stdout))
+    assert [t for t, _, _ in records if t != "o"] == ["x"]
+    assert b"".join(d for t, _, d in records if t == "o") == b"x" * 40
+
+
+def test_resin_looks_at_held_exits_when_due_before_its_waits() -> None:
+    """Resin.settle (before every wait) rechecks held exits once due, and the
+    loop's wait is bounded by when they are due."""
+    from test_runtime import stdin_resin
+
+    from resin_py.runtime.children import Child, OutPipe
+
+    resin, fds, session, _ = stdin_resin()
+    resin.children.session = session
+    exits: list[int] = []
+    session.on_exit = lambda child: exits.append(child.id)  # type: ignore[method-assign]
+    clock = resin.children.clock = Clock()
+    fd = fds.new_pipe()
+    fds.pipes[fd].data += b"unread"
+    fds.pipes[fd].writer_closed = True
+    child = Child(1, 4242, -1, [OutPipe(fd, OUT, None, direct=True)])
+    resin.children.add(child)
+    resin.children.exited(child, 0)
+    for _ in range(7):  # wakeups before it is due (the review's "7 turns")
+        resin.settle()
+    assert resin.children.direct_delay == DIRECT_RECHECK_MIN and exits == []
+    fds.pipes[fd].data.clear()
+    resin.settle()
+    assert exits == []  # not due yet
+    clock.now += DIRECT_RECHECK_MIN
+    resin.settle()
+    assert exits == [1] and fds.pipes[fd].closed

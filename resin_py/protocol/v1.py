@@ -423,6 +423,8 @@ def _parse_spawn(id: int, exe: Term, args: Term, opts: Term) -> Spawn:
     if options.direct and (options.pty is not None or (
             StreamKind.STDERR in options.direct and options.stderr != "capture")):
         raise bad(Atom("direct"))
+    if options.direct_after and not options.direct:  # it would mean nothing
+        raise bad(Atom("direct_after"))
     parts = 0
     if "parts" in given:
         try:

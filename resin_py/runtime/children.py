@@ -29,6 +29,7 @@ Rules kept here (and checked by tests/test_runtime*.py):
 from __future__ import annotations
 
 import os
+import time
 
 from resin_py.lite import TYPE_CHECKING, deque, suppress
 from resin_py.protocol.common import StreamKind
@@ -221,10 +222,17 @@ class Children:
         self.boosted = 0  # open pipes enlarged to CHILD_PIPE_SIZE
         self.stdin_bytes = 0  # queued for all children's stdin, not yet written
         self.splice_min = SPLICE_MIN  # tests splice smaller outputs
-        # Held exits that wait for the client to empty a direct pipe, and when
-        # to look at them again (see DIRECT_RECHECK_MIN).
+        # Held exits that wait for the client to empty a direct pipe, when to
+        # look at them again (a time.monotonic() value), and how long the
+        # next wait is (see DIRECT_RECHECK_MIN).
         self.direct_held: dict[int, Child] = {}
+        self.direct_due = 0.0
         self.direct_delay = DIRECT_RECHECK_MIN
+        self.clock: Callable[[], float] = time.monotonic  # tests set their own
+        # Whether anything of the child's is still alive that may hold its
+        # pipes: its cgroup is populated, or its process group has members
+        # (resin sets it; the tests' default: nothing).
+        self.members_alive: Callable[[Child], bool] = _no_members
 
     def __len__(self) -> int:
         return len(self.by_pid) + len(self.held)
@@ -443,7 +451,8 @@ class Children:
         parked, self.parked = self.parked, []
         for child, pipe in parked:
             pipe.parked = False
-            if pipe.direct or (pipe.direct_after is not None and self._direct_due(child, pipe)):
+            if pipe.direct or (pipe.direct_after is not None and not child.reaped
+                               and self._direct_due(child, pipe)):
                 continue  # the client's to read
             if pipe.splice and not pipe.closed and not child.reaped and not self.outbox.paused:
                 # Splice now rather than watch the pipe and wait for it to fire
@@ -568,6 +577,7 @@ class Children:
         self.drain(child)
         if id(child) in self.direct_held:  # a fresh wait: look again soon
             self.direct_delay = DIRECT_RECHECK_MIN
+            self.direct_due = self.clock() + DIRECT_RECHECK_MIN
 
     def drain(self, child: Child) -> None:
         """Read what is left in an exited child's pipes; report the exit once
@@ -577,12 +587,10 @@ class Children:
         waiting = False  # for the client to empty a direct pipe
         for pipe in child.pipes:
             if pipe.direct:
-                # The client's to read: its exit waits until it has read all.
-                # resin's descriptor stays open until then, so the client can
-                # still open its own (the child may exit before it did).
-                if not pipe.closed and (self.closing or self._empty(pipe)):
-                    self._close_pipe(pipe)
-                waiting |= not pipe.closed
+                # The client's to read: the exit waits until it has read all
+                # (see _direct_done). resin's descriptor stays open until the
+                # exit is reported, so the client can still open its own.
+                waiting |= not pipe.closed and not self._direct_done(child, pipe)
                 continue
             while not pipe.closed:
                 got = self._take(child, pipe)
@@ -595,17 +603,32 @@ class Children:
                         self._close_pipe(pipe)
                     else:
                         break
-        if all(p.closed for p in child.pipes):
+        if not waiting and all(p.closed or p.direct for p in child.pipes):
+            for pipe in child.pipes:
+                self._close_pipe(pipe)  # the direct ones: now, not before
             self._finish(child)
             return
         self.held[id(child)] = child
         if waiting:
             self.direct_held[id(child)] = child
 
+    def _direct_done(self, child: Child, pipe: OutPipe) -> bool:
+        """Whether a direct pipe no longer holds its reaped child's exit: it is
+        empty and nothing can write to it any more: it is hung up (no writer
+        left), or nothing is left of the child that could write (a killed
+        writer may still be inside one write(2), between two pages). An
+        escapee resin cannot attribute (no cgroup, left the group, cleared its
+        environment) does not hold it (docs/protocol.md §5)."""
+        if self.closing:
+            return True
+        if not self._empty(pipe):
+            return False
+        return self._fds.hung_up(pipe.fd) or not self.members_alive(child)
     def relay(self, child: Child) -> None:
         """The client no longer reads the child's direct pipes (`relay`): they
         are read and framed as any captured stream, under their credit."""
         for pipe in child.pipes:
+            pipe.direct_after = None  # a hand-over not made yet is off too
             if pipe.direct:
                 pipe.direct = False
                 self._watch_pipe(pipe)
@@ -613,10 +636,13 @@ class Children:
             self.direct_held.pop(id(child), None)
             self.drain(child)
 
-    def recheck_direct(self) -> None:
-        """Look again at the exits held for direct pipes (the loop calls this
-        every `direct_delay` seconds while there are any): report those the
-        client has emptied; wait longer the next time if none was."""
+    def recheck_direct(self, now: float) -> None:
+        """Look again at the exits held for direct pipes, if `direct_due`
+        (the loop calls this before every wait while there are any, and
+        wakes up by `direct_due`): report those the client has emptied; wait
+        longer the next time if none was."""
+        if now < self.direct_due:
+            return
         before = len(self.direct_held)
         for child in list(self.direct_held.values()):
             self.direct_held.pop(id(child))
@@ -625,6 +651,7 @@ class Children:
             self.direct_delay = min(self.direct_delay * 2, DIRECT_RECHECK_MAX)
         else:
             self.direct_delay = DIRECT_RECHECK_MIN
+        self.direct_due = now + self.direct_delay
 
     def _finish(self, child: Child) -> None:
         child.finished = True
@@ -652,6 +679,10 @@ class Children:
 
 def _nothing() -> None:
     pass
+
+
+def _no_members(_child: Child) -> bool:
+    return False
 
 
 def _bind(fn: Callable[[Child, OutPipe], None], child: Child, pipe: OutPipe

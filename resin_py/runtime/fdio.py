@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import select
 import stat
 import sys
 
@@ -45,6 +46,8 @@ class Fds(Protocol):
         """The descriptor is a pipe (a FIFO): splice(2) can move bytes from or to it."""
     def inode(self, fd: int) -> int:
         """The inode number of what the descriptor refers to (fstat)."""
+    def hung_up(self, fd: int) -> bool:
+        """A pipe's read end whose writers are all gone (POLLHUP), now."""
     def splice(self, src: int, dst: int, n: int) -> int:
         """Move up to `n` bytes from pipe `src` to pipe `dst` in the kernel,
         without blocking; the count moved (BlockingIOError: none fit)."""
@@ -82,6 +85,12 @@ class OsFds:
     @staticmethod
     def inode(fd: int) -> int:
         return os.fstat(fd).st_ino
+
+    @staticmethod
+    def hung_up(fd: int) -> bool:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return any(events & (select.POLLHUP | select.POLLERR) for _, events in poller.poll(0))
 
     @staticmethod
     def splice(src: int, dst: int, n: int) -> int:

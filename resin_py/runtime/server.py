@@ -109,6 +109,7 @@ class Resin:
         self.outbox = Outbox(stdout_fd, fds, poller, blocking=not stdout_pollable)
         self.session: Session = Negotiator(self, self._decided)
         self.children = Children(fds, poller, self.outbox, self.session)
+        self.children.members_alive = _members_alive
         self.outbox.on_pause_change = self.children.on_pause_change
         self.outbox.on_idle = self.children.on_idle
         self.outbox.on_broken = self._on_broken
@@ -139,8 +140,8 @@ class Resin:
     def settle(self) -> None:
         """Before every wait: flush stdout (which watches it while bytes are
         left), then decide whether to read stdin."""
-        if self.children.direct_held:
-            self.children.recheck_direct()  # exits waiting for the client's reads
+        if self.children.direct_held:  # exits waiting for the client's reads
+            self.children.recheck_direct(self.children.clock())
         self.outbox.flush()
         if not self.closing:
             # After the flush: what the exits and spawns just reported leave
@@ -181,7 +182,7 @@ class Resin:
                 if self.reading_stdin():
                     self._on_stdin()
             if self.children.direct_held:
-                delay = self.children.direct_delay
+                delay = max(0.0, self.children.direct_due - self.children.clock())
                 timeout = delay if timeout is None else min(timeout, delay)
             self.loop.turn(timeout)
         if self.reaper is not None:
@@ -522,6 +523,26 @@ def cgroup_clone(now: float, last: float) -> bool:
     """Whether a child spawned at `now` is created in its cgroup rather than
     joining it: when the previous one (at `last`) is older than CGROUP_BURST."""
     return now - last > CGROUP_BURST
+
+
+def _members_alive(child: Child) -> bool:
+    """Whether anything of an exited child may still write to its pipes: its
+    cgroup is populated, or (without one) its process group has members. (A
+    group whose number was reused by a newer child counts as alive: an exit
+    then waits for that child, not forever.)"""
+    if child.cgroup is not None:
+        try:
+            with open(os.path.join(child.cgroup, "cgroup.events"), "rb") as f:
+                return not f.read(64).startswith(b"populated 0")
+        except OSError:
+            return False  # removed: empty
+    try:
+        os.killpg(child.pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # EPERM: a member resin may not signal
+    return True
 
 
 def _own(child: ChildRef) -> Child:
