@@ -451,6 +451,15 @@ defmodule Lacca.Channel do
   def resume(chan), do: chan
 
   @doc false
+  # The data of a paused fd port still in the mailbox (it is closed: all of
+  # it is there), to be delivered before a resume/1 replaces the port.
+  @spec take_paused(t()) :: [binary()]
+  def take_paused(%__MODULE__{dpaused: true, dport: dport}) when is_port(dport),
+    do: take_direct(dport, [])
+
+  def take_paused(_chan), do: []
+
+  @doc false
   # The direct reader ends: the exit arrived (so the pipe is empty) or the
   # receiver leaves direct output. Returns the data still in the mailbox,
   # in order, to be delivered before anything that follows.

@@ -922,7 +922,16 @@ defmodule Lacca.Process do
   # paused direct reader resumes (the paused port's data, queued before the
   # message that got us here, was handled).
   defp release(%{flow: nil} = s), do: s
-  defp release(s), do: %{s | flow: nil, chan: s.chan |> Channel.release() |> Channel.resume()}
+
+  defp release(s) do
+    s = take_paused(s)
+    %{s | flow: nil, chan: s.chan |> Channel.release() |> Channel.resume()}
+  end
+
+  defp take_paused(s) do
+    for data <- Channel.take_paused(s.chan), do: send(s.owner, {:lacca, self(), {:stdout, data}})
+    s
+  end
 
   # Direct output with active: :flow: the reader pauses while the owner is
   # behind (a flow timer looks again, release/1 resumes it).
@@ -964,7 +973,7 @@ defmodule Lacca.Process do
   defp leave_direct(s), do: s
 
   # SIGKILL goes out: unlimited credit first (see Channel.unthrottle/1).
-  defp unthrottle(s), do: %{s | chan: Channel.unthrottle(s.chan)}
+  defp unthrottle(s), do: %{take_paused(s) | chan: Channel.unthrottle(s.chan)}
 
   # The stop signal goes out: a bounded extra grant (Channel.stop_credit/1).
   defp stopping(s), do: %{s | chan: Channel.stop_credit(s.chan)}

@@ -98,6 +98,12 @@ defmodule Lacca.Pump do
       {^port, :eof} ->
         loop(st)
 
+      {:credit, bytes} when port == :relayed ->
+        # resin reads the pipe now (the fallback in resume/1): the consumer's
+        # credit is resin's, or the relayed output would stop at its window.
+        Channel.command(st.resin_port, Protocol.credit(st.id, :stdout, bytes))
+        loop(st)
+
       {:credit, bytes} ->
         loop(resume(%{st | inflight: st.inflight - bytes}))
 
