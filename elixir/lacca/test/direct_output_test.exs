@@ -26,17 +26,7 @@ defmodule Lacca.DirectOutputTest do
   end
 
   setup do
-    saved =
-      for key <- [:direct_output, :direct_after], do: {key, Application.fetch_env(:lacca, key)}
-
-    on_exit(fn ->
-      for {key, value} <- saved do
-        case value do
-          {:ok, value} -> Application.put_env(:lacca, key, value)
-          :error -> Application.delete_env(:lacca, key)
-        end
-      end
-    end)
+    Lacca.AppEnv.restore_after([:direct_output, :direct_after])
   end
 
   defp mode!({direct, nil}) do

@@ -6,17 +6,7 @@ defmodule Lacca.DirectResumeTest do
   # paused fd port while its data was still queued behind the message that
   # caused it; that data was dropped. It is delivered first now.
   setup do
-    saved =
-      for key <- [:direct_output, :direct_after], do: {key, Application.fetch_env(:lacca, key)}
-
-    on_exit(fn ->
-      for {key, value} <- saved do
-        case value do
-          {:ok, v} -> Application.put_env(:lacca, key, v)
-          :error -> Application.delete_env(:lacca, key)
-        end
-      end
-    end)
+    Lacca.AppEnv.restore_after([:direct_output, :direct_after])
   end
 
   test "a resume while the paused fd port's data is still queued loses no byte" do

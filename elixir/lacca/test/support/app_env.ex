@@ -17,20 +17,32 @@ defmodule Lacca.AppEnv do
     on_exit(fn ->
       _ = Application.stop(:lacca)
       _ = cleanup.(dir)
-
-      for {key, value} <- saved do
-        case value do
-          {:ok, v} -> Application.put_env(:lacca, key, v)
-          :error -> Application.delete_env(:lacca, key)
-        end
-      end
-
+      put_back(saved)
       {:ok, _} = Application.ensure_all_started(:lacca)
       File.rm_rf!(dir)
     end)
 
     {:ok, resin} = Lacca.Resin.find()
     %{dir: dir, resin: resin}
+  end
+
+  # Saves `keys` of lacca's environment; they come back after the test (for
+  # settings read at each call, no restart needed).
+  @spec restore_after([atom()]) :: :ok
+  def restore_after(keys) do
+    saved = for key <- keys, do: {key, Application.fetch_env(:lacca, key)}
+    on_exit(fn -> put_back(saved) end)
+  end
+
+  defp put_back(saved) do
+    for {key, value} <- saved do
+      case value do
+        {:ok, v} -> Application.put_env(:lacca, key, v)
+        :error -> Application.delete_env(:lacca, key)
+      end
+    end
+
+    :ok
   end
 
   # Restarts :lacca with `env` put into its environment.
