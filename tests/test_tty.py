@@ -310,7 +310,11 @@ def test_the_largest_finite_rlimit(client: ResinClient) -> None:
 @needs_root
 @both_spawners
 def test_nproc_is_enforced_for_the_user(client: ResinClient) -> None:
-    # One process allowed for nobody: the shell itself; its fork fails.
+    # One process allowed for nobody: the shell itself; its fork fails. RLIMIT_NPROC
+    # counts every process of the user: one of an earlier test still on its way
+    # out (killed, not yet reaped) would make the spawn itself fail (eagain).
+    nobody = pwd.getpwnam("nobody").pw_uid
+    wait_until(lambda: not _processes_of(nobody), timeout=30, what="no process of nobody")
     r = client.run(1, "sh", ["-c", "sleep 0 & wait; echo forked"], cd="/", user="nobody",
                    rlimits=(("nproc", 1, 1),))
     assert r.stdout == b"" and b"fork" in r.stderr.lower(), r
@@ -320,3 +324,16 @@ def test_cpu_is_enforced(client: ResinClient) -> None:
     # 1 s of CPU time: the kernel sends SIGXCPU at the soft limit.
     r = client.run(1, "sh", ["-c", "while :; do :; done"], rlimits=(("cpu", 1, 2),))
     assert r.exit == v1.Exit(1, "signal", signal.SIGXCPU)
+
+
+def _processes_of(uid: int) -> list[int]:
+    """The pids of the processes that run as `uid` now."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}").st_uid == uid:
+                    pids.append(int(entry))
+            except OSError:
+                pass  # gone meanwhile
+    return pids
