@@ -449,14 +449,7 @@ defmodule Lacca.DirectOutputTest do
   end
 
   # :messages: everything until the exit, which must come last.
-  defp collect(pid, acc) do
-    receive do
-      {:lacca, ^pid, {:stdout, data}} -> collect(pid, [acc | data])
-      {:lacca, ^pid, {:exit, status}} -> {IO.iodata_to_binary(acc), status}
-    after
-      30_000 -> flunk("no exit")
-    end
-  end
+  defp collect(pid, acc), do: Lacca.Messages.collect(pid, acc, 30_000)
 
   defp take_bytes(pid, at_least, acc) do
     if IO.iodata_length(acc) >= at_least do

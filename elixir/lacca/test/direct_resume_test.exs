@@ -27,18 +27,9 @@ defmodule Lacca.DirectResumeTest do
     for i <- 1..100, do: send(self(), {:junk, i})
     :sys.resume(pid)
     for i <- 1..100, do: assert_receive({:junk, ^i})
-    out = collect(pid, [])
+    {out, _status} = Lacca.Messages.collect(pid, 20_000)
     File.rm(path)
     assert byte_size(out) == byte_size(data)
     assert out == data
-  end
-
-  defp collect(pid, acc) do
-    receive do
-      {:lacca, ^pid, {:stdout, d}} -> collect(pid, [acc | d])
-      {:lacca, ^pid, {:exit, _}} -> IO.iodata_to_binary(acc)
-    after
-      20_000 -> flunk("no exit")
-    end
   end
 end

@@ -171,12 +171,5 @@ defmodule Lacca.MessagesTest do
     Lacca.stop(pid)
   end
 
-  defp collect(pid, acc) do
-    receive do
-      {:lacca, ^pid, {:stdout, data}} -> collect(pid, [acc | data])
-      {:lacca, ^pid, {:exit, status}} -> {IO.iodata_to_binary(acc), status}
-    after
-      5_000 -> flunk("no message for 5 s")
-    end
-  end
+  defp collect(pid, acc), do: Lacca.Messages.collect(pid, acc, 5_000)
 end
