@@ -95,12 +95,10 @@ defmodule Lacca.Runner do
   defp loop(%{chan: %Channel{port: port, id: id, dmref: dmref, dport: dport} = chan} = st) do
     receive do
       Channel.pumped(^dport, data) ->
-        acc = feed(st, chan, data)
-        loop(%{st | acc: acc, chan: Channel.consumed(chan, :stdout, byte_size(data))})
+        loop(stdout(st, chan, data))
 
       Channel.stdout(^port, ^id, data) ->
-        acc = feed(st, chan, data)
-        loop(%{st | acc: acc, chan: Channel.consumed(chan, :stdout, byte_size(data))})
+        loop(stdout(st, chan, data))
 
       Channel.stderr(^port, ^id, data) ->
         chan = Channel.consumed(chan, :stderr, byte_size(data))
@@ -144,6 +142,10 @@ defmodule Lacca.Runner do
       timeout(st) -> loop(deadline_passed(st))
     end
   end
+
+  # stdout, relayed or direct: into :into, and consumed (credit).
+  defp stdout(st, chan, data),
+    do: %{st | acc: feed(st, chan, data), chan: Channel.consumed(chan, :stdout, byte_size(data))}
 
   # :into raising ends the direct reader (the caller may go on living):
   # resin reads the rest, under credit.
