@@ -245,10 +245,10 @@ defmodule Lacca.Stream do
 
     receive do
       Channel.pumped(^dport, data) ->
-        output(:stdout, data, %{st | chan: Channel.consumed(chan, :stdout, byte_size(data))})
+        stdout(data, st)
 
       Channel.stdout(^port, ^id, data) ->
-        output(:stdout, data, %{st | chan: Channel.consumed(chan, :stdout, byte_size(data))})
+        stdout(data, st)
 
       Channel.stderr(^port, ^id, data) ->
         chan = Channel.consumed(chan, :stderr, byte_size(data))
@@ -258,7 +258,10 @@ defmodule Lacca.Stream do
       Channel.event(^port, {:exit, ^id, status}) ->
         # The pipe is empty: the last direct data is in the mailbox.
         {chunks, chan} = Channel.direct_end(chan)
-        {elements, st} = output_all(chunks, %{st | chan: chan}, [])
+
+        {elements, st} =
+          Enum.flat_map_reduce(chunks, %{st | chan: chan}, &output(:stdout, &1, &2))
+
         st = %{st | status: status, chan: Channel.close(st.chan)}
         {elements ++ rest(st), st}
 
@@ -327,12 +330,9 @@ defmodule Lacca.Stream do
     {tag_all(st, :stderr, lines), %{st | lines: {out, err}}}
   end
 
-  defp output_all([], st, acc), do: {acc, st}
-
-  defp output_all([data | rest], st, acc) do
-    {elements, st} = output(:stdout, data, st)
-    output_all(rest, st, acc ++ elements)
-  end
+  # stdout, relayed or direct: consumed (credit), then its elements.
+  defp stdout(data, st),
+    do: output(:stdout, data, %{st | chan: Channel.consumed(st.chan, :stdout, byte_size(data))})
 
   # The unfinished last lines, at the exit.
   defp rest(%{lines: nil}), do: []
