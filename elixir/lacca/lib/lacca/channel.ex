@@ -455,7 +455,7 @@ defmodule Lacca.Channel do
   # it is there), to be delivered before a resume/1 replaces the port.
   @spec take_paused(t()) :: [binary()]
   def take_paused(%__MODULE__{dpaused: true, dport: dport}) when is_port(dport),
-    do: take_direct(dport, [])
+    do: taken(dport)
 
   def take_paused(_chan), do: []
 
@@ -474,7 +474,7 @@ defmodule Lacca.Channel do
 
   def direct_end(%__MODULE__{dport: dport} = chan) do
     if not chan.dpaused, do: close_fd_port(dport)
-    chunks = take_direct(dport, [])
+    chunks = taken(dport)
     _ = :file.close(chan.dfile)
     {chunks, %{chan | dport: nil, dfile: nil, dfd: nil, dpaused: false}}
   end
@@ -494,6 +494,12 @@ defmodule Lacca.Channel do
         Enum.reverse(acc)
     end
   end
+
+  @doc false
+  # The data of the closed fd port `dport` still in the mailbox, in order
+  # (Port.close/1 returned: all of it is there).
+  @spec taken(port()) :: [binary()]
+  def taken(dport), do: take_direct(dport, [])
 
   defp take_direct(dport, acc) do
     receive do

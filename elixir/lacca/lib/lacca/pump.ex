@@ -141,16 +141,7 @@ defmodule Lacca.Pump do
   # The port closes; what it read meanwhile is in our mailbox: sent on.
   defp close(%{port: port} = st) do
     Channel.close_fd_port(port)
-    %{take(st, port) | port: nil}
-  end
-
-  defp take(st, port) do
-    receive do
-      {^port, {:data, data}} -> st |> forward(data) |> take(port)
-      {^port, :eof} -> take(st, port)
-    after
-      0 -> st
-    end
+    %{Enum.reduce(Channel.taken(port), st, &forward(&2, &1)) | port: nil}
   end
 
   defp resume(%{port: nil, max: max, inflight: inflight} = st)
