@@ -339,6 +339,9 @@ static void child_ready(struct child_args *a)
     if (a->ready != NULL) {
         __atomic_store_n(a->ready, READY_SET_UP, __ATOMIC_RELEASE);
         RSYS3(SYS_futex, a->ready, FUTEX_WAKE, 1);
+        /* resin was woken on this CPU, most likely: let it go on now rather
+         * than after this child's exec and dynamic loading. */
+        RSYS0(SYS_sched_yield);
     }
 }
 
