@@ -82,6 +82,8 @@ V1_CONTROL = [
     ("spawn_direct_after",
      '{spawn,9,<<"cat">>,[],[{direct,[stdout,stderr]},{direct_after,1048576}]}'),
     ("relay", "{relay,9}"),
+    # The child starts in the working directory of OS process 4242 (§4.3).
+    ("spawn_cd_of", '{spawn,10,<<"pwd">>,[],[{cd_of,4242},{stdin,null}]}'),
 ]
 
 V1_C2R_RAW: list[tuple[str, v1.ClientFrame]] = [
@@ -138,6 +140,7 @@ V1_R2C: list[tuple[str, v1.ResinFrame]] = [
     ("spawn_error_badarg_direct", v1.SpawnError(9, (Atom("badarg"), Atom("direct")))),
     ("error_too_many_pending_spawns",
      v1.ErrorEvent(5, (Atom("too_many_pending_spawns"), v1.MAX_PENDING_SPAWNS))),
+    ("spawn_error_badarg_cd_of", v1.SpawnError(10, (Atom("badarg"), Atom("cd_of")))),
 ]
 
 
