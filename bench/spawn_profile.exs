@@ -19,11 +19,12 @@ defmodule SpawnProfile do
   # One Lacca.run("true", []) in stages; returns the time points.
   def lacca_staged do
     t0 = now()
-    cwd = File.cwd!()
+    # Where the child starts: the BEAM's OS pid, cached, that resin reads the
+    # working directory of ({:cd_of, pid}); Options.run!([]) looks it up itself.
+    _ = :persistent_term.get({Options, :os_pid}, nil)
     tc = now()
     {exec, args} = Options.command!("true", [])
-    # With the cwd just fetched: Options.run!([]) fetches it itself.
-    spec = Options.run!(cd: cwd)
+    spec = Options.run!([])
     t1 = now()
     daemon = Daemon.pick()
     spawn_opts = spec.spawn ++ [{:stdin, :null}]
@@ -70,13 +71,14 @@ defmodule SpawnProfile do
     end
   end
 
+  # What lacca sends (a resin of PROFILE_OTHER_RESIN must know cd_of too).
   def bare_run(port, id) do
-    cwd = File.cwd!()
+    beam = :persistent_term.get({Options, :os_pid})
     t0 = now()
 
     {:ok, [frame]} =
       Protocol.spawn_frames(id, @true_exe, [], [
-        {:cd, cwd},
+        {:cd_of, beam},
         {:stdin, :null},
         {:credit, 1_048_576}
       ])
@@ -172,7 +174,7 @@ defmodule SpawnProfile do
     IO.puts("|---|---|---|")
     row = fn name, b, l -> IO.puts("| #{name} | #{b} | #{l} |") end
     fmt = fn list -> "#{us(median(list))} (#{us(p99(list))})" end
-    row.("File.cwd!() (file server, dirty I/O scheduler)", "", fmt.(col.(acc.staged, 5)))
+    row.("BEAM OS pid for cd_of (persistent_term)", "", fmt.(col.(acc.staged, 5)))
     row.("option validation (command!/run!)", "", fmt.(col.(acc.staged, 0)))
     row.("Daemon.pick", "", fmt.(col.(acc.staged, 1)))
     row.("encode + send the spawn", fmt.(col.(acc.bare, 0)), "")

@@ -80,6 +80,7 @@ class RunOpts(TypedDict, total=False):
     without `stdin`, which `run` takes as the data to write."""
 
     cd: str | bytes  # working directory of the child
+    cd_of: int  # ... or the working directory of this OS process at the spawn
     # variables to set (a None value unsets one)
     env: Mapping[str | bytes, str | bytes | None] | Iterable[tuple[str | bytes, str | bytes | None]]
     clear_env: bool  # start from an empty environment instead of resin's

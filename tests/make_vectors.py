@@ -84,6 +84,8 @@ V1_CONTROL = [
     ("relay", "{relay,9}"),
     # `spawned` before the exec (docs/protocol.md §4.3.4).
     ("spawn_await_exec_false", '{spawn,10,<<"true">>,[],[{stdin,null},{await_exec,false}]}'),
+    # The child starts in the working directory of OS process 4242 (§4.3).
+    ("spawn_cd_of", '{spawn,10,<<"pwd">>,[],[{cd_of,4242},{stdin,null}]}'),
 ]
 
 V1_C2R_RAW: list[tuple[str, v1.ClientFrame]] = [
@@ -141,6 +143,7 @@ V1_R2C: list[tuple[str, v1.ResinFrame]] = [
     ("spawn_error_badarg_direct", v1.SpawnError(9, (Atom("badarg"), Atom("direct")))),
     ("error_too_many_pending_spawns",
      v1.ErrorEvent(5, (Atom("too_many_pending_spawns"), v1.MAX_PENDING_SPAWNS))),
+    ("spawn_error_badarg_cd_of", v1.SpawnError(10, (Atom("badarg"), Atom("cd_of")))),
 ]
 
 

@@ -193,6 +193,9 @@ StderrMode: TypeAlias = "Literal['capture', 'stdout', 'discard']"
 
 class SpawnOptions(Record):
     cd: bytes | None = None
+    # The working directory of this OS process (pid) at the spawn, read by
+    # resin and then used as `cd`; None: `cd` (or resin's own).
+    cd_of: int | None = None
     env: tuple[tuple[bytes, bytes | None], ...] = ()
     clear_env: bool = False
     arg0: bytes | None = None

@@ -415,6 +415,8 @@ def _parse_spawn(id: int, exe: Term, args: Term, opts: Term) -> Spawn:
                 except _Invalid:
                     raise bad(Atom(key)) from None
     options = SpawnOptions(*values)
+    if options.cd_of is not None and options.cd is not None:  # two directories
+        raise bad(Atom("cd_of"))
     # A terminal is stdin, stdout and stderr at once: its output is one stream.
     if options.pty is not None and (options.stdin != "pipe" or options.stderr == "discard"):
         raise bad(Atom("pty"))
@@ -435,10 +437,12 @@ def _parse_spawn(id: int, exe: Term, args: Term, opts: Term) -> Spawn:
 
 
 _OPTION_KEYS = frozenset(
-    {"cd", "env", "clear_env", "arg0", "stdin", "stderr", "credit", "cgroup", "parts", "pty",
-     "user", "group", "rlimits", "direct", "direct_after", "await_exec"})
+    {"cd", "cd_of", "env", "clear_env", "arg0", "stdin", "stderr", "credit", "cgroup", "parts",
+     "pty", "user", "group", "rlimits", "direct", "direct_after", "await_exec"})
 # A terminal's rows and columns are unsigned shorts (struct winsize).
 MAX_WINSIZE = 0xFFFF
+# cd_of's pid: pid_t is a signed 32-bit integer (Linux's pid_max is lower).
+MAX_OS_PID = 2**31 - 1
 # Linux uids and gids are 32 bits; (uid_t) -1 means "unchanged" to the kernel.
 MAX_UID = 2**32 - 2
 # The rlimits option's names: setrlimit(2)'s RLIMIT_<NAME>, lowercase.
@@ -522,6 +526,13 @@ def _opt_cgroup(value: Term) -> tuple[tuple[str, str], ...]:
             raise _Invalid
         limits.setdefault(CGROUP_LIMITS[key], text)
     return tuple(limits.items())
+
+
+def _opt_os_pid(value: Term) -> int:
+    """An OS process id: pid_t is a signed 32-bit integer."""
+    if isinstance(value, int) and 0 < value <= MAX_OS_PID:
+        return value
+    raise _Invalid
 
 
 def _opt_bin(value: Term) -> bytes | None:
@@ -617,7 +628,8 @@ def _opt_credit(value: Term) -> int | None:
 _SPAWN_DEFAULTS: tuple[object, ...] = tuple(SpawnOptions()._values())
 _SPAWN_PARSERS: tuple[tuple[str, int, Callable[[Term], object]], ...] = tuple(
     (key, SpawnOptions._fields.index(key), parse) for key, parse in (
-        ("cd", _opt_bin), ("env", _opt_env), ("clear_env", _opt_bool), ("arg0", _opt_bin),
+        ("cd", _opt_bin), ("cd_of", _opt_os_pid), ("env", _opt_env),
+        ("clear_env", _opt_bool), ("arg0", _opt_bin),
         ("stdin", _opt_stdin), ("stderr", _opt_stderr), ("credit", _opt_credit),
         ("cgroup", _opt_cgroup), ("pty", _opt_pty), ("user", _opt_id), ("group", _opt_id),
         ("rlimits", _opt_rlimits), ("direct", _opt_direct), ("direct_after", _opt_size),
@@ -726,6 +738,8 @@ def options_term(o: SpawnOptions) -> list[Term]:
     opts: list[Term] = []
     if o.cd is not None:
         opts.append((Atom("cd"), o.cd))
+    if o.cd_of is not None:
+        opts.append((Atom("cd_of"), o.cd_of))
     if o.env:
         opts.append((Atom("env"), [(k, NIL if v is None else v) for k, v in o.env]))
     if o.clear_env:

@@ -272,9 +272,9 @@ class V1Session:
                 return
             opts = req.options
             req = v1.Spawn(req.id, req.exec, (*asm.args, *req.args), v1.SpawnOptions(
-                opts.cd, (*asm.env, *opts.env), opts.clear_env, opts.arg0, opts.stdin,
-                opts.stderr, opts.credit, opts.cgroup, opts.pty, opts.user, opts.group,
-                opts.rlimits, opts.direct, opts.direct_after, opts.await_exec))
+                opts.cd, opts.cd_of, (*asm.env, *opts.env), opts.clear_env, opts.arg0,
+                opts.stdin, opts.stderr, opts.credit, opts.cgroup, opts.pty, opts.user,
+                opts.group, opts.rlimits, opts.direct, opts.direct_after, opts.await_exec))
             del asm
         if req.id in self.procs:
             self.send(v1.SpawnError(req.id, Atom("id_in_use")))

@@ -278,6 +278,7 @@ class Resin:
                     env[name] = value
             search = env.get(b"PATH")  # the child's PATH, else resin's
         path = resolve_executable(exe, search)
+        cwd = opts.cd if opts.cd_of is None else cwd_of(opts.cd_of)
         if self.cgroups is not None and not self.cgroups.usable():
             log("cgroups unavailable: containment by the process tree")
             self.cgroups = None
@@ -338,7 +339,7 @@ class Resin:
                             pipe.direct_after = opts.direct_after
                         else:
                             pipe.direct = True
-            setup = ChildSetup(path, argv, env, opts.cd, in_r, out_w, err_w,
+            setup = ChildSetup(path, argv, env, cwd, in_r, out_w, err_w,
                                cgroup_dir, self._cgroup_clone(cgroup_dir))
             setup.envp = envp
             if setup_extra is not None:
@@ -347,7 +348,7 @@ class Resin:
             # Not waiting for the exec only where nothing can fail in the
             # child but the exec, and the exec looks certain to succeed.
             setup.await_exec = (opts.await_exec or setup_extra is not None or setup.ctty
-                                or not exec_looks_sure(path, opts.cd, argv, envp, env))
+                                or not exec_looks_sure(path, cwd, argv, envp, env))
             pid = self.spawner.spawn(setup)
         except BaseException:
             for fd in parent_fds:
@@ -578,6 +579,36 @@ def _open_pty(size: tuple[int, int], parent_fds: list[int], child_fds: list[int]
     writer = fcntl.fcntl(master, fcntl.F_DUPFD_CLOEXEC, 3)
     parent_fds.append(writer)
     return master, writer, slave
+
+
+# What the kernel appends to a /proc/PID/cwd link whose directory was removed.
+_DELETED = b" (deleted)"
+
+
+def cwd_of(pid: int) -> bytes:
+    """The working directory of OS process `pid` now (the `cd_of` option):
+    a readlink of /proc/PID/cwd, a few microseconds in resin where the
+    client's own getcwd may cost it far more (the BEAM's runs on a dirty
+    scheduler). Raises SpawnFailed(cwd): no such process (ENOENT), not ours
+    to look at (EACCES), or its directory removed (ENOENT, as a chdir to it)."""
+    link = b"/proc/%d/cwd" % pid
+    try:
+        path = os.readlink(link)
+    except OSError as exc:
+        code = exc.errno or errno.EIO
+        raise SpawnFailed("cwd", code, f"no working directory of process {pid}: "
+                                       f"{os.strerror(code)}") from exc
+    if path.endswith(_DELETED):
+        # Removed, or a directory really named so: only then the path leads
+        # to the same directory as the link.
+        try:
+            same = os.path.samestat(os.stat(path), os.stat(link))
+        except OSError:
+            same = False
+        if not same:
+            raise SpawnFailed("cwd", errno.ENOENT,
+                              f"the working directory of process {pid} was removed")
+    return path
 
 
 def _identity_and_limits(opts: SpawnOptions) -> tuple[int, int, tuple[int, ...] | None,

@@ -410,7 +410,7 @@ defmodule Lacca do
 
   @spawn_options_doc """
     * `:cd` - working directory of the process (default: the BEAM's current
-      working directory)
+      working directory at the spawn)
     * `:env` - a map or list of `{name, value}` binaries to set; a `nil` value
       unsets the variable. The process starts from resin's environment (the
       BEAM's environment when resin started), not from later

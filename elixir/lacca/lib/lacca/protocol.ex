@@ -74,7 +74,7 @@ defmodule Lacca.Protocol do
   # the atom table, so `binary_to_term(bin, [:safe])` can decode every event
   # resin sends (errno reasons included).
   @known_atoms ~w(spawned spawn_error reply exit signal error ok nil true false
-    no_process id_in_use badarg cwd cgroup stdin_window_exceeded parts piece
+    no_process id_in_use badarg cwd cd_of cgroup stdin_window_exceeded parts piece
     too_many_pending_spawns pty user group rlimit rlimits resize rows cols
     zero_length_packet bad_frame bad_term
     unknown_request written epipe closed stdout stderr stdin credit
