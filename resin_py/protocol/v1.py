@@ -436,7 +436,7 @@ def _parse_spawn(id: int, exe: Term, args: Term, opts: Term) -> Spawn:
 
 _OPTION_KEYS = frozenset(
     {"cd", "env", "clear_env", "arg0", "stdin", "stderr", "credit", "cgroup", "parts", "pty",
-     "user", "group", "rlimits", "direct", "direct_after"})
+     "user", "group", "rlimits", "direct", "direct_after", "await_exec"})
 # A terminal's rows and columns are unsigned shorts (struct winsize).
 MAX_WINSIZE = 0xFFFF
 # Linux uids and gids are 32 bits; (uid_t) -1 means "unchanged" to the kernel.
@@ -620,7 +620,8 @@ _SPAWN_PARSERS: tuple[tuple[str, int, Callable[[Term], object]], ...] = tuple(
         ("cd", _opt_bin), ("env", _opt_env), ("clear_env", _opt_bool), ("arg0", _opt_bin),
         ("stdin", _opt_stdin), ("stderr", _opt_stderr), ("credit", _opt_credit),
         ("cgroup", _opt_cgroup), ("pty", _opt_pty), ("user", _opt_id), ("group", _opt_id),
-        ("rlimits", _opt_rlimits), ("direct", _opt_direct), ("direct_after", _opt_size)))
+        ("rlimits", _opt_rlimits), ("direct", _opt_direct), ("direct_after", _opt_size),
+        ("await_exec", _opt_bool)))
 
 
 # --- resin side: encoding ----------------------------------------------------
@@ -755,6 +756,8 @@ def options_term(o: SpawnOptions) -> list[Term]:
         opts.append((Atom("direct"), [Atom(kind.name.lower()) for kind in o.direct]))
     if o.direct_after:
         opts.append((Atom("direct_after"), o.direct_after))
+    if not o.await_exec:
+        opts.append((Atom("await_exec"), FALSE))
     return opts
 
 
