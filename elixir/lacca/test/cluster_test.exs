@@ -66,10 +66,11 @@ defmodule Lacca.ClusterTest do
 
       assert error.reason == :enoexec
 
-      assert {:ok, pid} = Lacca.start(path, [], node: b, output: :messages)
-      ref = Process.monitor(pid)
+      # (Linked when start_link/3 returns: a monitor could come too late.)
+      Process.flag(:trap_exit, true)
+      assert {:ok, pid} = Lacca.start_link(path, [], node: b, output: :messages)
       assert_receive {:lacca, ^pid, {:error, {:spawn_error, :enoexec}}}, 10_000
-      assert_receive {:DOWN, ^ref, :process, ^pid, {:spawn_error, :enoexec}}, 10_000
+      assert_receive {:EXIT, ^pid, {:spawn_error, :enoexec}}, 10_000
       assert none_left?(b)
     end
 
