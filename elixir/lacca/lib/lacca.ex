@@ -269,8 +269,9 @@ defmodule Lacca do
 
   `start/3` and `start_link/3` return once the OS process exists, without
   waiting for its `execve` (one round trip less per start). resin checks
-  the program, the directory and the options first, so the errors above
-  still come from `start/3`; a failure that only `execve` finds (a corrupt
+  the program, the directory and the options first (and with `:pty`,
+  `:user`, `:group` or `:rlimits` waits for the `execve` as before), so the
+  errors above still come from `start/3`; a failure that only `execve` finds (a corrupt
   binary, `:enoexec`; a program still open for writing, `:etxtbsy`) ends
   the started server instead, with `{:spawn_error, reason}` (see "Lifetime
   of the server" in `start/3`). `run/3`, `shell/2` and the streams return
