@@ -257,7 +257,8 @@ defmodule Lacca.Remote do
       {:lacca, ^pid, {:error, reason}} ->
         await_down(mref)
         st.into.(st.acc, :halt)
-        {:error, reason}
+        # execve failed after the start: run/3's spawn error as a local one.
+        {:error, with({:spawn_error, spawn_error} <- reason, do: spawn_error)}
 
       {:DOWN, ^mref, :process, _, reason} ->
         st.into.(st.acc, :halt)
