@@ -9,8 +9,6 @@
  * system calls until execve. resin is suspended until the child has exec'd or
  * exited (CLONE_VFORK), so the child reports a failure by writing
  * (stage, errno) into memory the parent reads afterwards: no pipe needed.
- * (Or, with await_exec off, only until the child has its own descriptor
- * table: see "not waiting for the exec" below.)
  *
  * Everything the child needs (argv, envp, paths) is built before the clone:
  * the child allocates nothing. All signals are blocked around the clone so
@@ -74,7 +72,6 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <linux/futex.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -167,61 +164,9 @@ struct child_args {
      * points into this struct, or into a shared page for a child that does
      * not share resin's memory. */
     volatile int *report; /* [stage, errno] */
-    /* Not waiting for the exec: the word the parent waits on until the
-     * child is READY_SET_UP (the kernel clears it at the exec or exit);
-     * NULL when the parent is suspended until the exec (CLONE_VFORK). */
-    uint32_t *ready;
-    /* Set by a child that failed before it was set up: the parent that
-     * does not wait for the exec reports that failure at once (the others
-     * come from outcome(), whenever the child fails). */
-    volatile int failed_early;
 };
 
-/* The `ready` word of a child the parent does not wait for. */
-#define READY_STARTING 2u
-#define READY_SET_UP 1u
-#define READY_GONE 0u /* written by the kernel (CLONE_CHILD_CLEARTID) */
-
 /* ---- the child: async-signal-safe calls only, no allocation ------------- */
-
-/* The child's system calls return -errno and never touch `errno`: a child
- * that does not hold resin suspended (await_exec off, see "Not waiting for
- * the exec" below) runs on the TLS of resin's main thread, whose errno
- * resin's own code reads at the same time. */
-#if defined(__x86_64__)
-static inline long rsys(long n, long a, long b, long c, long d, long e, long f)
-{
-    long ret;
-    register long r10 __asm__("r10") = d;
-    register long r8 __asm__("r8") = e;
-    register long r9 __asm__("r9") = f;
-    __asm__ volatile("syscall"
-                     : "=a"(ret)
-                     : "0"(n), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8), "r"(r9)
-                     : "rcx", "r11", "memory");
-    return ret;
-}
-#else
-/* Only children that hold resin suspended (CLONE_VFORK) run here: errno is
- * theirs to use. */
-static inline long rsys(long n, long a, long b, long c, long d, long e, long f)
-{
-    long ret = syscall(n, a, b, c, d, e, f);
-    return ret < 0 ? -(long)errno : ret;
-}
-#endif
-#define RSYS0(n) rsys((n), 0, 0, 0, 0, 0, 0)
-#define RSYS1(n, a) rsys((n), (long)(a), 0, 0, 0, 0, 0)
-#define RSYS2(n, a, b) rsys((n), (long)(a), (long)(b), 0, 0, 0, 0)
-#define RSYS3(n, a, b, c) rsys((n), (long)(a), (long)(b), (long)(c), 0, 0, 0)
-#define RSYS4(n, a, b, c, d) rsys((n), (long)(a), (long)(b), (long)(c), (long)(d), 0, 0)
-#define RSYS5(n, a, b, c, d, e) rsys((n), (long)(a), (long)(b), (long)(c), (long)(d), (long)(e), 0)
-
-static void child_exit(int code)
-{
-    for (;;)
-        RSYS1(SYS_exit_group, code);
-}
 
 static void reset_signals(void)
 {
@@ -231,32 +176,41 @@ static void reset_signals(void)
      * SIGSTOP) are ignored. */
     uint64_t zero[8];
     memset(zero, 0, sizeof zero);
-    for (int sig = 1; sig <= LAST_SIGNAL; sig++)
-        RSYS4(SYS_rt_sigaction, sig, zero, NULL, (size_t)8);
+    for (int sig = 1; sig <= LAST_SIGNAL; sig++) {
+#if defined(SYS_rt_sigaction) && !defined(__sparc__) && !defined(__alpha__)
+        syscall(SYS_rt_sigaction, sig, zero, NULL, (size_t)8);
+#else
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = SIG_DFL;
+        sigaction(sig, &sa, NULL);
+#endif
+    }
     uint64_t empty = 0;
-    RSYS4(SYS_rt_sigprocmask, SIG_SETMASK, &empty, NULL, (size_t)8);
-}
-
-static long set_cloexec(int fd, int flag)
-{
-    return RSYS3(SYS_fcntl, fd, F_SETFD, flag);
+#if defined(SYS_rt_sigprocmask)
+    syscall(SYS_rt_sigprocmask, SIG_SETMASK, &empty, NULL, (size_t)8);
+#else
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+#endif
+    (void)empty;
 }
 
 /* Mark every descriptor from 3 up close-on-exec (execve closes them: the
  * work happens after resin is resumed). */
-static void cloexec_from_3(int maxfd)
+static int cloexec_from_3(int maxfd)
 {
-    if (RSYS3(__NR_close_range, 3U, ~0U, CLOSE_RANGE_CLOEXEC) == 0)
-        return;
-    if (RSYS3(__NR_close_range, 3U, ~0U, 0U) == 0)
-        return;
+    if (syscall(__NR_close_range, 3U, ~0U, CLOSE_RANGE_CLOEXEC) == 0)
+        return 0;
+    if (syscall(__NR_close_range, 3U, ~0U, 0U) == 0)
+        return 0;
     /* Old kernel: walk /proc/self/fd with getdents64 (no allocation). */
-    long dir = RSYS4(SYS_openat, AT_FDCWD, "/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC,
-                     0);
+    int dir = open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dir >= 0) {
         char buf[4096] __attribute__((aligned(8)));
         long n;
-        while ((n = RSYS3(SYS_getdents64, dir, buf, sizeof buf)) > 0) {
+        while ((n = syscall(SYS_getdents64, dir, buf, sizeof buf)) > 0) {
             for (long off = 0; off < n;) {
                 struct {
                     uint64_t ino;
@@ -271,158 +225,132 @@ static void cloexec_from_3(int maxfd)
                     for (; *p >= '0' && *p <= '9'; p++)
                         fd = fd * 10 + (*p - '0');
                     if (fd >= 3 && fd != dir)
-                        set_cloexec(fd, FD_CLOEXEC);
+                        fcntl(fd, F_SETFD, FD_CLOEXEC);
                 }
                 off += d->reclen;
             }
         }
-        RSYS1(SYS_close, dir);
+        close(dir);
         if (n == 0)
-            return;
+            return 0;
     }
     for (int fd = 3; fd < maxfd; fd++)
-        set_cloexec(fd, FD_CLOEXEC);
+        fcntl(fd, F_SETFD, FD_CLOEXEC);
+    return 0;
 }
 
-/* 0 or -errno. */
-static long setup_stdio(int src[3])
+static int setup_stdio(int src[3])
 {
     /* A source below 3 that is not already in place would be clobbered by
-     * an earlier dup: move it out of the way first. */
+     * an earlier dup2: move it out of the way first. */
     for (int i = 0; i < 3; i++) {
         if (src[i] < 3 && src[i] != i) {
             int old = src[i];
-            long moved = RSYS3(SYS_fcntl, old, F_DUPFD, 3);
+            int moved = fcntl(old, F_DUPFD, 3);
             if (moved < 0)
-                return moved;
+                return -1;
             for (int j = 0; j < 3; j++)
                 if (src[j] == old)
-                    src[j] = (int)moved;
+                    src[j] = moved;
         }
     }
     for (int i = 0; i < 3; i++) {
-        long r = src[i] == i ? set_cloexec(i, 0) /* dup onto itself keeps close-on-exec */
-                             : RSYS3(SYS_dup3, src[i], i, 0);
-        if (r < 0)
-            return r;
+        if (src[i] == i) {
+            /* dup2(fd, fd) would keep close-on-exec: clear it instead. */
+            if (fcntl(i, F_SETFD, 0) < 0)
+                return -1;
+        } else if (dup2(src[i], i) < 0) {
+            return -1;
+        }
     }
     return 0;
 }
 
 /* On resin's shared table: take a private one holding only the descriptors
- * below the slots' end, make the slots 0, 1 and 2, close the rest. 0 or
- * -errno. */
-static long private_stdio(struct child_args *a)
+ * below the slots' end, make the slots 0, 1 and 2, close the rest. */
+static int private_stdio(struct child_args *a)
 {
-    long r = RSYS3(__NR_close_range, (unsigned)a->slots_end, ~0U, CLOSE_RANGE_UNSHARE);
-    if (r < 0) {
+    if (syscall(__NR_close_range, (unsigned)a->slots_end, ~0U, CLOSE_RANGE_UNSHARE) < 0) {
         /* Not supported after all: a full private copy, then as usual. */
-        r = RSYS1(SYS_unshare, CLONE_FILES);
-        if (r < 0)
-            return r;
+        if (unshare(CLONE_FILES) < 0)
+            return -1;
     }
-    /* The slots are >= 3 and distinct: no dup clobbers a later source. */
-    for (int i = 0; i < 3; i++) {
-        r = RSYS3(SYS_dup3, a->fds[i], i, 0);
-        if (r < 0)
-            return r;
-    }
-    if (RSYS3(__NR_close_range, 3U, ~0U, 0U) < 0)
+    /* The slots are >= 3 and distinct: no dup2 clobbers a later source. */
+    for (int i = 0; i < 3; i++)
+        if (dup2(a->fds[i], i) < 0)
+            return -1;
+    if (syscall(__NR_close_range, 3U, ~0U, 0U) < 0)
         cloexec_from_3(a->maxfd);
     return 0;
-}
-
-/* The child no longer needs anything resin may change next (its descriptor
- * table is its own): a parent that does not wait for the exec resumes. */
-static void child_ready(struct child_args *a)
-{
-    if (a->ready != NULL) {
-        __atomic_store_n(a->ready, READY_SET_UP, __ATOMIC_RELEASE);
-        RSYS3(SYS_futex, a->ready, FUTEX_WAKE, 1);
-        /* resin was woken on this CPU, most likely: let it go on now rather
-         * than after this child's exec and dynamic loading. */
-        RSYS0(SYS_sched_yield);
-    }
 }
 
 static int child_main(void *arg)
 {
     struct child_args *a = arg;
-    int stage = STAGE_SETUP, set_up = 0;
-    long r;
+    int stage = STAGE_SETUP;
 
     /* Nothing before private_stdio may touch a descriptor: the table may
      * still be resin's. */
-    if ((r = RSYS0(SYS_setsid)) < 0)
+    if (setsid() < 0)
         goto fail;
-    if ((r = RSYS5(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0)) < 0)
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0)
         goto fail;
-    if (RSYS0(SYS_getppid) != a->parent) /* resin died before the death signal was set */
-        child_exit(CHILD_FAILED);
+    if (getppid() != a->parent) /* resin died before the death signal was set */
+        _exit(CHILD_FAILED);
     reset_signals();
     /* Join its cgroup before anything else can fork. Writing a descriptor
      * does not change the table, which may still be resin's. */
-    if (a->cgroup_procs >= 0 && (r = RSYS3(SYS_write, a->cgroup_procs, "0", 1)) != 1) {
-        r = r < 0 ? r : -EIO;
+    if (a->cgroup_procs >= 0 && write(a->cgroup_procs, "0", 1) != 1)
         goto fail;
-    }
     if (a->shared) {
-        if ((r = private_stdio(a)) < 0)
+        if (private_stdio(a) < 0)
             goto fail;
     } else {
         int src[3] = {a->fds[0], a->fds[1], a->fds[2]};
-        if ((r = setup_stdio(src)) < 0)
+        if (setup_stdio(src) < 0)
             goto fail;
         cloexec_from_3(a->maxfd);
     }
-    child_ready(a);
-    set_up = 1;
     if (a->ctty) {
         stage = STAGE_PTY;
-        if ((r = RSYS3(SYS_ioctl, 0, TIOCSCTTY, 0)) < 0)
+        if (ioctl(0, TIOCSCTTY, 0) < 0)
             goto fail;
         stage = STAGE_SETUP;
     }
     /* After the descriptor work: a lower limit could refuse F_DUPFD. */
-    if ((r = RSYS4(SYS_prlimit64, 0, RLIMIT_NOFILE, &a->nofile, NULL)) < 0)
+    if (setrlimit(RLIMIT_NOFILE, &a->nofile) < 0)
         goto fail;
     stage = STAGE_RLIMIT;
     for (int i = 0; i < a->nrlimits; i++)
-        if ((r = RSYS4(SYS_prlimit64, 0, a->rlimits[i].resource, &a->rlimits[i].lim, NULL)) <
-            0)
+        if (setrlimit(a->rlimits[i].resource, &a->rlimits[i].lim) < 0)
             goto fail;
     if (a->ngroups >= 0 || a->gid >= 0 || a->uid >= 0) {
         stage = STAGE_USER;
         /* Groups first: once the uid is not root they can no longer change. */
-        if (a->ngroups >= 0 && (r = RSYS2(SYS_setgroups, (size_t)a->ngroups, a->groups)) < 0)
+        if (a->ngroups >= 0 && syscall(SYS_setgroups, (size_t)a->ngroups, a->groups) < 0)
             goto fail;
-        if (a->gid >= 0 && (r = RSYS3(SYS_setresgid, (gid_t)a->gid, (gid_t)a->gid,
-                                      (gid_t)a->gid)) < 0)
+        if (a->gid >= 0 && syscall(SYS_setresgid, (gid_t)a->gid, (gid_t)a->gid,
+                                   (gid_t)a->gid) < 0)
             goto fail;
-        if (a->uid >= 0 && (r = RSYS3(SYS_setresuid, (uid_t)a->uid, (uid_t)a->uid,
-                                      (uid_t)a->uid)) < 0)
+        if (a->uid >= 0 && syscall(SYS_setresuid, (uid_t)a->uid, (uid_t)a->uid,
+                                   (uid_t)a->uid) < 0)
             goto fail;
-        if ((r = RSYS5(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0)) < 0)
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0)
             goto fail;
-        if (RSYS0(SYS_getppid) != a->parent)
-            child_exit(CHILD_FAILED);
+        if (getppid() != a->parent)
+            _exit(CHILD_FAILED);
     }
     if (a->cwd != NULL) {
         stage = STAGE_CWD;
-        if ((r = RSYS1(SYS_chdir, a->cwd)) < 0)
+        if (chdir(a->cwd) < 0)
             goto fail;
     }
     stage = STAGE_EXEC;
-    r = RSYS3(SYS_execve, a->path, a->argv, a->envp);
+    execve(a->path, a->argv, a->envp);
 fail:
-    a->report[1] = r < 0 ? (int)-r : EINVAL;
+    a->report[1] = errno ? errno : EINVAL;
     a->report[0] = stage;
-    if (!set_up) {
-        a->failed_early = 1;
-        child_ready(a); /* the parent reaps the child and reports it at once */
-    }
-    child_exit(CHILD_FAILED);
-    return CHILD_FAILED;
+    _exit(CHILD_FAILED);
 }
 
 #if defined(__x86_64__) && !defined(RESIN_NO_CLONE3_VM) /* -D...: build the fallback */
@@ -490,185 +418,6 @@ static pid_t clone_into_cgroup(struct child_args *a, int flags, int dirfd, char 
 }
 
 /* ---- the parent --------------------------------------------------------- */
-
-/* ---- not waiting for the exec ------------------------------------------- *
- *
- * With await_exec off, spawn() returns once the child has its own
- * descriptor table, not once it has exec'd: the exec (0.1-1.5 ms here,
- * most of it the kernel's) overlaps with resin's next work, as with
- * posix_spawn from a thread. The child is created with clone3(CLONE_VM |
- * CLONE_CHILD_CLEARTID) on a stack of its own, in a "job" block that also
- * holds copies of everything it reads (argv, envp, paths, groups): resin
- * goes on running, and may free or change its own objects meanwhile. The
- * kernel clears the job's `ready` word when the child execs or exits
- * (mm_release), which says when the block may be freed; a child that
- * failed leaves its [stage, errno] in the block until resin reaps it and
- * asks for it (outcome()). The child never touches errno (see rsys): it
- * runs on the TLS of resin's thread. x86-64 only (clone3_vm); elsewhere, and
- * where clone3 is refused, spawn() waits as before. */
-
-struct job {
-    struct job *next;
-    pid_t pid;
-    uint32_t ready;
-    int report[2];
-    struct child_args a;
-    char *stack_top;
-};
-
-/* Jobs whose child may not have exec'd yet, or failed and is not asked
- * about yet. Touched with the GIL held only. */
-static struct job *jobs = NULL;
-static Py_ssize_t jobs_count = 0;
-/* -1: clone3 refused without a cgroup (old kernel, seccomp): always wait. */
-static int clone3_async_works = 0;
-
-static size_t strings_size(char *const *arr, size_t *count)
-{
-    size_t n = 0, size = 0;
-    for (; arr[n] != NULL; n++)
-        size += strlen(arr[n]) + 1;
-    *count = n;
-    return size + sizeof(char *) * (n + 1);
-}
-
-static char *copy_string(char **area, const char *s)
-{
-    size_t len = strlen(s) + 1;
-    char *out = *area;
-    memcpy(out, s, len);
-    *area += len;
-    return out;
-}
-
-static char **copy_strings(char **area, char *const *arr, size_t n)
-{
-    char **out = (char **)*area;
-    *area += sizeof(char *) * (n + 1);
-    for (size_t i = 0; i < n; i++)
-        out[i] = copy_string(area, arr[i]);
-    out[n] = NULL;
-    return out;
-}
-
-/* A job holding a copy of `src` and a stack; NULL when out of memory. No
- * GIL needed. */
-static struct job *job_new(const struct child_args *src)
-{
-    size_t nargv, nenvp;
-    size_t size = sizeof(struct job) + CHILD_STACK_SIZE + 16;
-    size += strings_size(src->argv, &nargv) + strings_size(src->envp, &nenvp);
-    size += strlen(src->path) + 1 + (src->cwd != NULL ? strlen(src->cwd) + 1 : 0);
-    size += sizeof(gid_t) * (src->ngroups > 0 ? (size_t)src->ngroups : 0) + 2 * sizeof(void *);
-    struct job *job = malloc(size);
-    if (job == NULL)
-        return NULL;
-    memset(job, 0, sizeof *job);
-    job->a = *src;
-    char *area = (char *)(job + 1);
-    job->stack_top = (char *)(((uintptr_t)area + CHILD_STACK_SIZE) & ~(uintptr_t)15);
-    area += CHILD_STACK_SIZE + 16;
-    job->a.argv = copy_strings(&area, src->argv, nargv);
-    job->a.envp = copy_strings(&area, src->envp, nenvp);
-    job->a.path = copy_string(&area, src->path);
-    job->a.cwd = src->cwd != NULL ? copy_string(&area, src->cwd) : NULL;
-    if (src->ngroups > 0) {
-        area = (char *)(((uintptr_t)area + sizeof(void *) - 1) & ~(uintptr_t)(sizeof(void *) - 1));
-        memcpy(area, src->groups, sizeof(gid_t) * (size_t)src->ngroups);
-        job->a.groups = (const gid_t *)area;
-    }
-    job->report[0] = STAGE_OK;
-    job->report[1] = 0;
-    job->a.report = job->report;
-    job->ready = READY_STARTING;
-    job->a.ready = &job->ready;
-    return job;
-}
-
-static uint32_t job_ready(struct job *job)
-{
-    return __atomic_load_n(&job->ready, __ATOMIC_ACQUIRE);
-}
-
-/* Free the jobs whose child has exec'd. GIL held. */
-static void sweep_jobs(void)
-{
-    struct job **link = &jobs;
-    while (*link != NULL) {
-        struct job *job = *link;
-        if (job_ready(job) == READY_GONE && job->report[0] == STAGE_OK) {
-            *link = job->next;
-            jobs_count--;
-            free(job);
-        } else {
-            link = &job->next;
-        }
-    }
-}
-
-/* Start the child of `a` without waiting for its exec (see above), with
- * the descriptor slots, signals and cgroup handled as the caller does for
- * the waiting kind. Returns 1 and sets *job_out, *pid (and *clone_err when
- * the clone failed); 0 when this kind of clone is not possible here: the
- * caller waits instead. No GIL needed. */
-static int spawn_no_wait(struct child_args *a, int flags, int cgroup_dir, struct job **job_out,
-                         pid_t *pid, int *clone_err)
-{
-#if HAVE_CLONE3_VM
-    if (clone3_async_works < 0 || (cgroup_dir >= 0 && clone3_cgroup_works < 0))
-        return 0;
-    struct job *job = job_new(a);
-    if (job == NULL)
-        return 0;
-    struct clone3_args ca;
-    memset(&ca, 0, sizeof ca);
-    ca.exit_signal = SIGCHLD;
-    ca.flags = (uint64_t)(flags & ~(CSIGNAL | CLONE_VFORK)) | CLONE_CHILD_CLEARTID;
-    ca.child_tid = (uint64_t)(uintptr_t)&job->ready;
-    if (cgroup_dir >= 0) {
-        ca.flags |= CLONE_INTO_CGROUP;
-        ca.cgroup = (uint64_t)cgroup_dir;
-    }
-    ca.stack = (uint64_t)(uintptr_t)(job->stack_top - CHILD_STACK_SIZE + 64);
-    ca.stack_size = CHILD_STACK_SIZE - 64;
-    long ret = clone3_vm(&ca, child_main, &job->a);
-    if (ret < 0) {
-        int err = errno;
-        free(job);
-        if (err == ENOSYS || err == E2BIG || err == EINVAL || err == EPERM) {
-            if (cgroup_dir >= 0)
-                clone3_cgroup_works = -1;
-            else
-                clone3_async_works = -1;
-            return 0;
-        }
-        *clone_err = err;
-        *pid = -1;
-        *job_out = NULL;
-        return 1;
-    }
-    if (cgroup_dir >= 0)
-        clone3_cgroup_works = 1;
-    /* Until the child has its own descriptor table (a few system calls):
-     * the caller points the slots elsewhere next. The kernel wakes this
-     * too when the child dies first. */
-    while (job_ready(job) == READY_STARTING)
-        syscall(SYS_futex, &job->ready, FUTEX_WAIT, READY_STARTING, NULL, NULL, 0);
-    job->pid = (pid_t)ret;
-    *pid = (pid_t)ret;
-    *job_out = job;
-    return 1;
-#else
-    (void)a;
-    (void)flags;
-    (void)cgroup_dir;
-    (void)job_out;
-    (void)pid;
-    (void)clone_err;
-    return 0;
-#endif
-}
-
 
 static pthread_mutex_t slot_lock = PTHREAD_MUTEX_INITIALIZER;
 static int slot_fds[3] = {-1, -1, -1};
@@ -758,10 +507,7 @@ PyDoc_STRVAR(spawn_doc,
 "unchanged) and groups (a sequence of gids, None: unchanged) are the\n"
 "identity it switches to (stage 4); rlimits a sequence of (resource, soft,\n"
 "hard), -1 for infinity, set after RLIMIT_NOFILE (stage 5). Raises OSError\n"
-"when no child could be created.\n\n"
-"await_exec=False: return once the child is set up, before its exec, where\n"
-"this is possible (x86-64, clone3): stage is then 0, and a later failure of\n"
-"the child (it exits with 127) is told by outcome(pid) once it is reaped.");
+"when no child could be created.");
 
 static PyObject *spawn(PyObject *self, PyObject *args)
 {
@@ -771,17 +517,15 @@ static PyObject *spawn(PyObject *self, PyObject *args)
     PyObject *argv_obj, *envp_obj, *cwd_obj;
     int fd_in, fd_out, fd_err, parent;
     long long nofile_soft, nofile_hard;
-    int cgroup_dir = -1, cgroup_clone = 0, ctty = 0, await_exec = 1;
+    int cgroup_dir = -1, cgroup_clone = 0, ctty = 0;
     long long uid = -1, gid = -1;
     PyObject *groups_obj = Py_None, *rlimits_obj = NULL;
 
-    if (!PyArg_ParseTuple(args, "y#OOOiiiiLL|ippLLOOp:spawn", &path, &path_len, &argv_obj,
+    if (!PyArg_ParseTuple(args, "y#OOOiiiiLL|ippLLOO:spawn", &path, &path_len, &argv_obj,
                           &envp_obj, &cwd_obj, &fd_in, &fd_out, &fd_err, &parent, &nofile_soft,
                           &nofile_hard, &cgroup_dir, &cgroup_clone, &ctty, &uid, &gid,
-                          &groups_obj, &rlimits_obj, &await_exec))
+                          &groups_obj, &rlimits_obj))
         return NULL;
-    if (jobs != NULL)
-        sweep_jobs();
     if ((size_t)path_len != strlen(path)) {
         PyErr_SetString(PyExc_ValueError, "embedded null byte in path");
         return NULL;
@@ -934,7 +678,6 @@ static PyObject *spawn(PyObject *self, PyObject *args)
 
     pid_t pid;
     int clone_err = 0, stage, err;
-    struct job *job = NULL;
     Py_BEGIN_ALLOW_THREADS
     int flags = CLONE_VM | CLONE_VFORK | SIGCHLD;
     if (pthread_mutex_trylock(&slot_lock) == 0) {
@@ -960,8 +703,7 @@ static PyObject *spawn(PyObject *self, PyObject *args)
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
     pid = -1;
-    int no_wait = !await_exec && spawn_no_wait(&a, flags, cgroup_dir, &job, &pid, &clone_err);
-    if (!no_wait && into_cgroup) {
+    if (into_cgroup) {
         a.report = HAVE_CLONE3_VM ? local_report : shared_report;
         pid = clone_into_cgroup(&a, flags, cgroup_dir, stack_top);
         if (pid >= 0) {
@@ -978,7 +720,7 @@ static PyObject *spawn(PyObject *self, PyObject *args)
             clone_err = errno; /* the cgroup's own refusal (EAGAIN: pids.max, ...) */
         }
     }
-    if (!into_cgroup && !no_wait) {
+    if (!into_cgroup) {
         a.report = local_report;
         if (cgroup_dir >= 0) {
             cgroup_procs = openat(cgroup_dir, "cgroup.procs", O_WRONLY | O_CLOEXEC);
@@ -999,11 +741,8 @@ static PyObject *spawn(PyObject *self, PyObject *args)
             dup3(slot_null, slot_fds[i], O_CLOEXEC);
         pthread_mutex_unlock(&slot_lock);
     }
-    /* Not waiting: only a failure before the set-up is this call's to
-     * report; any later one is outcome()'s, whenever it comes. */
-    int failed_now = job == NULL || job->a.failed_early;
-    stage = failed_now ? (job != NULL ? job->report[0] : a.report[0]) : STAGE_OK;
-    err = failed_now ? (job != NULL ? job->report[1] : a.report[1]) : 0;
+    stage = a.report[0];
+    err = a.report[1];
     if (cgroup_procs >= 0)
         close(cgroup_procs);
     if (pid > 0 && stage != STAGE_OK) {
@@ -1013,15 +752,6 @@ static PyObject *spawn(PyObject *self, PyObject *args)
     }
     Py_END_ALLOW_THREADS
 
-    if (job != NULL) {
-        if (stage != STAGE_OK) {
-            free(job); /* failed before it was set up: reaped above */
-        } else {
-            job->next = jobs;
-            jobs = job;
-            jobs_count++;
-        }
-    }
     if (pid < 0) {
         errno = clone_err;
         PyErr_SetFromErrno(PyExc_OSError);
@@ -1071,52 +801,8 @@ static PyObject *clone3_state(PyObject *self, PyObject *unused)
     return PyLong_FromLong(clone3_cgroup_works);
 }
 
-PyDoc_STRVAR(outcome_doc,
-"outcome(pid) -> (stage, errno) | None\n\n"
-"For a child started with await_exec=False and since reaped: where and why\n"
-"it failed before its exec, or None when it exec'd (or was not started that\n"
-"way). Forgets the child.");
-
-static PyObject *outcome(PyObject *self, PyObject *arg)
-{
-    (void)self;
-    long pid = PyLong_AsLong(arg);
-    if (pid == -1 && PyErr_Occurred())
-        return NULL;
-    for (struct job **link = &jobs; *link != NULL; link = &(*link)->next) {
-        struct job *job = *link;
-        if (job->pid != (pid_t)pid)
-            continue;
-        if (job_ready(job) != READY_GONE)
-            Py_RETURN_NONE; /* not reaped after all: still running its setup */
-        int stage = job->report[0], err = job->report[1];
-        *link = job->next;
-        jobs_count--;
-        free(job);
-        if (stage == STAGE_OK)
-            Py_RETURN_NONE;
-        return Py_BuildValue("(ii)", stage, err);
-    }
-    Py_RETURN_NONE;
-}
-
-PyDoc_STRVAR(pending_doc,
-"pending() -> int\n\n"
-"How many children started with await_exec=False are still held in memory\n"
-"(not known to have exec'd, or failed and not asked about with outcome()).");
-
-static PyObject *pending(PyObject *self, PyObject *unused)
-{
-    (void)self;
-    (void)unused;
-    sweep_jobs();
-    return PyLong_FromSsize_t(jobs_count);
-}
-
 static PyMethodDef methods[] = {
     {"spawn", spawn, METH_VARARGS, spawn_doc},
-    {"outcome", outcome, METH_O, outcome_doc},
-    {"pending", pending, METH_NOARGS, pending_doc},
     {"clone3_state", clone3_state, METH_NOARGS, clone3_state_doc},
     {"prctl", py_prctl, METH_VARARGS, prctl_doc},
     {NULL, NULL, 0, NULL},

@@ -89,8 +89,8 @@ class ChildSetup:
     """What a spawner needs to start one child (a plain class: no dataclasses
     import on resin's start-up path)."""
 
-    __slots__ = ("argv", "await_exec", "cgroup", "cgroup_clone", "ctty", "cwd", "env", "envp",
-                 "gid", "groups", "path", "rlimits", "stderr", "stdin", "stdout", "uid")
+    __slots__ = ("argv", "cgroup", "cgroup_clone", "ctty", "cwd", "env", "envp", "gid", "groups",
+                 "path", "rlimits", "stderr", "stdin", "stdout", "uid")
 
     def __init__(self, path: bytes, argv: list[bytes], env: Mapping[bytes, bytes] | None,
                  cwd: bytes | None, stdin: int, stdout: int, stderr: int,
@@ -119,9 +119,6 @@ class ChildSetup:
         self.groups: tuple[int, ...] | None = None
         # (RLIMIT_*, soft, hard) set after the default RLIMIT_NOFILE; -1: infinity.
         self.rlimits: tuple[tuple[int, int, int], ...] = ()
-        # False: spawn() may return before the exec, where the spawner can;
-        # a failure is then told by outcome() once the child is reaped.
-        self.await_exec = True
 
 
 # --- PATH lookup ---------------------------------------------------------------
@@ -207,81 +204,6 @@ def _search(exe: bytes, path: bytes) -> tuple[bytes | None, tuple[tuple[bytes, i
     return None, tuple(searched)
 
 
-# --- will the exec succeed? -------------------------------------------------------
-
-# Spawns whose `spawned` may go out before the exec (await_exec off) are only
-# those where resin's own look finds nothing the exec would refuse: the rare
-# failure it cannot see (a file being written, ETXTBSY; a corrupt binary with a
-# valid magic; out of memory) then comes after `spawned`. Everything else
-# waits for the exec and gets its exact error as before.
-
-# Together with the environment, what execve takes without E2BIG anywhere
-# (ARG_MAX; each string's own limit, MAX_ARG_STRLEN, is as large).
-EXEC_ARGS_SURE = 128 * 1024
-# What the kernel reads of a file to know its format (BINPRM_BUF_SIZE).
-EXEC_HEAD = 256
-
-# path -> (identity of the file as stat saw it, its interpreter: b"" for an
-# ELF binary, the #! line's absolute path for a script). Only known formats
-# are kept; a file that changed is read again.
-_format_cache: dict[bytes, tuple[tuple[int, int, int, int, int], bytes]] = {}
-_FORMAT_CACHE_MAX = 256
-
-
-def exec_looks_sure(path: bytes, cwd: bytes | None, argv: list[bytes],
-                    envp: list[bytes] | None, env: Mapping[bytes, bytes] | None = None) -> bool:
-    """Whether execve(path, argv, envp) after chdir(cwd) can only succeed as far
-    as resin can tell: a regular executable file, of a format the kernel
-    knows here (ELF, or #! with an executable interpreter), an enterable
-    cwd, and arguments well within ARG_MAX. Never raises: False means
-    "wait for the exec and see" (the exact error comes from the exec)."""
-    try:
-        size = 8 * (len(argv) + 1) + sum(len(a) + 1 for a in argv)
-        if envp is not None:
-            size += 8 * (len(envp) + 1) + sum(len(e) + 1 for e in envp)
-        elif env is not None:
-            size += sum(8 + len(k) + len(v) + 2 for k, v in env.items()) + 8
-        if size > EXEC_ARGS_SURE:
-            return False
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode) or not os.access(path, os.X_OK):
-            return False
-        ident = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
-        known = _format_cache.get(path)
-        if known is None or known[0] != ident:
-            interp = _interpreter(path)
-            if interp is None:
-                return False
-            if len(_format_cache) >= _FORMAT_CACHE_MAX:
-                _format_cache.clear()
-            known = _format_cache[path] = (ident, interp)
-        interp = known[1]
-        if interp and not (os.access(interp, os.X_OK)
-                           and stat.S_ISREG(os.stat(interp).st_mode)):
-            return False
-        if cwd is not None and not (stat.S_ISDIR(os.stat(cwd).st_mode)
-                                    and os.access(cwd, os.X_OK)):
-            return False
-    except (OSError, ValueError):
-        return False
-    return True
-
-
-def _interpreter(path: bytes) -> bytes | None:
-    """b"" for an ELF file, the interpreter of a #! script (absolute), None for
-    anything else (binfmt_misc may know it, or the exec refuses it)."""
-    with open(path, "rb") as f:
-        head = f.read(EXEC_HEAD)
-    if head.startswith(b"\x7fELF"):
-        return b""
-    if head.startswith(b"#!"):
-        line, newline, _ = head[2:].partition(b"\n")
-        words = line.split()
-        if newline and words and words[0].startswith(b"/"):
-            return words[0]
-    return None
-
-
 # --- spawners --------------------------------------------------------------------
 
 
@@ -291,11 +213,6 @@ class Spawner(Protocol):
     def spawn(self, setup: ChildSetup) -> int:
         """Start the child; return its pid, or raise SpawnFailed with the reason
         (OSError when no child could be created at all)."""
-        ...
-
-    def outcome(self, pid: int) -> SpawnFailed | None:
-        """For a reaped child started with `await_exec` False: why it failed
-        before its exec, or None when it exec'd (or waited for its exec)."""
         ...
 
 
@@ -345,7 +262,6 @@ class CloneSpawner:
         self._parent = os.getpid()
         self._nofile = nofile
         self._spawn = ext.spawn
-        self._outcome = ext.outcome
         self._stage_cwd = ext.STAGE_CWD
         self._stages: dict[int, SpawnStage] = {
             ext.STAGE_USER: "user", ext.STAGE_RLIMIT: "rlimit", ext.STAGE_PTY: "pty"}
@@ -357,21 +273,11 @@ class CloneSpawner:
         pid, stage, code = self._spawn(
             setup.path, setup.argv, envp, setup.cwd, setup.stdin, setup.stdout, setup.stderr,
             self._parent, *self._nofile, setup.cgroup, setup.cgroup_clone, setup.ctty,
-            setup.uid, setup.gid, setup.groups, setup.rlimits, setup.await_exec,
+            setup.uid, setup.gid, setup.groups, setup.rlimits,
         )
         if stage:
             raise _failed(setup, stage == self._stage_cwd, code, self._stages.get(stage, "exec"))
         return int(pid)
-
-    def outcome(self, pid: int) -> SpawnFailed | None:
-        failed = self._outcome(pid)
-        if failed is None:
-            return None
-        stage, code = failed
-        if stage == self._stage_cwd:
-            return SpawnFailed("cwd", code, f"cannot change directory: {os.strerror(code)}")
-        kind = self._stages.get(stage, "exec")
-        return SpawnFailed(kind, code, f"{kind} failed after spawned: {os.strerror(code)}")
 
 
 class ForkSpawner:
@@ -390,9 +296,6 @@ class ForkSpawner:
             s for s in signal.valid_signals()
             if s not in (signal.SIGKILL, signal.SIGSTOP) and _not_default(s)
         ]
-
-    def outcome(self, pid: int) -> SpawnFailed | None:
-        return None  # it always waits for the exec
 
     def spawn(self, setup: ChildSetup) -> int:
         """Fork and exec; return the pid, or raise SpawnFailed with the reason."""

@@ -95,9 +95,6 @@ class RunOpts(TypedDict, total=False):
     rlimits: tuple[tuple[str, int | None, int | None], ...]
     # streams this client reads itself (see `open_direct`): (StreamKind.STDOUT,)
     direct: tuple[StreamKind, ...]
-    # False: `spawned` may come before the exec; a late failure then ends the
-    # id with a `spawn_error` in place of `exit`
-    await_exec: bool
 
 
 class SpawnOpts(RunOpts, total=False):

@@ -82,8 +82,6 @@ V1_CONTROL = [
     ("spawn_direct_after",
      '{spawn,9,<<"cat">>,[],[{direct,[stdout,stderr]},{direct_after,1048576}]}'),
     ("relay", "{relay,9}"),
-    # `spawned` before the exec (docs/protocol.md §4.3.4).
-    ("spawn_await_exec_false", '{spawn,10,<<"true">>,[],[{stdin,null},{await_exec,false}]}'),
     # The child starts in the working directory of OS process 4242 (§4.3).
     ("spawn_cd_of", '{spawn,10,<<"pwd">>,[],[{cd_of,4242},{stdin,null}]}'),
 ]
@@ -107,7 +105,6 @@ V1_R2C: list[tuple[str, v1.ResinFrame]] = [
     ("spawn_error_cwd", v1.SpawnError(1, (Atom("cwd"), Atom("enoent")))),
     ("spawn_error_badarg", v1.SpawnError(1, (Atom("badarg"), Atom("credit")))),
     ("spawn_error_id_in_use", v1.SpawnError(1, Atom("id_in_use"))),
-    ("spawn_error_late_enoexec", v1.SpawnError(10, Atom("enoexec"))),
     ("reply_ok", v1.Reply(1, 42, Atom("ok"))),
     ("reply_ref_tuple", v1.Reply(1, (Atom("ref"), 7), Atom("ok"))),
     ("reply_esrch", v1.Reply(1, 42, (ERR, Atom("esrch")))),

@@ -149,9 +149,6 @@ class RecordingSpawner:
         self.setups.append(setup)
         raise SpawnFailed("exec", errno.ENOEXEC, "recorded, not started")
 
-    def outcome(self, pid: int) -> SpawnFailed | None:
-        return None
-
 
 @pytest.fixture
 def recording_resin() -> Iterator[tuple[Resin, RecordingSpawner]]:

@@ -332,7 +332,7 @@ def test_v1_frames_behave_as_frozen_dataclasses() -> None:
          "Spawn(id=4, exec=b'ls', args=(), options=SpawnOptions(cd=None, cd_of=None, env=(), "
          "clear_env=False, arg0=None, stdin='pipe', stderr='capture', credit=None, "
          "cgroup=(), pty=None, user=None, group=None, rlimits=(), direct=(), "
-         "direct_after=0, await_exec=True), parts=0)"),
+         "direct_after=0), parts=0)"),
         (v1.Reply(5, Opaque(b"r"), Atom("ok")), v1.Reply(5, Opaque(b"r"), result=Atom("ok")),
          "Reply(id=5, ref=Opaque(raw=b'r'), result=Atom('ok'))"),
     ]:
@@ -692,8 +692,7 @@ def test_two_bad_spawn_options_report_the_same_one_whatever_their_order() -> Non
 def test_record_built_by_position_equals_one_built_by_keyword() -> None:
     # Record.__init__'s all-positional fast path sets the same fields.
     values = (b"/d", 4242, ((b"A", b"1"),), True, b"a0", "null", "stdout", 5,
-              (("pids.max", "9"),), None, 0, b"g", (("nofile", 1, 2),), (StreamKind.STDOUT,), 9,
-              False)
+              (("pids.max", "9"),), None, 0, b"g", (("nofile", 1, 2),), (StreamKind.STDOUT,), 9)
     by_position = SpawnOptions(*values)
     assert by_position == SpawnOptions(**dict(zip(SpawnOptions._fields, values, strict=True)))
     assert by_position._values() == values

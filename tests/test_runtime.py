@@ -8,7 +8,6 @@ from collections.abc import Callable
 from runtime_fakes import STDOUT_FD, FakeFds, FakePoller, RecordingSession, Rig, parse_output
 
 from resin_py.protocol.common import StreamKind
-from resin_py.protocol.errors import SpawnFailed
 from resin_py.protocol.framing import encode_packet
 from resin_py.protocol.session import StdinResult
 from resin_py.runtime.children import Child, OutPipe
@@ -649,9 +648,6 @@ class PacketSession(RecordingSession):
 
 class NoSpawner:
     def spawn(self, setup: ChildSetup) -> int:
-        raise AssertionError("not used")
-
-    def outcome(self, pid: int) -> SpawnFailed | None:
         raise AssertionError("not used")
 
 

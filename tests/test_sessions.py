@@ -34,7 +34,6 @@ class FakeChild:
     exit_code: int | None = 0
     term_signal: int = 0
     queued: int = 0
-    failed: SpawnFailed | None = None
 
 
 @dataclass
@@ -319,21 +318,6 @@ def test_v1_exit_by_signal() -> None:
     session.on_exit(child)
     assert core.frames() == [v1.Exit(1, "signal", 9)]
     assert session.procs == {}
-
-
-def test_v1_a_child_that_never_exec_d_ends_with_a_spawn_error() -> None:
-    # await_exec off: `spawned` went out before an exec that failed.
-    core, session = v1_session()
-    child = spawned(core, session, 1)
-    child.exit_code = 127
-    child.failed = SpawnFailed("exec", errno.ENOEXEC, "corrupt")
-    session.on_exit(child)
-    assert core.frames() == [v1.SpawnError(1, Atom("enoexec"))]
-    assert session.procs == {}  # free again, as after an exit
-    cwd = spawned(core, session, 1)
-    cwd.failed = SpawnFailed("cwd", errno.ENOENT, "gone")
-    session.on_exit(cwd)
-    assert core.frames() == [v1.SpawnError(1, (Atom("cwd"), Atom("enoent")))]
 
 
 # --- v0 ----------------------------------------------------------------------------

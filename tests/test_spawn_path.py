@@ -8,17 +8,14 @@ tests/test_cgroup_spares.py).
 
 from __future__ import annotations
 
-import errno
 import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 from runtime_fakes import FakeFds, Rig
 
 from resin_py.protocol.common import SpawnOptions, StreamKind
-from resin_py.protocol.errors import SpawnFailed
 from resin_py.runtime import reaper, server, tree
 from resin_py.runtime.children import Child, Children, OutPipe
 from resin_py.runtime.server import PIPE_SPARES, Resin
@@ -56,9 +53,6 @@ class RecordingSpawner:
         self.setups.append(setup)
         self.next_pid += 1
         return self.next_pid
-
-    def outcome(self, pid: int) -> SpawnFailed | None:
-        return None
 
 
 @pytest.fixture
@@ -193,49 +187,3 @@ def test_one_read_empties_the_wakeup_pipe(monkeypatch: pytest.MonkeyPatch) -> No
         os.close(r)
         os.close(w)
 
-
-
-# --- await_exec off: which spawns may answer before the exec -------------------
-
-
-def test_await_exec_off_skips_the_wait_only_where_the_exec_looks_sure(
-        resin: Resin, tmp_path: Path) -> None:
-    corrupt = tmp_path / "corrupt"
-    corrupt.write_bytes(b"no magic here")
-    corrupt.chmod(0o755)
-    early = SpawnOptions(stdin="null", await_exec=False)
-    cases: list[tuple[bytes, SpawnOptions, bool]] = [
-        (b"/bin/true", early, False),  # the only one that does not wait
-        (b"/bin/true", SpawnOptions(stdin="null"), True),  # the default waits
-        (os.fsencode(corrupt), early, True),  # a format resin does not know
-        (b"/bin/true", SpawnOptions(stdin="null", await_exec=False, cd=b"/no/such/dir"), True),
-        (b"/bin/true", SpawnOptions(stdin="null", await_exec=False,
-                                    rlimits=(("core", 0, 0),)), True),
-        (b"/bin/true", SpawnOptions(stdin="null", await_exec=False, user=0), True),
-        (b"/bin/true", SpawnOptions(await_exec=False, pty=(24, 80)), True),
-    ]
-    for n, (exe, opts, waits) in enumerate(cases, 1):
-        resin.spawn(n, exe, (), opts)
-        assert _setups(resin)[-1].await_exec is waits, (exe, opts)
-    late = [c for c in resin.children.all() if c.late]
-    assert [c.id for c in late] == [1]
-
-
-def test_a_late_child_is_asked_how_it_ended_once_reaped(
-        resin: Resin, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(resin.children, "drain", lambda child: None)  # real pipes, fake fds
-    failure = SpawnFailed("exec", errno.ENOEXEC, "corrupt")
-    asked: list[int] = []
-
-    def outcome(pid: int) -> SpawnFailed | None:
-        asked.append(pid)
-        return failure
-
-    resin.children.outcome = outcome
-    late = resin.spawn(1, b"/bin/true", (), SpawnOptions(stdin="null", await_exec=False))
-    waited = resin.spawn(2, b"/bin/true", (), SpawnOptions(stdin="null"))
-    assert isinstance(late, Child) and isinstance(waited, Child)
-    resin.children.exited(waited, 0)
-    assert asked == [] and waited.failed is None  # it exec'd before `spawned`
-    resin.children.exited(late, 127 << 8)
-    assert asked == [late.pid] and late.failed is failure

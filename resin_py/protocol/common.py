@@ -219,7 +219,3 @@ class SpawnOptions(Record):
     direct: tuple[StreamKind, ...] = ()
     # ... after resin relayed this many bytes of the stream (0: from the start).
     direct_after: int = 0
-    # False: `spawned` may come before the exec, once resin's own checks
-    # passed; a failure only the exec finds then ends the id as a
-    # `spawn_error` in place of `exit` (docs/protocol.md §4.3.4).
-    await_exec: bool = True

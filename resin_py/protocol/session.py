@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from typing import Protocol
 
     from resin_py.protocol.common import SpawnOptions, StreamKind
-    from resin_py.protocol.errors import ProtocolError, SpawnFailed
+    from resin_py.protocol.errors import ProtocolError
     from resin_py.protocol.terms import Term
 else:
     from resin_py.protocol.common import LiteEnum as Enum
@@ -44,10 +44,6 @@ class ChildRef(Protocol):
     @property
     def term_signal(self) -> int:
         """The signal that ended it (valid when exit_code is None)."""
-    @property
-    def failed(self) -> SpawnFailed | None:
-        """Why a child reported `spawned` before its exec never exec'd
-        (await_exec off), once exited; None: it ran."""
 
 
 class Core(Protocol):

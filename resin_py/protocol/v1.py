@@ -438,7 +438,7 @@ def _parse_spawn(id: int, exe: Term, args: Term, opts: Term) -> Spawn:
 
 _OPTION_KEYS = frozenset(
     {"cd", "cd_of", "env", "clear_env", "arg0", "stdin", "stderr", "credit", "cgroup", "parts",
-     "pty", "user", "group", "rlimits", "direct", "direct_after", "await_exec"})
+     "pty", "user", "group", "rlimits", "direct", "direct_after"})
 # A terminal's rows and columns are unsigned shorts (struct winsize).
 MAX_WINSIZE = 0xFFFF
 # cd_of's pid: pid_t is a signed 32-bit integer (Linux's pid_max is lower).
@@ -632,8 +632,7 @@ _SPAWN_PARSERS: tuple[tuple[str, int, Callable[[Term], object]], ...] = tuple(
         ("clear_env", _opt_bool), ("arg0", _opt_bin),
         ("stdin", _opt_stdin), ("stderr", _opt_stderr), ("credit", _opt_credit),
         ("cgroup", _opt_cgroup), ("pty", _opt_pty), ("user", _opt_id), ("group", _opt_id),
-        ("rlimits", _opt_rlimits), ("direct", _opt_direct), ("direct_after", _opt_size),
-        ("await_exec", _opt_bool)))
+        ("rlimits", _opt_rlimits), ("direct", _opt_direct), ("direct_after", _opt_size)))
 
 
 # --- resin side: encoding ----------------------------------------------------
@@ -770,8 +769,6 @@ def options_term(o: SpawnOptions) -> list[Term]:
         opts.append((Atom("direct"), [Atom(kind.name.lower()) for kind in o.direct]))
     if o.direct_after:
         opts.append((Atom("direct_after"), o.direct_after))
-    if not o.await_exec:
-        opts.append((Atom("await_exec"), FALSE))
     return opts
 
 

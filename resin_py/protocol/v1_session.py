@@ -274,7 +274,7 @@ class V1Session:
             req = v1.Spawn(req.id, req.exec, (*asm.args, *req.args), v1.SpawnOptions(
                 opts.cd, opts.cd_of, (*asm.env, *opts.env), opts.clear_env, opts.arg0,
                 opts.stdin, opts.stderr, opts.credit, opts.cgroup, opts.pty, opts.user,
-                opts.group, opts.rlimits, opts.direct, opts.direct_after, opts.await_exec))
+                opts.group, opts.rlimits, opts.direct, opts.direct_after))
             del asm
         if req.id in self.procs:
             self.send(v1.SpawnError(req.id, Atom("id_in_use")))
@@ -354,9 +354,6 @@ class V1Session:
 
     def on_exit(self, child: ChildRef) -> None:
         del self.procs[child.id]
-        if child.failed is not None:  # `spawned` came before an exec that failed
-            self.send(v1.SpawnError(child.id, spawn_reason(child.failed)))
-            return
         code = child.exit_code
         if code is None:
             self._send_payload(v1.encode_exit(child.id, "signal", child.term_signal))

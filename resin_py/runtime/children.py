@@ -41,7 +41,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from enum import Enum
 
-    from resin_py.protocol.errors import SpawnFailed
     from resin_py.protocol.session import Session
     from resin_py.protocol.terms import Term
     from resin_py.runtime.fdio import Fds
@@ -160,9 +159,9 @@ class Child:
     """One spawned process (the leader of its own process group)."""
 
     __slots__ = (
-        "cgroup", "cookie", "failed", "finished", "id", "late", "pid", "pipes", "queue",
-        "queued_bytes", "queued_writes", "reaped", "stdin_fd", "stdin_handler", "stdin_state",
-        "tty", "wait_status",
+        "cgroup", "cookie", "finished", "id", "pid", "pipes", "queue", "queued_bytes",
+        "queued_writes", "reaped", "stdin_fd", "stdin_handler", "stdin_state", "tty",
+        "wait_status",
     )
 
     def __init__(self, id: int, pid: int, stdin_fd: int, pipes: list[OutPipe],
@@ -184,10 +183,6 @@ class Child:
         self.reaped = False
         self.finished = False  # its exit was reported
         self.wait_status = 0
-        # `spawned` may have gone out before its exec (await_exec off): once
-        # reaped, ask whether it failed before it (Children.outcome).
-        self.late = False
-        self.failed: SpawnFailed | None = None  # so: reported as a spawn_error
 
     @property
     def exit_code(self) -> int | None:
@@ -238,9 +233,6 @@ class Children:
         # pipes: its cgroup is populated, or its process group has members
         # (resin sets it; the tests' default: nothing).
         self.members_alive: Callable[[Child], bool] = _no_members
-        # Why a reaped `late` child never exec'd, or None (resin sets the
-        # spawner's; the tests' default: it exec'd).
-        self.outcome: Callable[[int], SpawnFailed | None] = _exec_done
 
     def __len__(self) -> int:
         return len(self.by_pid) + len(self.held)
@@ -580,8 +572,6 @@ class Children:
         """The child was reaped: drain its pipes, then report its exit."""
         child.wait_status = wait_status
         child.reaped = True
-        if child.late:
-            child.failed = self.outcome(child.pid)
         if self.by_pid.get(child.pid) is child:
             del self.by_pid[child.pid]
         self.drain(child)
@@ -689,10 +679,6 @@ class Children:
 
 def _nothing() -> None:
     pass
-
-
-def _exec_done(_pid: int) -> SpawnFailed | None:
-    return None
 
 
 def _no_members(_child: Child) -> bool:

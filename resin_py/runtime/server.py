@@ -27,7 +27,7 @@ from resin_py.runtime.fdio import F_SETPIPE_SZ, OsFds
 from resin_py.runtime.loop import READ, WRITE, EpollPoller, Loop, wait_for
 from resin_py.runtime.outbox import Outbox, is_disconnect
 from resin_py.runtime.reaper import Reaper, become_subreaper, install_wakeup
-from resin_py.spawn import ChildSetup, exec_looks_sure, make_spawner, resolve_executable
+from resin_py.spawn import ChildSetup, make_spawner, resolve_executable
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -110,7 +110,6 @@ class Resin:
         self.session: Session = Negotiator(self, self._decided)
         self.children = Children(fds, poller, self.outbox, self.session)
         self.children.members_alive = _members_alive
-        self.children.outcome = spawner.outcome
         self.outbox.on_pause_change = self.children.on_pause_change
         self.outbox.on_idle = self.children.on_idle
         self.outbox.on_broken = self._on_broken
@@ -345,10 +344,6 @@ class Resin:
             if setup_extra is not None:
                 setup.uid, setup.gid, setup.groups, setup.rlimits = setup_extra
             setup.ctty = tty >= 0
-            # Not waiting for the exec only where nothing can fail in the
-            # child but the exec, and the exec looks certain to succeed.
-            setup.await_exec = (opts.await_exec or setup_extra is not None or setup.ctty
-                                or not exec_looks_sure(path, cwd, argv, envp, env))
             pid = self.spawner.spawn(setup)
         except BaseException:
             for fd in parent_fds:
@@ -365,7 +360,6 @@ class Resin:
         child = Child(id, pid, in_w, pipes, cookie)
         child.cgroup = cgroup
         child.tty = tty >= 0
-        child.late = not setup.await_exec
         self.children.add(child)
         return child
 

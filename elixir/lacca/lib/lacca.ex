@@ -29,10 +29,7 @@ defmodule Lacca do
     * `{:lacca, pid, {:stdout, binary}}` and `{:lacca, pid, {:stderr, binary}}`
     * `{:lacca, pid, :passive}` when an `active: n` count ran out
     * exactly one final message: `{:lacca, pid, {:exit, status}}`, or
-      `{:lacca, pid, {:error, :resin_down}}` when resin itself died, or
-      `{:lacca, pid, {:error, {:spawn_error, reason}}}` when the program
-      failed to start after `start/3` returned (see "Lifetime of the
-      server" in `start/3`)
+      `{:lacca, pid, {:error, :resin_down}}` when resin itself died
 
   How many chunks the owner gets is set by the `:active` option and
   `set_active/2`, as for a `:gen_tcp` socket: `active: :flow` (the default)
@@ -266,16 +263,6 @@ defmodule Lacca do
   Before the error reaches the caller, a spawn that a shared resin refused
   for lack of resources (`:emfile`, `:eagain`) is tried once on each other
   shared resin: the error means that they all refused it.
-
-  `start/3` and `start_link/3` return once the OS process exists, without
-  waiting for its `execve` (one round trip less per start). resin checks
-  the program, the directory and the options first (and with `:pty`,
-  `:user`, `:group` or `:rlimits` waits for the `execve` as before), so the
-  errors above still come from `start/3`; a failure that only `execve` finds (a corrupt
-  binary, `:enoexec`; a program still open for writing, `:etxtbsy`) ends
-  the started server instead, with `{:spawn_error, reason}` (see "Lifetime
-  of the server" in `start/3`). `run/3`, `shell/2` and the streams return
-  or raise those errors as any other.
   """
   @type spawn_error ::
           errno()
@@ -694,14 +681,8 @@ defmodule Lacca do
   Starts `cmd` with `args` as an OS process owned by a new process server.
 
   The server is not linked to the caller (see `start_link/3`). Returns
-  `{:ok, pid}` once the OS process exists, or `{:error, reason}` when it
-  could not be started (see `run/3`). resin checks the program (an
-  executable file), the `:cd` directory and the options before it starts
-  the process, so those errors (`:enoent`, `:eacces`, `{:cwd, errno}`,
-  ...) come from here; a failure that only `execve` finds once the process
-  exists (a corrupt binary, `:enoexec`; a program still open for writing,
-  `:etxtbsy`) ends the server with `{:spawn_error, reason}` instead (see
-  "Lifetime of the server").
+  `{:ok, pid}` once the OS process runs, or `{:error, reason}` when it could
+  not be started (see `run/3`).
 
   ## Options
 
@@ -766,7 +747,6 @@ defmodule Lacca do
   and its output has been handed over.
 
     * `:messages` mode: right after the final `{:exit, status}` message
-      (`{:error, {:spawn_error, reason}}` when the program failed to start)
     * `:buffer` mode: once the output was read to its end, that is when,
       after the exit, `read_stdout/2` or `read_stderr/2` returns `{:ok, ""}`
       with nothing left in either buffer (also a read that was waiting when
@@ -788,7 +768,6 @@ defmodule Lacca do
   | was killed by a signal | `{:signal, name}` (such as `{:signal, :sigkill}`) |
   | was killed because resin died | `:resin_down` |
   | was stopped with `stop/2` | `:normal` |
-  | failed to start after `start/3` returned: `execve` refused the program (a corrupt binary, `:enoexec`; one open for writing, `:etxtbsy`; see `t:spawn_error/0`) | `{:spawn_error, reason}` |
 
   So a supervisor's `:transient` restarts a process that failed or was
   killed (also with `kill -9` from outside, or with its resin) and
@@ -815,8 +794,7 @@ defmodule Lacca do
 
   The link works both ways: when the OS process exits with a status other
   than 0 or is killed by a signal, the server exits with `{:exit_status, n}`
-  or `{:signal, name}`, and when `execve` fails after the start with
-  `{:spawn_error, reason}` (see "Lifetime of the server" in `start/3`), and so
+  or `{:signal, name}` (see "Lifetime of the server" in `start/3`), and so
   does the caller, unless it traps exits (then it receives `{:EXIT, pid,
   reason}`). Use `start/3` and a monitor to watch a process without that.
 
@@ -855,8 +833,7 @@ defmodule Lacca do
 
   The server ends when its OS process ends, with an exit reason that tells
   how (see "Lifetime of the server" in `start/3`): `:normal` for status 0,
-  `{:exit_status, n}` or `{:signal, name}` otherwise, `{:spawn_error,
-  reason}` when `execve` failed after the start. So `restart:
+  `{:exit_status, n}` or `{:signal, name}` otherwise. So `restart:
   :transient` restarts a process that failed or was killed, `:permanent`
   restarts it whenever it ends, `:temporary` never. The supervisor reads no
   output, so the process never waits for a reader: only the latest
@@ -1130,17 +1107,13 @@ defmodule Lacca do
   Waits until the process exited and returns its status.
 
   Returns `{:error, :timeout}` when it still runs after `timeout`
-  milliseconds, `{:error, :resin_down}` when resin died, `{:error,
-  {:spawn_error, reason}}` when the program failed to start after `start/3`
-  returned (`execve` refused it: see "Lifetime of the server" in
-  `start/3`), `{:error, :noproc}` when the server is gone (an `output:
-  :messages` server ends after its final message), `{:error, :noconnection}`
-  when the server's node went away (see "Running on other nodes").
+  milliseconds, `{:error, :resin_down}` when resin died, `{:error, :noproc}`
+  when the server is gone (an `output: :messages` server ends after its final
+  message), `{:error, :noconnection}` when the server's node went away (see
+  "Running on other nodes").
   """
   @spec await(server(), timeout()) ::
-          {:ok, status()}
-          | {:error,
-             :timeout | :resin_down | {:spawn_error, spawn_error()} | :noproc | :noconnection}
+          {:ok, status()} | {:error, :timeout | :resin_down | :noproc | :noconnection}
   def await(pid, timeout \\ :infinity) do
     check_timeout!(timeout)
     call(pid, {:await, timeout})
@@ -1238,7 +1211,7 @@ defmodule Lacca do
       {:error, :noproc}
 
     # The server ended during the call, with the OS process.
-    :exit, {{tag, _}, {GenServer, :call, _}} when tag in [:exit_status, :signal, :spawn_error] ->
+    :exit, {{tag, _}, {GenServer, :call, _}} when tag in [:exit_status, :signal] ->
       {:error, :noproc}
 
     :exit, {:resin_down, {GenServer, :call, _}} ->

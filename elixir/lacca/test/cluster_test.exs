@@ -53,27 +53,6 @@ defmodule Lacca.ClusterTest do
       assert {:error, :enoent} = Lacca.run("/nonexistent/program", [], node: b)
     end
 
-    @tag :await_exec
-    test "execve failing after `spawned` (await_exec: false): as on this node", %{b: b} do
-      # The ELF magic and garbage: resin's check passes, execve says ENOEXEC.
-      path = tmp_file(<<0x7F, "ELF", 2, 1, 1>> <> String.duplicate("garbage", 8))
-      File.chmod!(path, 0o755)
-
-      assert Lacca.run(path, [], node: b) == {:error, :enoexec}
-
-      error =
-        assert_raise Lacca.Error, fn -> Lacca.stream!(path, [], node: b) |> Enum.to_list() end
-
-      assert error.reason == :enoexec
-
-      # (Linked when start_link/3 returns: a monitor could come too late.)
-      Process.flag(:trap_exit, true)
-      assert {:ok, pid} = Lacca.start_link(path, [], node: b, output: :messages)
-      assert_receive {:lacca, ^pid, {:error, {:spawn_error, :enoexec}}}, 10_000
-      assert_receive {:EXIT, ^pid, {:spawn_error, :enoexec}}, 10_000
-      assert none_left?(b)
-    end
-
     test "run/3: :input goes to the remote process, :into collects on this node", %{b: b} do
       input = :crypto.strong_rand_bytes(300_000)
       assert {:ok, %Lacca.Result{stdout: ^input}} = Lacca.run("cat", [], input: input, node: b)

@@ -743,11 +743,8 @@ defmodule Lacca.Channel do
   #      credit: once the group leader is dead, what is left to read is
   #      bounded by what its pipes hold.
   #
-  # Returns {:ok, status} (resin's status term), {:spawn_error, reason}
-  # (execve failed after `spawned`, await_exec: false: the id is over as
-  # well) or :resin_down.
-  @spec halt(t(), pos_integer(), non_neg_integer()) ::
-          {:ok, wire_status()} | {:spawn_error, Lacca.spawn_error()} | :resin_down
+  # Returns {:ok, status} (resin's status term) or :resin_down.
+  @spec halt(t(), pos_integer(), non_neg_integer()) :: {:ok, wire_status()} | :resin_down
   def halt(chan, stop_signal, kill_timeout) do
     signal(chan, :halt, stop_signal, true)
     deadline = System.monotonic_time(:millisecond) + kill_timeout
@@ -756,7 +753,7 @@ defmodule Lacca.Channel do
 
   @doc false
   # SIGKILL now, unlimited credit, and wait for the exit.
-  @spec kill(t()) :: {:ok, wire_status()} | {:spawn_error, Lacca.spawn_error()} | :resin_down
+  @spec kill(t()) :: {:ok, wire_status()} | :resin_down
   def kill(chan) do
     drain(kill_group(chan, :halt), :infinity)
   end
@@ -786,10 +783,6 @@ defmodule Lacca.Channel do
       event(^port, {:exit, ^id, status}) ->
         if dmref, do: Process.demonitor(dmref, [:flush])
         {:ok, status}
-
-      event(^port, {:spawn_error, ^id, reason}) ->
-        if dmref, do: Process.demonitor(dmref, [:flush])
-        {:spawn_error, reason}
 
       event(^port, {:direct, ^id, _}) ->
         # Handed over while we stop it: resin must read (and drop) it.

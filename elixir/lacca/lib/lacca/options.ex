@@ -16,7 +16,6 @@ defmodule Lacca.Options do
           | {:arg0, binary()}
           | {:stderr, :capture | :stdout | :discard}
           | {:stdin, :pipe | :null}
-          | {:await_exec, boolean()}
           | {:cgroup, [Lacca.cgroup_limit()]}
           | {:pty, {pos_integer(), pos_integer()}}
           | {:user, binary() | non_neg_integer()}
@@ -335,29 +334,10 @@ defmodule Lacca.Options do
       daemon: one_of!(opts, :daemon, [:shared, :dedicated]),
       kill_timeout: non_neg_integer!(opts, :kill_timeout),
       stop_signal: stop_signal,
-      spawn: spawn_opts!(opts) ++ await_exec(),
+      spawn: spawn_opts!(opts),
       max_buffer: Keyword.get(opts, :max_buffer, @default_max_buffer) |> max_buffer!(),
       node: node!(opts[:node])
     }
-  end
-
-  # {await_exec, false}: resin answers `spawned` without waiting for the
-  # child's execve (one round trip less per spawn); an error only execve
-  # finds then comes as a spawn_error after `spawned`, which every receiver
-  # takes as the end of the id. config :lacca, :await_exec, true (for
-  # tests) leaves the option out: resin's default, spawned after execve.
-  defp await_exec do
-    case Application.get_env(:lacca, :await_exec, false) do
-      false ->
-        [{:await_exec, false}]
-
-      true ->
-        []
-
-      other ->
-        raise ArgumentError,
-              "config :lacca, :await_exec must be true or false, got: #{inspect(other)}"
-    end
   end
 
   # :node: nil or this node (here), another node's name, or :any.

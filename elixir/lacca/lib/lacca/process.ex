@@ -99,9 +99,7 @@ defmodule Lacca.Process do
     # the wire (Lacca.Channel), once the daemon took the spawn
     chan: nil,
     os_pid: nil,
-    # nil while running; {:exit, n} | {:signal, s} | :resin_down when over,
-    # {:spawn_error, reason} when execve failed after `spawned`, :spawn_error
-    # when the spawn failed before (the start returned the error)
+    # nil while running; {:exit, n} | {:signal, s} | :resin_down when over
     status: nil,
     # :buffer mode: {iodata, size} per stream, and parked readers
     buf: %{stdout: {[], 0}, stderr: {[], 0}},
@@ -149,7 +147,7 @@ defmodule Lacca.Process do
           log_meta: keyword(),
           chan: Channel.t() | nil,
           os_pid: pos_integer() | nil,
-          status: status() | {:spawn_error, Lacca.spawn_error()} | :spawn_error | nil,
+          status: status() | :spawn_error | nil,
           buf: %{stdout: {iodata(), non_neg_integer()}, stderr: {iodata(), non_neg_integer()}},
           readers: %{stdout: [{reference(), from()}], stderr: [{reference(), from()}]},
           active: active(),
@@ -438,15 +436,6 @@ defmodule Lacca.Process do
     {:noreply, %{s | phase: :running, os_pid: os_pid, log_meta: [{:os_pid, os_pid} | s.log_meta]}}
   end
 
-  # execve failed after `spawned` (the spawn option {await_exec, false}):
-  # start/3 returned {:ok, pid} already. The id is over as with an exit (the
-  # child wrote nothing, its pipes are at their end): the same end, with
-  # {:spawn_error, reason} for the status (see "Lifetime of the server").
-  defp event({:spawn_error, _id, reason}, %{phase: :running} = s) do
-    s = direct_end(s)
-    finish(%{s | status: {:spawn_error, reason}, chan: Channel.close(s.chan)})
-  end
-
   defp event({:spawn_error, _id, reason}, s) do
     send(s.starter, {s.tag, {:error, reason}})
     {:stop, :normal, %{s | phase: :done, status: :spawn_error}}
@@ -514,7 +503,7 @@ defmodule Lacca.Process do
   defp finish(s) do
     cancel_kill_timer(s)
     s = flush_log(s)
-    result = await_result(s.status)
+    result = if s.status == :resin_down, do: {:error, :resin_down}, else: {:ok, s.status}
     Enum.each(s.awaiters, fn {ref, from} -> reply_parked(s, ref, from, result) end)
 
     # Parked readers get the end of the stream: somebody read to the end.
@@ -566,11 +555,6 @@ defmodule Lacca.Process do
     end
   end
 
-  # await/2's answer once the OS process is over.
-  defp await_result(:resin_down), do: {:error, :resin_down}
-  defp await_result({:spawn_error, _} = failed), do: {:error, failed}
-  defp await_result(status), do: {:ok, status}
-
   # The server's exit reason once the OS process is over (see "Lifetime of
   # the server" in Lacca.start/3): what :transient and :permanent act on.
   defp exit_reason(%{quiet: true}), do: :normal
@@ -578,7 +562,6 @@ defmodule Lacca.Process do
   defp exit_reason(%{status: {:exit, code}}), do: {:exit_status, code}
   defp exit_reason(%{status: {:signal, name}}), do: {:signal, name}
   defp exit_reason(%{status: :resin_down}), do: :resin_down
-  defp exit_reason(%{status: {:spawn_error, _} = failed}), do: failed
 
   defp drained?(%{buf: %{stdout: {_, 0}, stderr: {_, 0}}}), do: true
   defp drained?(_s), do: false
@@ -697,8 +680,11 @@ defmodule Lacca.Process do
         s = park_timer(s, ref, timeout, :await)
         {:noreply, %{s | awaiters: [{ref, from} | s.awaiters]}}
 
+      :resin_down ->
+        {:reply, {:error, :resin_down}, s}
+
       status ->
-        {:reply, await_result(status), s}
+        {:reply, {:ok, status}, s}
     end
   end
 
@@ -886,12 +872,6 @@ defmodule Lacca.Process do
   end
 
   defp maybe_end(s), do: {:noreply, s}
-
-  # A spawn error after `spawned`: the final message, as {:error, _} is for
-  # resin's death (from us also with direct delivery: the daemon sends the
-  # owner nothing for a spawn error, and the child wrote nothing before it).
-  defp notify_end(%{status: {:spawn_error, _} = failed} = s),
-    do: send(s.owner, {:lacca, self(), {:error, failed}})
 
   # Direct: the daemon sent it, after the last data.
   defp notify_end(%{direct: true}), do: :ok

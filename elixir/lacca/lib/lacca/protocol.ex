@@ -85,7 +85,7 @@ defmodule Lacca.Protocol do
     enostr enodata etime enosr enolink eproto ebadmsg eoverflow eilseq eusers
     enotsock eopnotsupp enotsup eaddrinuse econnrefused etimedout ehostunreach
     ealready einprogress estale edquot ecanceled eownerdead enotrecoverable
-    elibbad elibexec direct relay await_exec)a
+    elibbad elibexec direct relay)a
 
   @doc "The protocol version lacca speaks (`1`)."
   @spec version() :: 1

@@ -257,8 +257,7 @@ defmodule Lacca.Remote do
       {:lacca, ^pid, {:error, reason}} ->
         await_down(mref)
         st.into.(st.acc, :halt)
-        # execve failed after the start: run/3's spawn error as a local one.
-        {:error, with({:spawn_error, spawn_error} <- reason, do: spawn_error)}
+        {:error, reason}
 
       {:DOWN, ^mref, :process, _, reason} ->
         st.into.(st.acc, :halt)

@@ -124,11 +124,6 @@ defmodule Lacca.Runner do
            status: status
          }}
 
-      Channel.event(^port, {:spawn_error, ^id, reason}) ->
-        # execve failed after `spawned` (await_exec: false): the id is over,
-        # the child wrote nothing; the same answer as a spawn error before.
-        failed(st, chan, reason)
-
       Channel.event(^port, {:direct, ^id, direct}) ->
         # Handed over: every relayed frame was taken before this event.
         loop(%{st | chan: Channel.open_pump(chan, direct, st.max_buffer)})
@@ -146,15 +141,6 @@ defmodule Lacca.Runner do
     after
       timeout(st) -> loop(deadline_passed(st))
     end
-  end
-
-  # A spawn error after `spawned`: the direct reader ends (its pipe is at
-  # EOF; its end marker taken), the daemon monitor goes, :into is halted.
-  defp failed(st, chan, reason) do
-    {_chunks, chan} = Channel.direct_end(chan)
-    _ = Channel.close(chan)
-    st.into.(st.acc, :halt)
-    {:error, reason}
   end
 
   # stdout, relayed or direct: into :into, and consumed (credit).

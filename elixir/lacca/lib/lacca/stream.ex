@@ -120,8 +120,7 @@ defmodule Lacca.Stream do
               stop_signal: spec.stop_signal,
               kill_timeout: spec.kill_timeout,
               max_buffer: spec.max_buffer,
-              # nil while running; then resin's status term, :resin_down
-              # or {:spawn_error, reason} (execve failed after `spawned`)
+              # nil while running; then resin's status term or :resin_down
               status: nil
             }
 
@@ -155,9 +154,8 @@ defmodule Lacca.Stream do
       lines: spec.lines && {Lines.new(spec.lines), Lines.new(spec.lines)},
       stop_signal: spec.stop_signal,
       kill_timeout: spec.kill_timeout,
-      # nil while running; then resin's status term, :resin_down,
-      # :noconnection (the node of a remote stream went away) or
-      # {:spawn_error, reason} (execve failed after the start)
+      # nil while running; then resin's status term, :resin_down or
+      # :noconnection (the node of a remote stream went away)
       status: nil
     }
   end
@@ -267,12 +265,6 @@ defmodule Lacca.Stream do
         st = %{st | status: status, chan: Channel.close(st.chan)}
         {elements ++ rest(st), st}
 
-      Channel.event(^port, {:spawn_error, ^id, reason}) ->
-        # execve failed after `spawned` (await_exec: false): the id is over,
-        # the child wrote nothing; raised as a spawn error is (next/1).
-        {_, chan} = Channel.direct_end(chan)
-        {[], %{st | status: {:spawn_error, reason}, chan: Channel.close(chan)}}
-
       {:"$lacca_input", ^writer, kind, reason, stacktrace} ->
         # halt/1 (with this state: running) stops the process.
         :erlang.raise(kind, reason, stacktrace)
@@ -299,10 +291,6 @@ defmodule Lacca.Stream do
 
   defp next(%{status: down} = st) when down in [:resin_down, :noconnection],
     do: raise(Lacca.Error, command: st.cmd, reason: down)
-
-  # (Also a remote server's {:error, {:spawn_error, reason}}.)
-  defp next(%{status: {:spawn_error, reason}} = st),
-    do: raise(Lacca.Error, command: st.cmd, reason: reason)
 
   defp next(%{bang?: true, status: status} = st) do
     raise Lacca.ExitError,
