@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import both_spawners
-from test_sessions import v1_send, v1_session
+from test_sessions import options_after_parts
 
 from resin_py.protocol import v1
 from resin_py.protocol.errors import BadArgument, SpawnFailed
@@ -70,19 +70,8 @@ def test_cd_of_round_trips_through_the_client_encoder() -> None:
 
 
 def test_spawn_in_parts_keeps_cd_of() -> None:
-    core, session = v1_session()
-    seen: list[v1.SpawnOptions] = []
-    original = core.spawn
-
-    def spawn(id: int, exe: bytes, args: tuple[bytes, ...], opts: v1.SpawnOptions) -> object:
-        seen.append(opts)
-        return original(id, exe, args, opts)
-
-    core.spawn = spawn  # type: ignore[method-assign, assignment]
-    v1_send(session, v1.SpawnPart(1, args=(b"a",)))
     opts = v1.SpawnOptions(cd_of=99, env=((b"A", b"1"),))
-    v1_send(session, v1.Spawn(1, b"x", (), opts, 1))
-    assert seen == [opts]
+    assert options_after_parts(opts) == [opts]
 
 
 # --- the runtime: reading the directory ----------------------------------------------

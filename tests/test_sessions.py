@@ -120,6 +120,23 @@ def v1_send(session: V1Session, frame: v1.ClientFrame) -> None:
     session.on_packet(v1.encode_client_frame(frame))
 
 
+def options_after_parts(opts: SpawnOptions) -> list[SpawnOptions]:
+    """What the core is asked to spawn with when a spawn with `opts` comes in
+    two parts (the session rebuilds the options from both)."""
+    core, session = v1_session()
+    seen: list[SpawnOptions] = []
+    original = core.spawn
+
+    def spawn(id: int, exe: bytes, args: tuple[bytes, ...], opts: SpawnOptions) -> object:
+        seen.append(opts)
+        return original(id, exe, args, opts)
+
+    core.spawn = spawn  # type: ignore[method-assign, assignment]
+    v1_send(session, v1.SpawnPart(1, args=(b"a",)))
+    v1_send(session, v1.Spawn(1, b"x", (), opts, 1))
+    return seen
+
+
 def spawned(core: FakeCore, session: V1Session, id: int) -> FakeChild:
     v1_send(session, v1.Spawn(id, b"cat"))
     frames = core.frames()
