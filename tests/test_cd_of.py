@@ -18,6 +18,7 @@ from resin_py.protocol import v1
 from resin_py.protocol.errors import BadArgument, SpawnFailed
 from resin_py.protocol.etf import encode_term
 from resin_py.protocol.terms import Atom, Term
+from resin_py.runtime import server as server_module
 from resin_py.runtime.server import Resin, cwd_of
 from resin_py.spawn import ChildSetup
 from resin_py.testing import ResinClient
@@ -236,3 +237,14 @@ def test_cd_of_errors(client: ResinClient, sleeper: subprocess.Popen[bytes],
     assert client.recv() == v1.SpawnError(1, (Atom("badarg"), CD_OF))
     # The id is free again after each error.
     assert client.run(1, "true").exit == v1.Exit(1, "exit", 0)
+
+
+def test_cwd_of_refuses_when_proc_is_not_of_resins_pid_namespace(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A resin in a new pid namespace that sees the host's /proc: the pid
+    # would name some other process.
+    monkeypatch.setattr(server_module, "_proc_ours", [False])
+    exc = failure(os.getpid())
+    assert (exc.stage, exc.errno) == ("cwd", errno.ESRCH)
+    monkeypatch.setattr(server_module, "_proc_ours", [])
+    assert cwd_of(os.getpid()) == os.fsencode(os.getcwd())  # here it is ours

@@ -575,6 +575,21 @@ def _open_pty(size: tuple[int, int], parent_fds: list[int], child_fds: list[int]
     return master, writer, slave
 
 
+_proc_ours: list[bool] = []
+
+
+def _proc_is_ours() -> bool:
+    """Whether /proc shows resin's own pid namespace (a process started in a
+    new pid namespace without its own /proc sees the host's, where a client's
+    pid names some other process). Looked at once."""
+    if not _proc_ours:
+        try:
+            _proc_ours.append(os.readlink("/proc/self") == str(os.getpid()))
+        except OSError:
+            _proc_ours.append(False)
+    return _proc_ours[0]
+
+
 # What the kernel appends to a /proc/PID/cwd link whose directory was removed.
 _DELETED = b" (deleted)"
 
@@ -585,6 +600,9 @@ def cwd_of(pid: int) -> bytes:
     client's own getcwd may cost it far more (the BEAM's runs on a dirty
     scheduler). Raises SpawnFailed(cwd): no such process (ENOENT), not ours
     to look at (EACCES), or its directory removed (ENOENT, as a chdir to it)."""
+    if not _proc_is_ours():
+        raise SpawnFailed("cwd", errno.ESRCH, "this /proc is not of resin's pid namespace: "
+                                              f"process {pid} cannot be looked up")
     link = b"/proc/%d/cwd" % pid
     try:
         path = os.readlink(link)

@@ -238,7 +238,8 @@ defmodule Lacca do
       big), `:emfile` / `:enfile` (out of file descriptors), `:eagain`
       (out of processes), ...
     * `{:cwd, errno}`: the `:cd` directory cannot be entered (`:enoent`,
-      `:eacces`, `:enotdir`, ...)
+      `:eacces`, `:enotdir`, ...); without `:cd`, the BEAM's working
+      directory (`:enoent` when it was removed)
     * `{:cgroup, errno}`: the `:cgroup` limits cannot be applied
       (`:enotsup` without cgroups, `:enoent` for a controller that is not
       enabled, ...)
@@ -410,7 +411,11 @@ defmodule Lacca do
 
   @spawn_options_doc """
     * `:cd` - working directory of the process (default: the BEAM's current
-      working directory at the spawn)
+      working directory at the spawn; for a stream, when it is built). resin
+      reads it from `/proc/<BEAM's pid>/cwd`; where it may not (started
+      through a wrapper that changed its user or capabilities, a BEAM that
+      is not dumpable, another pid namespace, an older resin), lacca sends
+      the directory with each spawn instead
     * `:env` - a map or list of `{name, value}` binaries to set; a `nil` value
       unsets the variable. The process starts from resin's environment (the
       BEAM's environment when resin started), not from later

@@ -46,4 +46,45 @@ defmodule Lacca.CwdTest do
     assert Lacca.Options.run!([]).spawn == [{:cd_of, beam}]
     assert Lacca.Options.run!(cd: "/tmp").spawn == [{:cd, "/tmp"}]
   end
+
+  test "a stream takes the directory when it is built, as it expands a relative :cd", %{
+    dir: dir
+  } do
+    stream = Lacca.stream!("pwd", [])
+    relative = Lacca.stream!("pwd", [], cd: ".")
+    File.cd!("sub")
+    assert Enum.to_list(stream) == [dir <> "\n"]
+    assert Enum.to_list(relative) == [dir <> "\n"]
+  end
+
+  @tag capture_log: true
+  test "a resin that cannot read the BEAM's directory gets it sent instead", %{dir: dir} do
+    # A pid resin cannot look up stands for a resin that may not read
+    # /proc/<beam>/cwd (a wrapper that changed its user or capabilities, a
+    # BEAM that is not dumpable) or an older resin ({badarg, cd_of}).
+    key = {Lacca.Options, :os_pid}
+    _ = Lacca.Options.run!([])
+    beam = :persistent_term.get(key)
+    daemons = Lacca.Daemon.shared()
+    :persistent_term.put(key, 2_147_483_647)
+
+    on_exit(fn ->
+      :persistent_term.put(key, beam)
+      for d <- daemons, do: :sys.replace_state(d, &%{&1 | cd_of: true})
+    end)
+
+    for _ <- daemons do
+      assert {:ok, %Result{stdout: out, status: {:exit, 0}}} = Lacca.run("pwd", [])
+      assert out == dir <> "\n"
+    end
+
+    # Each daemon asked once, then sends the directory itself.
+    assert Enum.all?(daemons, &(:sys.get_state(&1).cd_of == false))
+    File.cd!("sub")
+    assert {:ok, %Result{stdout: out}} = Lacca.run("pwd", [])
+    assert out == Path.join(dir, "sub") <> "\n"
+    {:ok, pid} = Lacca.start("pwd", [])
+    assert {:ok, out} = Lacca.read_stdout(pid, 5_000)
+    assert out == Path.join(dir, "sub") <> "\n"
+  end
 end

@@ -439,6 +439,11 @@ defmodule Lacca.Daemon do
        resin_pid: nil,
        # id => {from, reply, retry?}: spawn_wait calls awaiting resin's answer
        waiting: %{},
+       # Whether this resin reads the BEAM's working directory itself
+       # ({cd_of, pid}); id => {exec, args, opts} of such a spawn until its
+       # answer (see cd_of_answer/2)
+       cd_of: true,
+       cd_of_sent: %{},
        # id => {owner, receiver, note_every, out, err}: direct delivery
        direct: %{}
      }}
@@ -461,10 +466,11 @@ defmodule Lacca.Daemon do
       {:ok, state} ->
         {id, state} = next_id(state)
         credit = if max_buffer == :infinity, do: [], else: [{:credit, max_buffer}]
+        {opts, state} = cd_of_request(id, exec, args, opts ++ credit, state)
         # A request above one packet goes in parts (docs/protocol.md 4.3.1),
         # so execve decides what is too big (E2BIG); only a variable name
         # longer than a packet cannot be sent at all (E2BIG here).
-        frames = Protocol.spawn_frames(id, exec, args, opts ++ credit)
+        frames = Protocol.spawn_frames(id, exec, args, opts)
 
         cond do
           frames == {:error, :e2big} ->
@@ -575,6 +581,8 @@ defmodule Lacca.Daemon do
     case Protocol.decode_term(etf) do
       {:ok, {:spawned, id, os_pid, streams}} ->
         # Direct output: the receiver needs resin's pid to open the pipe.
+        state = %{state | cd_of_sent: Map.delete(state.cd_of_sent, id)}
+
         {:noreply,
          answer_waiting({:spawned, id, os_pid, {:direct, state.resin_pid, streams}}, state)}
 
@@ -593,7 +601,10 @@ defmodule Lacca.Daemon do
         {:noreply, state}
 
       {:ok, event} ->
-        {:noreply, answer_waiting(event, state)}
+        case cd_of_answer(event, state) do
+          {:resent, state} -> {:noreply, state}
+          {:event, state} -> {:noreply, answer_waiting(event, state)}
+        end
 
       {:error, _} ->
         Logger.warning("lacca: resin sent an undecodable event: #{inspect(etf, limit: 50)}")
@@ -729,6 +740,68 @@ defmodule Lacca.Daemon do
   end
 
   defp answer_waiting(event, state), do: event(event, state)
+
+  # {cd_of, pid} (Lacca.Options): resin reads the BEAM's working directory
+  # itself. A resin that cannot (an older resin: {badarg, cd_of}; one that
+  # may not read /proc/<beam>/cwd: started through a wrapper that changed
+  # its user or capabilities, a BEAM that is not dumpable, another pid
+  # namespace) answers {cwd, _}: the spawn is sent again at once, under the
+  # same id, with the directory the BEAM reads (as before cd_of), and from
+  # then on this daemon sends that. When the BEAM cannot read it either (it
+  # was removed), resin's answer stands.
+  defp cd_of_request(id, exec, args, opts, %{cd_of: true} = state) do
+    if List.keymember?(opts, :cd_of, 0),
+      do: {opts, %{state | cd_of_sent: Map.put(state.cd_of_sent, id, {exec, args, opts})}},
+      else: {opts, state}
+  end
+
+  defp cd_of_request(_id, _exec, _args, opts, state) do
+    case List.keyfind(opts, :cd_of, 0) do
+      nil -> {opts, state}
+      _ -> {cd_instead(opts), state}
+    end
+  end
+
+  defp cd_instead(opts) do
+    case Lacca.Options.beam_cwd() do
+      {:ok, cwd} -> List.keyreplace(opts, :cd_of, 0, {:cd, cwd})
+      # resin's error for its own lookup says the same.
+      {:error, _} -> opts
+    end
+  end
+
+  defp cd_of_answer(event, %{cd_of_sent: sent} = state) when map_size(sent) > 0 do
+    id = elem(event, 1)
+
+    case Map.pop(sent, id) do
+      {nil, _} ->
+        {:event, state}
+
+      {{exec, args, opts}, sent} ->
+        state = %{state | cd_of_sent: sent}
+
+        with {:spawn_error, _, reason} <- event,
+             true <- cd_of_refused?(reason),
+             {:ok, _} <- Lacca.Options.beam_cwd(),
+             {:ok, frames} <- Protocol.spawn_frames(id, exec, args, cd_instead(opts)),
+             true <- Enum.all?(frames, &Channel.command(state.port, &1)) do
+          Logger.info(
+            "lacca: resin cannot read the BEAM's working directory (#{inspect(reason)}): " <>
+              "lacca sends it with each spawn"
+          )
+
+          {:resent, %{state | cd_of: false}}
+        else
+          _ -> {:event, state}
+        end
+    end
+  end
+
+  defp cd_of_answer(_event, state), do: {:event, state}
+
+  defp cd_of_refused?({:badarg, :cd_of}), do: true
+  defp cd_of_refused?({:cwd, _}), do: true
+  defp cd_of_refused?(_), do: false
 
   defp spawned(id, os_pid, ev, state) do
     case state.procs do

@@ -208,6 +208,9 @@ defmodule Lacca.Options do
 
     opts = if pty?(opts), do: opts, else: Keyword.put_new(opts, :stderr, :discard)
     spec = common(opts)
+    # A stream runs where and when it is enumerated: it takes the working
+    # directory now, as it expands a relative :cd now.
+    spec = %{spec | spawn: Enum.map(spec.spawn, &cwd_now/1)}
 
     lines =
       case opts[:lines] do
@@ -357,6 +360,29 @@ defmodule Lacca.Options do
   # directory at the spawn (/proc/PID/cwd, ~3 µs there) instead of lacca
   # fetching it, which runs on a dirty I/O scheduler (median 50-120 µs
   # after an idle gap, p99 ~700 µs). The pid is looked up once.
+  defp cwd_now({:cd_of, _}) do
+    case beam_cwd() do
+      {:ok, cwd} ->
+        {:cd, cwd}
+
+      {:error, reason} ->
+        raise File.Error, reason: reason, action: "get current working directory"
+    end
+  end
+
+  defp cwd_now(opt), do: opt
+
+  @doc false
+  # The BEAM's working directory, as File.cwd/0 gives it (for a stream, and
+  # for a resin that cannot read it itself: see Lacca.Daemon's cd_of).
+  @spec beam_cwd() :: {:ok, binary()} | {:error, File.posix()}
+  def beam_cwd do
+    case :prim_file.get_cwd() do
+      {:ok, cwd} -> {:ok, IO.chardata_to_string(cwd)}
+      {:error, reason} -> {:error, reason}
+    end
+  end
+
   defp beam_os_pid do
     case :persistent_term.get({__MODULE__, :os_pid}, nil) do
       nil ->
