@@ -749,26 +749,24 @@ defmodule Lacca.Daemon do
   # same id, with the directory the BEAM reads (as before cd_of), and from
   # then on this daemon sends that. When the BEAM cannot read it either (it
   # was removed), resin's answer stands.
-  defp cd_of_request(id, exec, args, opts, %{cd_of: true} = state) do
-    if List.keymember?(opts, :cd_of, 0),
-      do: {opts, %{state | cd_of_sent: Map.put(state.cd_of_sent, id, {exec, args, opts})}},
-      else: {opts, state}
-  end
+  defp cd_of_request(id, exec, args, opts, state) do
+    cond do
+      not List.keymember?(opts, :cd_of, 0) ->
+        {opts, state}
 
-  defp cd_of_request(_id, _exec, _args, opts, state) do
-    case List.keyfind(opts, :cd_of, 0) do
-      nil -> {opts, state}
-      _ -> {cd_instead(opts), state}
+      state.cd_of ->
+        {opts, %{state | cd_of_sent: Map.put(state.cd_of_sent, id, {exec, args, opts})}}
+
+      true ->
+        case Lacca.Options.beam_cwd() do
+          {:ok, cwd} -> {cd_instead(opts, cwd), state}
+          # resin's error for its own lookup says the same.
+          {:error, _} -> {opts, state}
+        end
     end
   end
 
-  defp cd_instead(opts) do
-    case Lacca.Options.beam_cwd() do
-      {:ok, cwd} -> List.keyreplace(opts, :cd_of, 0, {:cd, cwd})
-      # resin's error for its own lookup says the same.
-      {:error, _} -> opts
-    end
-  end
+  defp cd_instead(opts, cwd), do: List.keyreplace(opts, :cd_of, 0, {:cd, cwd})
 
   defp cd_of_answer(event, %{cd_of_sent: sent} = state) when map_size(sent) > 0 do
     id = elem(event, 1)
@@ -782,8 +780,8 @@ defmodule Lacca.Daemon do
 
         with {:spawn_error, _, reason} <- event,
              true <- cd_of_refused?(reason),
-             {:ok, _} <- Lacca.Options.beam_cwd(),
-             {:ok, frames} <- Protocol.spawn_frames(id, exec, args, cd_instead(opts)),
+             {:ok, cwd} <- Lacca.Options.beam_cwd(),
+             {:ok, frames} <- Protocol.spawn_frames(id, exec, args, cd_instead(opts, cwd)),
              true <- Enum.all?(frames, &Channel.command(state.port, &1)) do
           Logger.info(
             "lacca: resin cannot read the BEAM's working directory (#{inspect(reason)}): " <>
