@@ -31,6 +31,7 @@ IO.inspect(Lacca.run("sh", ["-c", "echo started; sleep 100"], timeout: 200))
 
 say.("Owner messages")
 {:ok, pid} = Lacca.start("sh", ["-c", "echo out; echo err >&2; exit 7"], output: :messages)
+_ = Process.monitor(pid)
 
 for _ <- 1..3 do
   receive do
@@ -38,6 +39,19 @@ for _ <- 1..3 do
   after
     5_000 -> raise "no message"
   end
+end
+
+receive do
+  {:DOWN, _ref, :process, ^pid, reason} ->
+    IO.inspect(reason, label: "the server's exit reason")
+
+    IO.puts(
+      "(an exit status other than 0 is an abnormal exit for OTP: the " <>
+        "\"GenServer ... terminating\" error logged here is expected, " <>
+        "see \"Lifetime of the server\" in `h Lacca.start`)"
+    )
+after
+  5_000 -> raise "the server did not exit"
 end
 
 if function_exported?(Lacca, :stream!, 3) do
