@@ -94,15 +94,6 @@ defmodule Lacca do
   and stopping the `:lacca` application stops everything it started. If the
   whole BEAM dies, resin sees its stdin close and kills every process group.
 
-  ## Finding resin
-
-  See `Lacca.Resin`: `config :lacca, :resin`, `$LACCA_RESIN`, the resin this
-  repository's `make setup` installed, or `resin` on the `PATH`. When none is
-  found every spawn returns `{:error, {:resin_not_found, message}}` with a
-  message that says how to install it.
-
-  ## Containment
-
   resin finds every descendant of a process, also those that left its
   process group: each OS process runs in a cgroup of its own where the
   machine allows it (a cgroup v2 hierarchy resin may write to, Linux 5.14 or
@@ -110,6 +101,15 @@ defmodule Lacca do
   the live process tree. `config :lacca, :cgroups, false` makes resin use
   the process tree only. `info/0` tells which is in use. The README's
   "Stopping and cleanup" says which mechanism covers which case.
+
+  ## Finding resin
+
+  See `Lacca.Resin`, first found wins: `config :lacca, :resin`,
+  `$LACCA_RESIN`, the resin bundled into lacca's `priv/resin` when lacca was
+  compiled, the resin this repository's `make setup` installed, or `resin`
+  on the `PATH`. When none is found every spawn returns `{:error,
+  {:resin_not_found, message}}` with a message that says how to install it.
+  `info/0` tells which one is in use.
 
   ## resin daemons
 
@@ -489,6 +489,14 @@ defmodule Lacca do
   `cmd` is executed directly (no shell): a path, or a name looked up on the
   `PATH`. Use `shell/2` to run a shell command line.
 
+  A name without a `/` is looked up in the process's `PATH`: the one given
+  in `:env`, else resin's (the BEAM's `PATH` when that resin started: a
+  `System.put_env("PATH", ...)` made after the shared resins started does
+  not change it, as for `:env`). A relative path with a
+  `/` (`"bin/tool"`, `"./tool"`) is taken from the process's working
+  directory, `:cd` when given, as `execve(2)` after `chdir(2)` would:
+  `run("./tool", [], cd: dir)` runs `dir/tool`.
+
   Returns `{:ok, %Lacca.Result{}}` whenever the process ran, whatever its
   exit status, and `{:error, reason}` when it could not run: one of
   `t:spawn_error/0` (`:enoent`, `:eacces`, `{:cwd, :enoent}`, `:emfile`,
@@ -550,8 +558,14 @@ defmodule Lacca do
       "x2\\n"
   """
   @spec shell(String.t(), [run_option()]) :: {:ok, Lacca.Result.t()} | {:error, spawn_error()}
-  def shell(command, opts \\ []) when is_binary(command),
-    do: run("/bin/sh", ["-c", command], opts)
+  def shell(command, opts \\ [])
+
+  def shell(command, opts) when is_binary(command), do: run("/bin/sh", ["-c", command], opts)
+
+  def shell(command, _opts) do
+    raise ArgumentError,
+          "expected the command line to be a binary (a string), got: #{inspect(command)}"
+  end
 
   # -- stream -----------------------------------------------------------------
 

@@ -169,6 +169,22 @@ defmodule Lacca.RunTest do
     assert {:ok, %Result{stdout: "3\n"}} = Lacca.shell("echo $((1 + 2))")
   end
 
+  @tag :tmp_dir
+  test "shell/2 raises ArgumentError for a command line that is not a binary, and runs nothing",
+       %{tmp_dir: dir} do
+    marker = Path.join(dir, "ran")
+
+    assert_raise ArgumentError, ~r/command line to be a binary/, fn ->
+      Lacca.shell(~c"touch #{marker}")
+    end
+
+    assert_raise ArgumentError, ~r/command line to be a binary/, fn -> Lacca.shell(nil) end
+    # The same command line as a binary does run, so the marker tells.
+    assert {:ok, %Result{status: {:exit, 1}}} = Lacca.shell("test -e #{marker}")
+    assert {:ok, %Result{status: {:exit, 0}}} = Lacca.shell("touch #{marker}")
+    assert File.exists?(marker)
+  end
+
   test "the process dies with the run caller" do
     test = self()
 

@@ -115,7 +115,7 @@ defmodule Lacca.Options do
                 inspect(args)
       end
 
-      no_nul!(arg, "argument #{inspect(arg)}")
+      no_nul!(arg, "an argument")
     end)
 
     {cmd, args}
