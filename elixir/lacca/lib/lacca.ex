@@ -433,7 +433,8 @@ defmodule Lacca do
       `:enotsup` where resin does not use cgroups, `:enoent` where the
       controller is not enabled in resin's cgroup hierarchy
     * `:pty` - run the process on a pseudo-terminal: `true` (24 rows, 80
-      columns) or `[rows: r, cols: c]` (default `false`). The terminal is
+      columns) or `[rows: r, cols: c]`, either of which may be left out
+      (24 and 80) (default `false`). The terminal is
       its stdin, stdout and stderr and its controlling terminal (it is the
       session leader; `isatty/1` is true on 0, 1 and 2), so programs behave
       as in an interactive terminal. stdout and stderr are one stream

@@ -508,19 +508,20 @@ defmodule Lacca.Options do
     end
   end
 
-  defp pty_size!(kw) do
+  defp pty_size!(given) do
     expected = "true, false or [rows: rows, cols: cols] (integers 1..#{@max_winsize})"
 
+    # Errors show the value as given, not with the defaults merged in.
     kw =
       try do
-        Keyword.validate!(kw, @default_pty)
+        Keyword.validate!(given, @default_pty)
       rescue
-        ArgumentError -> bad!(:pty, expected, kw)
+        ArgumentError -> bad!(:pty, expected, given)
       end
 
     case {kw[:rows], kw[:cols]} do
       {r, c} when r in 1..@max_winsize//1 and c in 1..@max_winsize//1 -> {r, c}
-      _ -> bad!(:pty, expected, kw)
+      _ -> bad!(:pty, expected, given)
     end
   end
 
