@@ -415,7 +415,11 @@ defmodule Lacca do
       reads it from `/proc/<BEAM's pid>/cwd`; where it may not (started
       through a wrapper that changed its user or capabilities, a BEAM that
       is not dumpable, another pid namespace, an older resin), lacca sends
-      the directory with each spawn instead
+      the directory with each spawn instead. A given `:cd` is expanded by
+      `Path.expand/1` on the calling node, at the same moment: a relative
+      path is taken from the BEAM's working directory, `"~"` is the
+      BEAM's `HOME` and `""` the BEAM's working directory (also with
+      `:node`: give the target an absolute path)
     * `:env` - a map or list of `{name, value}` binaries to set; a `nil` value
       unsets the variable. The process starts from resin's environment (the
       BEAM's environment when resin started), not from later
