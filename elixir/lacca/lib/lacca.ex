@@ -63,12 +63,17 @@ defmodule Lacca do
       (the default) every chunk is sent as it arrives, but while the owner's
       message queue holds more than 64 messages resin gets no more credit
       (looked at again every 1 to 64 ms), so an owner that does not read
-      holds the process in a few MiB. With `active: n`, `:once` or `false`
+      holds the process in a few MiB. An owner on another node too: its
+      queue cannot be read from the server's node, so before each grant
+      (every quarter of `:max_buffer` consumed) the server asks the
+      owner's node, without waiting in a call: the grant waits for the
+      answer, a network round trip, while resin goes on with the credit it
+      still has. An answer that does not come (the owner or its node is
+      gone) counts as caught up. With `active: n`, `:once` or `false`
       at most `n` chunks go to the owner's mailbox and the rest waits in the
       server: bounded. `active: true` sends everything as soon as it
       arrives, so, as with `:gen_tcp`, an owner that does not keep up lets
-      its mailbox grow. (An owner on another node counts as keeping up:
-      `:flow` is then `true`.)
+      its mailbox grow.
     * `run/3`: chunks are collected into `:into` as they arrive
 
   Where it can (`run/3`, streams and `output: :messages` with `active: true`
@@ -727,7 +732,8 @@ defmodule Lacca do
           wait in its queue, resin gets no more credit until it caught up
           (see "Flow control" in the module documentation). Messages of
           any kind count: an owner that leaves many others unread holds
-          the process too
+          the process too. An owner on another node is bounded alike: its
+          queue's length is asked of its node, a round trip per grant
         * `true`: every chunk is sent to the owner as it arrives (no limit on
           the owner's mailbox, as before `:flow`)
         * a positive integer `n`: `n` chunks are sent, then

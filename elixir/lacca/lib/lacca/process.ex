@@ -29,6 +29,10 @@ defmodule Lacca.Process do
   # @flow_backlog messages the grant is withheld (the OS process blocks once
   # its :max_buffer is used) and looked at again on a timer, backing off from
   # @flow_check_first to @flow_check_max ms, until the owner caught up.
+  # An owner on another node is asked, not looked at: the grant is held
+  # while an :erpc request (process_info on the owner's node, at most one
+  # in flight) is answered, and the server goes on meanwhile; no answer
+  # (the node or the owner gone) counts as caught up (ask_owner/2).
   #
   # Callers that have to wait (read_stdout with an empty buffer, await,
   # write_stdin until its frames are acked, close_stdin, signal, stop) are
@@ -109,8 +113,11 @@ defmodule Lacca.Process do
     # output goes from the daemon straight to the owner (see the top)
     direct: false,
     daemon: nil,
-    # active: :flow while credit is withheld: {timer ref, delay}
+    # active: :flow while credit is withheld: {timer ref, delay}, or
+    # {:ask, delay} while a remote owner is asked (flow_ask)
     flow: nil,
+    # {:erpc, request id} in flight to a remote owner's node, if any
+    flow_ask: nil,
     pending: :queue.new(),
     exit_pending: false,
     # stdin: queued items, refs of unacked frames in order, writes by ref
@@ -153,7 +160,8 @@ defmodule Lacca.Process do
           active: active(),
           direct: boolean(),
           daemon: pid() | nil,
-          flow: {reference(), pos_integer()} | nil,
+          flow: {reference() | :ask, pos_integer()} | nil,
+          flow_ask: {:erpc, :erpc.request_id()} | nil,
           pending: :queue.queue({stream(), binary()}),
           exit_pending: boolean(),
           stdin: :open | :closing | :closed,
@@ -390,9 +398,13 @@ defmodule Lacca.Process do
     do: {:noreply, s |> delivered(:stdout, out) |> delivered(:stderr, err)}
 
   def handle_info({:flow_check, ref}, %{flow: {ref, delay}} = s) do
-    if backlogged?(s.owner),
-      do: {:noreply, flow_timer(s, min(2 * delay, @flow_check_max))},
-      else: {:noreply, release(s)}
+    delay = min(2 * delay, @flow_check_max)
+
+    cond do
+      node(s.owner) != node() -> {:noreply, ask_owner(s, delay)}
+      backlogged?(s.owner) -> {:noreply, flow_timer(s, delay)}
+      true -> {:noreply, release(s)}
+    end
   end
 
   def handle_info(Channel.event(port, event), %{chan: %Channel{port: port, id: id}} = s)
@@ -426,6 +438,15 @@ defmodule Lacca.Process do
         else: s
 
     {:noreply, %{s | kill_timer: nil}}
+  end
+
+  # The answer of a remote owner's node (or a failure to get one), else a
+  # message of nobody's.
+  def handle_info(msg, %{flow_ask: {:erpc, req}} = s) do
+    case owner_answer(msg, req) do
+      :no_response -> {:noreply, s}
+      backlogged -> {:noreply, answered(%{s | flow_ask: nil}, backlogged)}
+    end
   end
 
   def handle_info(_other, s), do: {:noreply, s}
@@ -890,19 +911,25 @@ defmodule Lacca.Process do
   defp delivered(s, _stream, 0), do: s
 
   defp delivered(%{active: :flow, flow: nil} = s, stream, size) do
-    if Channel.grant_due?(s.chan, stream, size) and backlogged?(s.owner) do
-      consumed(flow_timer(%{s | chan: Channel.hold(s.chan)}, @flow_check_first), stream, size)
-    else
-      consumed(s, stream, size)
+    cond do
+      not Channel.grant_due?(s.chan, stream, size) ->
+        consumed(s, stream, size)
+
+      node(s.owner) != node() ->
+        consumed(ask_owner(%{s | chan: Channel.hold(s.chan)}, @flow_check_first), stream, size)
+
+      backlogged?(s.owner) ->
+        consumed(flow_timer(%{s | chan: Channel.hold(s.chan)}, @flow_check_first), stream, size)
+
+      true ->
+        consumed(s, stream, size)
     end
   end
 
   defp delivered(s, stream, size), do: consumed(s, stream, size)
 
-  # Whether the owner is behind: more than @flow_backlog messages queued.
-  # An owner on another node (whose queue cannot be read from here) never
-  # is: the hook where a remote owner would need credit of its own (its
-  # output then flows as with active: true).
+  # Whether a local owner is behind: more than @flow_backlog messages
+  # queued. (A remote one is asked: ask_owner/2.)
   defp backlogged?(owner) when node(owner) != node(), do: false
 
   defp backlogged?(owner) do
@@ -911,6 +938,39 @@ defmodule Lacca.Process do
       nil -> false
     end
   end
+
+  # A remote owner's queue cannot be read from here: its node is asked
+  # (process_info there, an :erpc request, never a blocking call), and
+  # the grant stays held until the answer (answered/2) releases it or, the
+  # owner still behind, starts a flow timer of `delay` ms, whose look is a
+  # request again. At most one request is in flight: one still unanswered
+  # (from before a release) serves. Its answer costs a round trip per
+  # grant, while resin goes on with the credit it has (at most 3/4 of
+  # :max_buffer).
+  defp ask_owner(%{flow_ask: nil, owner: owner} = s, delay) do
+    req = :erpc.send_request(node(owner), :erlang, :process_info, [owner, :message_queue_len])
+    %{s | flow: {:ask, delay}, flow_ask: {:erpc, req}}
+  end
+
+  defp ask_owner(s, delay), do: %{s | flow: {:ask, delay}}
+
+  # true | false for an answer (no answer: the node or the owner is gone,
+  # which the owner's monitor reports: not behind), :no_response for a
+  # message that is not one.
+  defp owner_answer(msg, req) do
+    case :erpc.check_response(msg, req) do
+      {:response, {:message_queue_len, n}} -> n > @flow_backlog
+      {:response, _undefined} -> false
+      :no_response -> :no_response
+    end
+  catch
+    _kind, _reason -> false
+  end
+
+  defp answered(%{flow: {:ask, delay}} = s, true), do: flow_timer(s, delay)
+  defp answered(%{flow: {:ask, _}} = s, false), do: release(s)
+  # Released meanwhile (set_active/2): nothing held.
+  defp answered(s, _backlogged), do: s
 
   defp flow_timer(s, delay) do
     ref = make_ref()

@@ -18,8 +18,9 @@ defmodule Lacca.Remote do
   # are in flight to the caller, whatever the network does, and at most
   # :max_buffer bytes per stream wait in the server on the target node;
   # beyond that resin gets no credit and the OS process blocks in write(2).
-  # That is the one rule for a remote owner (window/0 and grant/2); it does
-  # not look at the owner's mailbox, which cannot be read across nodes.
+  # That is the rule for these callers (window/0 and grant/2): it costs no
+  # round trip. (A start/3 owner with the default active: :flow is asked
+  # for its queue's length instead, see Lacca.Process.ask_owner/2.)
   #
   # Failures (see "Running on other nodes" in the README):
   #   * the caller's node goes away: the server sees the owner's monitor or

@@ -157,6 +157,54 @@ defmodule Lacca.TestCluster do
   def consumer(parent, :stream, cmd, args, opts),
     do: Lacca.stream!(cmd, args, opts) |> Enum.each(&send(parent, {:collected, &1}))
 
+  @doc """
+  Runs on a peer: starts `cmd` with Lacca.start/3 and `opts` (which may
+  name another node), reports `{:owner, self(), result}` to `parent`, and
+  reads none of the output until told. Meanwhile it answers `{:report,
+  from, ref}` with `{ref, queue_len, queued_bytes, binary_memory}` (its
+  message queue, the bytes of the output chunks in it, this node's binary
+  memory), found without taking anything from the queue. Told `:read`, it
+  reads the output to the final message and sends `parent` `{:read, bytes,
+  md5, final}`.
+  """
+  @spec hoarder(pid(), String.t(), [String.t()], keyword()) :: :ok
+  def hoarder(parent, cmd, args, opts) do
+    {:ok, pid} = result = Lacca.start(cmd, args, opts)
+    send(parent, {:owner, self(), result})
+    hoard(parent, pid)
+  end
+
+  defp hoard(parent, pid) do
+    receive do
+      {:report, from, ref} ->
+        {:messages, messages} = Process.info(self(), :messages)
+
+        bytes =
+          for {:lacca, ^pid, {_stream, data}} when is_binary(data) <- messages,
+              do: byte_size(data)
+
+        send(from, {ref, length(messages), Enum.sum(bytes), :erlang.memory(:binary)})
+        hoard(parent, pid)
+
+      :read ->
+        send(parent, read_all(pid, 0, :erlang.md5_init()))
+        :ok
+    end
+  end
+
+  defp read_all(pid, n, hash) do
+    receive do
+      {:lacca, ^pid, {:stdout, data}} ->
+        read_all(pid, n + byte_size(data), :erlang.md5_update(hash, data))
+
+      {:lacca, ^pid, {:stderr, _}} = msg ->
+        {:read, n, :erlang.md5_final(hash), {:unexpected, msg}}
+
+      {:lacca, ^pid, final} when final != :passive ->
+        {:read, n, :erlang.md5_final(hash), final}
+    end
+  end
+
   defp owner_loop(parent) do
     receive do
       :stop -> :ok

@@ -1,0 +1,138 @@
+defmodule Lacca.RemoteFlowTest do
+  # active: :flow (the default) with an owner on another node (OTP's :peer,
+  # see Lacca.TestCluster): the server, on this node, cannot read the
+  # owner's message queue, so it asks the owner's node before each grant.
+  use ExUnit.Case, async: false
+
+  import Lacca.OSHelpers
+  import Lacca.TestCluster
+
+  @moduletag :cluster
+  @moduletag timeout: 180_000
+
+  @mib 1_048_576
+  # Lacca.Process's @flow_backlog: more queued messages than this and the
+  # owner is behind.
+  @flow_backlog 64
+  # The most output :flow lets into a mailbox nobody reads, as for a local
+  # owner (flow_test.exs): 64 queued chunks of at most 64 KiB, then up to
+  # :max_buffer (1 MiB) more from the credit resin still had, plus a grant's
+  # worth in flight.
+  @flow_bound 65 * 65_536 + 2 * @mib
+  # The owner's node's binary memory may grow by the queued chunks and what
+  # the distribution connection buffers; nowhere near the 60 MiB written.
+  @memory_bound 32 * @mib
+
+  setup_all do
+    {_peer, node} = start_peer!()
+    %{b: node}
+  end
+
+  test "a remote owner that does not read holds the process in bounded memory; then reads it all",
+       %{b: b} do
+    # 8,000,000 lines: 63 MB, every byte in a known place.
+    {expected, 0} = System.cmd("seq", ["1", "8000000"])
+    base = :erpc.call(b, :erlang, :memory, [:binary])
+
+    args = [self(), "seq", ["1", "8000000"], [node: node(), output: :messages]]
+    :erpc.call(b, :erlang, :spawn, [Lacca.TestCluster, :hoarder, args])
+    assert_receive {:owner, owner, {:ok, pid}}, 10_000
+    assert node(pid) == node()
+
+    # The server holds the grant and, each time its node answers that the
+    # owner is still behind, looks again on a timer: wait for three looks
+    # (or for the end, when nothing held it: the bounds below fail).
+    held = await_flow_checks(pid, 3)
+
+    {queued, bytes, memory} = report(owner)
+    assert bytes > 0 and bytes <= @flow_bound, "#{bytes} bytes queued at the owner"
+    # seq writes whole 4 KiB blocks: no chunk but the last is smaller.
+    assert queued <= @flow_backlog + div(2 * @mib, 4_096) + 1, "#{queued} messages queued"
+    assert memory - base < @memory_bound, "#{memory - base} bytes of binaries on #{b}"
+    # seq is held: nowhere near done.
+    assert held == :held
+    assert Lacca.alive?(pid)
+
+    # Reading lets it run to its end: every byte in order, then the exit.
+    send(owner, :read)
+    assert_receive {:read, count, hash, final}, 60_000
+    assert final == {:exit, {:exit, 0}}
+    assert count == byte_size(expected)
+    assert hash == :erlang.md5(expected)
+  end
+
+  test "the owner's node goes away while credit is held: the process is stopped" do
+    {_peer, o} = start_peer!()
+
+    args = [self(), "yes", [], [node: node(), output: :messages]]
+    :erpc.call(o, :erlang, :spawn, [Lacca.TestCluster, :hoarder, args])
+    assert_receive {:owner, _owner, {:ok, pid}}, 10_000
+    os_pid = Lacca.os_pid(pid)
+    ref = Process.monitor(pid)
+    assert await_flow_checks(pid, 2) == :held
+
+    kill_node!(o)
+    # As for any owner that goes: the server stops the OS process and ends.
+    assert_receive {:DOWN, ^ref, :process, ^pid, :normal}, 30_000
+    assert wait_gone(os_pid) == []
+  end
+
+  test "a remote owner that keeps up gets everything, the exit last", %{b: b} do
+    total = 64 * @mib
+    args = [self(), "head", ["-c", "#{total}", "/dev/zero"], [node: node(), output: :messages]]
+    :erpc.call(b, :erlang, :spawn, [Lacca.TestCluster, :hoarder, args])
+    assert_receive {:owner, owner, {:ok, _pid}}, 10_000
+    send(owner, :read)
+    assert_receive {:read, count, hash, final}, 60_000
+    assert final == {:exit, {:exit, 0}}
+    assert count == total
+    assert hash == :erlang.md5(:binary.copy(<<0>>, total))
+  end
+
+  # Waits (tracing the server's receives) until it looked at a behind owner
+  # `n` times: :held. The server ending first (it sent everything) is
+  # :ended, which the callers' assertions then show.
+  defp await_flow_checks(pid, n) do
+    ref = Process.monitor(pid)
+    :erlang.trace(pid, true, [:receive, {:tracer, self()}])
+    result = flow_checks(pid, ref, n)
+    if result == :held, do: untrace(pid)
+    Process.demonitor(ref, [:flush])
+    flush_trace(pid)
+    result
+  end
+
+  defp flow_checks(_pid, _ref, 0), do: :held
+
+  defp flow_checks(pid, ref, n) do
+    receive do
+      {:trace, ^pid, :receive, {:flow_check, _}} -> flow_checks(pid, ref, n - 1)
+      {:DOWN, ^ref, :process, ^pid, _} -> :ended
+    after
+      30_000 -> flunk("credit was never withheld")
+    end
+  end
+
+  # No trace message after this one.
+  defp untrace(pid) do
+    :erlang.trace(pid, false, [:receive])
+    ref = :erlang.trace_delivered(pid)
+    assert_receive {:trace_delivered, ^pid, ^ref}, 5_000
+  end
+
+  defp flush_trace(pid) do
+    receive do
+      {:trace, ^pid, _, _} -> flush_trace(pid)
+    after
+      0 -> :ok
+    end
+  end
+
+  # The owner's queue (messages, output bytes) and its node's binary memory.
+  defp report(owner) do
+    ref = make_ref()
+    send(owner, {:report, self(), ref})
+    assert_receive {^ref, queued, bytes, memory}, 10_000
+    {queued, bytes, memory}
+  end
+end
