@@ -68,10 +68,11 @@ defmodule Lacca do
       (every quarter of `:max_buffer` consumed) the server asks the
       owner's node, without waiting in a call: the grant waits for the
       answer, a network round trip, while resin goes on with the credit it
-      still has. An answer that does not come (the owner or its node is
-      gone) counts as caught up. With `active: n`, `:once` or `false`
-      at most `n` chunks go to the owner's mailbox and the rest waits in the
-      server: bounded. `active: true` sends everything as soon as it
+      still has. The answer cannot count the chunks still on their way:
+      what the connection's buffers hold (a few MiB) may come on top. An
+      answer that does not come (the owner or its node is gone) counts as
+      caught up. With `active: n`, `:once` or `false` at most `n` chunks go
+      to the owner's mailbox and the rest waits in the server: bounded. `active: true` sends everything as soon as it
       arrives, so, as with `:gen_tcp`, an owner that does not keep up lets
       its mailbox grow.
     * `run/3`: chunks are collected into `:into` as they arrive

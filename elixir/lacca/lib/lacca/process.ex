@@ -946,7 +946,8 @@ defmodule Lacca.Process do
   # request again. At most one request is in flight: one still unanswered
   # (from before a release) serves. Its answer costs a round trip per
   # grant, while resin goes on with the credit it has (at most 3/4 of
-  # :max_buffer).
+  # :max_buffer). The answer does not count the chunks still on their way
+  # (in the distribution connection's buffers): those come on top.
   defp ask_owner(%{flow_ask: nil, owner: owner} = s, delay) do
     req = :erpc.send_request(node(owner), :erlang, :process_info, [owner, :message_queue_len])
     %{s | flow: {:ask, delay}, flow_ask: {:erpc, req}}
