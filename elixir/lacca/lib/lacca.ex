@@ -68,13 +68,17 @@ defmodule Lacca do
       (every quarter of `:max_buffer` consumed) the server asks the
       owner's node, without waiting in a call: the grant waits for the
       answer, a network round trip, while resin goes on with the credit it
-      still has. The answer cannot count the chunks still on their way:
-      what the connection's buffers hold (a few MiB) may come on top. An
-      answer that does not come (the owner or its node is gone) counts as
-      caught up. With `active: n`, `:once` or `false` at most `n` chunks go
-      to the owner's mailbox and the rest waits in the server: bounded. `active: true` sends everything as soon as it
-      arrives, so, as with `:gen_tcp`, an owner that does not keep up lets
-      its mailbox grow.
+      still has. The question travels behind the chunks sent before it, so
+      the answer counts them; what resin sends while it is on its way (at
+      most the credit it had, about `:max_buffer`) may come on top. A
+      failure instead of an answer (the owner or its node is gone) counts
+      as caught up, and so does a node that cannot run an `:erpc` request
+      (an erl_interface C node, for one: `{:erpc, :notsup}`): an owner
+      there is not bounded, as with `active: true`. With `active: n`,
+      `:once` or `false` at most `n` chunks go to the owner's mailbox and
+      the rest waits in the server: bounded. `active: true` sends
+      everything as soon as it arrives, so, as with `:gen_tcp`, an owner
+      that does not keep up lets its mailbox grow.
     * `run/3`: chunks are collected into `:into` as they arrive
 
   Where it can (`run/3`, streams and `output: :messages` with `active: true`
@@ -734,7 +738,9 @@ defmodule Lacca do
           (see "Flow control" in the module documentation). Messages of
           any kind count: an owner that leaves many others unread holds
           the process too. An owner on another node is bounded alike: its
-          queue's length is asked of its node, a round trip per grant
+          queue's length is asked of its node, a round trip per grant (not
+          on a node that cannot run `:erpc`, such as a C node: see "Flow
+          control")
         * `true`: every chunk is sent to the owner as it arrives (no limit on
           the owner's mailbox, as before `:flow`)
         * a positive integer `n`: `n` chunks are sent, then

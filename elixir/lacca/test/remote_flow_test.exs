@@ -19,11 +19,11 @@ defmodule Lacca.RemoteFlowTest do
   # :max_buffer (1 MiB) more from the credit resin still had, plus a grant's
   # worth in flight.
   @flow_bound 65 * 65_536 + 2 * @mib
-  # A remote owner's queue is asked of its node, and the answer does not
-  # count the chunks still on their way: what the distribution connection
-  # held when the node was asked (its buffer, :dist_buf_busy_limit, 1 MiB by
-  # default, and the kernel's socket buffers, a few MiB on loopback) may
-  # come on top. (Measured: 2 to 7 MB queued.)
+  # A remote owner's queue is asked of its node: the request travels behind
+  # the chunks sent before it, so the answer counts them, but it is a round
+  # trip old: what resin sent meanwhile (its credit, up to :max_buffer, and
+  # a grant of up to :max_buffer released on an answer that was already
+  # old) may come on top. (Measured: 2 to 7 MB queued.) The margin is loose.
   @remote_bound @flow_bound + 8 * @mib
   # The owner's node's binary memory grows by the queued chunks and what the
   # connection buffers; nowhere near the 60 MiB written.

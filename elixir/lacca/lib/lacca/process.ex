@@ -32,7 +32,8 @@ defmodule Lacca.Process do
   # An owner on another node is asked, not looked at: the grant is held
   # while an :erpc request (process_info on the owner's node, at most one
   # in flight) is answered, and the server goes on meanwhile; no answer
-  # (the node or the owner gone) counts as caught up (ask_owner/2).
+  # (the node or the owner gone, a node without :erpc such as a C node:
+  # {:erpc, :notsup}) counts as caught up (ask_owner/2).
   #
   # Callers that have to wait (read_stdout with an empty buffer, await,
   # write_stdin until its frames are acked, close_stdin, signal, stop) are
@@ -946,8 +947,9 @@ defmodule Lacca.Process do
   # request again. At most one request is in flight: one still unanswered
   # (from before a release) serves. Its answer costs a round trip per
   # grant, while resin goes on with the credit it has (at most 3/4 of
-  # :max_buffer). The answer does not count the chunks still on their way
-  # (in the distribution connection's buffers): those come on top.
+  # :max_buffer). The request travels behind the chunks sent before it (one
+  # connection, one sender): the answer counts them; what resin sends while
+  # it is on its way (at most the credit it had) comes on top.
   defp ask_owner(%{flow_ask: nil, owner: owner} = s, delay) do
     req = :erpc.send_request(node(owner), :erlang, :process_info, [owner, :message_queue_len])
     %{s | flow: {:ask, delay}, flow_ask: {:erpc, req}}
