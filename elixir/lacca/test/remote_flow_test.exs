@@ -89,13 +89,14 @@ defmodule Lacca.RemoteFlowTest do
     args = [self(), "head", ["-c", "#{total}", "/dev/zero"], [node: node(), output: :messages]]
     :erpc.call(b, :erlang, :spawn, [Lacca.TestCluster, :hoarder, args])
     assert_receive {:owner, owner, {:ok, pid}}, 10_000
+    # Monitored before the release: released, it may end at once.
+    ref = Process.monitor(pid)
     assert await_flow_checks(pid, 2) == :held
 
     # Released: an answer still on its way changes nothing; everything
     # goes to the owner's queue (active: true is unbounded).
     assert Lacca.set_active(pid, true) == :ok
     assert %{flow: nil} = :sys.get_state(pid)
-    ref = Process.monitor(pid)
     assert_receive {:DOWN, ^ref, :process, ^pid, :normal}, 60_000
     {_queued, bytes, _memory} = report(owner)
     assert bytes == total
