@@ -93,9 +93,10 @@ defmodule Lacca.RemoteFlowTest do
     ref = Process.monitor(pid)
     assert await_flow_checks(pid, 2) == :held
 
-    # Released: an answer still on its way changes nothing; everything
-    # goes to the owner's queue (active: true is unbounded).
-    assert Lacca.set_active(pid, true) == :ok
+    # Released while a question is on its way, its answer handled after
+    # the release: it changes nothing; everything goes to the owner's
+    # queue (active: true is unbounded).
+    release_before_answer(pid, 50)
     assert %{flow: nil} = :sys.get_state(pid)
     assert_receive {:DOWN, ^ref, :process, ^pid, :normal}, 60_000
     {_queued, bytes, _memory} = report(owner)
@@ -115,6 +116,48 @@ defmodule Lacca.RemoteFlowTest do
     assert final == {:exit, {:exit, 0}}
     assert count == total
     assert hash == :erlang.md5(:binary.copy(<<0>>, total))
+  end
+
+  # set_active(pid, true) handled while the server waits for its owner's
+  # node: the server is suspended (:sys.suspend/1) with a question on its
+  # way, the release queued, and its mailbox looked at: the answer must
+  # not be ahead of the release. Otherwise (no question on its way, or the
+  # answer came first) the server is put back to :flow and the next look
+  # is awaited: at most `tries` times.
+  defp release_before_answer(_pid, 0), do: flunk("never released before an answer")
+
+  defp release_before_answer(pid, tries) do
+    :ok = :sys.suspend(pid)
+
+    case :sys.get_state(pid) do
+      %{flow: {:ask, _}, flow_ask: {:erpc, req}} ->
+        GenServer.cast(pid, {:set_active, true})
+        {:messages, queued} = Process.info(pid, :messages)
+
+        answered_first =
+          queued
+          |> Enum.take_while(&(&1 != {:"$gen_cast", {:set_active, true}}))
+          |> Enum.any?(&answer?(&1, req))
+
+        if answered_first, do: GenServer.cast(pid, {:set_active, :flow})
+        :ok = :sys.resume(pid)
+        if answered_first, do: retry_release(pid, tries)
+
+      _not_asking ->
+        :ok = :sys.resume(pid)
+        retry_release(pid, tries)
+    end
+  end
+
+  defp retry_release(pid, tries) do
+    assert await_flow_checks(pid, 1) == :held
+    release_before_answer(pid, tries - 1)
+  end
+
+  defp answer?(msg, req) do
+    :erpc.check_response(msg, req) != :no_response
+  catch
+    _kind, _reason -> true
   end
 
   # Waits (tracing the server's receives) until it looked at a behind owner
