@@ -170,6 +170,15 @@ defmodule Lacca.TtyTest do
         Lacca.run("true", [], pty: :yes)
       end
 
+      # Not a keyword list (an improper one, a list of other terms).
+      assert_raise ArgumentError, ~r/invalid value for :pty option/, fn ->
+        Lacca.run("true", [], pty: [{:rows, 2} | :x])
+      end
+
+      assert_raise ArgumentError, ~r/invalid value for :pty option/, fn ->
+        Lacca.run("true", [], pty: [24, 80])
+      end
+
       assert_raise ArgumentError, ~r/log_stderr/, fn ->
         Lacca.start("true", [], pty: true, log_output: :info, log_stderr: true)
       end
