@@ -17,7 +17,7 @@ from resin_py.testing import ResinClient
 
 RESIN_COMMAND = [sys.executable, "-m", "resin_py"]
 
-# Property tests run on a busy machine (two xdist workers, maybe CPU hogs):
+# Property tests run on a busy machine (three xdist workers, maybe CPU hogs):
 # no per-example deadline and no complaint that generating data is slow,
 # which would fail them for the machine's speed, not for resin's behaviour.
 # The number of examples is each test's own.
@@ -130,21 +130,21 @@ def fd_count(pid: int) -> int:
 
 # --- running under pytest-xdist ---------------------------------------------------
 #
-# pyproject.toml runs the suite on two workers (`-n 2 --dist loadgroup`).
+# pyproject.toml runs the suite on three workers (`-n 3 --dist loadgroup`).
 # Two markers (registered there) say how a test must be scheduled:
 #
 # - `serial`: no other test runs anywhere while it runs, because it times
 #   something against a wall clock (a shutdown within 1 s) or looks at the
 #   whole machine (every process of a user, every process with a cookie),
 #   which another worker's processes would disturb. They run at the end,
-#   one after another, while the other worker waits (`_Turns`, a lock the
+#   one after another, while the other workers wait (`_Turns`, a lock the
 #   workers share). They are also put in one xdist_group, which would keep
 #   them on one worker, but pytest-xdist 3.8 does not group under pytest 9.2
 #   (pytest-xdist issue #1386: the group goes into a node id pytest no
 #   longer reads); the lock does not depend on it. A test that needs to
 #   be alone for a part of it only uses the `alone` fixture instead.
 # - `heavy`: seconds of work; started first, so that no worker is left with
-#   one at the end while the other has nothing to do.
+#   one at the end while the others have nothing to do.
 #
 # `-n 0` runs everything in this process, in the same order (and `-p no:xdist`
 # does not work: the options in pyproject.toml need the plugin).
@@ -155,7 +155,7 @@ class _Turns:
     files in the temp directory, named after the run's id. A test takes
     `room` shared, a serial test exclusive; `gate` is taken first, briefly,
     so that a serial test waiting for the room is not overtaken by the other
-    worker's next tests (flock prefers no one)."""
+    workers' next tests (flock prefers no one)."""
 
     def __init__(self, run_id: str) -> None:
         base = os.path.join(tempfile.gettempdir(), f"resin-tests-{run_id}")
@@ -210,8 +210,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 @pytest.fixture
 def alone(request: pytest.FixtureRequest) -> Callable[[], contextlib.AbstractContextManager[None]]:
     """`with alone(): ...` runs that part of a test the way a `serial` test
-    runs: once the other worker's current test has ended, and with no other
-    test starting until the block ends. For a test whose long set-up may
+    runs: once the other workers' current tests have ended, and with no
+    other test starting until the block ends. For a test whose long set-up may
     share the machine but whose end is timed."""
     turns = request.config.stash.get(_TURNS, None)
 
