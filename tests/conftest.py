@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from resin_py.testing import ResinClient
 
 RESIN_COMMAND = [sys.executable, "-m", "resin_py"]
+
+# Property tests run on a busy machine (three xdist workers, maybe CPU hogs):
+# no per-example deadline and no complaint that generating data is slow,
+# which would fail them for the machine's speed, not for resin's behaviour.
+# The number of examples is each test's own.
+settings.register_profile("resin", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("resin")
 
 
 def c_spawner_built() -> bool:
@@ -115,3 +126,131 @@ def spawned_child(resin_pid: int) -> int:
 
 def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+# --- running under pytest-xdist ---------------------------------------------------
+#
+# pyproject.toml runs the suite on three workers (`-n 3 --dist loadgroup`).
+# Two markers (registered there) say how a test must be scheduled:
+#
+# - `serial`: no other test runs anywhere while it runs, because it times
+#   something against a wall clock (a shutdown within 1 s) or looks at the
+#   whole machine (every process of a user, every process with a cookie),
+#   which another worker's processes would disturb. They run at the end,
+#   one after another, while the other workers wait (`_Turns`, a lock the
+#   workers share). They are also put in one xdist_group, which would keep
+#   them on one worker, but pytest-xdist 3.8 does not group under pytest 9.2
+#   (pytest-xdist issue #1386: the group goes into a node id pytest no
+#   longer reads); the lock does not depend on it. A test that needs to
+#   be alone for a part of it only uses the `alone` fixture instead.
+# - `heavy`: seconds of work; started first, so that no worker is left with
+#   one at the end while the others have nothing to do.
+#
+# `-n 0` runs everything in this process, in the same order (and `-p no:xdist`
+# does not work: the options in pyproject.toml need the plugin).
+
+
+class _Turns:
+    """Who may run a test now, among the workers of one run: two flock(2)ed
+    files in the temp directory, named after the run's id. A test takes
+    `room` shared, a serial test exclusive; `gate` is taken first, briefly,
+    so that a serial test waiting for the room is not overtaken by the other
+    workers' next tests (flock prefers no one)."""
+
+    def __init__(self, run_id: str) -> None:
+        base = os.path.join(tempfile.gettempdir(), f"resin-tests-{run_id}")
+        self.paths = [f"{base}.gate", f"{base}.room"]
+        self.gate, self.room = (os.open(p, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                                for p in self.paths)
+        self.held: int | None = None  # fcntl.LOCK_SH or LOCK_EX while a test runs
+
+    def enter(self, alone: bool) -> None:
+        mode = fcntl.LOCK_EX if alone else fcntl.LOCK_SH
+        if self.held == mode:
+            return  # serial tests one after another: still alone
+        self.leave()
+        fcntl.flock(self.gate, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(self.room, mode)
+        finally:
+            fcntl.flock(self.gate, fcntl.LOCK_UN)
+        self.held = mode
+
+    def leave(self) -> None:
+        if self.held is not None:
+            fcntl.flock(self.room, fcntl.LOCK_UN)
+            self.held = None
+
+    def close(self) -> None:
+        # Every worker opened the files before any test ran (the controller
+        # starts tests once all workers have collected): unlinking them now
+        # cannot split the workers between two pairs of files.
+        for fd in (self.gate, self.room):
+            os.close(fd)
+        for path in self.paths:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+
+_TURNS = pytest.StashKey[_Turns]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    workerinput = getattr(config, "workerinput", None)  # set in xdist workers only
+    if workerinput is not None:
+        config.stash[_TURNS] = _Turns(workerinput["testrunuid"])
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    turns = config.stash.get(_TURNS, None)
+    if turns is not None:
+        turns.close()
+
+
+@pytest.fixture
+def alone(request: pytest.FixtureRequest) -> Callable[[], contextlib.AbstractContextManager[None]]:
+    """`with alone(): ...` runs that part of a test the way a `serial` test
+    runs: once the other workers' current tests have ended, and with no
+    other test starting until the block ends. For a test whose long set-up may
+    share the machine but whose end is timed."""
+    turns = request.config.stash.get(_TURNS, None)
+
+    @contextlib.contextmanager
+    def section() -> Iterator[None]:
+        if turns is None or turns.held == fcntl.LOCK_EX:  # not under xdist, or already alone
+            yield
+            return
+        turns.enter(alone=True)
+        try:
+            yield
+        finally:
+            turns.enter(alone=False)
+
+    return section
+
+
+def _is_serial(item: pytest.Item | None) -> bool:
+    return item is not None and item.get_closest_marker("serial") is not None
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _is_serial(item):
+            item.add_marker(pytest.mark.xdist_group("serial"))
+    # Heavy tests first, serial ones last, otherwise as collected (a stable sort).
+    items.sort(key=lambda i: 2 if _is_serial(i) else 0 if i.get_closest_marker("heavy") else 1)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item,
+                            nextitem: pytest.Item | None) -> Generator[None, object, object]:
+    turns = item.config.stash.get(_TURNS, None)
+    if turns is None:  # not under xdist
+        return (yield)
+    turns.enter(alone=_is_serial(item))
+    try:
+        return (yield)
+    finally:
+        if not (_is_serial(item) and _is_serial(nextitem)):
+            turns.leave()

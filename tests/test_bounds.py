@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import select
 
+import pytest
 from conftest import spawned_child, wait_gone
 
 from resin_py.protocol import v0, v1
@@ -121,6 +122,7 @@ def test_v0_datain_backlog_stops_reading_stdin(resin: ResinClient) -> None:
     wait_gone(child)
 
 
+@pytest.mark.heavy
 def test_output_backlog_stops_reading_stdin(client: ResinClient) -> None:
     before = rss(client.pid)
     junk = encode_packet(b"\x7f\x00")  # each answered with an error event

@@ -46,6 +46,7 @@ def test_stdin_eof_with_nothing_running() -> None:
     assert client.close(timeout=5) == 0
 
 
+@pytest.mark.serial
 def test_sigterm_shuts_down_like_stdin_eof(client: ResinClient) -> None:
     spawned = client.spawn(1, "sleep", ["1000"])
     assert isinstance(spawned, v1.Spawned)
@@ -91,6 +92,7 @@ def test_sigusr1_prints_the_loop_state(tmp_path: Path) -> None:
         client.kill()
 
 
+@pytest.mark.serial
 def test_client_gone_kills_children(client: ResinClient) -> None:
     spawned = client.spawn(1, "yes")
     assert isinstance(spawned, v1.Spawned)
@@ -122,6 +124,7 @@ def test_stdin_from_a_regular_file(tmp_path: Path) -> None:
     assert all(isinstance(m, v0.DataOut) for m in msgs[:-1])
 
 
+@pytest.mark.serial
 def test_startup_is_fast() -> None:
     """Generous bound (CI machines are slow); see the report for real numbers."""
     started = time.monotonic()

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
 FUZZ = Path(__file__).resolve().parent.parent / "bench" / "fuzz.py"
 
 
@@ -20,6 +22,7 @@ def load_fuzzer() -> ModuleType:
     return module
 
 
+@pytest.mark.heavy
 def test_fuzz_slice(tmp_path: Path) -> None:
     fuzz = load_fuzzer()
     opts = fuzz.Options(seed=8, frames=4000, v0_share=0.25, out_dir=str(tmp_path),

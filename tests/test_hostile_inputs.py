@@ -393,6 +393,7 @@ def test_v0_int_arrays_decode_as_msgpack_does(
                     v0.decode_client_message(message[:-cut])
 
 
+@pytest.mark.heavy
 @settings(max_examples=300, deadline=None)  # time is bounded by the cost tests above
 @given(st.lists(st.one_of(st.integers(256, 2**64 - 1), st.integers(-(2**63), -1),
                           st.floats(), st.none(), st.text(max_size=3)),

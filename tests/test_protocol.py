@@ -401,6 +401,7 @@ def test_term_decoder_only_raises_bad_term(data: bytes) -> None:
         decode_term(b"\x83" + data)
 
 
+@pytest.mark.heavy
 @settings(max_examples=500)
 @given(terms, st.lists(st.tuples(st.integers(min_value=0), st.integers(0, 255)), max_size=4),
        st.integers(min_value=0))
@@ -474,6 +475,7 @@ RESIN_ONLY_REFUSALS = ("integer of", "sign byte", "not finite", "unsupported tag
                        "fun of size")
 
 
+@pytest.mark.heavy
 @settings(max_examples=300)
 @given(wide_terms)
 def test_direct_etf_path_matches_erlang_py(term: object) -> None:
@@ -485,6 +487,7 @@ def test_direct_etf_path_matches_erlang_py(term: object) -> None:
     assert resin_view(decode_term(slow)) == erlang_py_decode(slow)
 
 
+@pytest.mark.heavy
 @settings(max_examples=500)
 @given(terms, st.lists(st.tuples(st.integers(min_value=0), st.integers(0, 255)), max_size=4),
        st.integers(min_value=0))
@@ -605,6 +608,7 @@ def test_client_frame_decoder_only_raises_protocol_errors(data: bytes) -> None:
         v1.encode_resin_frame(v1.error_event(exc))  # and the answer is encodable
 
 
+@pytest.mark.heavy
 @settings(max_examples=500)
 @given(client_frames, st.lists(st.tuples(st.integers(min_value=0), st.integers(0, 255)),
                                min_size=1, max_size=4))

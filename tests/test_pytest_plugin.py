@@ -34,6 +34,7 @@ def test_resin_v0_is_fresh(resin_v0: ResinClient) -> None:
     assert resin_v0.v0_collect()[:3] == (b"hi\n", b"", v0.ExitStatus(0))
 
 
+@pytest.mark.heavy
 def test_in_another_project(pytester: pytest.Pytester, tmp_path: Path) -> None:
     """A project's own tests get the fixtures with no configuration (the
     README's example), and every resin is gone after the run."""
@@ -61,6 +62,7 @@ def test_in_another_project(pytester: pytest.Pytester, tmp_path: Path) -> None:
             os.kill(pid, 0)
 
 
+@pytest.mark.heavy
 def test_resin_command_can_be_overridden(pytester: pytest.Pytester) -> None:
     pytester.makeconftest("""
         import sys

@@ -280,6 +280,7 @@ MODEL_SETTINGS = settings(max_examples=300, stateful_step_count=60, deadline=Non
                           suppress_health_check=[HealthCheck.too_slow])
 
 
+@pytest.mark.heavy
 def test_loop_model() -> None:
     run_state_machine_as_test(LoopModel, settings=MODEL_SETTINGS)
     # Both paths were taken, and frames were left part way and finished.
@@ -294,6 +295,7 @@ class LegacyLoopModel(LoopModel):
     examples = 0
 
 
+@pytest.mark.heavy
 def test_model_finds_the_old_flush_order_bug() -> None:
     """The same model run against the flush order resin had before: it must
     find the stall (derandomized: the same examples every run)."""

@@ -307,6 +307,7 @@ def test_the_largest_finite_rlimit(client: ResinClient) -> None:
     assert r.exit == v1.Exit(1, "exit", 0), r
 
 
+@pytest.mark.serial
 @needs_root
 @both_spawners
 def test_nproc_is_enforced_for_the_user(client: ResinClient) -> None:
@@ -320,6 +321,7 @@ def test_nproc_is_enforced_for_the_user(client: ResinClient) -> None:
     assert r.stdout == b"" and b"fork" in r.stderr.lower(), r
 
 
+@pytest.mark.heavy
 def test_cpu_is_enforced(client: ResinClient) -> None:
     # 1 s of CPU time: the kernel sends SIGXCPU at the soft limit.
     r = client.run(1, "sh", ["-c", "while :; do :; done"], rlimits=(("cpu", 1, 2),))

@@ -207,6 +207,7 @@ def test_data_in_as_ints_and_bin(resin: ResinClient, as_bin: bool) -> None:
     assert (out, status.code) == (data, 0)
 
 
+@pytest.mark.serial
 def test_one_mib_round_trip_chunked(resin: ResinClient) -> None:
     data = os.urandom(1 << 20)
     start(resin, "head", "-c", str(len(data)))
@@ -241,6 +242,7 @@ def test_after_exit(resin: ResinClient) -> None:
     assert isinstance(resin.v0_recv(), v0.ErrorReport)
 
 
+@pytest.mark.serial
 def test_stdin_eof_kills_child_and_exits(resin: ResinClient) -> None:
     start(resin, "sleep", "1000")
     child = the_child(resin)

@@ -167,6 +167,7 @@ def v1_payload(frame: v1.ClientFrame) -> bytes:
     return v1.encode_client_frame(frame)
 
 
+@pytest.mark.serial
 def test_one_mib_round_trip_with_acks(client: ResinClient) -> None:
     data = os.urandom(1 << 20)
     assert isinstance(client.spawn(1, "cat"), v1.Spawned)
@@ -179,6 +180,7 @@ def test_one_mib_round_trip_with_acks(client: ResinClient) -> None:
     assert time.monotonic() - started < 5
 
 
+@pytest.mark.heavy
 @both_spawners
 def test_hundred_concurrent_processes(client: ResinClient) -> None:
     ids = range(1000, 1100)

@@ -167,6 +167,7 @@ def test_v1_vector(vec: Vector) -> None:
         assert v1.encode_resin_frame(v1.decode_resin_frame(payload)) == payload
 
 
+@pytest.mark.heavy
 @pytest.mark.skipif(shutil.which("elixir") is None, reason="elixir is not installed")
 def test_v1_terms_agree_with_the_beam() -> None:
     """The BEAM decodes every CONTROL/EVENT hex (binary_to_term, [safe]) to the
