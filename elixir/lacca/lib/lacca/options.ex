@@ -513,14 +513,10 @@ defmodule Lacca.Options do
 
     # Errors show the value as given, not with the defaults merged in.
     kw =
-      if Keyword.keyword?(given) do
-        try do
-          Keyword.validate!(given, @default_pty)
-        rescue
-          ArgumentError -> bad!(:pty, expected, given)
-        end
-      else
-        bad!(:pty, expected, given)
+      try do
+        validate!(given, @default_pty)
+      rescue
+        ArgumentError -> bad!(:pty, expected, given)
       end
 
     case {kw[:rows], kw[:cols]} do

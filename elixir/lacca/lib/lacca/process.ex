@@ -912,25 +912,25 @@ defmodule Lacca.Process do
   defp delivered(s, _stream, 0), do: s
 
   defp delivered(%{active: :flow, flow: nil} = s, stream, size) do
-    cond do
-      not Channel.grant_due?(s.chan, stream, size) ->
-        consumed(s, stream, size)
-
-      node(s.owner) != node() ->
-        consumed(ask_owner(%{s | chan: Channel.hold(s.chan)}, @flow_check_first), stream, size)
-
-      backlogged?(s.owner) ->
-        consumed(flow_timer(%{s | chan: Channel.hold(s.chan)}, @flow_check_first), stream, size)
-
-      true ->
-        consumed(s, stream, size)
-    end
+    s = if Channel.grant_due?(s.chan, stream, size), do: hold_if_behind(s), else: s
+    consumed(s, stream, size)
   end
 
   defp delivered(s, stream, size), do: consumed(s, stream, size)
 
+  # A grant comes due: held while a local owner is behind (flow_timer/2),
+  # and while a remote one is asked (ask_owner/2).
+  defp hold_if_behind(s) do
+    cond do
+      node(s.owner) != node() -> ask_owner(%{s | chan: Channel.hold(s.chan)}, @flow_check_first)
+      backlogged?(s.owner) -> flow_timer(%{s | chan: Channel.hold(s.chan)}, @flow_check_first)
+      true -> s
+    end
+  end
+
   # Whether a local owner is behind: more than @flow_backlog messages
-  # queued. (A remote one is asked: ask_owner/2.)
+  # queued. (A remote one is asked: ask_owner/2; direct output, the one
+  # caller left that does not check first, has local owners only.)
   defp backlogged?(owner) when node(owner) != node(), do: false
 
   defp backlogged?(owner) do
