@@ -4,6 +4,8 @@ defmodule Lacca.FlowTest do
   # message straight to the owner).
   use ExUnit.Case, async: true
 
+  import Lacca.FlowTrace
+
   @mib 1_048_576
 
   # How long a resin's death may take to reach the owner: the daemon sends
@@ -25,9 +27,7 @@ defmodule Lacca.FlowTest do
 
       # The server withholds credit and looks again on a timer: wait for
       # two such looks (the owner is still behind at each).
-      :erlang.trace(pid, true, [:receive, {:tracer, self()}])
-      await_flow_checks(pid, 2)
-      untrace(pid)
+      assert await_flow_checks(pid, 2, 20_000) == :held
 
       {held, _chunks} = mailbox_stdout(pid)
       assert held > 0 and held <= @flow_bound
@@ -178,32 +178,6 @@ defmodule Lacca.FlowTest do
       assert Lacca.kill(pid) == :ok
       assert Lacca.await(pid) == {:ok, {:signal, :sigkill}}
       refute_received _
-    end
-  end
-
-  defp await_flow_checks(_pid, 0), do: :ok
-
-  defp await_flow_checks(pid, n) do
-    receive do
-      {:trace, ^pid, :receive, {:flow_check, _}} -> await_flow_checks(pid, n - 1)
-    after
-      20_000 -> flunk("credit was never withheld")
-    end
-  end
-
-  # No trace message after this one (they would count in our queue).
-  defp untrace(pid) do
-    :erlang.trace(pid, false, [:receive])
-    ref = :erlang.trace_delivered(pid)
-    assert_receive {:trace_delivered, ^pid, ^ref}, 5_000
-    flush_trace(pid)
-  end
-
-  defp flush_trace(pid) do
-    receive do
-      {:trace, ^pid, _, _} -> flush_trace(pid)
-    after
-      0 -> :ok
     end
   end
 

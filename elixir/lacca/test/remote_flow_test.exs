@@ -6,6 +6,7 @@ defmodule Lacca.RemoteFlowTest do
 
   import Lacca.OSHelpers
   import Lacca.TestCluster
+  import Lacca.FlowTrace
 
   @moduletag :cluster
   @moduletag timeout: 180_000
@@ -158,45 +159,6 @@ defmodule Lacca.RemoteFlowTest do
     :erpc.check_response(msg, req) != :no_response
   catch
     _kind, _reason -> true
-  end
-
-  # Waits (tracing the server's receives) until it looked at a behind owner
-  # `n` times: :held. The server ending first (it sent everything) is
-  # :ended, which the callers' assertions then show.
-  defp await_flow_checks(pid, n) do
-    ref = Process.monitor(pid)
-    :erlang.trace(pid, true, [:receive, {:tracer, self()}])
-    result = flow_checks(pid, ref, n)
-    if result == :held, do: untrace(pid)
-    Process.demonitor(ref, [:flush])
-    flush_trace(pid)
-    result
-  end
-
-  defp flow_checks(_pid, _ref, 0), do: :held
-
-  defp flow_checks(pid, ref, n) do
-    receive do
-      {:trace, ^pid, :receive, {:flow_check, _}} -> flow_checks(pid, ref, n - 1)
-      {:DOWN, ^ref, :process, ^pid, _} -> :ended
-    after
-      30_000 -> flunk("credit was never withheld")
-    end
-  end
-
-  # No trace message after this one.
-  defp untrace(pid) do
-    :erlang.trace(pid, false, [:receive])
-    ref = :erlang.trace_delivered(pid)
-    assert_receive {:trace_delivered, ^pid, ^ref}, 5_000
-  end
-
-  defp flush_trace(pid) do
-    receive do
-      {:trace, ^pid, _, _} -> flush_trace(pid)
-    after
-      0 -> :ok
-    end
   end
 
   # The owner's queue (messages, output bytes) and its node's binary memory.
