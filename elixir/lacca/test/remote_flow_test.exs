@@ -94,11 +94,13 @@ defmodule Lacca.RemoteFlowTest do
     ref = Process.monitor(pid)
     assert await_flow_checks(pid, 2) == :held
 
-    # Released while a question is on its way, its answer handled after
-    # the release: it changes nothing; everything goes to the owner's
-    # queue (active: true is unbounded).
-    release_before_answer(pid, 50)
+    # Released while a question is on its way, its answer ("behind")
+    # handled after the release: it changes nothing; everything goes to
+    # the owner's queue (active: true is unbounded).
+    gate = plant_held_question(pid, b, 50)
+    assert Lacca.set_active(pid, true) == :ok
     assert %{flow: nil} = :sys.get_state(pid)
+    send(gate, :answer)
     assert_receive {:DOWN, ^ref, :process, ^pid, :normal}, 60_000
     {_queued, bytes, _memory} = report(owner)
     assert bytes == total
@@ -119,46 +121,38 @@ defmodule Lacca.RemoteFlowTest do
     assert hash == :erlang.md5(:binary.copy(<<0>>, total))
   end
 
-  # set_active(pid, true) handled while the server waits for its owner's
-  # node: the server is suspended (:sys.suspend/1) with a question on its
-  # way, the release queued, and its mailbox looked at: the answer must
-  # not be ahead of the release. Otherwise (no question on its way, or the
-  # answer came first) the server is put back to :flow and the next look
-  # is awaited: at most `tries` times.
-  defp release_before_answer(_pid, 0), do: flunk("never released before an answer")
+  # A question to the owner's node on its way, whose answer the peer holds
+  # until its gate (returned) is sent :answer: the server's own request,
+  # sent from inside it (:sys.replace_state/2) while credit is held on a
+  # flow timer, in place of the next look. No luck needed for the answer to
+  # come after a release. The flow timer's message, then stale, is ignored.
+  # When the server is asking for real at that moment, its next look is
+  # awaited: at most `tries` times.
+  defp plant_held_question(_pid, _node, 0), do: flunk("credit never held on a flow timer")
 
-  defp release_before_answer(pid, tries) do
-    :ok = :sys.suspend(pid)
+  defp plant_held_question(pid, node, tries) do
+    me = self()
 
-    case :sys.get_state(pid) do
-      %{flow: {:ask, _}, flow_ask: {:erpc, req}} ->
-        GenServer.cast(pid, {:set_active, true})
-        {:messages, queued} = Process.info(pid, :messages)
+    :sys.replace_state(pid, fn
+      %{flow: {ref, delay}, flow_ask: nil} = s when is_reference(ref) ->
+        req = :erpc.send_request(node, Lacca.TestCluster, :held_answer, [me])
+        send(me, {:planted, true})
+        %{s | flow: {:ask, delay}, flow_ask: {:erpc, req}}
 
-        answered_first =
-          queued
-          |> Enum.take_while(&(&1 != {:"$gen_cast", {:set_active, true}}))
-          |> Enum.any?(&answer?(&1, req))
+      s ->
+        send(me, {:planted, false})
+        s
+    end)
 
-        if answered_first, do: GenServer.cast(pid, {:set_active, :flow})
-        :ok = :sys.resume(pid)
-        if answered_first, do: retry_release(pid, tries)
+    receive do
+      {:planted, true} ->
+        assert_receive {:held_answer, gate}, 10_000
+        gate
 
-      _not_asking ->
-        :ok = :sys.resume(pid)
-        retry_release(pid, tries)
+      {:planted, false} ->
+        assert await_flow_checks(pid, 1) == :held
+        plant_held_question(pid, node, tries - 1)
     end
-  end
-
-  defp retry_release(pid, tries) do
-    assert await_flow_checks(pid, 1) == :held
-    release_before_answer(pid, tries - 1)
-  end
-
-  defp answer?(msg, req) do
-    :erpc.check_response(msg, req) != :no_response
-  catch
-    _kind, _reason -> true
   end
 
   # The owner's queue (messages, output bytes) and its node's binary memory.

@@ -158,6 +158,22 @@ defmodule Lacca.TestCluster do
     do: Lacca.stream!(cmd, args, opts) |> Enum.each(&send(parent, {:collected, &1}))
 
   @doc """
+  Run by an `:erpc` request (remote_flow_test): tells `parent` `{:held_answer,
+  self()}`, then answers as `process_info(owner, :message_queue_len)` would
+  for an owner far behind, once sent `:answer`.
+  """
+  @spec held_answer(pid()) :: {:message_queue_len, pos_integer()}
+  def held_answer(parent) do
+    send(parent, {:held_answer, self()})
+
+    receive do
+      :answer -> {:message_queue_len, 1_000_000}
+    after
+      60_000 -> {:message_queue_len, 1_000_000}
+    end
+  end
+
+  @doc """
   Runs on a peer: starts `cmd` with Lacca.start/3 and `opts` (which may
   name another node), reports `{:owner, self(), result}` to `parent`, and
   reads none of the output until told. Meanwhile it answers `{:report,
