@@ -272,14 +272,23 @@ defmodule Bench do
 
   # 1,000 `sleep`s started one after another (each start returns once the
   # OS process runs), Port and Lacca.start interleaved over 3 rounds; then
-  # 10,000 held at once.
+  # 10,000 held at once. The serial rows also say how busy the machine was
+  # and where its CPU went per start (medians of the rounds): all CPUs
+  # (busy_percent of them, cpu_us in all), the BEAM, the helper
+  # (erl_child_setup for Port, the resins for lacca); for lacca, floor_x is
+  # its CPU spread over every core against Port's wall time: the least its
+  # ratio could be with every core busy.
   def concurrency do
     sleep = System.find_executable("sleep")
+    {:ok, _} = Lacca.run("true", [])
+    beam = System.pid()
+    resins = resin_pids()
+    child_setup = child_setup_pids()
 
     rounds =
       for _ <- 1..3 do
-        {port_us, ports} =
-          :timer.tc(fn ->
+        port =
+          cpu_measure(beam, child_setup, fn ->
             for _ <- 1..1_000 do
               port = Port.open({:spawn_executable, sleep}, [:binary, args: ["1000"]])
               {:os_pid, os_pid} = Port.info(port, :os_pid)
@@ -287,30 +296,46 @@ defmodule Bench do
             end
           end)
 
-        for {port, os_pid} <- ports do
+        for {port, os_pid} <- port.result do
           Port.close(port)
           System.cmd("kill", ["-KILL", Integer.to_string(os_pid)])
         end
 
-        {lacca_us, pids} = :timer.tc(fn -> start_sleeps(1_000) end)
-        stop_all(pids)
-        {port_us, lacca_us}
+        lacca = cpu_measure(beam, resins, fn -> start_sleeps(1_000) end)
+        stop_all(lacca.result)
+        {port, lacca}
       end
 
-    emit(%{
-      bench: "concurrency_1000",
-      variant: "Port",
-      unit: "us",
-      samples: Enum.map(rounds, &elem(&1, 0))
-    })
+    {ports, laccas} = Enum.unzip(rounds)
+    port_wall = median(Enum.map(ports, & &1.wall))
 
-    emit(%{
-      bench: "concurrency_1000",
-      variant: "Lacca.start",
-      unit: "us",
-      samples: Enum.map(rounds, &elem(&1, 1)),
-      baseline: "Port"
-    })
+    emit(
+      Map.merge(
+        %{
+          bench: "concurrency_1000",
+          variant: "Port",
+          unit: "us",
+          samples: Enum.map(ports, & &1.wall)
+        },
+        cpu_figures(ports, 1_000)
+      )
+    )
+
+    lacca_cpu = cpu_figures(laccas, 1_000)
+
+    emit(
+      Map.merge(
+        %{
+          bench: "concurrency_1000",
+          variant: "Lacca.start",
+          unit: "us",
+          samples: Enum.map(laccas, & &1.wall),
+          baseline: "Port",
+          floor_x: lacca_cpu.cpu_us * 1_000 / System.schedulers_online() / port_wall
+        },
+        lacca_cpu
+      )
+    )
 
     n = 10_000
     {us, pids} = :timer.tc(fn -> start_sleeps(n) end)
@@ -336,6 +361,62 @@ defmodule Bench do
       stop_us: stop_us,
       left_after_stop: left
     })
+  end
+
+  # `fun` timed, with the CPU (us) of the machine (all CPUs), of the BEAM
+  # and of the helper processes used meanwhile.
+  defp cpu_measure(beam, helpers, fun) do
+    {m0, b0, h0} = cpu_snapshot(beam, helpers)
+    {wall, result} = :timer.tc(fun)
+    {m1, b1, h1} = cpu_snapshot(beam, helpers)
+    tick = div(1_000_000, 100)
+
+    %{
+      wall: wall,
+      machine: (m1 - m0) * tick,
+      beam: (b1 - b0) * tick,
+      helper: (h1 - h0) * tick,
+      result: result
+    }
+  end
+
+  defp cpu_snapshot(beam, helpers) do
+    {machine_ticks(), cpu_ticks(beam), helpers |> Enum.map(&cpu_ticks/1) |> Enum.sum()}
+  end
+
+  # Per-start medians of cpu_measure/3's rounds.
+  defp cpu_figures(rounds, n) do
+    per = fn key -> median(Enum.map(rounds, &(Map.fetch!(&1, key) / n))) end
+    busy = median(Enum.map(rounds, &(100 * &1.machine / (&1.wall * System.schedulers_online()))))
+    %{busy_percent: busy, cpu_us: per.(:machine), beam_us: per.(:beam), helper_us: per.(:helper)}
+  end
+
+  # Busy ticks of all CPUs from /proc/stat (user nice system irq softirq
+  # steal; not idle or iowait).
+  defp machine_ticks do
+    ["cpu" | fields] =
+      "/proc/stat" |> File.read!() |> String.split("\n") |> hd() |> String.split()
+
+    [user, nice, system, _idle, _iowait, irq, softirq, steal | _] =
+      Enum.map(fields, &String.to_integer/1)
+
+    user + nice + system + irq + softirq + steal
+  end
+
+  defp median(values) do
+    sorted = Enum.sort(values)
+    Enum.at(sorted, div(length(sorted), 2))
+  end
+
+  # The erl_child_setup of this BEAM (it forks every Port's program).
+  defp child_setup_pids do
+    me = String.to_integer(System.pid())
+
+    for dir <- Path.wildcard("/proc/[0-9]*"),
+        pid = String.to_integer(Path.basename(dir)),
+        ppid(pid) == me,
+        match?({:ok, "erl_child_setup" <> _}, File.read(dir <> "/comm")),
+        do: pid
   end
 
   defp start_sleeps(n) do
