@@ -241,16 +241,30 @@ defmodule Bench do
 
     Port.close(port)
     Lacca.stop(pid)
-    emit(%{bench: "roundtrip", variant: "Port", unit: "us", samples: port_samples})
+
+    # The mean too: Port's round trips are bimodal on a machine whose idle
+    # CPUs poll (most take ~5 us, the rest 60-80 us), so its median alone
+    # says little of what the rest cost.
+    emit(%{
+      bench: "roundtrip",
+      variant: "Port",
+      unit: "us",
+      samples: port_samples,
+      mean_us: mean(port_samples)
+    })
 
     emit(%{
       bench: "roundtrip",
       variant: "messages",
       unit: "us",
       samples: lacca_samples,
-      baseline: "Port"
+      baseline: "Port",
+      mean_us: mean(lacca_samples),
+      mean_x: mean(lacca_samples) / mean(port_samples)
     })
   end
+
+  defp mean(samples), do: Enum.sum(samples) / length(samples)
 
   defp port_recv(_port, 100), do: :ok
 
