@@ -32,7 +32,7 @@ defmodule SpawnProfile do
     {:ok, dpid, port, id} = Daemon.spawn(daemon, exec, args, spawn_opts, spec.max_buffer, self())
     t3 = now()
     chan = Channel.open(port, id, dpid, spec.max_buffer)
-    {:ok, _} = Channel.await_spawned(chan)
+    {:ok, _os_pid, _direct} = Channel.await_spawned(chan)
 
     receive do
       Channel.event(^port, {:exit, ^id, {:exit, 0}}) -> :ok
