@@ -291,19 +291,25 @@ defmodule Bench do
   # (busy_percent of them, cpu_us in all), the BEAM, the helper
   # (erl_child_setup for Port, the resins for lacca); for lacca, floor_x is
   # its CPU spread over every core against Port's wall time: the least its
-  # ratio could be with every core busy.
+  # ratio could be with every core busy. Each figure is the median of its
+  # own over the rounds (they may come from different rounds). Each phase
+  # starts once the previous one's processes are gone and the kernel had a
+  # moment for their teardown, which would otherwise count against it.
   def concurrency do
     sleep = System.find_executable("sleep")
     {:ok, _} = Lacca.run("true", [])
     beam = System.pid()
     resins = resin_pids()
     child_setup = child_setup_pids()
+    n = 1_000
 
     rounds =
       for _ <- 1..3 do
+        settle()
+
         port =
           cpu_measure(beam, child_setup, fn ->
-            for _ <- 1..1_000 do
+            for _ <- 1..n do
               port = Port.open({:spawn_executable, sleep}, [:binary, args: ["1000"]])
               {:os_pid, os_pid} = Port.info(port, :os_pid)
               {port, os_pid}
@@ -315,7 +321,9 @@ defmodule Bench do
           System.cmd("kill", ["-KILL", Integer.to_string(os_pid)])
         end
 
-        lacca = cpu_measure(beam, resins, fn -> start_sleeps(1_000) end)
+        Enum.each(port.result, fn {_, os_pid} -> await_gone(os_pid) end)
+        settle()
+        lacca = cpu_measure(beam, resins, fn -> start_sleeps(n) end)
         stop_all(lacca.result)
         {port, lacca}
       end
@@ -331,11 +339,11 @@ defmodule Bench do
           unit: "us",
           samples: Enum.map(ports, & &1.wall)
         },
-        cpu_figures(ports, 1_000)
+        cpu_figures(ports, n)
       )
     )
 
-    lacca_cpu = cpu_figures(laccas, 1_000)
+    lacca_cpu = cpu_figures(laccas, n)
 
     emit(
       Map.merge(
@@ -345,7 +353,7 @@ defmodule Bench do
           unit: "us",
           samples: Enum.map(laccas, & &1.wall),
           baseline: "Port",
-          floor_x: lacca_cpu.cpu_us * 1_000 / System.schedulers_online() / port_wall
+          floor_x: lacca_cpu.cpu_us * n / cores() / port_wall
         },
         lacca_cpu
       )
@@ -401,9 +409,30 @@ defmodule Bench do
   # Per-start medians of cpu_measure/3's rounds.
   defp cpu_figures(rounds, n) do
     per = fn key -> median(Enum.map(rounds, &(Map.fetch!(&1, key) / n))) end
-    busy = median(Enum.map(rounds, &(100 * &1.machine / (&1.wall * System.schedulers_online()))))
+    busy = median(Enum.map(rounds, &(100 * &1.machine / (&1.wall * cores()))))
     %{busy_percent: busy, cpu_us: per.(:machine), beam_us: per.(:beam), helper_us: per.(:helper)}
   end
+
+  # The CPUs /proc/stat counts (not the schedulers: +S may differ).
+  defp cores do
+    case :erlang.system_info(:logical_processors_available) do
+      n when is_integer(n) -> n
+      :unknown -> :erlang.system_info(:logical_processors)
+    end
+  end
+
+  # A killed Port's program: gone once its /proc entry is (erl_child_setup
+  # reaps it).
+  defp await_gone(os_pid) do
+    if File.exists?("/proc/#{os_pid}") do
+      Process.sleep(1)
+      await_gone(os_pid)
+    end
+  end
+
+  # Time for the kernel's deferred teardown of the last phase's processes
+  # (exits, cgroups) before the next phase's CPU is counted.
+  defp settle, do: Process.sleep(500)
 
   # Busy ticks of all CPUs from /proc/stat (user nice system irq softirq
   # steal; not idle or iowait).
