@@ -422,10 +422,20 @@ defmodule Stress.Lacca do
         do: String.to_integer(name)
   end
 
+  # resin's descriptors, not counting the empty cgroups' directories it keeps
+  # open for its next children (at most CGROUP_SPARES in runtime/cgroups.py:
+  # how many depends on how the last children ended, not on a leak).
   defp fd_count(pid) do
     case File.ls("/proc/#{pid}/fd") do
-      {:ok, fds} -> length(fds)
+      {:ok, fds} -> Enum.count(fds, &(not spare_cgroup?(pid, &1)))
       _ -> -1
+    end
+  end
+
+  defp spare_cgroup?(pid, fd) do
+    case File.read_link("/proc/#{pid}/fd/#{fd}") do
+      {:ok, target} -> String.contains?(target, "/resin-#{pid}/c")
+      {:error, _} -> false
     end
   end
 
