@@ -70,6 +70,7 @@ from typing import IO, Any
 
 from resin_py.protocol import v0, v1
 from resin_py.protocol.terms import OK
+from resin_py.runtime.cgroups import CGROUP_SPARES
 from resin_py.testing import DEFAULT_COMMAND, ClientTimeout, ResinClient, ResinClosed
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,22 +124,26 @@ def children(pid: int, own: bool = True) -> list[tuple[int, Stat]]:
 
 
 def fd_count(pid: int) -> int:
-    """resin's descriptors, not counting the empty cgroups' directories it keeps
-    open for its next children (at most CGROUP_SPARES, runtime/cgroups.py: how
-    many depends on how the last children ended, not on a leak); -1 once gone."""
-    spare = f"/resin-{pid}/c"
+    """resin's descriptors, not counting up to CGROUP_SPARES of its children's
+    cgroup directories: resin keeps that many empty ones open for its next
+    children, and how many it has depends on how the last children ended, not
+    on a leak (runtime/cgroups.py). -1 once resin is gone."""
+    cgroup_dir = f"/resin-{pid}/c"
     try:
         names = os.listdir(f"/proc/{pid}/fd")
     except OSError:
         return -1
-    count = 0
+    others = cgroup_dirs = 0
     for name in names:
         try:
             target = os.readlink(f"/proc/{pid}/fd/{name}")
         except OSError:
             continue  # closed meanwhile
-        count += spare not in target
-    return count
+        if cgroup_dir in target:
+            cgroup_dirs += 1
+        else:
+            others += 1
+    return others + max(0, cgroup_dirs - CGROUP_SPARES)
 
 
 def read_text(path: str) -> str:

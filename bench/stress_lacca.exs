@@ -422,17 +422,24 @@ defmodule Stress.Lacca do
         do: String.to_integer(name)
   end
 
-  # resin's descriptors, not counting the empty cgroups' directories it keeps
-  # open for its next children (at most CGROUP_SPARES in runtime/cgroups.py:
-  # how many depends on how the last children ended, not on a leak).
+  # resin's descriptors, not counting up to @cgroup_spares of its children's
+  # cgroup directories: resin keeps that many empty ones open for its next
+  # children, and how many it has depends on how the last children ended, not
+  # on a leak (runtime/cgroups.py).
+  @cgroup_spares 16
+
   defp fd_count(pid) do
     case File.ls("/proc/#{pid}/fd") do
-      {:ok, fds} -> Enum.count(fds, &(not spare_cgroup?(pid, &1)))
-      _ -> -1
+      {:ok, fds} ->
+        cgroup_dirs = Enum.count(fds, &cgroup_dir?(pid, &1))
+        length(fds) - cgroup_dirs + max(0, cgroup_dirs - @cgroup_spares)
+
+      _ ->
+        -1
     end
   end
 
-  defp spare_cgroup?(pid, fd) do
+  defp cgroup_dir?(pid, fd) do
     case File.read_link("/proc/#{pid}/fd/#{fd}") do
       {:ok, target} -> String.contains?(target, "/resin-#{pid}/c")
       {:error, _} -> false
