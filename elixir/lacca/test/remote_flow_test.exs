@@ -41,9 +41,7 @@ defmodule Lacca.RemoteFlowTest do
     {expected, 0} = System.cmd("seq", ["1", "8000000"])
     base = :erpc.call(b, :erlang, :memory, [:binary])
 
-    args = [self(), "seq", ["1", "8000000"], [node: node(), output: :messages]]
-    :erpc.call(b, :erlang, :spawn, [Lacca.TestCluster, :hoarder, args])
-    assert_receive {:owner, owner, {:ok, pid}}, 10_000
+    {owner, pid} = start_hoarder(b, "seq", ["1", "8000000"])
     assert node(pid) == node()
 
     # The server holds the grant and, each time its node answers that the
@@ -72,9 +70,7 @@ defmodule Lacca.RemoteFlowTest do
   test "the owner's node goes away while credit is held: the process is stopped" do
     {_peer, o} = start_peer!()
 
-    args = [self(), "yes", [], [node: node(), output: :messages]]
-    :erpc.call(o, :erlang, :spawn, [Lacca.TestCluster, :hoarder, args])
-    assert_receive {:owner, _owner, {:ok, pid}}, 10_000
+    {_owner, pid} = start_hoarder(o, "yes", [])
     os_pid = Lacca.os_pid(pid)
     ref = Process.monitor(pid)
     assert await_flow_checks(pid, 2) == :held
@@ -87,9 +83,7 @@ defmodule Lacca.RemoteFlowTest do
 
   test "set_active(pid, true) while credit is held for a remote owner lets it all go", %{b: b} do
     total = 32 * @mib
-    args = [self(), "head", ["-c", "#{total}", "/dev/zero"], [node: node(), output: :messages]]
-    :erpc.call(b, :erlang, :spawn, [Lacca.TestCluster, :hoarder, args])
-    assert_receive {:owner, owner, {:ok, pid}}, 10_000
+    {owner, pid} = start_hoarder(b, "head", ["-c", "#{total}", "/dev/zero"])
     # Monitored before the release: released, it may end at once.
     ref = Process.monitor(pid)
     assert await_flow_checks(pid, 2) == :held
@@ -111,9 +105,7 @@ defmodule Lacca.RemoteFlowTest do
 
   test "a remote owner that keeps up gets everything, the exit last", %{b: b} do
     total = 64 * @mib
-    args = [self(), "head", ["-c", "#{total}", "/dev/zero"], [node: node(), output: :messages]]
-    :erpc.call(b, :erlang, :spawn, [Lacca.TestCluster, :hoarder, args])
-    assert_receive {:owner, owner, {:ok, _pid}}, 10_000
+    {owner, _pid} = start_hoarder(b, "head", ["-c", "#{total}", "/dev/zero"])
     send(owner, :read)
     assert_receive {:read, count, hash, final}, 60_000
     assert final == {:exit, {:exit, 0}}
@@ -153,6 +145,15 @@ defmodule Lacca.RemoteFlowTest do
         assert await_flow_checks(pid, 1) == :held
         plant_held_question(pid, node, tries - 1)
     end
+  end
+
+  # `cmd` started on this node by a Lacca.TestCluster.hoarder/4 on `node`
+  # (output: :messages, the owner there): {owner, server}.
+  defp start_hoarder(node, cmd, args) do
+    args = [self(), cmd, args, [node: node(), output: :messages]]
+    :erpc.call(node, :erlang, :spawn, [Lacca.TestCluster, :hoarder, args])
+    assert_receive {:owner, owner, {:ok, pid}}, 10_000
+    {owner, pid}
   end
 
   # The owner's queue (messages, output bytes) and its node's binary memory.
